@@ -1,0 +1,1 @@
+//! gikev2-esp: the shared ESP engine (see README.md).

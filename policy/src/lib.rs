@@ -1,0 +1,1 @@
+//! gikev2-policy: the SQL policy store (see README.md).

@@ -1,0 +1,13 @@
+//! The wire codec for IKEv2 (RFC 7296) and G-IKEv2 (RFC 9838) messages.
+//!
+//! One module per structure; each implements [`crate::codec::Codec`]. Decoding never
+//! panics and never allocates more than the input bounds: every length becomes a
+//! sub-reader and every list has a cap.
+
+pub mod attribute;
+pub mod transform;
+pub mod ts;
+
+pub use attribute::{AttrValue, Attribute};
+pub use transform::Transform;
+pub use ts::TrafficSelector;

@@ -1,0 +1,1 @@
+//! gikev2-tests: harness helpers for end-to-end and interop tests.
