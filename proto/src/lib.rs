@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 pub mod codec;
+pub mod crypto;
 pub mod error;
 pub mod registry;
 pub mod wire;

@@ -8,6 +8,12 @@ pub mod attribute;
 pub mod transform;
 pub mod ts;
 
+// G-IKEv2 payload bodies (RFC 9838 4.4, 4.5).
+pub mod gsa;
+pub mod kd;
+
 pub use attribute::{AttrValue, Attribute};
+pub use gsa::GsaPayload;
+pub use kd::KdPayload;
 pub use transform::Transform;
 pub use ts::TrafficSelector;
