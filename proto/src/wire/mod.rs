@@ -14,7 +14,9 @@ pub mod transform;
 pub mod ts;
 
 pub mod header;
+pub mod message;
 pub mod payload;
+pub mod rules;
 
 // Payload bodies (RFC 7296 3.3-3.14; RFC 7383 2.5).
 pub mod auth;
@@ -42,6 +44,7 @@ pub use header::{Flags, HEADER_LEN, Header};
 pub use id::IdPayload;
 pub use kd::KdPayload;
 pub use ke::KePayload;
+pub use message::{EncryptedLayout, Message, encrypted_layout};
 pub use nonce::NoncePayload;
 pub use notify::NotifyPayload;
 pub use payload::{Payload, PayloadsExt, decode_chain, decode_inner_chain, encode_chain};
