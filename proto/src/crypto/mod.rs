@@ -22,6 +22,7 @@ pub mod keywrap;
 pub mod prf;
 mod random;
 mod secret;
+pub mod sk;
 pub mod suite;
 
 pub use aead::{AeadAlg, AeadKey};
@@ -33,6 +34,7 @@ pub use keywrap::{KeyWrapAlg, KeyWrapKey};
 pub use prf::{PrfAlg, PrfOutput};
 pub use random::{Random, SeededRandom, SystemRandom, random_array};
 pub use secret::SecretBytes;
+pub use sk::SkKey;
 pub use suite::{EncrAlg, IkeSuite};
 
 use crate::registry::NotifyType;
