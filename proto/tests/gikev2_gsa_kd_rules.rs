@@ -459,6 +459,27 @@ fn gsa_implicit_iv_requires_unique_sequence_numbers() {
     assert_eq!(p.validate(Registration), Ok(()));
 }
 
+#[test]
+fn gsa_encr_key_length_attribute_checked() {
+    // RFC 7296 3.3.5: AES needs Key Length 128/192/256; RFC 7634: ChaCha20 takes none.
+    for (t, ok) in [
+        (Transform::encr(EncrId::AesGcm16, None), false),
+        (Transform::encr(EncrId::AesGcm16, Some(100)), false),
+        (Transform::encr(EncrId::AesGcm16, Some(192)), true),
+        (Transform::encr(EncrId::ChaCha20Poly1305, Some(256)), false),
+        (Transform::encr(EncrId::ChaCha20Poly1305, None), true),
+    ] {
+        let id = EncrId::from(t.id);
+        let p = replace_transform(esp(), TransformType::Encr, Some(t));
+        let want = if ok {
+            Ok(())
+        } else {
+            Err(Violation::KeyLengthInvalid(id))
+        };
+        assert_eq!(p.validate(Registration), want);
+    }
+}
+
 // ------------------------------------------------------------ GSA attributes (4.4.2.2, 5)
 
 #[test]

@@ -129,6 +129,10 @@ pub enum Violation {
         "implicit-IV cipher {0} where sequence numbers are not unique or on a G-IKEv2 SA (RFC 9838 2.7)"
     )]
     ImplicitIvNotAllowed(EncrId),
+    #[error(
+        "{0} without a Key Length of 128, 192 or 256, or a fixed-key cipher with one (RFC 7296 3.3.5, RFC 9838 3.4)"
+    )]
+    KeyLengthInvalid(EncrId),
 
     // ---- attributes (4.4.2.2, 4.4.3.1, 5) ----
     #[error("{attr} is not used with protocol {protocol} (RFC 9838 4.4.2.2)")]
@@ -219,6 +223,26 @@ pub fn is_counter_mode(id: EncrId) -> bool {
 /// True for ciphers that build their IV from the ESP sequence number (RFC 8750; RFC 9838 2.7).
 pub fn is_implicit_iv(id: EncrId) -> bool {
     matches!(id, EncrId::AesGcm16Iiv | EncrId::ChaCha20Poly1305Iiv)
+}
+
+/// AES-based ciphers take a Key Length attribute of 128, 192 or 256 bits (RFC 7296 3.3.5;
+/// RFC 3602, 3686, 4106, 4309, 4543, 8750); ChaCha20-Poly1305 has a fixed key and none
+/// (RFC 7634 2). `None` for ciphers this check does not cover.
+fn key_length_ok(id: EncrId, key_length: Option<u16>) -> Option<bool> {
+    match id {
+        EncrId::AesCbc
+        | EncrId::AesCtr
+        | EncrId::AesCcm8
+        | EncrId::AesCcm12
+        | EncrId::AesCcm16
+        | EncrId::AesGcm8
+        | EncrId::AesGcm12
+        | EncrId::AesGcm16
+        | EncrId::NullAuthAesGmac
+        | EncrId::AesGcm16Iiv => Some(matches!(key_length, Some(128 | 192 | 256))),
+        EncrId::ChaCha20Poly1305 | EncrId::ChaCha20Poly1305Iiv => Some(key_length.is_none()),
+        _ => None,
+    }
 }
 
 /// Transform types a protocol may carry and which of them are mandatory in `ctx`
@@ -397,6 +421,15 @@ impl GsaPolicy {
                 if !integ_real {
                     return Err(Violation::IntegRequired);
                 }
+            }
+        }
+
+        // RFC 7296 3.3.5: the key size of the keying material (RFC 9838 3.4, 4.5.2.1)
+        // follows from the Key Length attribute.
+        if let Some(encr) = self.transform(TransformType::Encr) {
+            let id = EncrId::from(encr.id);
+            if key_length_ok(id, encr.key_length()) == Some(false) {
+                return Err(Violation::KeyLengthInvalid(id));
             }
         }
 
