@@ -14,6 +14,7 @@
 //! padding, key material) comes from the caller's [`Random`].
 
 pub mod aead;
+pub mod auth;
 pub mod cbc;
 pub mod integ;
 pub mod ke;
@@ -22,6 +23,7 @@ pub mod keywrap;
 pub mod prf;
 mod random;
 mod secret;
+pub mod sign;
 pub mod sk;
 pub mod suite;
 
@@ -34,6 +36,7 @@ pub use keywrap::{KeyWrapAlg, KeyWrapKey};
 pub use prf::{PrfAlg, PrfOutput};
 pub use random::{Random, SeededRandom, SystemRandom, random_array};
 pub use secret::SecretBytes;
+pub use sign::{KeyType, PublicKey, SignatureScheme, SigningKey};
 pub use sk::SkKey;
 pub use suite::{EncrAlg, IkeSuite};
 
