@@ -8,6 +8,9 @@
 pub mod codec;
 pub mod crypto;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
+pub mod ike;
 pub mod registry;
 pub mod wire;
 

@@ -1,0 +1,8 @@
+//! IKE SA state machines (RFC 7296; RFC 9838 2.3) for the initiator (member) and the
+//! responder (GCKS), sans-IO in the quinn style (STYLE Q1-Q3): datagrams and time go in
+//! through `handle*` calls; datagrams, timers and events come out through `poll_*` calls.
+
+pub mod protect;
+pub mod retransmit;
+
+pub use retransmit::{RetransmitAction, RetransmitPolicy, RetransmitTimer};
