@@ -1,0 +1,133 @@
+//! Inbound SAD lookup at 1, 10k and 1M installed SAs, keys mixed one third each SPI-only
+//! (unicast), SPI + destination and SPI + destination + source (multicast), with real
+//! AES-GCM-128 SA records. Also prints the resident memory per installed SA.
+//!
+//! Run: `cargo bench -p gikev2-esp --bench lookup -- --measurement-time 3 --warm-up-time 1`
+
+use std::hint::black_box;
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::Instant;
+
+use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+use gikev2_esp::{
+    Direction, Engine, EspAlgorithm, KeyMaterial, Mode, SaConfig, SadKey, SnTransform, Tunnel,
+};
+
+const ALG: EspAlgorithm = EspAlgorithm::AesGcm16 { key_bits: 128 };
+
+/// A deterministic pseudo-random sequence (xorshift), so runs are comparable.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+fn key_for(i: u64) -> SadKey {
+    let spi = (i as u32).wrapping_mul(2_654_435_761) | 0x100;
+    let dst = IpAddr::V4(Ipv4Addr::from(0xef00_0000 | (i as u32 & 0xffff)));
+    let src = IpAddr::V4(Ipv4Addr::from(0x0a00_0000 | (i as u32 >> 4)));
+    match i % 3 {
+        0 => SadKey::Spi(spi),
+        1 => SadKey::SpiDst { spi, dst },
+        _ => SadKey::SpiDstSrc { spi, dst, src },
+    }
+}
+
+fn query_of(k: SadKey) -> (u32, IpAddr, IpAddr) {
+    let other = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1));
+    match k {
+        SadKey::Spi(spi) => (spi, other, other),
+        SadKey::SpiDst { spi, dst } => (spi, dst, other),
+        SadKey::SpiDstSrc { spi, dst, src } => (spi, dst, src),
+    }
+}
+
+fn rss_bytes() -> u64 {
+    // Second field of /proc/self/statm: resident pages.
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .map_or(0, |pages| pages * 4096)
+}
+
+fn build(n: u64, now: Instant) -> Engine {
+    let engine = Engine::default();
+    let mut i = 0;
+    while i < n {
+        let chunk = (n - i).min(100_000);
+        let cfgs: Vec<SaConfig> = (i..i + chunk)
+            .map(|j| {
+                let key = key_for(j);
+                SaConfig::new(
+                    key.spi(),
+                    Direction::Inbound,
+                    key,
+                    Mode::Tunnel(Tunnel::preserving(false)),
+                    ALG,
+                    KeyMaterial::new(vec![j as u8; ALG.keymat_len()]),
+                    SnTransform::Sequential32,
+                )
+            })
+            .collect();
+        for r in engine.install_batch(cfgs, now) {
+            r.expect("install");
+        }
+        i += chunk;
+    }
+    engine
+}
+
+fn lookups(c: &mut Criterion) {
+    let now = Instant::now();
+    let mut group = c.benchmark_group("sad_lookup");
+    for n in [1u64, 10_000, 1_000_000] {
+        let before = rss_bytes();
+        let t = Instant::now();
+        let engine = build(n, now);
+        let built = t.elapsed();
+        let after = rss_bytes();
+        eprintln!(
+            "n={n}: installed in {:.2?}, RSS +{} KiB, {} bytes/SA (real AES-GCM-128 SA records)",
+            built,
+            after.saturating_sub(before) / 1024,
+            after.saturating_sub(before) / n
+        );
+        // Random hits over the whole table (cache misses at 1M, as in real traffic), and
+        // misses on unknown SPIs.
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        let hits: Vec<_> = (0..4096)
+            .map(|_| query_of(key_for(rng.next() % n)))
+            .collect();
+        let sad = engine.sad();
+        group.bench_with_input(BenchmarkId::new("hit", n), &hits, |b, q| {
+            let mut i = 0usize;
+            b.iter(|| {
+                let (spi, dst, src) = q[i & 4095];
+                i = i.wrapping_add(1);
+                black_box(sad.lookup_with(spi, dst, src, |sa| sa.spi()))
+            })
+        });
+        let misses: Vec<_> = hits
+            .iter()
+            .map(|(s, d, r)| (s ^ 0x5a5a_0000 | 1, *d, *r))
+            .collect();
+        group.bench_with_input(BenchmarkId::new("miss", n), &misses, |b, q| {
+            let mut i = 0usize;
+            b.iter(|| {
+                let (spi, dst, src) = q[i & 4095];
+                i = i.wrapping_add(1);
+                black_box(sad.lookup_with(spi, dst, src, |sa| sa.spi()))
+            })
+        });
+        drop(engine);
+    }
+    group.finish();
+}
+
+criterion_group!(benches, lookups);
+criterion_main!(benches);

@@ -1,0 +1,794 @@
+use std::collections::HashSet;
+use std::net::{IpAddr, Ipv6Addr};
+use std::time::{Duration, Instant};
+
+use proptest::prelude::*;
+
+use super::*;
+use crate::ip::test_packets::{udp4, udp6};
+use crate::replay::ReplayPolicy;
+use crate::sa::{EspAlgorithm, KeyMaterial, Lifetimes, Limits, SenderIds, SnTransform, Tunnel};
+use crate::sad::SadKey;
+use crate::spd::{AddrRange, PolicyId, Selector, SpdEntry};
+
+const GROUP: [u8; 4] = [239, 1, 1, 1];
+const S1: [u8; 4] = [10, 0, 0, 1];
+const S2: [u8; 4] = [10, 0, 0, 2];
+const GCM128: EspAlgorithm = EspAlgorithm::AesGcm16 { key_bits: 128 };
+
+fn ip(b: [u8; 4]) -> IpAddr {
+    IpAddr::from(b)
+}
+
+fn keys(alg: EspAlgorithm, seed: u8) -> KeyMaterial {
+    KeyMaterial::new(
+        (0..alg.keymat_len())
+            .map(|i| seed.wrapping_add(i as u8))
+            .collect::<Vec<u8>>(),
+    )
+}
+
+fn group_sa(spi: u32, dir: Direction, seed: u8) -> SaConfig {
+    SaConfig::new(
+        spi,
+        dir,
+        SadKey::SpiDst {
+            spi,
+            dst: ip(GROUP),
+        },
+        Mode::Tunnel(Tunnel::preserving(false)),
+        GCM128,
+        keys(GCM128, seed),
+        SnTransform::Sequential32,
+    )
+}
+
+fn pair(cfg: &SaConfig, t: Instant) -> (Engine, SaHandle, Engine) {
+    let tx = Engine::default();
+    let mut out = cfg.clone();
+    out.direction = Direction::Outbound;
+    let h = tx.install(out, t).unwrap();
+    let rx = Engine::default();
+    let mut inb = cfg.clone();
+    inb.direction = Direction::Inbound;
+    rx.install(inb, t).unwrap();
+    (tx, h, rx)
+}
+
+fn seal_vec(e: &Engine, h: &SaHandle, p: &[u8], t: Instant) -> Result<Vec<u8>, SealError> {
+    let mut buf = [0u8; 2048];
+    e.seal(h, p, &mut buf, t).map(|o| o.to_vec())
+}
+
+fn open_vec(e: &Engine, p: &[u8], t: Instant) -> Result<Vec<u8>, DropReason> {
+    let mut buf = [0u8; 2048];
+    match e.open(p, &mut buf, t) {
+        Verdict::Deliver(d) => Ok(d.to_vec()),
+        Verdict::Drop(r) => Err(r),
+    }
+}
+
+#[test]
+fn tunnel_with_address_preservation_round_trip() {
+    let t = Instant::now();
+    let (tx, h, rx) = pair(&group_sa(0x1000, Direction::Outbound, 1), t);
+    let inner = udp4(S1, GROUP, 4000, 5000, b"multicast payload");
+    let sealed = seal_vec(&tx, &h, &inner, t).unwrap();
+    let info = ip::parse(&sealed).unwrap();
+    // RFC 5374 3.1: both addresses copied from the inner header.
+    assert_eq!((info.src, info.dst), (ip(S1), ip(GROUP)));
+    assert_eq!(info.protocol, proto::ESP);
+    assert_eq!(ip::ipv4_checksum(&sealed[..20]), 0);
+    assert_eq!(&sealed[20..24], &0x1000u32.to_be_bytes());
+    assert_eq!(&sealed[24..28], &1u32.to_be_bytes());
+    // Inner TTL kept for multicast scope.
+    assert_eq!(sealed[8], inner[8]);
+    assert_eq!(open_vec(&rx, &sealed, t).unwrap(), inner);
+    // The ESP-only variant carries the same SA output format.
+    let mut buf = [0u8; 2048];
+    let esp = tx.seal_esp(&h, &inner, &mut buf, t).unwrap();
+    assert_eq!((esp.src, esp.dst), (ip(S1), ip(GROUP)));
+    let esp = esp.esp.to_vec();
+    let mut out = [0u8; 2048];
+    assert_eq!(
+        rx.open_esp(ip(S1), ip(GROUP), &esp, &mut out, t),
+        Verdict::Deliver(&mut inner.clone()[..])
+    );
+    let st = rx.stats(SaId(1)).unwrap();
+    assert_eq!((st.packets, st.bytes), (2, 2 * inner.len() as u64));
+}
+
+#[test]
+fn tunnel_v6_and_endpoint_tunnel() {
+    let t = Instant::now();
+    let g: IpAddr = "ff3e::8000:1".parse().unwrap();
+    let src: Ipv6Addr = "2001:db8::1".parse().unwrap();
+    let mut cfg = group_sa(7, Direction::Outbound, 3);
+    cfg.lookup = SadKey::SpiDst { spi: 7, dst: g };
+    cfg.mode = Mode::Tunnel(Tunnel::preserving(true));
+    cfg.algorithm = EspAlgorithm::ChaCha20Poly1305;
+    cfg.keys = keys(cfg.algorithm, 3);
+    let (tx, h, rx) = pair(&cfg, t);
+    let IpAddr::V6(g6) = g else { unreachable!() };
+    let inner = udp6(src, g6, 1, 2, &[7u8; 333]);
+    let sealed = seal_vec(&tx, &h, &inner, t).unwrap();
+    let info = ip::parse(&sealed).unwrap();
+    assert_eq!((info.src, info.dst), (IpAddr::V6(src), g));
+    assert_eq!(sealed[7], inner[7], "hop limit copied");
+    assert_eq!(open_vec(&rx, &sealed, t).unwrap(), inner);
+
+    // Plain tunnel between gateways: outer addresses are the endpoints.
+    let mut cfg = group_sa(8, Direction::Outbound, 4);
+    let (gw_a, gw_b) = (ip([192, 0, 2, 1]), ip([192, 0, 2, 2]));
+    cfg.lookup = SadKey::Spi(8);
+    cfg.mode = Mode::Tunnel(Tunnel {
+        local: gw_a,
+        remote: gw_b,
+        preserve_src: false,
+        preserve_dst: false,
+    });
+    let (tx, h, rx) = pair(&cfg, t);
+    let inner = udp4(S1, [10, 9, 9, 9], 1, 2, b"x");
+    let sealed = seal_vec(&tx, &h, &inner, t).unwrap();
+    let info = ip::parse(&sealed).unwrap();
+    assert_eq!((info.src, info.dst), (gw_a, gw_b));
+    assert_eq!(sealed[8], DEFAULT_TTL);
+    assert_eq!(open_vec(&rx, &sealed, t).unwrap(), inner);
+    // IPv6 inner into an IPv4 tunnel works without preservation...
+    let v6 = udp6(src, "2001:db8::2".parse().unwrap(), 1, 2, b"y");
+    let sealed = seal_vec(&tx, &h, &v6, t).unwrap();
+    assert_eq!(sealed[0] >> 4, 4);
+    assert_eq!(open_vec(&rx, &sealed, t).unwrap(), v6);
+    // ...but never with address preservation (RFC 5374 4.1.2).
+    let (tx4, h4, _) = pair(&group_sa(9, Direction::Outbound, 5), t);
+    assert_eq!(seal_vec(&tx4, &h4, &v6, t), Err(SealError::FamilyMismatch));
+}
+
+#[test]
+fn transport_mode_round_trip_v4_v6() {
+    let t = Instant::now();
+    for alg in [
+        GCM128,
+        EspAlgorithm::AesCbcHmacSha256 { key_bits: 128 },
+        EspAlgorithm::AesGmac { key_bits: 128 },
+    ] {
+        let mut cfg = group_sa(0x42, Direction::Outbound, 9);
+        cfg.mode = Mode::Transport;
+        cfg.algorithm = alg;
+        cfg.keys = keys(alg, 9);
+        let (tx, h, rx) = pair(&cfg, t);
+        let inner = udp4(S1, GROUP, 1234, 5678, b"transport");
+        let sealed = seal_vec(&tx, &h, &inner, t).unwrap();
+        let info = ip::parse(&sealed).unwrap();
+        assert_eq!(info.protocol, proto::ESP);
+        assert_eq!(info.total_len, sealed.len());
+        assert_eq!(ip::ipv4_checksum(&sealed[..20]), 0);
+        assert_eq!(open_vec(&rx, &sealed, t).unwrap(), inner, "{alg:?}");
+        // Without the outer header the engine rebuilds a minimal one.
+        let mut buf = [0u8; 2048];
+        let esp = tx.seal_esp(&h, &inner, &mut buf, t).unwrap().esp.to_vec();
+        let mut out = [0u8; 2048];
+        let Verdict::Deliver(d) = rx.open_esp(ip(S1), ip(GROUP), &esp, &mut out, t) else {
+            panic!("{alg:?}")
+        };
+        assert_eq!(&d[20..], &inner[20..]);
+        let i = ip::parse(d).unwrap();
+        assert_eq!((i.src, i.dst, i.protocol), (ip(S1), ip(GROUP), proto::UDP));
+    }
+    // IPv6 with a Destination Options header before ESP.
+    let g: IpAddr = "ff3e::1".parse().unwrap();
+    let mut cfg = group_sa(0x43, Direction::Outbound, 2);
+    cfg.mode = Mode::Transport;
+    cfg.lookup = SadKey::SpiDst { spi: 0x43, dst: g };
+    let (tx, h, rx) = pair(&cfg, t);
+    let mut inner = udp6(
+        "2001:db8::5".parse().unwrap(),
+        "ff3e::1".parse().unwrap(),
+        9,
+        10,
+        b"v6",
+    );
+    let tail = inner.split_off(40);
+    inner[6] = proto::DSTOPTS;
+    inner.extend_from_slice(&[proto::UDP, 0, 1, 4, 0, 0, 0, 0]);
+    inner.extend_from_slice(&tail);
+    let plen = (inner.len() - 40) as u16;
+    inner[4..6].copy_from_slice(&plen.to_be_bytes());
+    let sealed = seal_vec(&tx, &h, &inner, t).unwrap();
+    assert_eq!(sealed[40], proto::ESP, "last Next Header now says ESP");
+    assert_eq!(sealed[6], proto::DSTOPTS);
+    assert_eq!(open_vec(&rx, &sealed, t).unwrap(), inner);
+}
+
+#[test]
+fn lookup_precedence_through_the_engine() {
+    let t = Instant::now();
+    let spi = 0xabcd;
+    let me = [192, 0, 2, 10];
+    // Three SAs share one SPI, each with its own key: a wrong pick fails the ICV.
+    let unicast = {
+        let mut c = group_sa(spi, Direction::Inbound, 10);
+        c.lookup = SadKey::Spi(spi);
+        c.mode = Mode::Transport;
+        c
+    };
+    let any_source = group_sa(spi, Direction::Inbound, 20);
+    let mut from_s1 = group_sa(spi, Direction::Inbound, 30);
+    from_s1.lookup = SadKey::SpiDstSrc {
+        spi,
+        dst: ip(GROUP),
+        src: ip(S1),
+    };
+    let rx = Engine::default();
+    for c in [&unicast, &any_source, &from_s1] {
+        rx.install(c.clone(), t).unwrap();
+    }
+    // Each sender has sealed `skip` packets before: sequence numbers do not collide across
+    // the cases, so the ICV decides, not the replay window.
+    let send_after = |cfg: &SaConfig, inner: &[u8], skip: u32| {
+        let tx = Engine::default();
+        let mut c = cfg.clone();
+        c.direction = Direction::Outbound;
+        let h = tx.install(c, t).unwrap();
+        h.0.seq.store(u64::from(skip), Ordering::Relaxed);
+        seal_vec(&tx, &h, inner, t).unwrap()
+    };
+    let send = |cfg: &SaConfig, inner: &[u8]| send_after(cfg, inner, 0);
+    let m1 = udp4(S1, GROUP, 1, 2, b"from s1");
+    let m2 = udp4(S2, GROUP, 1, 2, b"from s2");
+    let u = udp4(S2, me, 1, 2, b"unicast");
+    // SPI + dst + src beats SPI + dst.
+    assert_eq!(open_vec(&rx, &send(&from_s1, &m1), t), Ok(m1.clone()));
+    assert_eq!(
+        open_vec(&rx, &send_after(&any_source, &m1, 10), t),
+        Err(DropReason::Integrity)
+    );
+    // SPI + dst beats SPI.
+    assert_eq!(open_vec(&rx, &send(&any_source, &m2), t), Ok(m2));
+    // SPI alone for traffic to the unicast address.
+    let su = send(&unicast, &u);
+    assert_eq!(ip::parse(&su).unwrap().dst, ip(me));
+    assert_eq!(open_vec(&rx, &su, t), Ok(u));
+    // Unknown SPI.
+    let rx2 = Engine::default();
+    assert_eq!(open_vec(&rx2, &su, t), Err(DropReason::NoSa));
+    assert_eq!(rx2.drops(DropReason::NoSa), 1);
+}
+
+#[test]
+fn replay_per_sa_and_disabled_for_unspecified_numbers() {
+    let t = Instant::now();
+    let (tx, h, rx) = pair(&group_sa(5, Direction::Outbound, 1), t);
+    let p = udp4(S1, GROUP, 1, 2, b"r");
+    let a = seal_vec(&tx, &h, &p, t).unwrap();
+    let b = seal_vec(&tx, &h, &p, t).unwrap();
+    assert!(open_vec(&rx, &b, t).is_ok());
+    assert!(
+        open_vec(&rx, &a, t).is_ok(),
+        "out of order inside the window"
+    );
+    assert_eq!(open_vec(&rx, &a, t), Err(DropReason::ReplayDuplicate));
+    // A forged copy with a fresh SN fails the ICV and does not move the window.
+    let mut forged = b.clone();
+    forged[24..28].copy_from_slice(&5000u32.to_be_bytes());
+    assert_eq!(open_vec(&rx, &forged, t), Err(DropReason::Integrity));
+    let c = seal_vec(&tx, &h, &p, t).unwrap();
+    assert!(open_vec(&rx, &c, t).is_ok());
+    let st = rx.stats(SaId(1)).unwrap();
+    assert!(st.drops.contains(&(DropReason::ReplayDuplicate, 1)));
+    assert!(st.drops.contains(&(DropReason::Integrity, 1)));
+
+    // SN transform "32-bit Unspecified Numbers": no replay protection by default.
+    let mut cfg = group_sa(6, Direction::Outbound, 1);
+    cfg.sn = SnTransform::Unspecified32;
+    cfg.replay = ReplayPolicy::default_for(cfg.sn);
+    let (tx, h, rx) = pair(&cfg, t);
+    let a = seal_vec(&tx, &h, &p, t).unwrap();
+    assert!(open_vec(&rx, &a, t).is_ok());
+    assert!(open_vec(&rx, &a, t).is_ok());
+}
+
+#[test]
+fn per_sender_windows_on_a_multi_sender_sa() {
+    let t = Instant::now();
+    let mut cfg = group_sa(77, Direction::Inbound, 4);
+    cfg.sn = SnTransform::Unspecified32;
+    cfg.sender_ids = Some(SenderIds {
+        bits: 8,
+        ids: vec![1],
+    });
+    cfg.replay = ReplayPolicy::PerSender {
+        window: 64,
+        key: SenderKey::SenderId,
+        max_senders: 2,
+    };
+    let rx = Engine::default();
+    rx.install(cfg.clone(), t).unwrap();
+    let sender = |id: u32| {
+        let e = Engine::default();
+        let mut c = cfg.clone();
+        c.direction = Direction::Outbound;
+        c.sender_ids = Some(SenderIds {
+            bits: 8,
+            ids: vec![id],
+        });
+        let h = e.install(c, t).unwrap();
+        (e, h)
+    };
+    let (e1, h1) = sender(1);
+    let (e2, h2) = sender(2);
+    let (e3, h3) = sender(3);
+    let p = udp4(S1, GROUP, 1, 2, b"m");
+    // Both senders start at SN 1: independent windows accept both.
+    let a1 = seal_vec(&e1, &h1, &p, t).unwrap();
+    let a2 = seal_vec(&e2, &h2, &p, t).unwrap();
+    assert_eq!(&a1[24..28], &a2[24..28]);
+    assert!(open_vec(&rx, &a1, t).is_ok());
+    assert!(open_vec(&rx, &a2, t).is_ok());
+    assert_eq!(open_vec(&rx, &a1, t), Err(DropReason::ReplayDuplicate));
+    assert_eq!(open_vec(&rx, &a2, t), Err(DropReason::ReplayDuplicate));
+    // A third sender exceeds the cap.
+    let a3 = seal_vec(&e3, &h3, &p, t).unwrap();
+    assert_eq!(open_vec(&rx, &a3, t), Err(DropReason::TooManySenders));
+    // Sender-ID keyed windows are per Sender-ID, whatever the source address.
+    let mut moved = seal_vec(&e1, &h1, &p, t).unwrap();
+    moved[12..16].copy_from_slice(&S2);
+    assert_eq!(
+        open_vec(&rx, &moved, t),
+        Err(DropReason::AddressMismatch),
+        "source preserved in the inner header must match"
+    );
+}
+
+#[test]
+fn sender_id_ivs_of_two_senders_never_collide_on_the_wire() {
+    let t = Instant::now();
+    let mut ivs = HashSet::new();
+    for id in [1u32, 2] {
+        let e = Engine::default();
+        let mut c = group_sa(3, Direction::Outbound, 8);
+        c.sn = SnTransform::Unspecified32;
+        c.sender_ids = Some(SenderIds {
+            bits: 16,
+            ids: vec![id],
+        });
+        let h = e.install(c, t).unwrap();
+        for _ in 0..200 {
+            let s = seal_vec(&e, &h, &udp4(S1, GROUP, 1, 2, b"z"), t).unwrap();
+            let iv: [u8; 8] = s[28..36].try_into().unwrap();
+            assert_eq!(u16::from_be_bytes([iv[0], iv[1]]) as u32, id);
+            assert!(ivs.insert(iv), "IV reused across senders");
+        }
+    }
+    assert_eq!(ivs.len(), 400);
+}
+
+#[test]
+fn exhaustion_refuses_to_send() {
+    let t = Instant::now();
+    // 60 Sender-ID bits leave a 4-bit counter: 16 packets per Sender-ID, two IDs in turn.
+    let mut c = group_sa(11, Direction::Outbound, 1);
+    c.sn = SnTransform::Unspecified32;
+    c.sender_ids = Some(SenderIds {
+        bits: 60,
+        ids: vec![5, 6],
+    });
+    let e = Engine::default();
+    let h = e.install(c, t).unwrap();
+    let p = udp4(S1, GROUP, 1, 2, b"e");
+    for _ in 0..32 {
+        seal_vec(&e, &h, &p, t).unwrap();
+    }
+    assert_eq!(seal_vec(&e, &h, &p, t), Err(SealError::IvExhausted));
+    // RFC 4303 3.3.3: the sequence number must not cycle on a Sequential SA...
+    let e = Engine::default();
+    let h = e.install(group_sa(12, Direction::Outbound, 1), t).unwrap();
+    h.0.seq.store(u64::from(u32::MAX) - 1, Ordering::Relaxed);
+    let last = seal_vec(&e, &h, &p, t).unwrap();
+    assert_eq!(&last[24..28], &u32::MAX.to_be_bytes());
+    assert_eq!(seal_vec(&e, &h, &p, t), Err(SealError::SequenceExhausted));
+    // ...and rolls over on an Unspecified one.
+    let mut c = group_sa(13, Direction::Outbound, 1);
+    c.sn = SnTransform::Unspecified32;
+    let h = e.install(c, t).unwrap();
+    h.0.seq.store(u64::from(u32::MAX), Ordering::Relaxed);
+    let wrapped = seal_vec(&e, &h, &p, t).unwrap();
+    assert_eq!(&wrapped[24..28], &0u32.to_be_bytes());
+}
+
+#[test]
+fn implicit_iv_needs_sequential_numbers_and_round_trips() {
+    let t = Instant::now();
+    let alg = EspAlgorithm::AesGcm16Iiv { key_bits: 128 };
+    let mut c = group_sa(21, Direction::Outbound, 6);
+    c.algorithm = alg;
+    c.keys = keys(alg, 6);
+    let (tx, h, rx) = pair(&c, t);
+    let p = udp4(S1, GROUP, 1, 2, b"iiv");
+    let s = seal_vec(&tx, &h, &p, t).unwrap();
+    // 20 outer + 8 ESP header, no IV: the payload follows the SN directly.
+    assert_eq!(s.len(), 20 + 8 + p.len() + pad_of(p.len()) + 2 + 16);
+    assert_eq!(open_vec(&rx, &s, t), Ok(p));
+    c.sn = SnTransform::Unspecified32;
+    assert_eq!(
+        Engine::default().install(c, t).err(),
+        Some(InstallError::ImplicitIvNeedsSequential)
+    );
+}
+
+fn pad_of(len: usize) -> usize {
+    crate::packet::pad_len(len, 4)
+}
+
+#[test]
+fn hard_and_soft_lifetimes_packets_bytes_time() {
+    let t = Instant::now();
+    // Packets: soft at 2, hard at 3.
+    let mut c = group_sa(30, Direction::Outbound, 1);
+    c.owner = 99;
+    c.lifetimes = Lifetimes {
+        soft: Limits {
+            packets: Some(2),
+            ..Limits::default()
+        },
+        hard: Limits {
+            packets: Some(3),
+            ..Limits::default()
+        },
+    };
+    let e = Engine::default();
+    let h = e.install(c, t).unwrap();
+    let p = udp4(S1, GROUP, 1, 2, b"l");
+    seal_vec(&e, &h, &p, t).unwrap();
+    assert_eq!(e.poll_event(), None);
+    seal_vec(&e, &h, &p, t).unwrap();
+    let soft = Event::Expired {
+        id: h.id(),
+        spi: 30,
+        direction: Direction::Outbound,
+        owner: 99,
+        hard: false,
+    };
+    assert_eq!(e.poll_event(), Some(soft));
+    seal_vec(&e, &h, &p, t).unwrap();
+    let Some(Event::Expired { hard: true, .. }) = e.poll_event() else {
+        panic!("hard event at the third packet")
+    };
+    assert_eq!(seal_vec(&e, &h, &p, t), Err(SealError::Expired));
+    assert_eq!(e.poll_event(), None, "each event once");
+    // The hard-expired SA is removed at the next timeout handling.
+    assert_eq!(e.poll_timeout(), Some(t));
+    e.handle_timeout(t);
+    assert_eq!(e.sa_count(), 0);
+    assert_eq!(seal_vec(&e, &h, &p, t), Err(SealError::Deleted));
+
+    // Bytes, inbound: soft at 100, hard at 150 octets delivered.
+    let mut c = group_sa(31, Direction::Outbound, 1);
+    let (tx, h, _) = pair(&c, t);
+    c.lifetimes.soft.bytes = Some(100);
+    c.lifetimes.hard.bytes = Some(150);
+    let (_, _, rx) = pair(&c, t);
+    let p = udp4(S1, GROUP, 1, 2, &[0; 32]); // 60 octets
+    for _ in 0..2 {
+        let s = seal_vec(&tx, &h, &p, t).unwrap();
+        assert!(open_vec(&rx, &s, t).is_ok());
+    }
+    assert!(matches!(
+        rx.poll_event(),
+        Some(Event::Expired { hard: false, .. })
+    ));
+    let s = seal_vec(&tx, &h, &p, t).unwrap();
+    assert_eq!(open_vec(&rx, &s, t), Err(DropReason::Expired), "180 > 150");
+    assert!(matches!(
+        rx.poll_event(),
+        Some(Event::Expired {
+            hard: true,
+            direction: Direction::Inbound,
+            ..
+        })
+    ));
+
+    // Time: soft at 10 s, hard at 20 s, driven by handle_timeout without traffic.
+    let mut c = group_sa(32, Direction::Inbound, 1);
+    c.lifetimes.soft.seconds = Some(10);
+    c.lifetimes.hard.seconds = Some(20);
+    let e = Engine::default();
+    e.install(c, t).unwrap();
+    assert_eq!(e.poll_timeout(), Some(t + Duration::from_secs(10)));
+    e.handle_timeout(t + Duration::from_secs(9));
+    assert_eq!(e.poll_event(), None);
+    e.handle_timeout(t + Duration::from_secs(10));
+    assert!(matches!(
+        e.poll_event(),
+        Some(Event::Expired {
+            hard: false,
+            spi: 32,
+            ..
+        })
+    ));
+    assert_eq!(e.poll_timeout(), Some(t + Duration::from_secs(20)));
+    e.handle_timeout(t + Duration::from_secs(25));
+    assert!(matches!(
+        e.poll_event(),
+        Some(Event::Expired {
+            hard: true,
+            spi: 32,
+            ..
+        })
+    ));
+    assert_eq!(e.sa_count(), 0);
+    assert!(e.sad().is_empty());
+
+    // Time on the data path: an outbound SA past its hard time refuses before any timer ran.
+    let mut c = group_sa(33, Direction::Outbound, 1);
+    c.lifetimes.hard.seconds = Some(5);
+    let e = Engine::default();
+    let h = e.install(c, t).unwrap();
+    let p = udp4(S1, GROUP, 1, 2, b"l");
+    assert!(seal_vec(&e, &h, &p, t + Duration::from_secs(4)).is_ok());
+    assert_eq!(
+        seal_vec(&e, &h, &p, t + Duration::from_secs(5)),
+        Err(SealError::Expired)
+    );
+    assert!(matches!(
+        e.poll_event(),
+        Some(Event::Expired { hard: true, .. })
+    ));
+}
+
+#[test]
+fn atd_rollover_and_dtd_lingering() {
+    let t = Instant::now();
+    let policy = PolicyId(1);
+    let e = Engine::default();
+    e.spd().replace(vec![SpdEntry {
+        selectors: vec![Selector::addresses(
+            AddrRange::any(false),
+            AddrRange::single(ip(GROUP)),
+        )],
+        action: Action::Protect(policy),
+    }]);
+    let p = udp4(S1, GROUP, 1, 2, b"roll");
+    assert!(matches!(
+        e.classify(&p, t),
+        Decision::NoActiveSa(PolicyId(1))
+    ));
+    let mut old = group_sa(100, Direction::Outbound, 1);
+    old.policy = Some(policy);
+    let old = e.install(old, t).unwrap();
+    let Decision::Protect(h) = e.classify(&p, t) else {
+        panic!()
+    };
+    assert_eq!(h.spi(), 100);
+    // The leading-edge SA arrives with ATD = 30 s.
+    let t1 = t + Duration::from_secs(60);
+    let mut new = group_sa(101, Direction::Outbound, 2);
+    new.policy = Some(policy);
+    new.atd = Duration::from_secs(30);
+    let new = e.install(new, t1).unwrap();
+    assert_eq!(seal_vec(&e, &new, &p, t1), Err(SealError::NotYetActive));
+    let Decision::Protect(h) = e.classify(&p, t1 + Duration::from_secs(29)) else {
+        panic!()
+    };
+    assert_eq!(h.spi(), 100, "old SA until ATD has passed");
+    let t2 = t1 + Duration::from_secs(30);
+    let Decision::Protect(h) = e.classify(&p, t2) else {
+        panic!()
+    };
+    assert_eq!(h.spi(), 101);
+    assert!(seal_vec(&e, &new, &p, t2).is_ok());
+    // Deleting the old outbound SA stops it at once.
+    assert!(e.delete(old.id(), t2));
+    assert_eq!(seal_vec(&e, &old, &p, t2), Err(SealError::Deleted));
+
+    // Inbound: a deleted SA keeps receiving for DTD seconds.
+    let mut c = group_sa(200, Direction::Outbound, 7);
+    c.dtd = Duration::from_secs(10);
+    let (tx, h, rx) = pair(&c, t);
+    let id = rx.sad().lookup(200, ip(GROUP), ip(S1)).unwrap().id();
+    assert!(rx.delete(id, t));
+    assert!(rx.stats(id).unwrap().deleting);
+    let s = seal_vec(&tx, &h, &p, t + Duration::from_secs(9)).unwrap();
+    assert!(open_vec(&rx, &s, t + Duration::from_secs(9)).is_ok());
+    assert_eq!(rx.poll_timeout(), Some(t + Duration::from_secs(10)));
+    rx.handle_timeout(t + Duration::from_secs(10));
+    let s = seal_vec(&tx, &h, &p, t + Duration::from_secs(11)).unwrap();
+    assert_eq!(
+        open_vec(&rx, &s, t + Duration::from_secs(11)),
+        Err(DropReason::NoSa)
+    );
+    // A new SA installed under the same key is not removed by the old timer.
+    let mut again = c.clone();
+    again.direction = Direction::Inbound;
+    rx.install(again, t).unwrap();
+    rx.handle_timeout(t + Duration::from_secs(100));
+    assert_eq!(rx.sa_count(), 1);
+}
+
+#[test]
+fn spd_bypass_discard_protect() {
+    let t = Instant::now();
+    let e = Engine::default();
+    let any = AddrRange::any(false);
+    e.spd().replace(vec![
+        SpdEntry {
+            selectors: vec![Selector::addresses(
+                any,
+                AddrRange::single(ip([10, 9, 9, 9])),
+            )],
+            action: Action::Bypass,
+        },
+        SpdEntry {
+            selectors: vec![Selector::addresses(any, AddrRange::single(ip(GROUP)))],
+            action: Action::Protect(PolicyId(4)),
+        },
+    ]);
+    assert!(matches!(
+        e.classify(&udp4(S1, [10, 9, 9, 9], 1, 2, b""), t),
+        Decision::Bypass
+    ));
+    assert!(matches!(
+        e.classify(&udp4(S1, [10, 9, 9, 8], 1, 2, b""), t),
+        Decision::Discard
+    ));
+    assert!(matches!(e.classify(&[0x45, 0], t), Decision::Discard));
+    assert!(matches!(
+        e.classify(&udp4(S1, GROUP, 1, 2, b""), t),
+        Decision::NoActiveSa(PolicyId(4))
+    ));
+}
+
+#[test]
+fn inbound_checks_address_preservation_selectors_and_direction() {
+    let t = Instant::now();
+    let mut c = group_sa(300, Direction::Outbound, 1);
+    c.inbound_selectors = vec![Selector {
+        protocol: Some(proto::UDP),
+        ..Selector::addresses(AddrRange::any(false), AddrRange::single(ip(GROUP)))
+    }];
+    let (tx, h, rx) = pair(&c, t);
+    let p = udp4(S1, GROUP, 1, 2, b"ok");
+    let mut s = seal_vec(&tx, &h, &p, t).unwrap();
+    // The outer source is not covered by the ICV but must equal the preserved inner one.
+    s[12..16].copy_from_slice(&S2);
+    let c2 = ip::ipv4_checksum(&{
+        let mut h = s[..20].to_vec();
+        h[10] = 0;
+        h[11] = 0;
+        h
+    });
+    s[10..12].copy_from_slice(&c2.to_be_bytes());
+    assert_eq!(open_vec(&rx, &s, t), Err(DropReason::AddressMismatch));
+    // An inner packet outside the selectors (TCP) is dropped.
+    let mut tcp = udp4(S1, GROUP, 1, 2, b"tcp?");
+    tcp[9] = proto::TCP;
+    tcp[10..12].fill(0);
+    let c3 = ip::ipv4_checksum(&tcp[..20]);
+    tcp[10..12].copy_from_slice(&c3.to_be_bytes());
+    let s = seal_vec(&tx, &h, &tcp, t).unwrap();
+    assert_eq!(open_vec(&rx, &s, t), Err(DropReason::PolicyMismatch));
+    // Inbound SAs do not seal.
+    let inb = Engine::default()
+        .install(group_sa(301, Direction::Inbound, 1), t)
+        .unwrap();
+    assert_eq!(seal_vec(&rx, &inb, &p, t), Err(SealError::NotOutbound));
+}
+
+#[test]
+fn buffers_too_small_and_malformed_input() {
+    let t = Instant::now();
+    let (tx, h, rx) = pair(&group_sa(400, Direction::Outbound, 1), t);
+    let p = udp4(S1, GROUP, 1, 2, &[1; 100]);
+    let mut small = [0u8; 64];
+    assert!(matches!(
+        tx.seal(&h, &p, &mut small, t),
+        Err(SealError::BufferTooSmall { needed }) if needed > 64
+    ));
+    // A refused seal consumed no sequence number.
+    let s = seal_vec(&tx, &h, &p, t).unwrap();
+    assert_eq!(&s[24..28], &1u32.to_be_bytes());
+    let mut small = [0u8; 64];
+    assert_eq!(
+        rx.open(&s, &mut small, t),
+        Verdict::Drop(DropReason::BufferTooSmall)
+    );
+    // Truncations and bit flips never deliver and never panic.
+    for n in 0..s.len() {
+        assert!(open_vec(&rx, &s[..n], t).is_err(), "prefix {n}");
+    }
+    for i in 20..s.len() {
+        let mut bad = s.clone();
+        bad[i] ^= 1;
+        let r = open_vec(&rx, &bad, t);
+        assert!(r.is_err(), "flip at {i}");
+    }
+    assert!(open_vec(&rx, &s, t).is_ok());
+    assert_eq!(seal_vec(&tx, &h, &[0x45; 10], t), Err(SealError::BadPacket));
+}
+
+#[test]
+fn keys_are_not_printed() {
+    let c = group_sa(1, Direction::Inbound, 0xee);
+    let dbg = format!("{c:?}");
+    assert!(dbg.contains("redacted"));
+    assert!(!dbg.contains("238, 239"), "{dbg}");
+    let e = Engine::default();
+    let h = e.install(c, Instant::now()).unwrap();
+    let dbg = format!("{h:?}");
+    assert!(!dbg.contains("238"), "{dbg}");
+}
+
+#[test]
+fn install_errors() {
+    let t = Instant::now();
+    let e = Engine::default();
+    e.install(group_sa(1, Direction::Inbound, 1), t).unwrap();
+    assert_eq!(
+        e.install(group_sa(1, Direction::Inbound, 1), t).err(),
+        Some(InstallError::Duplicate)
+    );
+    let mut c = group_sa(2, Direction::Inbound, 1);
+    c.keys = KeyMaterial::new(vec![0; 16]);
+    assert_eq!(
+        e.install(c, t).err(),
+        Some(InstallError::KeyLength {
+            expected: 20,
+            got: 16
+        })
+    );
+    let mut c = group_sa(3, Direction::Outbound, 1);
+    c.sender_ids = Some(SenderIds {
+        bits: 8,
+        ids: vec![300],
+    });
+    assert_eq!(
+        e.install(c, t).err(),
+        Some(InstallError::SenderIdTooLarge { id: 300, bits: 8 })
+    );
+    let mut c = group_sa(4, Direction::Inbound, 1);
+    c.replay = ReplayPolicy::PerSender {
+        window: 64,
+        key: SenderKey::SenderId,
+        max_senders: 4,
+    };
+    assert_eq!(
+        e.install(c, t).err(),
+        Some(InstallError::SenderIdReplayNeedsIv)
+    );
+    // Batch install reports duplicates per entry.
+    let r = e.install_batch(
+        vec![
+            group_sa(1, Direction::Inbound, 1),
+            group_sa(5, Direction::Inbound, 1),
+            group_sa(5, Direction::Inbound, 1),
+        ],
+        t,
+    );
+    assert_eq!(r[0].as_ref().err(), Some(&InstallError::Duplicate));
+    assert!(r[1].is_ok());
+    assert_eq!(r[2].as_ref().err(), Some(&InstallError::Duplicate));
+    assert_eq!(e.sa_count(), 2);
+    assert_eq!(e.sad().len(), 2);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+    /// Hostile input: arbitrary bytes, or a valid packet with arbitrary edits, never panic and
+    /// never deliver something that was not sealed.
+    #[test]
+    fn open_never_panics(junk in prop::collection::vec(any::<u8>(), 0..200),
+                         edits in prop::collection::vec((any::<usize>(), any::<u8>()), 1..4)) {
+        let t = Instant::now();
+        let (tx, h, rx) = pair(&group_sa(9, Direction::Outbound, 1), t);
+        let _ = open_vec(&rx, &junk, t);
+        let mut out = [0u8; 256];
+        let _ = rx.open_esp(ip(S1), ip(GROUP), &junk, &mut out, t);
+        let s = seal_vec(&tx, &h, &udp4(S1, GROUP, 1, 2, b"hostile"), t).unwrap();
+        let mut bad = s.clone();
+        for (i, v) in edits {
+            let i = 20 + i % (bad.len() - 20);
+            bad[i] ^= v | 1;
+        }
+        prop_assert!(open_vec(&rx, &bad, t).is_err());
+    }
+}
