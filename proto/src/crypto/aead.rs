@@ -177,6 +177,30 @@ mod tests {
         assert_eq!(pt2, pt);
     }
 
+    /// RFC 7634 Appendix A: the ESP example (AAD = SPI | sequence number).
+    #[test]
+    fn rfc7634_appendix_a_esp() {
+        let key = unhex("808182838485868788898a8b8c8d8e8f909192939495969798999a9b9c9d9e9f");
+        let nonce: [u8; 12] = unhex("a0a1a2a3 1011121314151617").try_into().unwrap();
+        let aad = unhex("01020304 00000005");
+        let mut buf = unhex(
+            "45000054a6f2000040 01e778c6336405 c0000205 08005b7a3a080000553bec10
+             00073627 08090a0b0c0d0e0f10111213 1415161718191a1b1c1d1e1f20212223
+             2425262728292a2b2c2d2e2f30313233 3435363701020204",
+        );
+        let k = AeadKey::new(AeadAlg::ChaCha20Poly1305, &key).unwrap();
+        let tag = k.seal_in_place(&nonce, &aad, &mut buf).unwrap();
+        assert_eq!(
+            buf,
+            unhex(
+                "24039428b97f417e3c13753a4f05087b67c352e6a7fab1b982d466ef407ae5c6
+                 14ee8099d52844eb61aa95dfab4c02f72aa71e7c4c4f64c9befe2facc638e8f3
+                 cbec163fac469b502773f6fb94e664da9165b82829f641e0"
+            )
+        );
+        assert_eq!(tag.to_vec(), unhex("76aaa8266b7fb0f7b11b369907e1ad43"));
+    }
+
     /// The GCM specification's test case 4 (McGrew & Viega), AES-128 with AAD, 96-bit IV.
     #[test]
     fn aes128_gcm_test_case_4() {

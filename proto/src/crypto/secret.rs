@@ -5,8 +5,17 @@ use zeroize::{Zeroize, ZeroizeOnDrop};
 /// Secret bytes of any length (keys, shared secrets, keying material).
 ///
 /// The buffer is wiped when dropped; `Debug` prints only the length.
-#[derive(Clone, Default, PartialEq, Eq, Zeroize, ZeroizeOnDrop)]
+#[derive(Clone, Default, Zeroize, ZeroizeOnDrop)]
 pub struct SecretBytes(Vec<u8>);
+
+/// Constant time in the content (lengths are not secret).
+impl PartialEq for SecretBytes {
+    fn eq(&self, other: &Self) -> bool {
+        super::ct_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for SecretBytes {}
 
 impl SecretBytes {
     /// Takes ownership of `bytes` (they are wiped when this value drops).
