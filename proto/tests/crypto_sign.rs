@@ -288,3 +288,32 @@ fn signature_auth_round_trip_with_policy() {
     let (ed, _) = SigningKey::generate(SignatureScheme::Ed25519).unwrap();
     assert!(verify_auth(&ed.public_key(), &data, octets, |_| true).is_err());
 }
+
+/// The public key of an X.509 certificate (CERT payload) is the signer's key.
+#[test]
+fn public_key_from_certificate() {
+    for (rc_alg, scheme) in [
+        (&rcgen::PKCS_ED25519, SignatureScheme::Ed25519),
+        (
+            &rcgen::PKCS_ECDSA_P256_SHA256,
+            SignatureScheme::EcdsaP256Sha256,
+        ),
+    ] {
+        let kp = rcgen::KeyPair::generate_for(rc_alg).unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["gcks.example".to_string()])
+            .unwrap()
+            .self_signed(&kp)
+            .unwrap();
+        let ours = SigningKey::from_pkcs8(scheme, &kp.serialize_der()).unwrap();
+        let from_cert = PublicKey::from_certificate(cert.der()).unwrap();
+        assert_eq!(from_cert, ours.public_key());
+        let sig = ours.sign(b"m").unwrap();
+        from_cert.verify(scheme, b"m", &sig).unwrap();
+        let der: &[u8] = cert.der();
+        assert!(PublicKey::from_certificate(&der[..der.len() - 1]).is_err());
+    }
+    assert!(matches!(
+        PublicKey::from_certificate(b"not a certificate"),
+        Err(CryptoError::Malformed(_))
+    ));
+}

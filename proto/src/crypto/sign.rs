@@ -247,6 +247,20 @@ impl PublicKey {
         })
     }
 
+    /// The public key of a DER X.509 certificate (CERT payload encoding 4, RFC 7296 3.6).
+    /// Only decodes: validating the certificate (chain, validity, name) is the caller's
+    /// policy.
+    pub fn from_certificate(der: &[u8]) -> Result<Self, CryptoError> {
+        let cert = x509_cert::Certificate::from_der(der)
+            .map_err(|_| CryptoError::Malformed("X.509 certificate"))?;
+        let spki = cert
+            .tbs_certificate()
+            .subject_public_key_info()
+            .to_der()
+            .map_err(|_| CryptoError::Malformed("X.509 certificate public key"))?;
+        Self::from_spki(&spki)
+    }
+
     /// The DER SubjectPublicKeyInfo (for the AUTH_KEY attribute). RSA keys are written with
     /// rsaEncryption and NULL parameters.
     pub fn to_spki(&self) -> Result<Vec<u8>, CryptoError> {
