@@ -45,6 +45,56 @@ pub fn signed_octets(
     v
 }
 
+/// Octets of the IKE header (RFC 7296 3.1) and offset of its Length field.
+const IKE_HEADER_LEN: usize = 28;
+const IKE_LENGTH_AT: usize = 24;
+/// Octets of a generic payload header (RFC 7296 3.2).
+const PAYLOAD_HEADER_LEN: usize = 4;
+
+/// The "A" chunk with adjusted lengths, shared by IntAuth (RFC 9242 3.3.2) and the
+/// GSA_REKEY signature (RFC 9838 2.4.1.1): `a` runs from the first octet of the IKE header
+/// through the Encrypted payload's generic header (no port-4500 zeros); the copy returned
+/// has the IKE header Length set to `|A| + p_len` and the Encrypted Payload Length (the
+/// last two octets of `a`) set to `p_len + 4`, as if IV, Padding, Pad Length and ICV did
+/// not exist. `p_len` is the length of the plaintext inner payloads ("P").
+pub fn adjusted_a_chunk(a: &[u8], p_len: usize) -> Result<Vec<u8>, CryptoError> {
+    if a.len() < IKE_HEADER_LEN + PAYLOAD_HEADER_LEN {
+        return Err(CryptoError::InvalidLength {
+            what: "A chunk (IKE header through Encrypted payload header)",
+            len: a.len(),
+        });
+    }
+    let total = a
+        .len()
+        .checked_add(p_len)
+        .and_then(|t| u32::try_from(t).ok())
+        .ok_or(CryptoError::InvalidLength {
+            what: "A | P",
+            len: p_len,
+        })?;
+    let sk_len = p_len
+        .checked_add(PAYLOAD_HEADER_LEN)
+        .and_then(|l| u16::try_from(l).ok())
+        .ok_or(CryptoError::InvalidLength {
+            what: "P chunk",
+            len: p_len,
+        })?;
+    let mut adjusted = a.to_vec();
+    adjusted[IKE_LENGTH_AT..IKE_LENGTH_AT + 4].copy_from_slice(&total.to_be_bytes());
+    let n = adjusted.len();
+    adjusted[n - 2..].copy_from_slice(&sk_len.to_be_bytes());
+    Ok(adjusted)
+}
+
+/// `DataToAuthenticate = A | P` of a GSA_REKEY message (RFC 9838 2.4.1.1), with A's
+/// lengths adjusted by [`adjusted_a_chunk`]. `p` holds the inner payloads with the AUTH
+/// payload's Authentication Data zeroed after its ASN.1 Length and AlgorithmIdentifier.
+pub fn rekey_data_to_authenticate(a: &[u8], p: &[u8]) -> Result<Vec<u8>, CryptoError> {
+    let mut v = adjusted_a_chunk(a, p.len())?;
+    v.extend_from_slice(p);
+    Ok(v)
+}
+
 /// A shared key, pre-processed as `prf(Shared Secret, "Key Pad for IKEv2")` so that the
 /// secret itself need not be kept (RFC 7296 2.15). Zeroized on drop.
 #[derive(Clone, PartialEq, Eq)]
@@ -110,4 +160,25 @@ pub fn verify_auth(
     }
     key.verify(scheme, signed_octets, sig)?;
     Ok(scheme)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rekey_data_adjusts_lengths() {
+        let mut a = vec![0x11; 24];
+        a.extend_from_slice(&[0xff; 4]); // Length as sent, with IV/padding/ICV
+        a.extend_from_slice(&[39, 0x00, 0xff, 0xff]); // SK header, first inner AUTH
+        let p = [0x22; 50];
+        let d = rekey_data_to_authenticate(&a, &p).unwrap();
+        assert_eq!(d.len(), 32 + 50);
+        assert_eq!(&d[24..28], &82u32.to_be_bytes());
+        assert_eq!(&d[28..30], &[39, 0]);
+        assert_eq!(&d[30..32], &54u16.to_be_bytes());
+        assert_eq!(&d[32..], &p);
+        assert!(adjusted_a_chunk(&a[..31], 0).is_err());
+        assert!(adjusted_a_chunk(&a, 70_000).is_err());
+    }
 }

@@ -196,12 +196,6 @@ pub struct IntAuth {
     r: Option<PrfOutput>,
 }
 
-/// Octets of the IKE header (RFC 7296 3.1) and offset of its Length field.
-const IKE_HEADER_LEN: usize = 28;
-const IKE_LENGTH_AT: usize = 24;
-/// Octets of a generic payload header (RFC 7296 3.2).
-const PAYLOAD_HEADER_LEN: usize = 4;
-
 impl IntAuth {
     pub fn new(prf: PrfAlg) -> Self {
         Self {
@@ -227,24 +221,7 @@ impl IntAuth {
         a: &[u8],
         p: &[u8],
     ) -> Result<(), CryptoError> {
-        if a.len() < IKE_HEADER_LEN + PAYLOAD_HEADER_LEN {
-            return Err(CryptoError::InvalidLength {
-                what: "IntAuth A chunk",
-                len: a.len(),
-            });
-        }
-        let total = u32::try_from(a.len() + p.len())
-            .map_err(|_| CryptoError::OutputTooLong("IntAuth message"))?;
-        let sk_len = u16::try_from(p.len() + PAYLOAD_HEADER_LEN).map_err(|_| {
-            CryptoError::InvalidLength {
-                what: "IntAuth P chunk",
-                len: p.len(),
-            }
-        })?;
-        let mut adjusted = a.to_vec();
-        adjusted[IKE_LENGTH_AT..IKE_LENGTH_AT + 4].copy_from_slice(&total.to_be_bytes());
-        let n = adjusted.len();
-        adjusted[n - 2..].copy_from_slice(&sk_len.to_be_bytes());
+        let adjusted = super::auth::adjusted_a_chunk(a, p.len())?;
         let slot = if from_initiator {
             &mut self.i
         } else {
