@@ -2,7 +2,12 @@
 //! responder (GCKS), sans-IO in the quinn style (STYLE Q1-Q3): datagrams and time go in
 //! through `handle*` calls; datagrams, timers and events come out through `poll_*` calls.
 
+pub mod config;
+pub mod nat;
 pub mod protect;
 pub mod retransmit;
+pub mod sa;
 
+pub use config::{IkeConfig, LocalAuth, PeerAuth, PeerAuthResolver, SinglePeer};
 pub use retransmit::{RetransmitAction, RetransmitPolicy, RetransmitTimer};
+pub use sa::{CloseReason, Decision, Event, Goal, IkeSa, InitRefusal, RegistrationRequest, Role};

@@ -1,0 +1,1834 @@
+//! One IKE SA between a group member (initiator) and a GCKS (responder): IKE_SA_INIT,
+//! IKE_INTERMEDIATE (RFC 9242, RFC 9370), then GSA_AUTH (RFC 9838 2.3.1) or a childless
+//! IKE_AUTH (RFC 6023), GSA_REGISTRATION (2.3.2), GSA_INBAND_REKEY (2.4.2) and
+//! INFORMATIONAL.
+//!
+//! The contract is quinn's (STYLE Q1): inputs are calls — [`IkeSa::handle`] for a
+//! datagram, [`IkeSa::handle_timeout`] when [`IkeSa::poll_timeout`] passes, and commands
+//! such as [`IkeSa::decide`], [`IkeSa::register`], [`IkeSa::delete`]; outputs are polled —
+//! [`IkeSa::poll_transmit`] until it returns `None`, then [`IkeSa::poll_event`], then
+//! [`IkeSa::poll_timeout`]. Time and randomness come in as arguments.
+//!
+//! Message IDs follow RFC 7296 2.2 with a window of one in each direction. A retransmitted
+//! request gets the cached response, never a second run of its handler (STYLE S2): a
+//! repeated GSA_AUTH must not allocate a second Sender-ID.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use tracing::{debug, info, warn};
+
+use crate::codec::Codec;
+use crate::crypto::auth::{PaddedPsk, maced_id, sign_auth, signed_octets, verify_auth};
+use crate::crypto::ke::ActiveKe;
+use crate::crypto::keywrap::{KeyWrapAlg, KeyWrapKey};
+use crate::crypto::{CryptoError, IkeKeys, IkeSuite, IntAuth, Random, SkKey, random_array};
+use crate::registry::{
+    AuthMethod, ExchangeType, NotifyType, PayloadType, ProtocolId, TransformType,
+};
+use crate::wire::auth::AuthPayload;
+use crate::wire::cert::CertPayload;
+use crate::wire::delete::DeletePayload;
+use crate::wire::gsa::GsaPayload;
+use crate::wire::header::{Flags, Header};
+use crate::wire::id::IdPayload;
+use crate::wire::kd::KdPayload;
+use crate::wire::ke::KePayload;
+use crate::wire::message::Message;
+use crate::wire::nonce::NoncePayload;
+use crate::wire::notify::NotifyPayload;
+use crate::wire::payload::{Payload, PayloadsExt, encode_inner};
+use crate::wire::rules;
+use crate::wire::sa::{Proposal, SaPayload};
+
+use super::config::{IkeConfig, LocalAuth, PeerAuth};
+use super::nat::nat_detection_hash;
+use super::protect::{self, Opened, Reassembly, UnprotectError};
+use super::retransmit::{RetransmitAction, RetransmitTimer};
+
+/// Nonce length we send: 32 octets, at least half the PRF key size (RFC 7296 2.10).
+const NONCE_LEN: usize = 32;
+/// How many COOKIE or INVALID_KE_PAYLOAD round trips an initiator accepts before failing.
+const MAX_INIT_RETRIES: u32 = 3;
+
+/// Which end of the IKE SA we are: the original initiator (the member) or responder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Initiator,
+    Responder,
+}
+
+/// What an initiator wants from the authentication exchange.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Goal {
+    /// A childless IKE_AUTH (RFC 6023): the IKE core against stock IKEv2 peers.
+    IkeAuth,
+    /// A GSA_AUTH registering to a group (RFC 9838 2.3.1).
+    GsaAuth(RegistrationRequest),
+}
+
+/// A member's registration request (RFC 9838 2.3.1, 2.3.2, 2.3.3).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegistrationRequest {
+    /// The group (IDg, RFC 9838 4.2).
+    pub group: IdPayload,
+    /// The transforms the member supports (SAg, RFC 9838 4.3); RECOMMENDED (2.3.3).
+    pub sag: Option<SaPayload>,
+    /// GROUP_SENDER with this many Sender-IDs wanted (RFC 9838 2.3.1, 4.7.4).
+    pub sender_ids: Option<u32>,
+}
+
+/// The GCKS's answer to a registration request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// Admit the member: group policy and keys (SA keys already wrapped with
+    /// [`IkeSa::key_wrap_key`]), and USE_TRANSPORT_MODE when the policy says so.
+    Accept {
+        gsa: GsaPayload,
+        kd: KdPayload,
+        transport_mode: bool,
+    },
+    /// Refuse with INVALID_GROUP_ID, AUTHORIZATION_FAILED, REGISTRATION_FAILED or
+    /// NO_PROPOSAL_CHOSEN (RFC 9838 2.3.1, 4.7).
+    Refuse(NotifyType),
+}
+
+/// Why an IKE SA ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CloseReason {
+    /// No response after every retransmission (RFC 7296 2.4).
+    Timeout,
+    /// The half-open SA was not authenticated in time.
+    HalfOpenExpired,
+    /// Our peer's AUTH did not verify, or the peer rejected ours.
+    AuthenticationFailed,
+    /// No acceptable proposal (RFC 7296 2.7).
+    NoProposalChosen,
+    /// The peer answered with this error notify.
+    PeerError(NotifyType),
+    /// Deleted by an INFORMATIONAL Delete (either side).
+    Deleted,
+    /// The peer broke the protocol (malformed message after authentication, wrong
+    /// payloads for the exchange).
+    ProtocolError(String),
+}
+
+/// What the IKE SA reports to its host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// Both sides authenticated (after IKE_AUTH or GSA_AUTH).
+    Established { peer_id: IdPayload },
+    /// Member: the GCKS admitted us to a group (GSA_AUTH or GSA_REGISTRATION response).
+    Registered {
+        group: IdPayload,
+        gsa: GsaPayload,
+        kd: KdPayload,
+        transport_mode: bool,
+    },
+    /// Member: the GCKS refused the registration with this notify.
+    RegistrationRefused {
+        group: IdPayload,
+        notify: NotifyType,
+    },
+    /// GCKS: an authenticated member asks to join; answer with [`IkeSa::decide`].
+    RegistrationRequested {
+        peer_id: IdPayload,
+        request: RegistrationRequest,
+    },
+    /// GCKS: a member leaves a group or rejects its policy (RFC 9838 2.3.2, Figure 8).
+    LeaveRequested {
+        peer_id: IdPayload,
+        group: IdPayload,
+        notify: NotifyType,
+    },
+    /// Member: new policy and keys over the unicast IKE SA (RFC 9838 2.4.2).
+    InbandRekey { gsa: GsaPayload, kd: KdPayload },
+    /// The IKE SA is gone; nothing more will come from it.
+    Closed(CloseReason),
+}
+
+/// A request the host asked us to send once the window is free.
+#[derive(Debug, Clone)]
+enum Command {
+    Register(RegistrationRequest),
+    Leave {
+        group: IdPayload,
+        notify: NotifyType,
+    },
+    InbandRekey {
+        gsa: GsaPayload,
+        kd: KdPayload,
+    },
+    Delete,
+}
+
+/// What an outstanding request was for, so its response can be read.
+#[derive(Debug, Clone)]
+enum Purpose {
+    Init,
+    Intermediate,
+    Auth,
+    Register(IdPayload),
+    Leave,
+    InbandRekey,
+    Delete,
+}
+
+struct Outstanding {
+    mid: u32,
+    purpose: Purpose,
+    packets: Vec<Vec<u8>>,
+    timer: RetransmitTimer,
+}
+
+/// Where the SA is in its life.
+enum State {
+    /// Initiator: IKE_SA_INIT sent.
+    InitSent {
+        ke: ActiveKe,
+        retries: u32,
+    },
+    /// Initiator: IKE_INTERMEDIATE n sent with this additional key exchange.
+    IntermediateSent {
+        ke: ActiveKe,
+    },
+    /// Initiator: IKE_AUTH or GSA_AUTH sent.
+    AuthSent,
+    /// Responder: IKE_SA_INIT answered; waiting for IKE_INTERMEDIATE or the AUTH request.
+    AwaitingAuth,
+    /// Responder: waiting for the host's [`Decision`] on a registration request.
+    AwaitingDecision {
+        mid: u32,
+        exchange: ExchangeType,
+        auth_payloads: Vec<Payload>,
+    },
+    Established,
+    Closed,
+}
+
+/// One IKE SA. See the module documentation for the calling contract.
+pub struct IkeSa {
+    role: Role,
+    config: IkeConfig,
+    goal: Goal,
+    local: SocketAddr,
+    remote: SocketAddr,
+    spi_i: [u8; 8],
+    spi_r: [u8; 8],
+    state: State,
+    ni: Vec<u8>,
+    nr: Vec<u8>,
+    cookie: Option<Vec<u8>>,
+    init_request: Vec<u8>,
+    init_response: Vec<u8>,
+    suite: Option<IkeSuite>,
+    keys: Option<IkeKeys>,
+    sk_out: Option<SkKey>,
+    sk_in: Option<SkKey>,
+    int_auth: Option<IntAuth>,
+    addke_done: usize,
+    peer_fragmentation: bool,
+    peer_childless: bool,
+    peer_intermediate: bool,
+    peer_id: Option<IdPayload>,
+    next_mid: u32,
+    peer_next_mid: u32,
+    outstanding: Option<Outstanding>,
+    cached_response: Option<(u32, Vec<Vec<u8>>)>,
+    reassembly_requests: Reassembly,
+    reassembly_responses: Reassembly,
+    commands: VecDeque<Command>,
+    transmits: VecDeque<Vec<u8>>,
+    events: VecDeque<Event>,
+    half_open_deadline: Option<Instant>,
+}
+
+impl core::fmt::Debug for IkeSa {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("IkeSa")
+            .field("role", &self.role)
+            .field("spi_i", &hex_spi(&self.spi_i))
+            .field("spi_r", &hex_spi(&self.spi_r))
+            .field("state", &self.state_name())
+            .field("suite", &self.suite)
+            .finish_non_exhaustive()
+    }
+}
+
+fn hex_spi(s: &[u8; 8]) -> String {
+    s.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Why a responder did not create an IKE SA for an IKE_SA_INIT request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InitRefusal {
+    /// Answer with this datagram and keep no state (INVALID_KE_PAYLOAD, NO_PROPOSAL_CHOSEN,
+    /// INVALID_SYNTAX; RFC 7296 1.2, 2.7, 2.21.1).
+    Reply(Vec<u8>),
+    /// Drop silently.
+    Drop,
+}
+
+impl IkeSa {
+    // ---------------------------------------------------------------- construction
+
+    /// Starts an IKE SA as the initiator: the first IKE_SA_INIT request is ready in
+    /// [`IkeSa::poll_transmit`].
+    pub fn initiate(
+        config: IkeConfig,
+        goal: Goal,
+        local: SocketAddr,
+        remote: SocketAddr,
+        now: Instant,
+        rng: &mut dyn Random,
+    ) -> Result<Self, CryptoError> {
+        let first = config
+            .proposals
+            .first()
+            .ok_or(CryptoError::NoProposalChosen("no proposals configured"))?
+            .ke;
+        let mut sa = Self::blank(Role::Initiator, config, goal, local, remote);
+        sa.spi_i = nonzero_spi(rng);
+        sa.ni = random_nonce(rng);
+        let ke = first.start(rng)?;
+        sa.send_init_request(ke, 0, now);
+        Ok(sa)
+    }
+
+    /// Answers an IKE_SA_INIT request as the responder. On success the response is ready
+    /// in [`IkeSa::poll_transmit`]. Cookie checks happen before this, in the endpoint.
+    pub fn respond(
+        config: IkeConfig,
+        request: &[u8],
+        local: SocketAddr,
+        remote: SocketAddr,
+        now: Instant,
+        rng: &mut dyn Random,
+    ) -> Result<Self, InitRefusal> {
+        let msg = Message::decode(request).map_err(|_| InitRefusal::Drop)?;
+        let h = &msg.header;
+        if h.exchange != ExchangeType::IkeSaInit
+            || h.flags.is_response()
+            || !h.flags.is_initiator()
+            || h.message_id != 0
+            || h.spi_r != [0; 8]
+        {
+            return Err(InitRefusal::Drop);
+        }
+        let reply = |n: NotifyPayload| {
+            let header = Header::new(
+                h.spi_i,
+                [0; 8],
+                ExchangeType::IkeSaInit,
+                Flags::new(false, true),
+                0,
+            );
+            InitRefusal::Reply(Message::new(header, vec![Payload::Notify(n)]).encode())
+        };
+        if let Err(e) = rules::check(ExchangeType::IkeSaInit, false, &msg.payloads) {
+            debug!(error = %e, "IKE_SA_INIT request refused");
+            return Err(reply(NotifyPayload::error(e.notify())));
+        }
+        let Some(Payload::Sa(sa_payload)) = msg.find(PayloadType::Sa) else {
+            return Err(reply(NotifyPayload::error(NotifyType::InvalidSyntax)));
+        };
+        let Some((num, suite)) = choose_proposal(&config.proposals, sa_payload) else {
+            info!("IKE_SA_INIT: no acceptable proposal");
+            return Err(reply(NotifyPayload::error(NotifyType::NoProposalChosen)));
+        };
+        let (Some(Payload::Ke(ke)), Some(Payload::Nonce(ni))) =
+            (msg.find(PayloadType::Ke), msg.find(PayloadType::Nonce))
+        else {
+            return Err(reply(NotifyPayload::error(NotifyType::InvalidSyntax)));
+        };
+        if ke.method != suite.ke.id() {
+            // RFC 7296 1.2: tell the initiator which method we chose.
+            return Err(reply(NotifyPayload::invalid_ke_payload(suite.ke.id())));
+        }
+        let mut sa = Self::blank(Role::Responder, config, Goal::IkeAuth, local, remote);
+        sa.spi_i = h.spi_i;
+        sa.spi_r = nonzero_spi(rng);
+        sa.ni = ni.as_bytes().to_vec();
+        sa.nr = random_nonce(rng);
+        sa.init_request = request.to_vec();
+        sa.note_peer_capabilities(&msg);
+        let (our_ke, secret) = match suite.ke.start_and_complete(rng, &ke.data) {
+            Ok(v) => v,
+            Err(e) => {
+                return Err(reply(NotifyPayload::error(
+                    e.notify().unwrap_or(NotifyType::InvalidSyntax),
+                )));
+            }
+        };
+        let mut payloads = vec![
+            Payload::Sa(SaPayload::new(vec![Proposal::new(
+                num,
+                ProtocolId::Ike,
+                Vec::new(),
+                suite.transforms(),
+            )])),
+            Payload::Ke(KePayload::new(suite.ke.id(), our_ke)),
+            Payload::Nonce(NoncePayload::new(sa.nr.clone()).map_err(|_| InitRefusal::Drop)?),
+        ];
+        payloads.extend(sa.capability_notifies(&suite, true));
+        let header = Header::new(
+            sa.spi_i,
+            sa.spi_r,
+            ExchangeType::IkeSaInit,
+            Flags::new(false, true),
+            0,
+        );
+        let response = Message::new(header, payloads).encode();
+        if sa.install_initial_keys(suite, secret.as_bytes()).is_err() {
+            return Err(InitRefusal::Drop);
+        }
+        sa.init_response = response.clone();
+        sa.peer_next_mid = 1;
+        sa.cached_response = Some((0, vec![response.clone()]));
+        sa.transmits.push_back(response);
+        sa.state = State::AwaitingAuth;
+        sa.half_open_deadline = Some(now + sa.config.half_open_timeout);
+        debug!(spi_i = %hex_spi(&sa.spi_i), spi_r = %hex_spi(&sa.spi_r), "IKE_SA_INIT answered");
+        Ok(sa)
+    }
+
+    fn blank(
+        role: Role,
+        config: IkeConfig,
+        goal: Goal,
+        local: SocketAddr,
+        remote: SocketAddr,
+    ) -> Self {
+        Self {
+            role,
+            config,
+            goal,
+            local,
+            remote,
+            spi_i: [0; 8],
+            spi_r: [0; 8],
+            state: State::Closed,
+            ni: Vec::new(),
+            nr: Vec::new(),
+            cookie: None,
+            init_request: Vec::new(),
+            init_response: Vec::new(),
+            suite: None,
+            keys: None,
+            sk_out: None,
+            sk_in: None,
+            int_auth: None,
+            addke_done: 0,
+            peer_fragmentation: false,
+            peer_childless: false,
+            peer_intermediate: false,
+            peer_id: None,
+            next_mid: 0,
+            peer_next_mid: 0,
+            outstanding: None,
+            cached_response: None,
+            reassembly_requests: Reassembly::default(),
+            reassembly_responses: Reassembly::default(),
+            commands: VecDeque::new(),
+            transmits: VecDeque::new(),
+            events: VecDeque::new(),
+            half_open_deadline: None,
+        }
+    }
+
+    // ---------------------------------------------------------------- getters
+
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    /// (SPIi, SPIr); SPIr is zero until the IKE_SA_INIT response arrives.
+    pub fn spis(&self) -> ([u8; 8], [u8; 8]) {
+        (self.spi_i, self.spi_r)
+    }
+
+    pub fn local(&self) -> SocketAddr {
+        self.local
+    }
+
+    pub fn remote(&self) -> SocketAddr {
+        self.remote
+    }
+
+    /// The negotiated suite, once IKE_SA_INIT completed.
+    pub fn suite(&self) -> Option<&IkeSuite> {
+        self.suite.as_ref()
+    }
+
+    /// The authenticated peer identity.
+    pub fn peer_id(&self) -> Option<&IdPayload> {
+        self.peer_id.as_ref()
+    }
+
+    pub fn is_established(&self) -> bool {
+        matches!(
+            self.state,
+            State::Established | State::AwaitingDecision { .. }
+        ) && self.peer_id.is_some()
+    }
+
+    pub fn is_closed(&self) -> bool {
+        matches!(self.state, State::Closed)
+    }
+
+    /// The IKE SA keys (for a Wireshark key table when the operator asks for one).
+    pub fn keys(&self) -> Option<&IkeKeys> {
+        self.keys.as_ref()
+    }
+
+    /// The default key wrap key of this IKE SA, `GSK_w = prf+(SK_d, "Key Wrap for
+    /// G-IKEv2")` with the KWA negotiated in IKE_SA_INIT (RFC 9838 3.1.1, 4.5.4).
+    pub fn key_wrap_key(&self) -> Result<KeyWrapKey, CryptoError> {
+        let suite = self
+            .suite
+            .as_ref()
+            .ok_or(CryptoError::Internal("no IKE keys yet"))?;
+        let keys = self
+            .keys
+            .as_ref()
+            .ok_or(CryptoError::Internal("no IKE keys yet"))?;
+        let kwa: KeyWrapAlg = suite.kwa.ok_or(CryptoError::NoProposalChosen(
+            "no Key Wrap Algorithm negotiated",
+        ))?;
+        let kwk = keys.default_kwk(kwa)?;
+        KeyWrapKey::new(kwa, kwk.as_bytes())
+    }
+
+    fn state_name(&self) -> &'static str {
+        match self.state {
+            State::InitSent { .. } => "init-sent",
+            State::IntermediateSent { .. } => "intermediate-sent",
+            State::AuthSent => "auth-sent",
+            State::AwaitingAuth => "awaiting-auth",
+            State::AwaitingDecision { .. } => "awaiting-decision",
+            State::Established => "established",
+            State::Closed => "closed",
+        }
+    }
+
+    // ---------------------------------------------------------------- polling
+
+    /// The next datagram to send to [`IkeSa::remote`].
+    pub fn poll_transmit(&mut self) -> Option<Vec<u8>> {
+        self.transmits.pop_front()
+    }
+
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// When [`IkeSa::handle_timeout`] must next be called.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let r = self.outstanding.as_ref().map(|o| o.timer.deadline());
+        match (r, self.half_open_deadline) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if self.is_closed() {
+            return;
+        }
+        if self.half_open_deadline.is_some_and(|d| now >= d) {
+            info!(spi_i = %hex_spi(&self.spi_i), "half-open IKE SA expired");
+            self.close(CloseReason::HalfOpenExpired);
+            return;
+        }
+        let Some(o) = self.outstanding.as_mut() else {
+            return;
+        };
+        match o.timer.on_timeout(now) {
+            Some(RetransmitAction::Resend) => {
+                debug!(
+                    mid = o.mid,
+                    n = o.timer.retransmissions(),
+                    "retransmitting request"
+                );
+                self.transmits.extend(o.packets.iter().cloned());
+            }
+            Some(RetransmitAction::GiveUp) => {
+                warn!(mid = o.mid, "no response after all retransmissions");
+                self.close(CloseReason::Timeout);
+            }
+            None => {}
+        }
+    }
+
+    // ---------------------------------------------------------------- commands
+
+    /// GCKS: answers the pending [`Event::RegistrationRequested`].
+    pub fn decide(&mut self, decision: Decision, now: Instant, rng: &mut dyn Random) {
+        let State::AwaitingDecision {
+            mid,
+            exchange,
+            auth_payloads,
+        } = std::mem::replace(&mut self.state, State::Established)
+        else {
+            warn!("decision without a pending registration request");
+            return;
+        };
+        let mut payloads = auth_payloads;
+        match decision {
+            Decision::Accept {
+                gsa,
+                kd,
+                transport_mode,
+            } => {
+                payloads.push(Payload::Gsa(gsa));
+                payloads.push(Payload::Kd(kd));
+                if transport_mode {
+                    payloads.push(Payload::Notify(NotifyPayload::use_transport_mode()));
+                }
+            }
+            Decision::Refuse(n) => payloads.push(Payload::Notify(NotifyPayload::error(n))),
+        }
+        self.send_response(exchange, mid, &payloads, rng);
+        let _ = now;
+        self.pump(now, rng);
+    }
+
+    /// Member: registers to another group over this IKE SA (GSA_REGISTRATION).
+    pub fn register(&mut self, request: RegistrationRequest, now: Instant, rng: &mut dyn Random) {
+        self.commands.push_back(Command::Register(request));
+        self.pump(now, rng);
+    }
+
+    /// Member: leaves a group, or rejects its policy with NO_PROPOSAL_CHOSEN (RFC 9838
+    /// 2.3.2, Figure 8).
+    pub fn leave(
+        &mut self,
+        group: IdPayload,
+        notify: NotifyType,
+        now: Instant,
+        rng: &mut dyn Random,
+    ) {
+        self.commands.push_back(Command::Leave { group, notify });
+        self.pump(now, rng);
+    }
+
+    /// GCKS: pushes new policy and keys to this member (GSA_INBAND_REKEY, RFC 9838 2.4.2).
+    pub fn inband_rekey(
+        &mut self,
+        gsa: GsaPayload,
+        kd: KdPayload,
+        now: Instant,
+        rng: &mut dyn Random,
+    ) {
+        self.commands.push_back(Command::InbandRekey { gsa, kd });
+        self.pump(now, rng);
+    }
+
+    /// Deletes the IKE SA with an INFORMATIONAL Delete (RFC 7296 1.4.1).
+    pub fn delete(&mut self, now: Instant, rng: &mut dyn Random) {
+        if matches!(self.state, State::Established) {
+            self.commands.push_back(Command::Delete);
+            self.pump(now, rng);
+        } else {
+            self.close(CloseReason::Deleted);
+        }
+    }
+
+    /// Sends the next queued command if the window is free.
+    fn pump(&mut self, now: Instant, rng: &mut dyn Random) {
+        if self.outstanding.is_some() || !matches!(self.state, State::Established) {
+            return;
+        }
+        let Some(cmd) = self.commands.pop_front() else {
+            return;
+        };
+        let (exchange, purpose, payloads) = match cmd {
+            Command::Register(req) => {
+                let group = req.group.clone();
+                (
+                    ExchangeType::GsaRegistration,
+                    Purpose::Register(group),
+                    registration_payloads(&req),
+                )
+            }
+            Command::Leave { group, notify } => (
+                ExchangeType::GsaRegistration,
+                Purpose::Leave,
+                vec![
+                    Payload::IdG(group),
+                    Payload::Notify(NotifyPayload::error(notify)),
+                ],
+            ),
+            Command::InbandRekey { gsa, kd } => (
+                ExchangeType::GsaInbandRekey,
+                Purpose::InbandRekey,
+                vec![Payload::Gsa(gsa), Payload::Kd(kd)],
+            ),
+            Command::Delete => (
+                ExchangeType::Informational,
+                Purpose::Delete,
+                vec![Payload::Delete(DeletePayload::ike())],
+            ),
+        };
+        self.send_request(exchange, purpose, &payloads, now, rng);
+    }
+
+    // ---------------------------------------------------------------- input
+
+    /// Processes one received datagram (without the port-4500 non-ESP marker).
+    pub fn handle(&mut self, datagram: &[u8], now: Instant, rng: &mut dyn Random) {
+        if self.is_closed() {
+            return;
+        }
+        let header = match Header::read_datagram(datagram) {
+            Ok(h) => h,
+            Err(e) => {
+                debug!(error = %e, "dropping undecodable datagram");
+                return;
+            }
+        };
+        if header.spi_i != self.spi_i {
+            return;
+        }
+        // RFC 7296 2.2: the I flag tells who sent the message; it must be the other side.
+        let from_initiator = header.flags.is_initiator();
+        if from_initiator == (self.role == Role::Initiator) {
+            return;
+        }
+        if header.flags.is_response() {
+            self.handle_response(&header, datagram, now, rng);
+        } else {
+            self.handle_request(&header, datagram, now, rng);
+        }
+        self.pump(now, rng);
+    }
+
+    fn handle_response(
+        &mut self,
+        header: &Header,
+        datagram: &[u8],
+        now: Instant,
+        rng: &mut dyn Random,
+    ) {
+        let Some(o) = self.outstanding.as_ref() else {
+            return;
+        };
+        if header.message_id != o.mid {
+            return;
+        }
+        if matches!(o.purpose, Purpose::Init) {
+            self.on_init_response(header, datagram, now, rng);
+            return;
+        }
+        if header.spi_r != self.spi_r {
+            return;
+        }
+        let opened = match self.open(datagram, true) {
+            Some(o) => o,
+            None => return,
+        };
+        if let Err(e) = rules::check(header.exchange, true, &opened.payloads) {
+            warn!(error = %e, exchange = %header.exchange, "malformed response");
+            self.close(CloseReason::ProtocolError(e.to_string()));
+            return;
+        }
+        let Some(o) = self.outstanding.take() else {
+            return;
+        };
+        self.next_mid = o.mid.wrapping_add(1);
+        match o.purpose {
+            Purpose::Init => {}
+            Purpose::Intermediate => self.on_intermediate_response(opened, now, rng),
+            Purpose::Auth => self.on_auth_response(opened),
+            Purpose::Register(group) => self.on_registration_result(group, &opened.payloads),
+            Purpose::Leave | Purpose::InbandRekey => {}
+            Purpose::Delete => self.close(CloseReason::Deleted),
+        }
+    }
+
+    fn handle_request(
+        &mut self,
+        header: &Header,
+        datagram: &[u8],
+        now: Instant,
+        rng: &mut dyn Random,
+    ) {
+        if header.exchange == ExchangeType::IkeSaInit {
+            // A retransmitted IKE_SA_INIT request gets the same response (RFC 7296 2.1).
+            if self.role == Role::Responder && header.message_id == 0 {
+                self.resend_cached(0);
+            }
+            return;
+        }
+        if header.spi_r != self.spi_r {
+            return;
+        }
+        if header.message_id.wrapping_add(1) == self.peer_next_mid {
+            // RFC 7296 2.1; RFC 7383 2.6.1: answer a retransmission once per copy of the
+            // request (its SK, or its first fragment).
+            if is_first_piece(datagram) {
+                self.resend_cached(header.message_id);
+            }
+            return;
+        }
+        if header.message_id != self.peer_next_mid {
+            return;
+        }
+        if matches!(self.state, State::AwaitingDecision { .. }) {
+            // Still deciding on the previous request; the member will retransmit.
+            return;
+        }
+        let Some(opened) = self.open(datagram, false) else {
+            return;
+        };
+        if let Err(e) = rules::check(header.exchange, false, &opened.payloads) {
+            debug!(error = %e, exchange = %header.exchange, "malformed request");
+            self.peer_next_mid = header.message_id.wrapping_add(1);
+            self.send_response(
+                header.exchange,
+                header.message_id,
+                &[Payload::Notify(NotifyPayload::error(e.notify()))],
+                rng,
+            );
+            return;
+        }
+        self.peer_next_mid = header.message_id.wrapping_add(1);
+        match (header.exchange, &self.state) {
+            (ExchangeType::IkeIntermediate, State::AwaitingAuth) => {
+                self.on_intermediate_request(opened, rng)
+            }
+            (ExchangeType::IkeAuth | ExchangeType::GsaAuth, State::AwaitingAuth) => {
+                self.on_auth_request(opened, rng)
+            }
+            (ExchangeType::GsaRegistration, State::Established) if self.role == Role::Responder => {
+                self.on_registration_request(opened, rng)
+            }
+            (ExchangeType::GsaInbandRekey, State::Established) if self.role == Role::Initiator => {
+                let gsa = opened.payloads.iter().find_map(|p| match p {
+                    Payload::Gsa(g) => Some(g.clone()),
+                    _ => None,
+                });
+                let kd = opened.payloads.iter().find_map(|p| match p {
+                    Payload::Kd(k) => Some(k.clone()),
+                    _ => None,
+                });
+                if let (Some(gsa), Some(kd)) = (gsa, kd) {
+                    self.events.push_back(Event::InbandRekey { gsa, kd });
+                }
+                self.send_response(header.exchange, header.message_id, &[], rng);
+            }
+            (ExchangeType::Informational, _) => {
+                let deleted = opened
+                    .payloads
+                    .iter()
+                    .any(|p| matches!(p, Payload::Delete(d) if d.protocol == ProtocolId::Ike));
+                self.send_response(header.exchange, header.message_id, &[], rng);
+                if deleted {
+                    info!("peer deleted the IKE SA");
+                    self.close(CloseReason::Deleted);
+                }
+            }
+            (ex, _) => {
+                debug!(exchange = %ex, state = self.state_name(), "unexpected request");
+                self.send_response(
+                    ex,
+                    header.message_id,
+                    &[Payload::Notify(NotifyPayload::error(
+                        NotifyType::InvalidSyntax,
+                    ))],
+                    rng,
+                );
+            }
+        }
+        let _ = now;
+    }
+
+    // ---------------------------------------------------------------- IKE_SA_INIT
+
+    fn send_init_request(&mut self, ke: ActiveKe, retries: u32, now: Instant) {
+        let mut payloads = Vec::new();
+        if let Some(c) = &self.cookie {
+            // RFC 7296 2.6: the COOKIE notify comes first.
+            if let Ok(n) = NotifyPayload::cookie(c) {
+                payloads.push(Payload::Notify(n));
+            }
+        }
+        let ke_method = ke.method();
+        let proposals = self
+            .config
+            .proposals
+            .iter()
+            .enumerate()
+            // After INVALID_KE_PAYLOAD the proposals stay the same; only the KE payload
+            // changes to the method the responder asked for (RFC 7296 1.2).
+            .map(|(i, s)| Proposal::new(i as u8 + 1, ProtocolId::Ike, Vec::new(), s.transforms()))
+            .collect();
+        payloads.push(Payload::Sa(SaPayload::new(proposals)));
+        payloads.push(Payload::Ke(KePayload::new(
+            ke_method.id(),
+            ke.pub_key().to_vec(),
+        )));
+        if let Ok(n) = NoncePayload::new(self.ni.clone()) {
+            payloads.push(Payload::Nonce(n));
+        }
+        let any_addke = self.config.proposals.iter().any(|s| !s.addke.is_empty());
+        let suite_hint = self.config.proposals.first().cloned();
+        if let Some(s) = suite_hint {
+            let mut caps = self.capability_notifies(&s, false);
+            if !any_addke {
+                caps.retain(|p| !matches!(p, Payload::Notify(n) if n.ty == NotifyType::IntermediateExchangeSupported));
+            }
+            payloads.extend(caps);
+        }
+        let header = Header::new(
+            self.spi_i,
+            [0; 8],
+            ExchangeType::IkeSaInit,
+            Flags::new(true, false),
+            0,
+        );
+        let bytes = Message::new(header, payloads).encode();
+        self.init_request = bytes.clone();
+        self.transmits.push_back(bytes.clone());
+        self.outstanding = Some(Outstanding {
+            mid: 0,
+            purpose: Purpose::Init,
+            packets: vec![bytes],
+            timer: RetransmitTimer::start(self.config.retransmit, now),
+        });
+        self.state = State::InitSent { ke, retries };
+    }
+
+    /// NAT detection, fragmentation, signature hashes, intermediate and childless notifies
+    /// for IKE_SA_INIT. `responding`: only echo what the initiator offered.
+    fn capability_notifies(&self, suite: &IkeSuite, responding: bool) -> Vec<Payload> {
+        let mut v = vec![
+            Payload::Notify(NotifyPayload::nat_detection_source_ip(nat_detection_hash(
+                &self.spi_i,
+                &self.spi_r,
+                self.local,
+            ))),
+            Payload::Notify(NotifyPayload::nat_detection_destination_ip(
+                nat_detection_hash(&self.spi_i, &self.spi_r, self.remote),
+            )),
+        ];
+        if self.config.fragment_size.is_some() && (!responding || self.peer_fragmentation) {
+            v.push(Payload::Notify(
+                NotifyPayload::ikev2_fragmentation_supported(),
+            ));
+        }
+        if !self.config.signature_hashes.is_empty() {
+            v.push(Payload::Notify(NotifyPayload::signature_hash_algorithms(
+                &self.config.signature_hashes,
+            )));
+        }
+        if (!responding && !suite.addke.is_empty())
+            || (responding && self.peer_intermediate && !suite.addke.is_empty())
+        {
+            v.push(Payload::Notify(
+                NotifyPayload::intermediate_exchange_supported(),
+            ));
+        }
+        if self.config.childless && (!responding || self.peer_childless) {
+            v.push(Payload::Notify(NotifyPayload::childless_ikev2_supported()));
+        }
+        v
+    }
+
+    fn note_peer_capabilities(&mut self, msg: &Message) {
+        self.peer_fragmentation = msg
+            .notify(NotifyType::Ikev2FragmentationSupported)
+            .is_some();
+        self.peer_childless = msg.notify(NotifyType::ChildlessIkev2Supported).is_some();
+        self.peer_intermediate = msg
+            .notify(NotifyType::IntermediateExchangeSupported)
+            .is_some();
+    }
+
+    fn on_init_response(
+        &mut self,
+        header: &Header,
+        datagram: &[u8],
+        now: Instant,
+        rng: &mut dyn Random,
+    ) {
+        let msg = match Message::decode(datagram) {
+            Ok(m) => m,
+            Err(e) => {
+                debug!(error = %e, "undecodable IKE_SA_INIT response");
+                return;
+            }
+        };
+        let State::InitSent { retries, .. } = &self.state else {
+            return;
+        };
+        let retries = *retries;
+        // RFC 7296 2.6: a COOKIE means "send again with this cookie".
+        if let Some(c) = msg.notify(NotifyType::Cookie) {
+            if retries >= MAX_INIT_RETRIES {
+                self.close(CloseReason::PeerError(NotifyType::Cookie));
+                return;
+            }
+            self.cookie = c.cookie_data().ok().map(<[u8]>::to_vec);
+            let State::InitSent { ke, .. } = std::mem::replace(&mut self.state, State::Closed)
+            else {
+                return;
+            };
+            debug!("retrying IKE_SA_INIT with a COOKIE");
+            self.send_init_request(ke, retries + 1, now);
+            return;
+        }
+        // RFC 7296 1.2: INVALID_KE_PAYLOAD names the method the responder wants.
+        if let Some(n) = msg.notify(NotifyType::InvalidKePayload) {
+            let wanted = n
+                .invalid_ke_group()
+                .ok()
+                .and_then(crate::crypto::KeMethod::from_id);
+            let offered = wanted.filter(|m| self.config.proposals.iter().any(|s| s.ke == *m));
+            match offered {
+                Some(m) if retries < MAX_INIT_RETRIES => {
+                    let Ok(ke) = m.start(rng) else {
+                        self.close(CloseReason::NoProposalChosen);
+                        return;
+                    };
+                    debug!(method = ?m, "retrying IKE_SA_INIT with the requested KE method");
+                    self.send_init_request(ke, retries + 1, now);
+                }
+                _ => self.close(CloseReason::NoProposalChosen),
+            }
+            return;
+        }
+        if let Some(err) = msg.notifies().find(|n| n.is_error()) {
+            let ty = err.ty;
+            info!(notify = %ty, "IKE_SA_INIT refused");
+            self.close(if ty == NotifyType::NoProposalChosen {
+                CloseReason::NoProposalChosen
+            } else {
+                CloseReason::PeerError(ty)
+            });
+            return;
+        }
+        if let Err(e) = rules::check(ExchangeType::IkeSaInit, true, &msg.payloads) {
+            self.close(CloseReason::ProtocolError(e.to_string()));
+            return;
+        }
+        let (Some(Payload::Sa(sa)), Some(Payload::Ke(ke_p)), Some(Payload::Nonce(nr))) = (
+            msg.find(PayloadType::Sa),
+            msg.find(PayloadType::Ke),
+            msg.find(PayloadType::Nonce),
+        ) else {
+            self.close(CloseReason::ProtocolError(
+                "IKE_SA_INIT response without SA/KE/Nr".into(),
+            ));
+            return;
+        };
+        // The responder must pick exactly one of our proposals (RFC 7296 2.7).
+        let chosen = match sa.proposals.as_slice() {
+            [p] if p.protocol == ProtocolId::Ike => IkeSuite::from_transforms(&p.transforms).ok(),
+            _ => None,
+        };
+        let Some(suite) = chosen.filter(|s| {
+            self.config
+                .proposals
+                .iter()
+                .any(|ours| offered_covers(ours, s))
+        }) else {
+            self.close(CloseReason::NoProposalChosen);
+            return;
+        };
+        let State::InitSent { ke, .. } = std::mem::replace(&mut self.state, State::Closed) else {
+            return;
+        };
+        if ke_p.method != suite.ke.id() || ke.method() != suite.ke {
+            self.close(CloseReason::ProtocolError(
+                "KE method differs from the chosen proposal".into(),
+            ));
+            return;
+        }
+        let secret = match ke.complete(&ke_p.data) {
+            Ok(s) => s,
+            Err(e) => {
+                self.close(CloseReason::ProtocolError(e.to_string()));
+                return;
+            }
+        };
+        self.spi_r = header.spi_r;
+        self.nr = nr.as_bytes().to_vec();
+        self.init_response = datagram.to_vec();
+        self.note_peer_capabilities(&msg);
+        if let Err(e) = self.install_initial_keys(suite, secret.as_bytes()) {
+            self.close(CloseReason::ProtocolError(e.to_string()));
+            return;
+        }
+        self.outstanding = None;
+        self.next_mid = 1;
+        info!(spi_i = %hex_spi(&self.spi_i), spi_r = %hex_spi(&self.spi_r), suite = ?self.suite, "IKE_SA_INIT done");
+        self.after_key_exchange(now, rng);
+    }
+
+    fn install_initial_keys(&mut self, suite: IkeSuite, g_ir: &[u8]) -> Result<(), CryptoError> {
+        let keys = IkeKeys::initial(&suite, &self.ni, &self.nr, g_ir, &self.spi_i, &self.spi_r)?;
+        self.install_keys(suite, keys)
+    }
+
+    fn install_keys(&mut self, suite: IkeSuite, keys: IkeKeys) -> Result<(), CryptoError> {
+        let we_initiated = self.role == Role::Initiator;
+        self.sk_out = Some(SkKey::from_ike_keys(&suite, &keys, we_initiated)?);
+        self.sk_in = Some(SkKey::from_ike_keys(&suite, &keys, !we_initiated)?);
+        if self.int_auth.is_none() {
+            self.int_auth = Some(IntAuth::new(suite.prf));
+        }
+        self.keys = Some(keys);
+        self.suite = Some(suite);
+        Ok(())
+    }
+
+    // ---------------------------------------------------------------- IKE_INTERMEDIATE
+
+    /// Initiator: next additional key exchange, or the authentication exchange.
+    fn after_key_exchange(&mut self, now: Instant, rng: &mut dyn Random) {
+        let next = self
+            .suite
+            .as_ref()
+            .and_then(|s| s.addke.get(self.addke_done).copied());
+        match next {
+            Some(method) => {
+                let ke = match method.start(rng) {
+                    Ok(k) => k,
+                    Err(e) => {
+                        self.close(CloseReason::ProtocolError(e.to_string()));
+                        return;
+                    }
+                };
+                let payloads = [Payload::Ke(KePayload::new(
+                    method.id(),
+                    ke.pub_key().to_vec(),
+                ))];
+                self.state = State::IntermediateSent { ke };
+                self.send_request(
+                    ExchangeType::IkeIntermediate,
+                    Purpose::Intermediate,
+                    &payloads,
+                    now,
+                    rng,
+                );
+            }
+            None => self.send_auth_request(now, rng),
+        }
+    }
+
+    fn on_intermediate_response(&mut self, opened: Opened, now: Instant, rng: &mut dyn Random) {
+        let State::IntermediateSent { ke } = std::mem::replace(&mut self.state, State::Closed)
+        else {
+            return;
+        };
+        let Some(Payload::Ke(kp)) = opened.payloads.find(PayloadType::Ke) else {
+            let err = opened
+                .payloads
+                .notifies()
+                .find(|n| n.is_error())
+                .map(|n| n.ty);
+            self.close(CloseReason::PeerError(
+                err.unwrap_or(NotifyType::InvalidSyntax),
+            ));
+            return;
+        };
+        if kp.method != ke.method().id() {
+            self.close(CloseReason::ProtocolError(
+                "IKE_INTERMEDIATE KE method mismatch".into(),
+            ));
+            return;
+        }
+        if let Err(e) = self.absorb_int_auth_response(&opened) {
+            self.close(CloseReason::ProtocolError(e.to_string()));
+            return;
+        }
+        let secret = match ke.complete(&kp.data) {
+            Ok(s) => s,
+            Err(e) => {
+                self.close(CloseReason::ProtocolError(e.to_string()));
+                return;
+            }
+        };
+        if let Err(e) = self.rekey_after_addke(secret.as_bytes()) {
+            self.close(CloseReason::ProtocolError(e.to_string()));
+            return;
+        }
+        self.after_key_exchange(now, rng);
+    }
+
+    fn on_intermediate_request(&mut self, opened: Opened, rng: &mut dyn Random) {
+        let mid = opened.header.message_id;
+        let expected = self
+            .suite
+            .as_ref()
+            .and_then(|s| s.addke.get(self.addke_done).copied());
+        let (Some(method), Some(Payload::Ke(kp))) =
+            (expected, opened.payloads.find(PayloadType::Ke))
+        else {
+            self.send_response(
+                ExchangeType::IkeIntermediate,
+                mid,
+                &[Payload::Notify(NotifyPayload::error(
+                    NotifyType::InvalidSyntax,
+                ))],
+                rng,
+            );
+            return;
+        };
+        if kp.method != method.id() {
+            self.send_response(
+                ExchangeType::IkeIntermediate,
+                mid,
+                &[Payload::Notify(NotifyPayload::invalid_ke_payload(
+                    method.id(),
+                ))],
+                rng,
+            );
+            return;
+        }
+        let (ours, secret) = match method.start_and_complete(rng, &kp.data) {
+            Ok(v) => v,
+            Err(e) => {
+                let n = e.notify().unwrap_or(NotifyType::InvalidSyntax);
+                self.send_response(
+                    ExchangeType::IkeIntermediate,
+                    mid,
+                    &[Payload::Notify(NotifyPayload::error(n))],
+                    rng,
+                );
+                return;
+            }
+        };
+        if self.absorb_int_auth_request(&opened).is_err() {
+            return;
+        }
+        let payloads = [Payload::Ke(KePayload::new(method.id(), ours))];
+        // The response is protected with the current keys; IntAuth covers it as sent.
+        let (first, plain) = encode_inner(&payloads);
+        let a = self.int_auth_a(ExchangeType::IkeIntermediate, mid, true, first);
+        let sk_p = self.keys.as_ref().map(|k| k.sk_pr.clone());
+        self.send_response(ExchangeType::IkeIntermediate, mid, &payloads, rng);
+        if let (Some(ia), Some(sk_p)) = (self.int_auth.as_mut(), sk_p) {
+            let _ = ia.absorb(false, sk_p.as_bytes(), &a, &plain);
+        }
+        if self.rekey_after_addke(secret.as_bytes()).is_err() {
+            self.close(CloseReason::ProtocolError(
+                "key update after IKE_INTERMEDIATE".into(),
+            ));
+        }
+    }
+
+    /// The A chunk of RFC 9242 3.3.2 for a message we build: IKE header + SK header.
+    fn int_auth_a(
+        &self,
+        exchange: ExchangeType,
+        mid: u32,
+        response: bool,
+        first: PayloadType,
+    ) -> Vec<u8> {
+        let flags = Flags::new(self.role == Role::Initiator, response);
+        let mut h = Header::new(self.spi_i, self.spi_r, exchange, flags, mid);
+        h.next_payload = PayloadType::Sk;
+        let mut a = h.to_bytes();
+        a.extend_from_slice(&[first.value(), 0, 0, 0]);
+        a
+    }
+
+    fn absorb_int_auth_request(&mut self, opened: &Opened) -> Result<(), CryptoError> {
+        let sk = self
+            .keys
+            .as_ref()
+            .map(|k| k.sk_pi.clone())
+            .ok_or(CryptoError::Internal("keys"))?;
+        let ia = self
+            .int_auth
+            .as_mut()
+            .ok_or(CryptoError::Internal("IntAuth"))?;
+        ia.absorb(true, sk.as_bytes(), &opened.int_auth_a(), &opened.plaintext)
+    }
+
+    fn absorb_int_auth_response(&mut self, opened: &Opened) -> Result<(), CryptoError> {
+        let sk = self
+            .keys
+            .as_ref()
+            .map(|k| k.sk_pr.clone())
+            .ok_or(CryptoError::Internal("keys"))?;
+        let ia = self
+            .int_auth
+            .as_mut()
+            .ok_or(CryptoError::Internal("IntAuth"))?;
+        ia.absorb(
+            false,
+            sk.as_bytes(),
+            &opened.int_auth_a(),
+            &opened.plaintext,
+        )
+    }
+
+    fn rekey_after_addke(&mut self, secret: &[u8]) -> Result<(), CryptoError> {
+        let suite = self.suite.clone().ok_or(CryptoError::Internal("suite"))?;
+        let keys = self
+            .keys
+            .as_ref()
+            .ok_or(CryptoError::Internal("keys"))?
+            .after_additional_ke(&suite, secret, &self.ni, &self.nr, &self.spi_i, &self.spi_r)?;
+        self.addke_done += 1;
+        self.install_keys(suite, keys)
+    }
+
+    // ---------------------------------------------------------------- authentication
+
+    fn our_auth(&self, mid: u32) -> Result<(Vec<Payload>, AuthPayload), CryptoError> {
+        let keys = self.keys.as_ref().ok_or(CryptoError::Internal("keys"))?;
+        let prf = keys.prf();
+        let initiator = self.role == Role::Initiator;
+        let id_body = self.config.local_id.to_bytes();
+        let sk_p = keys.sk_p(initiator);
+        let maced = maced_id(prf, sk_p.as_bytes(), &id_body);
+        let int_auth = self
+            .int_auth
+            .as_ref()
+            .map(|ia| ia.finish(mid))
+            .transpose()?
+            .flatten();
+        let (real, peer_nonce) = if initiator {
+            (&self.init_request, &self.nr)
+        } else {
+            (&self.init_response, &self.ni)
+        };
+        let octets = signed_octets(real, peer_nonce, &maced, int_auth.as_deref());
+        let mut certs = Vec::new();
+        let auth = match &self.config.local_auth {
+            LocalAuth::Psk(psk) => AuthPayload::new(
+                AuthMethod::SharedKeyMic,
+                PaddedPsk::new(prf, psk.as_bytes())
+                    .auth(&octets)
+                    .as_bytes()
+                    .to_vec(),
+            ),
+            LocalAuth::Signature { key, certs: chain } => {
+                certs.extend(
+                    chain
+                        .iter()
+                        .map(|c| Payload::Cert(CertPayload::x509(c.clone()))),
+                );
+                AuthPayload::new(AuthMethod::DigitalSignature, sign_auth(key, &octets)?)
+            }
+        };
+        Ok((certs, auth))
+    }
+
+    fn verify_peer_auth(
+        &self,
+        peer_id: &IdPayload,
+        certs: &[CertPayload],
+        auth: &AuthPayload,
+        mid: u32,
+    ) -> Result<(), CryptoError> {
+        let keys = self.keys.as_ref().ok_or(CryptoError::Internal("keys"))?;
+        let prf = keys.prf();
+        let peer_is_initiator = self.role == Role::Responder;
+        let maced = maced_id(
+            prf,
+            keys.sk_p(peer_is_initiator).as_bytes(),
+            &peer_id.to_bytes(),
+        );
+        let int_auth = self
+            .int_auth
+            .as_ref()
+            .map(|ia| ia.finish(mid))
+            .transpose()?
+            .flatten();
+        let (real, nonce) = if peer_is_initiator {
+            (&self.init_request, &self.nr)
+        } else {
+            (&self.init_response, &self.ni)
+        };
+        let octets = signed_octets(real, nonce, &maced, int_auth.as_deref());
+        let cred = self.config.peer_auth.resolve(peer_id, certs).ok_or(
+            CryptoError::AuthenticationFailed("no credentials for this identity"),
+        )?;
+        match (cred, auth.method) {
+            (PeerAuth::Psk(psk), AuthMethod::SharedKeyMic) => {
+                PaddedPsk::new(prf, psk.as_bytes()).verify(&octets, &auth.data)
+            }
+            (PeerAuth::PublicKey { key, schemes }, AuthMethod::DigitalSignature) => {
+                verify_auth(&key, &auth.data, &octets, |s| schemes.contains(&s)).map(|_| ())
+            }
+            _ => Err(CryptoError::AuthenticationFailed(
+                "AUTH method does not match the credential",
+            )),
+        }
+    }
+
+    fn send_auth_request(&mut self, now: Instant, rng: &mut dyn Random) {
+        let mid = self.next_mid;
+        let (certs, auth) = match self.our_auth(mid) {
+            Ok(v) => v,
+            Err(e) => {
+                self.close(CloseReason::ProtocolError(e.to_string()));
+                return;
+            }
+        };
+        let mut payloads = vec![Payload::IdI(self.config.local_id.clone())];
+        payloads.extend(certs);
+        if let Some(r) = &self.config.remote_id {
+            payloads.push(Payload::IdR(r.clone()));
+        }
+        payloads.push(Payload::Auth(auth));
+        let exchange = match &self.goal {
+            Goal::IkeAuth => ExchangeType::IkeAuth,
+            Goal::GsaAuth(req) => {
+                payloads.extend(registration_payloads(req));
+                ExchangeType::GsaAuth
+            }
+        };
+        self.state = State::AuthSent;
+        self.send_request(exchange, Purpose::Auth, &payloads, now, rng);
+    }
+
+    fn on_auth_response(&mut self, opened: Opened) {
+        let p = &opened.payloads;
+        let idr = p.iter().find_map(|x| match x {
+            Payload::IdR(id) => Some(id.clone()),
+            _ => None,
+        });
+        let auth = p.iter().find_map(|x| match x {
+            Payload::Auth(a) => Some(a.clone()),
+            _ => None,
+        });
+        let (Some(idr), Some(auth)) = (idr, auth) else {
+            // HDR, SK{N(AUTHENTICATION_FAILED)} and other errors before authentication.
+            let n = p.notifies().find(|n| n.is_error()).map(|n| n.ty);
+            info!(notify = ?n, "authentication refused by the peer");
+            self.close(match n {
+                Some(NotifyType::AuthenticationFailed) | None => CloseReason::AuthenticationFailed,
+                Some(other) => CloseReason::PeerError(other),
+            });
+            return;
+        };
+        let certs: Vec<CertPayload> = p
+            .iter()
+            .filter_map(|x| match x {
+                Payload::Cert(c) => Some(c.clone()),
+                _ => None,
+            })
+            .collect();
+        if let Some(expected) = &self.config.remote_id
+            && expected != &idr
+        {
+            warn!("responder identity differs from the configured one");
+            self.close(CloseReason::AuthenticationFailed);
+            return;
+        }
+        let mid = opened.header.message_id;
+        if let Err(e) = self.verify_peer_auth(&idr, &certs, &auth, mid) {
+            warn!(error = %e, "responder AUTH did not verify");
+            self.close(CloseReason::AuthenticationFailed);
+            return;
+        }
+        self.peer_id = Some(idr.clone());
+        self.state = State::Established;
+        self.half_open_deadline = None;
+        info!(peer = ?idr, "IKE SA established");
+        self.events.push_back(Event::Established { peer_id: idr });
+        if let Goal::GsaAuth(req) = self.goal.clone() {
+            self.on_registration_result(req.group, p);
+        }
+    }
+
+    fn on_auth_request(&mut self, opened: Opened, rng: &mut dyn Random) {
+        let mid = opened.header.message_id;
+        let exchange = opened.header.exchange;
+        let p = &opened.payloads;
+        let idi = p.iter().find_map(|x| match x {
+            Payload::IdI(id) => Some(id.clone()),
+            _ => None,
+        });
+        let auth = p.iter().find_map(|x| match x {
+            Payload::Auth(a) => Some(a.clone()),
+            _ => None,
+        });
+        let certs: Vec<CertPayload> = p
+            .iter()
+            .filter_map(|x| match x {
+                Payload::Cert(c) => Some(c.clone()),
+                _ => None,
+            })
+            .collect();
+        let fail = |sa: &mut Self, rng: &mut dyn Random, why: &str| {
+            warn!(why, "authentication of the initiator failed");
+            sa.send_response(
+                exchange,
+                mid,
+                &[Payload::Notify(NotifyPayload::error(
+                    NotifyType::AuthenticationFailed,
+                ))],
+                rng,
+            );
+            sa.close(CloseReason::AuthenticationFailed);
+        };
+        let (Some(idi), Some(auth)) = (idi, auth) else {
+            fail(self, rng, "IDi or AUTH missing");
+            return;
+        };
+        if let Err(e) = self.verify_peer_auth(&idi, &certs, &auth, mid) {
+            fail(self, rng, &e.to_string());
+            return;
+        }
+        let (our_certs, our_auth) = match self.our_auth(mid) {
+            Ok(v) => v,
+            Err(e) => {
+                fail(self, rng, &e.to_string());
+                return;
+            }
+        };
+        self.peer_id = Some(idi.clone());
+        self.half_open_deadline = None;
+        let mut auth_payloads = vec![Payload::IdR(self.config.local_id.clone())];
+        auth_payloads.extend(our_certs);
+        auth_payloads.push(Payload::Auth(our_auth));
+        info!(peer = ?idi, exchange = %exchange, "initiator authenticated");
+        self.events.push_back(Event::Established {
+            peer_id: idi.clone(),
+        });
+        if exchange == ExchangeType::GsaAuth {
+            match registration_request(p) {
+                Some(request) => {
+                    self.state = State::AwaitingDecision {
+                        mid,
+                        exchange,
+                        auth_payloads,
+                    };
+                    self.events.push_back(Event::RegistrationRequested {
+                        peer_id: idi,
+                        request,
+                    });
+                }
+                None => {
+                    auth_payloads.push(Payload::Notify(NotifyPayload::error(
+                        NotifyType::InvalidSyntax,
+                    )));
+                    self.state = State::Established;
+                    self.send_response(exchange, mid, &auth_payloads, rng);
+                }
+            }
+        } else {
+            // Childless IKE_AUTH (RFC 6023): no Child SA is created. A request that asks
+            // for one gets the IKE SA and NO_PROPOSAL_CHOSEN for the child (RFC 7296 2.21.3).
+            if p.find(PayloadType::Sa).is_some() {
+                auth_payloads.push(Payload::Notify(NotifyPayload::error(
+                    NotifyType::NoProposalChosen,
+                )));
+            }
+            self.state = State::Established;
+            self.send_response(exchange, mid, &auth_payloads, rng);
+        }
+    }
+
+    // ---------------------------------------------------------------- registration
+
+    fn on_registration_request(&mut self, opened: Opened, rng: &mut dyn Random) {
+        let mid = opened.header.message_id;
+        let p = &opened.payloads;
+        let peer_id = self
+            .peer_id
+            .clone()
+            .unwrap_or_else(|| IdPayload::key_id(Vec::new()));
+        let group = p.iter().find_map(|x| match x {
+            Payload::IdG(g) => Some(g.clone()),
+            _ => None,
+        });
+        // Figure 8: IDg with NO_PROPOSAL_CHOSEN or REGISTRATION_FAILED means "remove me".
+        let leave = p.notifies().find(|n| {
+            matches!(
+                n.ty,
+                NotifyType::NoProposalChosen | NotifyType::RegistrationFailed
+            )
+        });
+        match (group, leave) {
+            (Some(group), Some(n)) => {
+                self.events.push_back(Event::LeaveRequested {
+                    peer_id,
+                    group,
+                    notify: n.ty,
+                });
+                self.send_response(ExchangeType::GsaRegistration, mid, &[], rng);
+            }
+            (Some(_), None) => match registration_request(p) {
+                Some(request) => {
+                    self.state = State::AwaitingDecision {
+                        mid,
+                        exchange: ExchangeType::GsaRegistration,
+                        auth_payloads: Vec::new(),
+                    };
+                    self.events
+                        .push_back(Event::RegistrationRequested { peer_id, request });
+                }
+                None => self.send_response(
+                    ExchangeType::GsaRegistration,
+                    mid,
+                    &[Payload::Notify(NotifyPayload::error(
+                        NotifyType::InvalidSyntax,
+                    ))],
+                    rng,
+                ),
+            },
+            (None, _) => self.send_response(
+                ExchangeType::GsaRegistration,
+                mid,
+                &[Payload::Notify(NotifyPayload::error(
+                    NotifyType::InvalidSyntax,
+                ))],
+                rng,
+            ),
+        }
+    }
+
+    fn on_registration_result(&mut self, group: IdPayload, p: &[Payload]) {
+        let gsa = p.iter().find_map(|x| match x {
+            Payload::Gsa(g) => Some(g.clone()),
+            _ => None,
+        });
+        let kd = p.iter().find_map(|x| match x {
+            Payload::Kd(k) => Some(k.clone()),
+            _ => None,
+        });
+        match (gsa, kd) {
+            (Some(gsa), Some(kd)) => {
+                let transport_mode = p.notify(NotifyType::UseTransportMode).is_some();
+                info!(group = ?group, "registered");
+                self.events.push_back(Event::Registered {
+                    group,
+                    gsa,
+                    kd,
+                    transport_mode,
+                });
+            }
+            _ => {
+                let notify = p
+                    .notifies()
+                    .find(|n| n.is_error())
+                    .map(|n| n.ty)
+                    .unwrap_or(NotifyType::InvalidSyntax);
+                info!(group = ?group, notify = %notify, "registration refused");
+                self.events
+                    .push_back(Event::RegistrationRefused { group, notify });
+            }
+        }
+    }
+
+    // ---------------------------------------------------------------- plumbing
+
+    fn open(&mut self, datagram: &[u8], response: bool) -> Option<Opened> {
+        let key = self.sk_in.as_ref()?;
+        let reassembly = if response {
+            &mut self.reassembly_responses
+        } else {
+            &mut self.reassembly_requests
+        };
+        match protect::open(key, datagram, reassembly) {
+            Ok(o) => o,
+            Err(UnprotectError::Crypto(e)) => {
+                // RFC 7296 2.21.2: a message that fails integrity checks is dropped.
+                debug!(error = %e, "dropping message that failed its integrity check");
+                None
+            }
+            Err(UnprotectError::Decode(e)) => {
+                debug!(error = %e, "dropping undecodable protected message");
+                None
+            }
+        }
+    }
+
+    fn fragment_size(&self, exchange: ExchangeType) -> Option<usize> {
+        // RFC 7383 2.5: only once both sides announced support, never for IKE_SA_INIT.
+        if exchange == ExchangeType::IkeSaInit || !self.peer_fragmentation {
+            return None;
+        }
+        self.config.fragment_size
+    }
+
+    fn header(&self, exchange: ExchangeType, mid: u32, response: bool) -> Header {
+        Header::new(
+            self.spi_i,
+            self.spi_r,
+            exchange,
+            Flags::new(self.role == Role::Initiator, response),
+            mid,
+        )
+    }
+
+    fn send_request(
+        &mut self,
+        exchange: ExchangeType,
+        purpose: Purpose,
+        payloads: &[Payload],
+        now: Instant,
+        rng: &mut dyn Random,
+    ) {
+        let mid = self.next_mid;
+        let Some(key) = self.sk_out.as_ref() else {
+            return;
+        };
+        let header = self.header(exchange, mid, false);
+        let intermediate = exchange == ExchangeType::IkeIntermediate;
+        let packets = match protect::seal(key, rng, &header, payloads, self.fragment_size(exchange))
+        {
+            Ok(p) => p,
+            Err(e) => {
+                self.close(CloseReason::ProtocolError(e.to_string()));
+                return;
+            }
+        };
+        if intermediate {
+            let (first, plain) = encode_inner(payloads);
+            let a = self.int_auth_a(exchange, mid, false, first);
+            let sk = self.keys.as_ref().map(|k| k.sk_pi.clone());
+            if let (Some(ia), Some(sk)) = (self.int_auth.as_mut(), sk) {
+                let _ = ia.absorb(true, sk.as_bytes(), &a, &plain);
+            }
+        }
+        self.transmits.extend(packets.iter().cloned());
+        self.outstanding = Some(Outstanding {
+            mid,
+            purpose,
+            packets,
+            timer: RetransmitTimer::start(self.config.retransmit, now),
+        });
+    }
+
+    fn send_response(
+        &mut self,
+        exchange: ExchangeType,
+        mid: u32,
+        payloads: &[Payload],
+        rng: &mut dyn Random,
+    ) {
+        let Some(key) = self.sk_out.as_ref() else {
+            return;
+        };
+        let header = self.header(exchange, mid, true);
+        match protect::seal(key, rng, &header, payloads, self.fragment_size(exchange)) {
+            Ok(packets) => {
+                self.transmits.extend(packets.iter().cloned());
+                self.cached_response = Some((mid, packets));
+            }
+            Err(e) => warn!(error = %e, "could not protect a response"),
+        }
+    }
+
+    fn resend_cached(&mut self, mid: u32) {
+        if let Some((m, packets)) = &self.cached_response
+            && *m == mid
+        {
+            debug!(mid, "retransmitted request: resending the cached response");
+            self.transmits.extend(packets.iter().cloned());
+        }
+    }
+
+    fn close(&mut self, reason: CloseReason) {
+        if self.is_closed() {
+            return;
+        }
+        self.state = State::Closed;
+        self.outstanding = None;
+        self.half_open_deadline = None;
+        self.events.push_back(Event::Closed(reason));
+    }
+}
+
+/// True when `datagram` is an SK message or the first SKF fragment (RFC 7383 2.6.1).
+fn is_first_piece(datagram: &[u8]) -> bool {
+    match crate::wire::message::encrypted_layout(datagram) {
+        Ok(l) => match l.kind {
+            crate::wire::message::EncryptedKind::Sk => true,
+            crate::wire::message::EncryptedKind::Skf { number, .. } => number == 1,
+        },
+        Err(_) => false,
+    }
+}
+
+fn registration_payloads(req: &RegistrationRequest) -> Vec<Payload> {
+    let mut v = vec![Payload::IdG(req.group.clone())];
+    if let Some(sag) = &req.sag {
+        v.push(Payload::Sa(sag.clone()));
+    }
+    if let Some(n) = req.sender_ids {
+        // RFC 9838 2.3.1: a GM that intends to send MUST include GROUP_SENDER.
+        v.push(Payload::Notify(NotifyPayload::group_sender(n)));
+    }
+    v
+}
+
+fn registration_request(p: &[Payload]) -> Option<RegistrationRequest> {
+    let group = p.iter().find_map(|x| match x {
+        Payload::IdG(g) => Some(g.clone()),
+        _ => None,
+    })?;
+    let sag = p.iter().find_map(|x| match x {
+        Payload::Sa(s) => Some(s.clone()),
+        _ => None,
+    });
+    let sender_ids = match p.notify(NotifyType::GroupSender) {
+        Some(n) => Some(n.group_sender_count().ok()?),
+        None => None,
+    };
+    Some(RegistrationRequest {
+        group,
+        sag,
+        sender_ids,
+    })
+}
+
+/// Picks the first of our suites (in our preference order) that one of the peer's IKE
+/// proposals fully offers; returns that proposal's number and our suite.
+fn choose_proposal(ours: &[IkeSuite], theirs: &SaPayload) -> Option<(u8, IkeSuite)> {
+    for suite in ours {
+        let wanted = suite.transforms();
+        for p in theirs
+            .proposals
+            .iter()
+            .filter(|p| p.protocol == ProtocolId::Ike)
+        {
+            if wanted.iter().all(|w| p.transforms.contains(w)) && addke_slots_match(suite, p) {
+                return Some((p.num, suite.clone()));
+            }
+        }
+    }
+    None
+}
+
+/// An ADDKE slot the peer offers that our suite leaves empty must allow NONE (RFC 9370
+/// 2.2.1), otherwise choosing the proposal without it would ignore a peer requirement.
+fn addke_slots_match(suite: &IkeSuite, p: &Proposal) -> bool {
+    (0..7u8).all(|i| {
+        let ty = TransformType::from(TransformType::AddKe1.value() + i);
+        let offered: Vec<u16> = p.transforms_of(ty).map(|t| t.id).collect();
+        let ours = suite.addke.get(usize::from(i));
+        match ours {
+            Some(_) => true,
+            None => offered.is_empty() || offered.contains(&0),
+        }
+    })
+}
+
+/// True when the suite the responder chose is one we offered (same transforms).
+fn offered_covers(ours: &IkeSuite, chosen: &IkeSuite) -> bool {
+    ours == chosen
+}
+
+fn nonzero_spi(rng: &mut dyn Random) -> [u8; 8] {
+    loop {
+        let spi: [u8; 8] = random_array(rng);
+        if spi != [0; 8] {
+            return spi;
+        }
+    }
+}
+
+fn random_nonce(rng: &mut dyn Random) -> Vec<u8> {
+    random_array::<NONCE_LEN>(rng).to_vec()
+}

@@ -1,0 +1,681 @@
+//! Whole IKE conversations in memory (STYLE Q5): a member (initiator) and a GCKS
+//! (responder) exchange datagrams through a simulated wire with a simulated clock.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use gikev2_proto::crypto::sign::{SignatureScheme, SigningKey};
+use gikev2_proto::crypto::{IkeSuite, SecretBytes, SeededRandom};
+use gikev2_proto::ike::{
+    CloseReason, Decision, Event, Goal, IkeConfig, IkeSa, InitRefusal, LocalAuth, PeerAuth,
+    RegistrationRequest, SinglePeer,
+};
+use gikev2_proto::registry::{
+    EncrId, ExchangeType, IntegId, KeId, KwaId, NotifyType, PrfId, ProtocolId, TransformType,
+};
+use gikev2_proto::wire::gsa::{GsaPayload, GsaPolicy};
+use gikev2_proto::wire::header::Header;
+use gikev2_proto::wire::id::IdPayload;
+use gikev2_proto::wire::kd::{GroupKeyBag, KdPayload, WrappedKey};
+use gikev2_proto::wire::{TrafficSelector, Transform};
+
+fn suite(ke: KeId, addke: Option<KeId>) -> IkeSuite {
+    let mut t = vec![
+        Transform::encr(EncrId::AesGcm16, Some(256)),
+        Transform::prf(PrfId::HmacSha2_256),
+        Transform::ke(ke),
+    ];
+    if let Some(a) = addke {
+        t.push(Transform::new(TransformType::AddKe1, a.value()));
+    }
+    t.push(Transform::kwa(KwaId::Kw5649_256));
+    IkeSuite::from_transforms(&t).unwrap()
+}
+
+fn cbc_suite() -> IkeSuite {
+    IkeSuite::from_transforms(&[
+        Transform::encr(EncrId::AesCbc, Some(128)),
+        Transform::prf(PrfId::HmacSha2_256),
+        Transform::integ(IntegId::HmacSha2_256_128),
+        Transform::ke(KeId::Ecp256),
+        Transform::kwa(KwaId::Kw5649_128),
+    ])
+    .unwrap()
+}
+
+fn member_id() -> IdPayload {
+    IdPayload::fqdn("member1.example").unwrap()
+}
+
+fn gcks_id() -> IdPayload {
+    IdPayload::fqdn("gcks.example").unwrap()
+}
+
+fn psk(s: &str) -> SecretBytes {
+    SecretBytes::from_slice(s.as_bytes())
+}
+
+fn psk_configs(member_psk: &str, gcks_psk: &str, suites: Vec<IkeSuite>) -> (IkeConfig, IkeConfig) {
+    let m = IkeConfig::new(
+        suites.clone(),
+        member_id(),
+        LocalAuth::Psk(psk(member_psk)),
+        Arc::new(SinglePeer {
+            id: Some(gcks_id()),
+            auth: PeerAuth::Psk(psk(member_psk)),
+        }),
+    );
+    let g = IkeConfig::new(
+        suites,
+        gcks_id(),
+        LocalAuth::Psk(psk(gcks_psk)),
+        Arc::new(SinglePeer {
+            id: Some(member_id()),
+            auth: PeerAuth::Psk(psk(gcks_psk)),
+        }),
+    );
+    (m, g)
+}
+
+fn group() -> IdPayload {
+    IdPayload::key_id(b"group-1".to_vec())
+}
+
+fn request(sender: Option<u32>) -> RegistrationRequest {
+    RegistrationRequest {
+        group: group(),
+        sag: None,
+        sender_ids: sender,
+    }
+}
+
+fn sample_gsa(teks: usize) -> GsaPayload {
+    let mut gsa = GsaPayload::new();
+    for i in 0..teks {
+        gsa = gsa.with_gsa(
+            GsaPolicy::esp(
+                0x1000 + i as u32,
+                TrafficSelector::any(false),
+                TrafficSelector::single("239.1.1.1".parse().unwrap(), 17, Some(5000 + i as u16)),
+            )
+            .with_transform(Transform::encr(EncrId::AesGcm16, Some(256)))
+            .with_transform(Transform::sn(gikev2_proto::registry::SnId::Unspecified32)),
+        );
+    }
+    gsa
+}
+
+/// Wraps a fresh TEK key for each policy with the IKE SA's default KWK.
+fn sample_kd(sa: &IkeSa, teks: usize) -> KdPayload {
+    let kwk = sa.key_wrap_key().unwrap();
+    let mut kd = KdPayload::new();
+    for i in 0..teks {
+        let keymat = [i as u8; 36];
+        kd = kd.with(
+            GroupKeyBag::esp(0x1000 + i as u32).with_sa_key(WrappedKey::new(
+                0,
+                0,
+                kwk.wrap(&keymat).unwrap(),
+            )),
+        );
+    }
+    kd
+}
+
+/// How the test GCKS answers registration requests.
+type Decider = Box<dyn FnMut(&IkeSa, &RegistrationRequest) -> Decision>;
+
+/// One GCKS, one member, a wire that can lose datagrams, and a clock.
+struct Pair {
+    now: Instant,
+    member: IkeSa,
+    gcks: Option<IkeSa>,
+    gcks_config: IkeConfig,
+    rng: SeededRandom,
+    member_events: Vec<Event>,
+    gcks_events: Vec<Event>,
+    /// Datagrams seen on the wire in each direction (member -> gcks, gcks -> member).
+    to_gcks: Vec<Vec<u8>>,
+    to_member: Vec<Vec<u8>>,
+    /// Drop the next n datagrams sent by the GCKS.
+    drop_from_gcks: usize,
+    /// What the GCKS decides when asked.
+    decision: Decider,
+}
+
+const MEMBER: &str = "10.0.0.2:500";
+const GCKS: &str = "10.0.0.1:500";
+
+impl Pair {
+    fn new(member_cfg: IkeConfig, gcks_cfg: IkeConfig, goal: Goal) -> Self {
+        let now = Instant::now();
+        let mut rng = SeededRandom::from_u64(7);
+        let member = IkeSa::initiate(
+            member_cfg,
+            goal,
+            MEMBER.parse::<SocketAddr>().unwrap(),
+            GCKS.parse().unwrap(),
+            now,
+            &mut rng,
+        )
+        .unwrap();
+        Self {
+            now,
+            member,
+            gcks: None,
+            gcks_config: gcks_cfg,
+            rng,
+            member_events: Vec::new(),
+            gcks_events: Vec::new(),
+            to_gcks: Vec::new(),
+            to_member: Vec::new(),
+            drop_from_gcks: 0,
+            decision: Box::new(|sa, _| Decision::Accept {
+                gsa: sample_gsa(2),
+                kd: sample_kd(sa, 2),
+                transport_mode: true,
+            }),
+        }
+    }
+
+    /// Steps both sides until nothing moves and no timer is due (bounded).
+    fn drive(&mut self) {
+        for _ in 0..200 {
+            let mut moved = false;
+            while let Some(d) = self.member.poll_transmit() {
+                moved = true;
+                self.to_gcks.push(d.clone());
+                match self.gcks.as_mut() {
+                    Some(g) => g.handle(&d, self.now, &mut self.rng),
+                    None => match IkeSa::respond(
+                        self.gcks_config.clone(),
+                        &d,
+                        GCKS.parse().unwrap(),
+                        MEMBER.parse().unwrap(),
+                        self.now,
+                        &mut self.rng,
+                    ) {
+                        Ok(sa) => self.gcks = Some(sa),
+                        Err(InitRefusal::Reply(r)) => {
+                            self.to_member.push(r.clone());
+                            self.member.handle(&r, self.now, &mut self.rng);
+                        }
+                        Err(InitRefusal::Drop) => {}
+                    },
+                }
+            }
+            if let Some(g) = self.gcks.as_mut() {
+                while let Some(d) = g.poll_transmit() {
+                    moved = true;
+                    if self.drop_from_gcks > 0 {
+                        self.drop_from_gcks -= 1;
+                        continue;
+                    }
+                    self.to_member.push(d.clone());
+                    self.member.handle(&d, self.now, &mut self.rng);
+                }
+                while let Some(e) = g.poll_event() {
+                    moved = true;
+                    if let Event::RegistrationRequested { request, .. } = &e {
+                        let d = (self.decision)(g, request);
+                        self.gcks_events.push(e.clone());
+                        g.decide(d, self.now, &mut self.rng);
+                    } else {
+                        self.gcks_events.push(e);
+                    }
+                }
+            }
+            while let Some(e) = self.member.poll_event() {
+                moved = true;
+                self.member_events.push(e);
+            }
+            if !moved {
+                // Jump the clock to the next timer, if any, like quinn's Pair::drive.
+                let next = [
+                    self.member.poll_timeout(),
+                    self.gcks.as_ref().and_then(IkeSa::poll_timeout),
+                ]
+                .into_iter()
+                .flatten()
+                .min();
+                match next {
+                    Some(t) if t <= self.now + Duration::from_secs(600) => {
+                        self.now = self.now.max(t);
+                        self.member.handle_timeout(self.now);
+                        if let Some(g) = self.gcks.as_mut() {
+                            g.handle_timeout(self.now);
+                        }
+                    }
+                    _ => return,
+                }
+                if self.member.is_closed() && self.gcks.as_ref().is_none_or(IkeSa::is_closed) {
+                    return;
+                }
+                if self.member.is_established() && self.member.poll_timeout().is_none() {
+                    return;
+                }
+            }
+        }
+        panic!("conversation did not settle");
+    }
+
+    fn gcks(&self) -> &IkeSa {
+        self.gcks.as_ref().expect("GCKS created an IKE SA")
+    }
+}
+
+fn registered(events: &[Event]) -> Vec<(GsaPayload, KdPayload, bool)> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Registered {
+                gsa,
+                kd,
+                transport_mode,
+                ..
+            } => Some((gsa.clone(), kd.clone(), *transport_mode)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn exchanges(wire: &[Vec<u8>]) -> Vec<ExchangeType> {
+    wire.iter()
+        .map(|d| Header::read_datagram(d).unwrap().exchange)
+        .collect()
+}
+
+#[test]
+fn psk_childless_ike_auth_establishes_both_sides() {
+    let (m, g) = psk_configs("s3cret", "s3cret", vec![suite(KeId::Curve25519, None)]);
+    let mut p = Pair::new(m, g, Goal::IkeAuth);
+    p.drive();
+    assert!(p.member.is_established());
+    assert!(p.gcks().is_established());
+    assert_eq!(p.member.peer_id(), Some(&gcks_id()));
+    assert_eq!(p.gcks().peer_id(), Some(&member_id()));
+    assert_eq!(
+        exchanges(&p.to_gcks),
+        [ExchangeType::IkeSaInit, ExchangeType::IkeAuth]
+    );
+    assert_eq!(
+        p.member.keys(),
+        p.gcks().keys(),
+        "both sides derived the same keys"
+    );
+}
+
+#[test]
+fn gsa_auth_registers_and_member_receives_exactly_what_gcks_sent() {
+    let (m, g) = psk_configs("s3cret", "s3cret", vec![suite(KeId::Curve25519, None)]);
+    let mut p = Pair::new(m, g, Goal::GsaAuth(request(Some(2))));
+    p.drive();
+    let got = registered(&p.member_events);
+    assert_eq!(got.len(), 1);
+    let (gsa, kd, transport) = &got[0];
+    assert_eq!(gsa, &sample_gsa(2));
+    assert!(transport);
+    // The member unwraps the TEK keys with its own copy of the default KWK.
+    let kwk = p.member.key_wrap_key().unwrap();
+    for (i, bag) in kd.group_bags().enumerate() {
+        let wrapped = bag.sa_keys.first().unwrap();
+        assert_eq!(
+            kwk.unwrap(&wrapped.encrypted).unwrap().as_bytes(),
+            &[i as u8; 36]
+        );
+    }
+    // The GCKS saw the GROUP_SENDER count.
+    let asked = p.gcks_events.iter().find_map(|e| match e {
+        Event::RegistrationRequested { request, peer_id } => {
+            Some((request.clone(), peer_id.clone()))
+        }
+        _ => None,
+    });
+    assert_eq!(asked, Some((request(Some(2)), member_id())));
+}
+
+#[test]
+fn wrong_psk_fails_authentication_on_both_sides() {
+    let (m, g) = psk_configs(
+        "member-thinks",
+        "gcks-thinks",
+        vec![suite(KeId::Curve25519, None)],
+    );
+    let mut p = Pair::new(m, g, Goal::GsaAuth(request(None)));
+    p.drive();
+    assert!(
+        p.member_events
+            .contains(&Event::Closed(CloseReason::AuthenticationFailed))
+    );
+    assert!(
+        p.gcks_events
+            .contains(&Event::Closed(CloseReason::AuthenticationFailed))
+    );
+    assert!(registered(&p.member_events).is_empty());
+    assert!(
+        !p.gcks_events
+            .iter()
+            .any(|e| matches!(e, Event::RegistrationRequested { .. }))
+    );
+}
+
+#[test]
+fn refusal_reaches_the_member_with_its_notify() {
+    let (m, g) = psk_configs("k", "k", vec![suite(KeId::Curve25519, None)]);
+    let mut p = Pair::new(m, g, Goal::GsaAuth(request(None)));
+    p.decision = Box::new(|_, _| Decision::Refuse(NotifyType::InvalidGroupId));
+    p.drive();
+    assert!(
+        p.member.is_established(),
+        "Figure 5: the IKE SA is authenticated"
+    );
+    assert!(p.member_events.contains(&Event::RegistrationRefused {
+        group: group(),
+        notify: NotifyType::InvalidGroupId
+    }));
+}
+
+#[test]
+fn ed25519_signatures_authenticate_both_sides() {
+    let (mk, _) = SigningKey::generate(SignatureScheme::Ed25519).unwrap();
+    let (gk, _) = SigningKey::generate(SignatureScheme::Ed25519).unwrap();
+    let s = vec![suite(KeId::Curve25519, None)];
+    let (mk_pub, gk_pub) = (mk.public_key(), gk.public_key());
+    let m = IkeConfig::new(
+        s.clone(),
+        member_id(),
+        LocalAuth::Signature {
+            key: Arc::new(mk),
+            certs: vec![],
+        },
+        Arc::new(SinglePeer {
+            id: Some(gcks_id()),
+            auth: PeerAuth::PublicKey {
+                key: gk_pub,
+                schemes: vec![SignatureScheme::Ed25519],
+            },
+        }),
+    );
+    let g = IkeConfig::new(
+        s,
+        gcks_id(),
+        LocalAuth::Signature {
+            key: Arc::new(gk),
+            certs: vec![],
+        },
+        Arc::new(SinglePeer {
+            id: Some(member_id()),
+            auth: PeerAuth::PublicKey {
+                key: mk_pub,
+                schemes: vec![SignatureScheme::Ed25519],
+            },
+        }),
+    );
+    let mut p = Pair::new(m, g, Goal::GsaAuth(request(None)));
+    p.drive();
+    assert_eq!(registered(&p.member_events).len(), 1);
+}
+
+#[test]
+fn ml_dsa_65_signature_from_an_unexpected_key_is_refused() {
+    let (mk, _) = SigningKey::generate(SignatureScheme::MlDsa65).unwrap();
+    let (other, _) = SigningKey::generate(SignatureScheme::MlDsa65).unwrap();
+    let (gk, _) = SigningKey::generate(SignatureScheme::EcdsaP256Sha256).unwrap();
+    let s = vec![suite(KeId::Curve25519, None)];
+    let m = IkeConfig::new(
+        s.clone(),
+        member_id(),
+        LocalAuth::Signature {
+            key: Arc::new(mk),
+            certs: vec![],
+        },
+        Arc::new(SinglePeer {
+            id: None,
+            auth: PeerAuth::PublicKey {
+                key: gk.public_key(),
+                schemes: vec![SignatureScheme::EcdsaP256Sha256],
+            },
+        }),
+    );
+    let g = IkeConfig::new(
+        s,
+        gcks_id(),
+        LocalAuth::Signature {
+            key: Arc::new(gk),
+            certs: vec![],
+        },
+        Arc::new(SinglePeer {
+            id: None,
+            auth: PeerAuth::PublicKey {
+                key: other.public_key(),
+                schemes: vec![SignatureScheme::MlDsa65],
+            },
+        }),
+    );
+    let mut p = Pair::new(m, g, Goal::IkeAuth);
+    p.drive();
+    assert!(
+        p.gcks_events
+            .contains(&Event::Closed(CloseReason::AuthenticationFailed))
+    );
+    assert!(
+        p.member_events
+            .contains(&Event::Closed(CloseReason::AuthenticationFailed))
+    );
+}
+
+#[test]
+fn hybrid_x25519_ml_kem_768_uses_ike_intermediate() {
+    let (m, g) = psk_configs(
+        "k",
+        "k",
+        vec![suite(KeId::Curve25519, Some(KeId::MlKem768))],
+    );
+    let mut p = Pair::new(m, g, Goal::GsaAuth(request(None)));
+    p.drive();
+    assert_eq!(registered(&p.member_events).len(), 1);
+    assert_eq!(
+        exchanges(&p.to_gcks),
+        [
+            ExchangeType::IkeSaInit,
+            ExchangeType::IkeIntermediate,
+            ExchangeType::GsaAuth
+        ]
+    );
+    assert_eq!(p.member.keys(), p.gcks().keys());
+}
+
+#[test]
+fn invalid_ke_payload_makes_the_initiator_retry_with_the_requested_method() {
+    let (m, _) = psk_configs("k", "k", vec![suite(KeId::Curve25519, None), cbc_suite()]);
+    let (_, g) = psk_configs("k", "k", vec![cbc_suite()]);
+    let mut p = Pair::new(m, g, Goal::IkeAuth);
+    p.drive();
+    assert!(p.member.is_established());
+    assert_eq!(p.member.suite(), Some(&cbc_suite()));
+    assert_eq!(
+        exchanges(&p.to_gcks),
+        [
+            ExchangeType::IkeSaInit,
+            ExchangeType::IkeSaInit,
+            ExchangeType::IkeAuth
+        ]
+    );
+}
+
+#[test]
+fn no_common_proposal_closes_the_initiator() {
+    let (m, _) = psk_configs("k", "k", vec![suite(KeId::Curve25519, None)]);
+    let (_, g) = psk_configs("k", "k", vec![cbc_suite()]);
+    let mut p = Pair::new(m, g, Goal::IkeAuth);
+    // AES-GCM suites only on one side, AES-CBC only on the other: INVALID_KE cannot help.
+    p.drive();
+    assert!(
+        p.member_events
+            .contains(&Event::Closed(CloseReason::NoProposalChosen)),
+        "{:?}",
+        p.member_events
+    );
+}
+
+#[test]
+fn lost_gsa_auth_response_is_resent_from_cache_without_a_second_decision() {
+    let (m, g) = psk_configs("k", "k", vec![suite(KeId::Curve25519, None)]);
+    let mut p = Pair::new(m, g, Goal::GsaAuth(request(Some(1))));
+    // Let IKE_SA_INIT through, then lose the GSA_AUTH response once.
+    p.drive_until_gcks_exists();
+    p.drop_from_gcks = 1;
+    p.drive();
+    assert_eq!(registered(&p.member_events).len(), 1);
+    let decisions = p
+        .gcks_events
+        .iter()
+        .filter(|e| matches!(e, Event::RegistrationRequested { .. }))
+        .count();
+    assert_eq!(
+        decisions, 1,
+        "a retransmitted GSA_AUTH must not be handled twice"
+    );
+    let auths = exchanges(&p.to_gcks)
+        .iter()
+        .filter(|e| **e == ExchangeType::GsaAuth)
+        .count();
+    assert_eq!(auths, 2, "the member retransmitted once");
+}
+
+#[test]
+fn large_registration_is_fragmented_and_reassembled() {
+    let (mut m, mut g) = psk_configs(
+        "k",
+        "k",
+        vec![suite(KeId::Curve25519, Some(KeId::MlKem768))],
+    );
+    m.fragment_size = Some(400);
+    g.fragment_size = Some(400);
+    let mut p = Pair::new(m, g, Goal::GsaAuth(request(None)));
+    p.decision = Box::new(|sa, _| Decision::Accept {
+        gsa: sample_gsa(12),
+        kd: sample_kd(sa, 12),
+        transport_mode: false,
+    });
+    p.drive();
+    let got = registered(&p.member_events);
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].0, sample_gsa(12));
+    assert!(
+        p.to_member.iter().all(|d| d.len() <= 400
+            || Header::read_datagram(d).unwrap().exchange == ExchangeType::IkeSaInit)
+    );
+    assert!(p.to_member.len() > 4, "the response went out in fragments");
+}
+
+#[test]
+fn aes_cbc_hmac_suite_works_end_to_end() {
+    let (m, g) = psk_configs("k", "k", vec![cbc_suite()]);
+    let mut p = Pair::new(m, g, Goal::GsaAuth(request(None)));
+    p.drive();
+    assert_eq!(registered(&p.member_events).len(), 1);
+}
+
+#[test]
+fn second_group_over_gsa_registration_and_leave() {
+    let (m, g) = psk_configs("k", "k", vec![suite(KeId::Curve25519, None)]);
+    let mut p = Pair::new(m, g, Goal::GsaAuth(request(None)));
+    p.drive();
+    let other = IdPayload::key_id(b"group-2".to_vec());
+    p.member.register(
+        RegistrationRequest {
+            group: other.clone(),
+            sag: None,
+            sender_ids: None,
+        },
+        p.now,
+        &mut p.rng,
+    );
+    p.drive();
+    assert_eq!(registered(&p.member_events).len(), 2);
+    assert_eq!(
+        exchanges(&p.to_gcks).last(),
+        Some(&ExchangeType::GsaRegistration)
+    );
+    p.member.leave(
+        other.clone(),
+        NotifyType::RegistrationFailed,
+        p.now,
+        &mut p.rng,
+    );
+    p.drive();
+    assert!(p.gcks_events.iter().any(|e| matches!(e,
+        Event::LeaveRequested { group, notify: NotifyType::RegistrationFailed, .. } if *group == other)));
+}
+
+#[test]
+fn delete_closes_both_sides() {
+    let (m, g) = psk_configs("k", "k", vec![suite(KeId::Curve25519, None)]);
+    let mut p = Pair::new(m, g, Goal::IkeAuth);
+    p.drive();
+    p.member.delete(p.now, &mut p.rng);
+    p.drive();
+    assert!(
+        p.member_events
+            .contains(&Event::Closed(CloseReason::Deleted))
+    );
+    assert!(p.gcks_events.contains(&Event::Closed(CloseReason::Deleted)));
+}
+
+#[test]
+fn unanswered_initiator_gives_up_after_the_retransmission_schedule() {
+    let (m, g) = psk_configs("k", "k", vec![suite(KeId::Curve25519, None)]);
+    let mut p = Pair::new(m, g, Goal::IkeAuth);
+    p.drive_until_gcks_exists();
+    p.drop_from_gcks = usize::MAX;
+    let start = p.now;
+    p.drive();
+    assert!(
+        p.member_events
+            .contains(&Event::Closed(CloseReason::Timeout))
+    );
+    let waited = p.now - start;
+    assert!(
+        waited >= Duration::from_secs(160) && waited <= Duration::from_secs(170),
+        "{waited:?}"
+    );
+    let auths = exchanges(&p.to_gcks)
+        .iter()
+        .filter(|e| **e == ExchangeType::IkeAuth)
+        .count();
+    assert_eq!(auths, 6, "original + 5 retransmissions");
+    assert!(
+        p.gcks_events
+            .iter()
+            .filter(|e| matches!(e, Event::Established { .. }))
+            .count()
+            == 1
+    );
+    let _ = ProtocolId::Esp;
+}
+
+impl Pair {
+    /// Delivers the IKE_SA_INIT request and response only.
+    fn drive_until_gcks_exists(&mut self) {
+        let d = self.member.poll_transmit().unwrap();
+        self.to_gcks.push(d.clone());
+        let mut g = match IkeSa::respond(
+            self.gcks_config.clone(),
+            &d,
+            GCKS.parse().unwrap(),
+            MEMBER.parse().unwrap(),
+            self.now,
+            &mut self.rng,
+        ) {
+            Ok(g) => g,
+            Err(e) => panic!("{e:?}"),
+        };
+        while let Some(r) = g.poll_transmit() {
+            self.to_member.push(r.clone());
+            self.member.handle(&r, self.now, &mut self.rng);
+        }
+        self.gcks = Some(g);
+    }
+}
