@@ -435,7 +435,7 @@ impl Engine {
     fn seal_common<'o>(
         &self,
         sa: &SaHandle,
-        packet: &[u8],
+        input: SealInput<'_>,
         out: &'o mut [u8],
         now: Instant,
         with_outer: bool,
@@ -455,9 +455,14 @@ impl Engine {
         if !a.allowed {
             return Err(SealError::Expired);
         }
-        let info = ip::parse(packet).map_err(|_| SealError::BadPacket)?;
-        let packet = packet.get(..info.total_len).ok_or(SealError::BadPacket)?;
-        let plan = packet::plan(sa, packet, &info, with_outer)?;
+        let (packet, plan) = match input {
+            SealInput::Packet(packet) => {
+                let info = ip::parse(packet).map_err(|_| SealError::BadPacket)?;
+                let packet = packet.get(..info.total_len).ok_or(SealError::BadPacket)?;
+                (packet, packet::plan(sa, packet, &info, with_outer)?)
+            }
+            SealInput::Dummy { len, src, dst } => (&[][..], packet::plan_dummy(sa, len, src, dst)),
+        };
         if plan.total() > out.len() {
             return Err(SealError::BufferTooSmall {
                 needed: plan.total(),
@@ -466,7 +471,7 @@ impl Engine {
         if with_outer && plan.total() > usize::from(u16::MAX) + if plan.v6 { 40 } else { 0 } {
             return Err(SealError::TooLarge);
         }
-        let a = sa.account(packet.len());
+        let a = sa.account(if plan.dummy { 0 } else { packet.len() });
         self.emit(sa, a);
         if !a.allowed {
             return Err(SealError::Expired);
@@ -496,7 +501,7 @@ impl Engine {
         out: &'o mut [u8],
         now: Instant,
     ) -> Result<&'o mut [u8], SealError> {
-        self.seal_common(sa, packet, out, now, true)
+        self.seal_common(sa, SealInput::Packet(packet), out, now, true)
             .map(|(o, _, _)| o)
     }
 
@@ -509,7 +514,23 @@ impl Engine {
         out: &'o mut [u8],
         now: Instant,
     ) -> Result<EspPacket<'o>, SealError> {
-        self.seal_common(sa, packet, out, now, false)
+        self.seal_common(sa, SealInput::Packet(packet), out, now, false)
+            .map(|(esp, src, dst)| EspPacket { esp, src, dst })
+    }
+
+    /// Writes a dummy ESP packet (RFC 4303 2.6: Next Header 59, `len` octets of payload, all
+    /// other fields present) for traffic flow confidentiality; `src`/`dst` are echoed as the
+    /// addresses to send it with. Receivers discard it without error.
+    pub fn seal_dummy<'o>(
+        &self,
+        sa: &SaHandle,
+        len: usize,
+        src: IpAddr,
+        dst: IpAddr,
+        out: &'o mut [u8],
+        now: Instant,
+    ) -> Result<EspPacket<'o>, SealError> {
+        self.seal_common(sa, SealInput::Dummy { len, src, dst }, out, now, false)
             .map(|(esp, src, dst)| EspPacket { esp, src, dst })
     }
 
@@ -731,6 +752,16 @@ impl Engine {
             Err(DropReason::Expired)
         }
     }
+}
+
+/// What `seal_common` protects.
+enum SealInput<'a> {
+    Packet(&'a [u8]),
+    Dummy {
+        len: usize,
+        src: IpAddr,
+        dst: IpAddr,
+    },
 }
 
 /// What the receive path knows of the outer header.

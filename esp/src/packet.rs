@@ -36,6 +36,8 @@ pub(crate) struct SealPlan {
     /// Transport mode: where the protocol field sits in the copied header.
     pub protocol_field: usize,
     pub tunnel: bool,
+    /// RFC 4303 2.6 dummy packet: the payload is `payload.1` zero octets, not copied.
+    pub dummy: bool,
 }
 
 impl SealPlan {
@@ -118,7 +120,31 @@ pub(crate) fn plan(
         dont_fragment: df,
         protocol_field: info.protocol_field,
         tunnel,
+        dummy: false,
     })
+}
+
+/// Plans a dummy packet (RFC 4303 2.6: Next Header 59, all other fields present) with
+/// `len` payload octets, ESP only (the caller addresses it like the SA's traffic).
+pub(crate) fn plan_dummy(sa: &Sa, len: usize, src: IpAddr, dst: IpAddr) -> SealPlan {
+    let cipher = &sa.cipher;
+    let pad = pad_len(len, cipher.align());
+    SealPlan {
+        outer_len: 0,
+        payload: (0, len),
+        pad_len: pad,
+        next_header: NEXT_HEADER_DUMMY,
+        esp_len: ESP_HEADER_LEN + cipher.iv_len() + len + pad + 2 + cipher.icv_len(),
+        src,
+        dst,
+        v6: dst.is_ipv6(),
+        tos: 0,
+        ttl: DEFAULT_TTL,
+        dont_fragment: false,
+        protocol_field: 0,
+        tunnel: false,
+        dummy: true,
+    }
 }
 
 /// Writes the packet planned by `plan` into `out` and seals it. Returns the bytes written.
@@ -148,17 +174,22 @@ pub(crate) fn write_sealed<'o>(
     spi_sn[4..].copy_from_slice(&sn.to_be_bytes());
     hdr.copy_from_slice(&spi_sn);
     // Payload, padding 1, 2, 3, ... (RFC 4303 2.4), pad length, next header.
-    let payload = packet
-        .get(plan.payload.0..plan.payload.1)
-        .ok_or(SealError::BadPacket)?;
+    let payload_len = plan.payload.1.saturating_sub(plan.payload.0);
     let body_start = iv_len;
     let body = rest
-        .get_mut(body_start..body_start + payload.len() + plan.pad_len + 2)
+        .get_mut(body_start..body_start + payload_len + plan.pad_len + 2)
         .ok_or(too_small.clone())?;
     let (data, trailer) = body
-        .split_at_mut_checked(payload.len())
+        .split_at_mut_checked(payload_len)
         .ok_or(too_small.clone())?;
-    data.copy_from_slice(payload);
+    if plan.dummy {
+        data.fill(0);
+    } else {
+        let payload = packet
+            .get(plan.payload.0..plan.payload.1)
+            .ok_or(SealError::BadPacket)?;
+        data.copy_from_slice(payload);
+    }
     let (pad, tail) = trailer
         .split_at_mut_checked(plan.pad_len)
         .ok_or(too_small)?;

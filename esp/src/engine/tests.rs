@@ -606,6 +606,33 @@ fn atd_rollover_and_dtd_lingering() {
 }
 
 #[test]
+fn dummy_packets_are_discarded_without_error() {
+    let t = Instant::now();
+    let (tx, h, rx) = pair(&group_sa(0x59, Direction::Outbound, 1), t);
+    let mut buf = [0u8; 256];
+    let d = tx
+        .seal_dummy(&h, 37, ip(S1), ip(GROUP), &mut buf, t)
+        .unwrap();
+    assert_eq!((d.src, d.dst), (ip(S1), ip(GROUP)));
+    assert_eq!(d.esp.len(), 8 + 8 + 37 + 1 + 2 + 16);
+    let esp = d.esp.to_vec();
+    let mut out = [0u8; 256];
+    assert_eq!(
+        rx.open_esp(ip(S1), ip(GROUP), &esp, &mut out, t),
+        Verdict::Drop(DropReason::Dummy)
+    );
+    // Authenticated: it moved the replay window like any packet.
+    assert_eq!(
+        rx.open_esp(ip(S1), ip(GROUP), &esp, &mut out, t),
+        Verdict::Drop(DropReason::ReplayDuplicate)
+    );
+    // The next real packet still goes through.
+    let p = udp4(S1, GROUP, 1, 2, b"after dummy");
+    let s = seal_vec(&tx, &h, &p, t).unwrap();
+    assert_eq!(open_vec(&rx, &s, t), Ok(p));
+}
+
+#[test]
 fn spd_bypass_discard_protect() {
     let t = Instant::now();
     let e = Engine::default();
