@@ -340,6 +340,37 @@ impl CharonConfig {
         }
     }
 
+    /// charon as the responder for our initiator: accepts any peer address, and the
+    /// peer identity `peer_id` (or any, if `None`).
+    pub fn responder(
+        local_addr: IpAddr,
+        local_id: Identity,
+        peer_id: Option<Identity>,
+        auth: Auth,
+    ) -> CharonConfig {
+        CharonConfig::new(Role::Responder, local_addr, None, local_id, peer_id, auth)
+    }
+
+    /// charon as the initiator towards our responder listening at `peer` (any port).
+    pub fn initiator(
+        local_addr: IpAddr,
+        peer: SocketAddr,
+        local_id: Identity,
+        peer_id: Option<Identity>,
+        auth: Auth,
+    ) -> CharonConfig {
+        let mut cfg = CharonConfig::new(
+            Role::Initiator,
+            local_addr,
+            Some(peer.ip()),
+            local_id,
+            peer_id,
+            auth,
+        );
+        cfg.remote_port = (peer.port() != 500).then_some(peer.port());
+        cfg
+    }
+
     /// Replaces the proposals.
     pub fn with_proposals(mut self, proposals: &[&str]) -> CharonConfig {
         self.proposals = proposals.iter().map(|p| p.to_string()).collect();

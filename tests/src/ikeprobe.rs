@@ -150,9 +150,9 @@ impl SaInitRequest {
     }
 }
 
-/// A received IKE message, read naively: header plus the unencrypted payload chain.
+/// An IKE message read naively: header plus the unencrypted payload chain (stops at SK).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct IkeReply {
+pub struct ParsedIke {
     pub spi_i: [u8; 8],
     pub spi_r: [u8; 8],
     pub exchange: u8,
@@ -162,9 +162,9 @@ pub struct IkeReply {
     pub payloads: Vec<(u8, Vec<u8>)>,
 }
 
-impl IkeReply {
+impl ParsedIke {
     /// Parses a datagram (port 500 framing, no non-ESP marker).
-    pub fn parse(msg: &[u8]) -> Result<IkeReply, String> {
+    pub fn parse(msg: &[u8]) -> Result<ParsedIke, String> {
         if msg.len() < 28 {
             return Err(format!(
                 "{} octets is shorter than an IKE header",
@@ -196,7 +196,7 @@ impl IkeReply {
                 break; // SK: the rest is encrypted
             }
         }
-        Ok(IkeReply {
+        Ok(ParsedIke {
             spi_i: msg[0..8].try_into().unwrap_or_default(),
             spi_r: msg[8..16].try_into().unwrap_or_default(),
             exchange: msg[18],
@@ -234,13 +234,32 @@ impl IkeReply {
     }
 }
 
+/// An error response to an IKE_SA_INIT request (RFC 7296 2.21.1): the request's SPIi,
+/// a zero SPIr, the Response flag, one Notify of `notify_type` with `data`.
+pub fn error_response(request: &ParsedIke, notify_type: u16, data: &[u8]) -> Vec<u8> {
+    let mut notify = vec![PT_NOTIFY_NONE, 0];
+    notify.extend_from_slice(&(8 + data.len() as u16).to_be_bytes());
+    notify.extend_from_slice(&[0, 0]);
+    notify.extend_from_slice(&notify_type.to_be_bytes());
+    notify.extend_from_slice(data);
+    let mut msg = request.spi_i.to_vec();
+    msg.extend_from_slice(&[0; 8]);
+    msg.extend_from_slice(&[PT_NOTIFY, 0x20, request.exchange, 0x20]);
+    msg.extend_from_slice(&request.message_id.to_be_bytes());
+    msg.extend_from_slice(&(28 + notify.len() as u32).to_be_bytes());
+    msg.extend_from_slice(&notify);
+    msg
+}
+
+const PT_NOTIFY_NONE: u8 = 0;
+
 /// Sends `request` to `to` and waits (bounded) for a reply carrying the same SPIi.
 pub fn exchange(
     sock: &UdpSocket,
     to: SocketAddr,
     request: &[u8],
     timeout: Duration,
-) -> Result<IkeReply> {
+) -> Result<ParsedIke> {
     sock.send_to(request, to)
         .map_err(|e| HarnessError::io(format!("sending to {to}"), e))?;
     let deadline = Instant::now() + timeout;
@@ -257,7 +276,7 @@ pub fn exchange(
             .map_err(|e| HarnessError::io("set_read_timeout", e))?;
         match sock.recv_from(&mut buf) {
             Ok((n, from)) if from == to && buf[..8] == request[..8] => {
-                return IkeReply::parse(&buf[..n]).map_err(HarnessError::Other);
+                return ParsedIke::parse(&buf[..n]).map_err(HarnessError::Other);
             }
             Ok(_) => continue,
             Err(e)
@@ -281,7 +300,7 @@ mod tests {
     fn request_round_trips_through_the_reader() {
         let req = SaInitRequest::aes256gcm_sha256_x25519();
         let wire = req.encode();
-        let read = IkeReply::parse(&wire).unwrap();
+        let read = ParsedIke::parse(&wire).unwrap();
         assert_eq!(read.spi_i, req.spi_i);
         assert_eq!(read.spi_r, [0; 8]);
         assert_eq!(read.exchange, IKE_SA_INIT);
@@ -295,9 +314,20 @@ mod tests {
     }
 
     #[test]
+    fn error_response_reads_back() {
+        let req = ParsedIke::parse(&SaInitRequest::aes256gcm_sha256_x25519().encode()).unwrap();
+        let resp = ParsedIke::parse(&error_response(&req, NO_PROPOSAL_CHOSEN, &[])).unwrap();
+        assert!(resp.is_response());
+        assert_eq!(resp.spi_i, req.spi_i);
+        assert_eq!(resp.spi_r, [0; 8]);
+        assert_eq!(resp.exchange, IKE_SA_INIT);
+        assert_eq!(resp.notify_types(), [NO_PROPOSAL_CHOSEN]);
+    }
+
+    #[test]
     fn reader_rejects_truncation() {
         let wire = SaInitRequest::aes256gcm_sha256_x25519().encode();
-        assert!(IkeReply::parse(&wire[..wire.len() - 1]).is_err());
-        assert!(IkeReply::parse(&wire[..20]).is_err());
+        assert!(ParsedIke::parse(&wire[..wire.len() - 1]).is_err());
+        assert!(ParsedIke::parse(&wire[..20]).is_err());
     }
 }

@@ -10,6 +10,8 @@
 //!   PKCS#8 DER keys, usable by charon and by our code alike.
 //! - [`capture`]: dumpcap captures on a namespace's link and tshark dissection, with
 //!   charon's IKE keys fed to Wireshark's IKEv2 decryption table.
+//! - [`driver`]: a blocking UDP loop that feeds a sans-IO endpoint (our IKE state
+//!   machines) with datagrams and ticks from a socket inside a namespace.
 //! - [`ikeprobe`]: a hand-built minimal IKE_SA_INIT request and a reader for the reply's
 //!   header and payload chain, independent of `gikev2-proto`.
 //!
@@ -17,6 +19,7 @@
 
 pub mod capture;
 pub mod charon;
+pub mod driver;
 pub mod gate;
 pub mod ikeprobe;
 pub mod netns;

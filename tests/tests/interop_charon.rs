@@ -14,8 +14,9 @@ use gikev2_tests::capture::{self, Capture, IkeMessage};
 use gikev2_tests::charon::{
     Auth, CharonConfig, CharonInstall, CharonPeer, Identity, IkeSaInfo, Role,
 };
+use gikev2_tests::driver;
 use gikev2_tests::gate;
-use gikev2_tests::ikeprobe::{self, SaInitRequest, Transform};
+use gikev2_tests::ikeprobe::{self, ParsedIke, SaInitRequest, Transform};
 use gikev2_tests::netns::{self, Pair};
 use gikev2_tests::pki::{KeyType, Pki};
 
@@ -444,4 +445,57 @@ fn charon_answers_a_hand_built_ike_sa_init_from_our_namespace() {
     )
     .unwrap_or_else(|e| panic!("{e}\n{}", charon.log_tail(20)));
     assert_eq!(reply.notify_types(), [ikeprobe::INVALID_KE_PAYLOAD]);
+}
+
+#[test]
+fn charon_initiates_to_a_responder_of_ours_driven_from_a_namespace() {
+    let Some(_) = charon_or_skip() else { return };
+    let pair = Pair::new("resp").expect("namespaces");
+    // "Our" responder: a socket in namespace A on a non-standard port, driven by the
+    // driver loop. It answers IKE_SA_INIT with NO_PROPOSAL_CHOSEN; the real responder
+    // will take this place.
+    let ours = SocketAddr::new(pair.link_a.v4.into(), 5000);
+    let sock = pair.a.udp_socket(ours).expect("socket in A");
+    let cfg = CharonConfig::initiator(
+        pair.link_b.v4.into(),
+        ours,
+        Identity::Fqdn("gm1.example".into()),
+        Some(Identity::Fqdn("gcks.example".into())),
+        Auth::Psk(SECRET.to_vec()),
+    );
+    let charon = CharonPeer::start(&pair.b, cfg).expect("charon");
+    let mut seen = Vec::new();
+    std::thread::scope(|s| {
+        let initiation = s.spawn(|| charon.initiate());
+        driver::run_udp(&sock, Duration::from_secs(10), |event, _now| match event {
+            driver::Event::Datagram { data, from } => {
+                let req = ParsedIke::parse(data).expect("charon's request parses");
+                seen.push((req.exchange, req.is_response(), req.payload_types()));
+                let reply = ikeprobe::error_response(&req, ikeprobe::NO_PROPOSAL_CHOSEN, &[]);
+                (vec![(reply, from)], true)
+            }
+            _ => (Vec::new(), false),
+        })
+        .expect("charon's IKE_SA_INIT reached our socket");
+        let result = initiation.join().expect("initiate thread");
+        assert!(result.is_err(), "charon must fail to establish: {result:?}");
+    });
+    assert_eq!(seen.len(), 1);
+    let (exchange, response, payloads) = &seen[0];
+    assert_eq!((*exchange, *response), (ikeprobe::IKE_SA_INIT, false));
+    assert_eq!(
+        &payloads[..3],
+        &[ikeprobe::PT_SA, ikeprobe::PT_KE, ikeprobe::PT_NONCE]
+    );
+    charon
+        .wait_log(
+            "received NO_PROPOSAL_CHOSEN notify error",
+            Duration::from_secs(5),
+        )
+        .unwrap_or_else(|e| panic!("{e}\n{}", charon.log_tail(20)));
+    assert_eq!(
+        charon.ike_sa_state("gikev2").unwrap(),
+        None,
+        "no IKE SA left"
+    );
 }
