@@ -3,11 +3,13 @@
 //! through `handle*` calls; datagrams, timers and events come out through `poll_*` calls.
 
 pub mod config;
+pub mod endpoint;
 pub mod nat;
 pub mod protect;
 pub mod retransmit;
 pub mod sa;
 
 pub use config::{IkeConfig, LocalAuth, PeerAuth, PeerAuthResolver, SinglePeer};
+pub use endpoint::{Endpoint, EndpointConfig, EndpointStats, SaHandle};
 pub use retransmit::{RetransmitAction, RetransmitPolicy, RetransmitTimer};
 pub use sa::{CloseReason, Decision, Event, Goal, IkeSa, InitRefusal, RegistrationRequest, Role};
