@@ -1,0 +1,484 @@
+//! Entry points for fuzzers and for the panic-freedom tests (STYLE R6): each takes
+//! arbitrary bytes, must never panic on them, and asserts that whatever decodes
+//! re-encodes to something that decodes to the same value.
+//!
+//! The seed builders give realistic messages (from the RFC 7296, RFC 7383 and RFC 9838
+//! figures) for `fuzz/corpus/` and for tests.
+
+use crate::codec::Codec;
+use crate::registry::{
+    AuthMethod, EncrId, ExchangeType, HashAlgorithm, IntegId, KeId, KwaId, NotifyType, PayloadType,
+    PrfId, ProtocolId, SnId,
+};
+use crate::wire::delete::DeletePayload;
+use crate::wire::header::{Flags, Header, classify_port_4500};
+use crate::wire::message::{EncryptedKind, Message, encrypted_layout};
+use crate::wire::payload::{Payload, decode_inner_chain, encode_inner};
+use crate::wire::rules::{MESSAGE_RULES, check, check_outer};
+use crate::wire::sk::{EncryptedFragment, EncryptedPayload};
+use crate::wire::{
+    AuthPayload, CertPayload, CertReqPayload, GsaPayload, IdPayload, KdPayload, KePayload,
+    NoncePayload, NotifyPayload, Proposal, SaPayload, Transform,
+};
+
+/// Decodes `data` as an IKE message; if that works, re-encodes it and asserts that the
+/// result decodes to the same message and re-encodes to the same bytes. Also runs the
+/// header, port-4500, SK layout and rule-table code on the same input.
+pub fn fuzz_message(data: &[u8]) {
+    let _ = classify_port_4500(data);
+    let _ = Header::read_datagram(data);
+    let layout = encrypted_layout(data);
+    let Ok(msg) = Message::decode(data) else {
+        return;
+    };
+    match (msg.payloads.last(), &layout) {
+        (Some(Payload::Sk(sk)), Ok(l)) => {
+            assert_eq!(l.kind, EncryptedKind::Sk);
+            assert_eq!(l.first_inner, sk.first_inner);
+            assert_eq!(data.get(l.body.clone()), Some(sk.data.as_slice()));
+        }
+        (Some(Payload::Skf(f)), Ok(l)) => {
+            assert_eq!(
+                l.kind,
+                EncryptedKind::Skf {
+                    number: f.number(),
+                    total: f.total()
+                }
+            );
+            assert_eq!(data.get(l.body.clone()), Some(f.data.as_slice()));
+        }
+        (Some(Payload::Sk(_) | Payload::Skf(_)), Err(e)) => {
+            panic!("message decodes with SK/SKF but its layout does not: {e}")
+        }
+        (_, l) => assert!(l.is_err(), "layout found without SK/SKF"),
+    }
+    let bytes = msg.encode();
+    let again = Message::decode(&bytes).expect("a re-encoded message must decode");
+    let mut expected = msg.clone();
+    expected.header.length = again.header.length;
+    assert_eq!(again, expected);
+    assert_eq!(again.header.length as usize, bytes.len());
+    assert_eq!(again.encode(), bytes, "encoding must be stable");
+    let _ = check_outer(msg.header.exchange, msg.is_response(), &msg.payloads);
+    let _ = check(msg.header.exchange, msg.is_response(), &msg.payloads);
+}
+
+/// Decodes `data` as a decrypted inner chain starting with payload type `first`; if that
+/// works, asserts that it re-encodes to a chain that decodes to the same payloads, and
+/// runs every rule table over it.
+pub fn fuzz_payload_chain(first: u8, data: &[u8]) {
+    let Ok(chain) = decode_inner_chain(PayloadType::from(first), data) else {
+        return;
+    };
+    let (first_again, bytes) = encode_inner(&chain);
+    if chain.is_empty() {
+        assert_eq!(first_again, PayloadType::NoNext);
+    } else {
+        assert_eq!(first_again, PayloadType::from(first));
+    }
+    let again = decode_inner_chain(first_again, &bytes).expect("a re-encoded chain must decode");
+    assert_eq!(again, chain);
+    assert_eq!(encode_inner(&again).1, bytes, "encoding must be stable");
+    for rule in MESSAGE_RULES {
+        let _ = check(rule.exchange, rule.response, &chain);
+    }
+}
+
+/// Splits a fuzzer input for [`fuzz_payload_chain`]: the first octet is the first
+/// payload type, the rest the chain.
+pub fn fuzz_payload_chain_input(data: &[u8]) {
+    if let Some((first, rest)) = data.split_first() {
+        fuzz_payload_chain(*first, rest);
+    }
+}
+
+/// Decodes `data` as a GSA payload body (RFC 9838 4.4); if that works, asserts that it
+/// re-encodes (in canonical attribute order) to bytes that decode to the same policies and
+/// re-encode identically, and runs the structural rules for every exchange.
+pub fn fuzz_gsa(data: &[u8]) {
+    use crate::wire::gsa::PolicyContext;
+    let Ok(gsa) = GsaPayload::read_bytes(data) else {
+        return;
+    };
+    let bytes = gsa.to_bytes();
+    let again = GsaPayload::read_bytes(&bytes).expect("a re-encoded GSA body must decode");
+    assert_eq!(again, gsa);
+    assert_eq!(again.to_bytes(), bytes, "encoding must be stable");
+    for ctx in [
+        PolicyContext::Registration,
+        PolicyContext::Rekey,
+        PolicyContext::InbandRekey,
+    ] {
+        let _ = gsa.validate(ctx);
+    }
+}
+
+/// Decodes `data` as a KD payload body (RFC 9838 4.5) with the same round-trip assertions
+/// as [`fuzz_gsa`], and runs the KD rules for every exchange.
+pub fn fuzz_kd(data: &[u8]) {
+    use crate::wire::gsa::PolicyContext;
+    let Ok(kd) = KdPayload::read_bytes(data) else {
+        return;
+    };
+    let bytes = kd.to_bytes();
+    let again = KdPayload::read_bytes(&bytes).expect("a re-encoded KD body must decode");
+    assert_eq!(again, kd);
+    assert_eq!(again.to_bytes(), bytes, "encoding must be stable");
+    for ctx in [
+        PolicyContext::Registration,
+        PolicyContext::Rekey,
+        PolicyContext::InbandRekey,
+    ] {
+        let _ = kd.validate(ctx);
+    }
+}
+
+/// Splits a fuzzer input into a GSA body and a KD body (the first two octets give the GSA
+/// body's length), runs [`fuzz_gsa`] and [`fuzz_kd`] on them, and checks the pair with
+/// `validate_gsa_kd` for every exchange.
+pub fn fuzz_gsa_kd(data: &[u8]) {
+    use crate::wire::gsa::PolicyContext;
+    let Some((len, rest)) = data.split_first_chunk::<2>() else {
+        return;
+    };
+    let (gsa, kd) = rest.split_at(usize::from(u16::from_be_bytes(*len)).min(rest.len()));
+    fuzz_gsa(gsa);
+    fuzz_kd(kd);
+    if let (Ok(gsa), Ok(kd)) = (GsaPayload::read_bytes(gsa), KdPayload::read_bytes(kd)) {
+        for ctx in [
+            PolicyContext::Registration,
+            PolicyContext::Rekey,
+            PolicyContext::InbandRekey,
+        ] {
+            let _ = crate::wire::kd::validate_gsa_kd(&gsa, &kd, ctx);
+        }
+    }
+}
+
+const SPI_I: [u8; 8] = [0x5a, 0x3c, 0x11, 0x90, 0x0b, 0xee, 0x42, 0x07];
+const SPI_R: [u8; 8] = [0xc4, 0x28, 0x7d, 0x01, 0x6f, 0x93, 0x2a, 0xb5];
+
+fn n(p: NotifyPayload) -> Payload {
+    Payload::Notify(p)
+}
+
+fn nonce(fill: u8) -> Payload {
+    Payload::Nonce(NoncePayload::new(vec![fill; 32]).expect("32 is a valid nonce length"))
+}
+
+fn ike_sa_init_sa() -> SaPayload {
+    SaPayload::new(vec![Proposal::new(
+        1,
+        ProtocolId::Ike,
+        Vec::new(),
+        vec![
+            Transform::encr(EncrId::AesGcm16, Some(256)),
+            Transform::prf(PrfId::HmacSha2_256),
+            Transform::ke(KeId::Curve25519),
+            Transform::kwa(KwaId::Kw5649_256),
+        ],
+    )])
+}
+
+/// The IKE_SA_INIT request of a G-IKEv2 registration (RFC 7296 1.2; RFC 9838 2.3.3):
+/// `HDR, SA(AES-GCM-16-256, PRF-HMAC-SHA2-256, Curve25519, KW_5649_256), KE, Ni,
+/// N(NAT_DETECTION_SOURCE_IP), N(NAT_DETECTION_DESTINATION_IP),
+/// N(IKEV2_FRAGMENTATION_SUPPORTED), N(SIGNATURE_HASH_ALGORITHMS)`.
+pub fn ike_sa_init_request() -> Message {
+    Message::new(
+        Header::new(
+            SPI_I,
+            [0; 8],
+            ExchangeType::IkeSaInit,
+            Flags::new(true, false),
+            0,
+        ),
+        vec![
+            Payload::Sa(ike_sa_init_sa()),
+            Payload::Ke(KePayload::new(KeId::Curve25519, vec![0x85; 32])),
+            nonce(0xa1),
+            n(NotifyPayload::nat_detection_source_ip([0x11; 20])),
+            n(NotifyPayload::nat_detection_destination_ip([0x22; 20])),
+            n(NotifyPayload::ikev2_fragmentation_supported()),
+            n(NotifyPayload::signature_hash_algorithms(&[
+                HashAlgorithm::Sha2_256,
+                HashAlgorithm::Identity,
+            ])),
+        ],
+    )
+}
+
+/// Every seed message as (file name, encoded bytes).
+pub fn seed_messages() -> Vec<(&'static str, Vec<u8>)> {
+    let init_resp = Message::new(
+        Header::new(
+            SPI_I,
+            SPI_R,
+            ExchangeType::IkeSaInit,
+            Flags::new(false, true),
+            0,
+        ),
+        vec![
+            Payload::Sa(ike_sa_init_sa()),
+            Payload::Ke(KePayload::new(KeId::Curve25519, vec![0x96; 32])),
+            nonce(0xb2),
+            Payload::CertReq(CertReqPayload::x509(&[[0x33; 20]])),
+            n(NotifyPayload::nat_detection_source_ip([0x44; 20])),
+            n(NotifyPayload::nat_detection_destination_ip([0x55; 20])),
+            n(NotifyPayload::ikev2_fragmentation_supported()),
+            n(NotifyPayload::intermediate_exchange_supported()),
+        ],
+    );
+    let cookie = NotifyPayload::cookie(&[0xc0; 16]).expect("16 is a valid cookie length");
+    let cookie_resp = Message::new(
+        Header::new(
+            SPI_I,
+            [0; 8],
+            ExchangeType::IkeSaInit,
+            Flags::new(false, true),
+            0,
+        ),
+        vec![n(cookie.clone())],
+    );
+    let mut retry = ike_sa_init_request();
+    retry.payloads.insert(0, n(cookie));
+    let invalid_ke = Message::new(
+        Header::new(
+            SPI_I,
+            [0; 8],
+            ExchangeType::IkeSaInit,
+            Flags::new(false, true),
+            0,
+        ),
+        vec![n(NotifyPayload::invalid_ke_payload(KeId::MlKem768))],
+    );
+    let sk = |ex, flags, mid, first, len| {
+        Message::new(
+            Header::new(SPI_I, SPI_R, ex, flags, mid),
+            vec![Payload::Sk(EncryptedPayload::new(first, vec![0x5e; len]))],
+        )
+        .encode()
+    };
+    let frag = |number, total, first, len| {
+        let mut h = Header::new(
+            [0; 8],
+            [0; 8],
+            ExchangeType::GsaRekey,
+            Flags::new(true, false),
+            7,
+        );
+        h.set_rekey_spi(&[0x7a; 16]);
+        Message::new(
+            h,
+            vec![Payload::Skf(
+                EncryptedFragment::new(first, number, total, vec![0x6f; len])
+                    .expect("valid fragment numbers"),
+            )],
+        )
+        .encode()
+    };
+    let plain_info = Message::new(
+        Header::new(
+            SPI_I,
+            SPI_R,
+            ExchangeType::Informational,
+            Flags::new(false, true),
+            3,
+        ),
+        vec![n(NotifyPayload::error(NotifyType::InvalidIkeSpi))],
+    );
+    vec![
+        ("ike_sa_init_request", ike_sa_init_request().encode()),
+        ("ike_sa_init_response", init_resp.encode()),
+        ("ike_sa_init_cookie_response", cookie_resp.encode()),
+        ("ike_sa_init_cookie_retry", retry.encode()),
+        ("ike_sa_init_invalid_ke", invalid_ke.encode()),
+        (
+            "gsa_auth_request",
+            sk(
+                ExchangeType::GsaAuth,
+                Flags::new(true, false),
+                1,
+                PayloadType::IdI,
+                200,
+            ),
+        ),
+        (
+            "gsa_auth_response",
+            sk(
+                ExchangeType::GsaAuth,
+                Flags::new(false, true),
+                1,
+                PayloadType::IdR,
+                400,
+            ),
+        ),
+        (
+            "gsa_registration_request",
+            sk(
+                ExchangeType::GsaRegistration,
+                Flags::new(true, false),
+                2,
+                PayloadType::IdG,
+                64,
+            ),
+        ),
+        (
+            "ike_intermediate_request",
+            sk(
+                ExchangeType::IkeIntermediate,
+                Flags::new(true, false),
+                1,
+                PayloadType::Ke,
+                1216,
+            ),
+        ),
+        (
+            "gsa_rekey",
+            sk(
+                ExchangeType::GsaRekey,
+                Flags::new(true, false),
+                5,
+                PayloadType::Gsa,
+                300,
+            ),
+        ),
+        ("gsa_rekey_fragment_1", frag(1, 2, PayloadType::Gsa, 500)),
+        ("gsa_rekey_fragment_2", frag(2, 2, PayloadType::NoNext, 120)),
+        (
+            "informational_empty_response",
+            sk(
+                ExchangeType::Informational,
+                Flags::new(false, true),
+                4,
+                PayloadType::NoNext,
+                32,
+            ),
+        ),
+        ("informational_plain_invalid_spi", plain_info.encode()),
+    ]
+}
+
+/// Every seed inner chain as (file name, first payload type octet followed by the chain).
+pub fn seed_inner_chains() -> Vec<(&'static str, Vec<u8>)> {
+    let sag = SaPayload::new(vec![
+        Proposal::new(
+            1,
+            ProtocolId::GikeUpdate,
+            Vec::new(),
+            vec![
+                Transform::encr(EncrId::AesGcm16, Some(256)),
+                Transform::kwa(KwaId::Kw5649_256),
+            ],
+        ),
+        Proposal::new(
+            1,
+            ProtocolId::Esp,
+            Vec::new(),
+            vec![
+                Transform::encr(EncrId::AesGcm16, Some(128)),
+                Transform::integ(IntegId::None),
+                Transform::sn(SnId::Unspecified32),
+            ],
+        ),
+    ]);
+    let gsa = || GsaPayload::read_bytes(&[]).expect("an empty GSA body decodes");
+    let kd = || KdPayload::read_bytes(&[]).expect("an empty KD body decodes");
+    let sig = || AuthPayload::new(AuthMethod::DigitalSignature, vec![0x30; 80]);
+    let chains: Vec<(&'static str, Vec<Payload>)> = vec![
+        (
+            "gsa_auth_request",
+            vec![
+                Payload::IdI(IdPayload::fqdn("gm1.example.com").expect("valid FQDN")),
+                Payload::Cert(CertPayload::x509(vec![0x30, 0x82, 0x01, 0x0a])),
+                Payload::CertReq(CertReqPayload::x509(&[[0x33; 20]])),
+                Payload::Auth(sig()),
+                Payload::IdG(IdPayload::key_id(b"group-239.1.1.1".to_vec())),
+                Payload::Sa(sag),
+                n(NotifyPayload::group_sender(2)),
+            ],
+        ),
+        (
+            "gsa_auth_response",
+            vec![
+                Payload::IdR(IdPayload::fqdn("gcks.example.com").expect("valid FQDN")),
+                Payload::Auth(sig()),
+                Payload::Gsa(gsa()),
+                Payload::Kd(kd()),
+                n(NotifyPayload::use_transport_mode()),
+            ],
+        ),
+        (
+            "gsa_auth_error",
+            vec![
+                Payload::IdR(IdPayload::fqdn("gcks.example.com").expect("valid FQDN")),
+                Payload::Auth(sig()),
+                n(NotifyPayload::error(NotifyType::AuthorizationFailed)),
+            ],
+        ),
+        (
+            "gsa_registration_leave",
+            vec![
+                Payload::IdG(IdPayload::key_id(b"group-239.1.1.1".to_vec())),
+                n(NotifyPayload::error(NotifyType::RegistrationFailed)),
+            ],
+        ),
+        (
+            "gsa_rekey",
+            vec![
+                Payload::Gsa(gsa()),
+                Payload::Kd(kd()),
+                Payload::Delete(DeletePayload::child(ProtocolId::Esp, &[0x1234_5678])),
+                Payload::Auth(sig()),
+            ],
+        ),
+        (
+            "gsa_rekey_exclusion",
+            vec![
+                Payload::Delete(DeletePayload::all_of(ProtocolId::Esp)),
+                Payload::Delete(DeletePayload::all_of(ProtocolId::GikeUpdate)),
+                Payload::Delete(DeletePayload::whole_group()),
+            ],
+        ),
+        (
+            "ike_intermediate_mlkem",
+            vec![Payload::Ke(KePayload::new(
+                KeId::MlKem768,
+                vec![0x4d; 1184],
+            ))],
+        ),
+        ("empty", Vec::new()),
+    ];
+    chains
+        .into_iter()
+        .map(|(name, chain)| {
+            let (first, bytes) = encode_inner(&chain);
+            let mut v = vec![first.value()];
+            v.extend_from_slice(&bytes);
+            (name, v)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seeds_survive_their_own_fuzzers() {
+        for (name, m) in seed_messages() {
+            let msg = Message::decode(&m).unwrap_or_else(|e| panic!("{name}: {e}"));
+            fuzz_message(&m);
+            let protection = check_outer(msg.header.exchange, msg.is_response(), &msg.payloads);
+            assert!(protection.is_ok(), "{name}: {protection:?}");
+        }
+        for (name, c) in seed_inner_chains() {
+            let (first, rest) = c.split_first().unwrap();
+            assert!(
+                decode_inner_chain(PayloadType::from(*first), rest).is_ok(),
+                "{name}"
+            );
+            fuzz_payload_chain_input(&c);
+        }
+    }
+}

@@ -1,0 +1,72 @@
+//! The fuzz corpus (`fuzz/corpus/<target>/`) as a regular test: every file is run through
+//! its fuzz entry point, so a crash found by a fuzzer and saved there stays fixed.
+//!
+//! The seeds come from the encoder (`gikev2_proto::fuzzing::seed_*`). To (re)write them:
+//! `GIKEV2_WRITE_CORPUS=1 cargo test -p gikev2-proto --test wire_corpus`.
+
+use std::path::PathBuf;
+
+use gikev2_proto::fuzzing::{
+    fuzz_message, fuzz_payload_chain_input, seed_inner_chains, seed_messages,
+};
+
+fn corpus_dir(target: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../fuzz/corpus")
+        .join(target)
+}
+
+fn sync_seeds(target: &str, seeds: Vec<(&'static str, Vec<u8>)>) {
+    let dir = corpus_dir(target);
+    let write = std::env::var_os("GIKEV2_WRITE_CORPUS").is_some();
+    if write {
+        std::fs::create_dir_all(&dir).unwrap();
+    }
+    for (name, bytes) in seeds {
+        let path = dir.join(format!("seed_{name}"));
+        if write {
+            std::fs::write(&path, &bytes).unwrap();
+        } else {
+            let on_disk = std::fs::read(&path).unwrap_or_else(|e| {
+                panic!(
+                    "{}: {e}; run with GIKEV2_WRITE_CORPUS=1 to write the seeds",
+                    path.display()
+                )
+            });
+            assert_eq!(
+                on_disk,
+                bytes,
+                "{} is stale; run with GIKEV2_WRITE_CORPUS=1",
+                path.display()
+            );
+        }
+    }
+}
+
+fn run_all(target: &str, f: fn(&[u8])) -> usize {
+    let mut n = 0;
+    for entry in std::fs::read_dir(corpus_dir(target)).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_file() {
+            f(&std::fs::read(&path).unwrap());
+            n += 1;
+        }
+    }
+    n
+}
+
+#[test]
+fn message_corpus() {
+    let seeds = seed_messages();
+    let count = seeds.len();
+    sync_seeds("message", seeds);
+    assert!(run_all("message", fuzz_message) >= count);
+}
+
+#[test]
+fn inner_payloads_corpus() {
+    let seeds = seed_inner_chains();
+    let count = seeds.len();
+    sync_seeds("inner_payloads", seeds);
+    assert!(run_all("inner_payloads", fuzz_payload_chain_input) >= count);
+}
