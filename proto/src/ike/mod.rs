@@ -8,6 +8,7 @@ pub mod nat;
 pub mod protect;
 pub mod retransmit;
 pub mod sa;
+pub mod x509;
 
 pub use config::{IkeConfig, LocalAuth, PeerAuth, PeerAuthResolver, SinglePeer};
 pub use endpoint::{Endpoint, EndpointConfig, EndpointStats, SaHandle};
