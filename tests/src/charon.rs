@@ -448,6 +448,12 @@ impl CharonConfig {
         let _ = writeln!(s, "    encap = no");
         let _ = writeln!(s, "    dpd_delay = 0");
         let _ = writeln!(s, "    unique = never");
+        if certs.is_some() {
+            // Send the certificate even without a CERTREQ from the peer: our IKE SA
+            // sends none (RFC 7296 3.7 makes CERTREQ optional), and charon's default
+            // `ifasked` would then leave its CERT out.
+            let _ = writeln!(s, "    send_cert = always");
+        }
         for (k, v) in &self.extra_conn {
             let _ = writeln!(s, "    {k} = {v}");
         }

@@ -1,0 +1,610 @@
+//! Our IKE state machines against strongSwan's charon, through real UDP between two
+//! network namespaces: something we did not write has to agree with us.
+//!
+//! - Our initiator ([`IkeSa::initiate`], childless IKE_AUTH, RFC 6023) in namespace A
+//!   against a charon responder in B: PSK, Ed25519 and ECDSA P-256 certificates, AES-GCM
+//!   with X25519 or ECP-256, AES-CBC + HMAC-SHA2-256, IKE fragmentation (RFC 7383) on
+//!   both sides, and an INVALID_KE_PAYLOAD round (RFC 7296 1.2).
+//! - charon initiating to our responder ([`Endpoint`]) in A: PSK, Ed25519 and ECDSA
+//!   certificates, and a COOKIE challenge on every IKE_SA_INIT (RFC 7296 2.6).
+//! - A capture of our initiator's conversation, decrypted by tshark with the keys charon
+//!   logged, shows IKE_SA_INIT then IKE_AUTH with IDi/AUTH and no Child SA.
+//!
+//! Each test checks both views: our side emitted `Event::Established` with charon's
+//! identity, and charon lists the IKE SA as ESTABLISHED with ours, same SPIs; where charon
+//! logged its keys, both ends derived the same SK_* values. Certificates are validated on
+//! our side by [`CertificateResolver`] (rustls-webpki), on charon's by charon.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use gikev2_proto::crypto::{
+    IkeSuite, KeMethod, SecretBytes, SignatureScheme, SigningKey, SystemRandom,
+};
+use gikev2_proto::ike::x509::CertificateResolver;
+use gikev2_proto::ike::{
+    Endpoint, EndpointConfig, EndpointStats, Event, Goal, IkeConfig, IkeSa, LocalAuth, PeerAuth,
+    PeerAuthResolver, SinglePeer,
+};
+use gikev2_proto::registry::{EncrId, ExchangeType, IntegId, KeId, PrfId};
+use gikev2_proto::wire::{Header, IdPayload, Transform};
+use gikev2_tests::capture::{self, Capture};
+use gikev2_tests::charon::{Auth, CharonConfig, CharonInstall, CharonPeer, Identity, IkeSaInfo};
+use gikev2_tests::driver;
+use gikev2_tests::gate;
+use gikev2_tests::netns::{self, Pair};
+use gikev2_tests::pki::{Credential, KeyType, Pki};
+
+const SECRET: &[u8] = b"interop test secret, not for production";
+const CONN: &str = "gikev2";
+const GM: &str = "gm1.example";
+const GCKS: &str = "gcks.example";
+
+const GCM_X25519: &str = "aes256gcm16-prfsha256-x25519";
+const GCM_ECP256: &str = "aes256gcm16-prfsha256-ecp256";
+const CBC_ECP256: &str = "aes128-sha256-ecp256";
+
+fn charon_or_skip() -> Option<CharonInstall> {
+    gate::require("network namespaces", netns::probe())?;
+    gate::require("strongSwan charon", CharonInstall::detect())
+}
+
+/// Our suite for a charon proposal string (the three these tests use).
+fn suite(proposal: &str) -> IkeSuite {
+    let (encr, integ, ke) = match proposal {
+        GCM_X25519 => (
+            Transform::encr(EncrId::AesGcm16, Some(256)),
+            None,
+            KeId::Curve25519,
+        ),
+        GCM_ECP256 => (
+            Transform::encr(EncrId::AesGcm16, Some(256)),
+            None,
+            KeId::Ecp256,
+        ),
+        CBC_ECP256 => (
+            Transform::encr(EncrId::AesCbc, Some(128)),
+            Some(Transform::integ(IntegId::HmacSha2_256_128)),
+            KeId::Ecp256,
+        ),
+        other => panic!("no suite for {other}"),
+    };
+    let mut t = vec![encr, Transform::prf(PrfId::HmacSha2_256)];
+    t.extend(integ);
+    t.push(Transform::ke(ke));
+    IkeSuite::from_transforms(&t).expect("suite")
+}
+
+fn fqdn(s: &str) -> IdPayload {
+    IdPayload::fqdn(s).expect("FQDN identity")
+}
+
+/// How both sides authenticate.
+enum Creds {
+    Psk,
+    Certs(KeyType),
+}
+
+/// One side of ours (local credential and how it checks the peer) and charon's `Auth`.
+struct Setup {
+    local_auth: LocalAuth,
+    peer_auth: Arc<dyn PeerAuthResolver>,
+    charon_auth: Auth,
+}
+
+fn scheme(kt: KeyType) -> SignatureScheme {
+    match kt {
+        KeyType::Ed25519 => SignatureScheme::Ed25519,
+        KeyType::EcdsaP256 => SignatureScheme::EcdsaP256Sha256,
+    }
+}
+
+/// Credentials for our side named `ours` and charon named `theirs`.
+fn setup(creds: &Creds, ours: &str, theirs: &str) -> Setup {
+    match creds {
+        Creds::Psk => Setup {
+            local_auth: LocalAuth::Psk(SecretBytes::from_slice(SECRET)),
+            peer_auth: Arc::new(SinglePeer {
+                id: Some(fqdn(theirs)),
+                auth: PeerAuth::Psk(SecretBytes::from_slice(SECRET)),
+            }),
+            charon_auth: Auth::Psk(SECRET.to_vec()),
+        },
+        Creds::Certs(kt) => {
+            let pki = Pki::new(*kt, "gikev2 interop CA").expect("CA");
+            let mine: Credential = pki.issue(ours).expect("our certificate");
+            let charons = pki.issue(theirs).expect("charon's certificate");
+            let key = SigningKey::from_pkcs8(scheme(*kt), &mine.key_pkcs8_der).expect("our key");
+            let resolver = CertificateResolver::new([pki.ca_der()], Arc::new(SystemTime::now))
+                .expect("trust anchor")
+                .with_peer_id(fqdn(theirs));
+            Setup {
+                local_auth: LocalAuth::Signature {
+                    key: Arc::new(key),
+                    certs: vec![mine.cert_der.clone()],
+                },
+                peer_auth: Arc::new(resolver),
+                charon_auth: Auth::PubKey {
+                    own: charons,
+                    trusted_cas: vec![pki.ca_der().to_vec()],
+                },
+            }
+        }
+    }
+}
+
+fn our_config(
+    proposals: &[&str],
+    local_id: &str,
+    local_auth: LocalAuth,
+    peer: Arc<dyn PeerAuthResolver>,
+) -> IkeConfig {
+    IkeConfig::new(
+        proposals.iter().map(|p| suite(p)).collect(),
+        fqdn(local_id),
+        local_auth,
+        peer,
+    )
+}
+
+/// What our initiator did.
+struct InitiatorRun {
+    sa: IkeSa,
+    events: Vec<Event>,
+    /// Headers of every datagram we sent, in order.
+    sent: Vec<Header>,
+}
+
+/// Drives our initiator from a socket in namespace A to `charon` until it is established
+/// or closed.
+fn run_initiator(pair: &Pair, charon: &CharonPeer<'_>, config: IkeConfig) -> InitiatorRun {
+    let local = SocketAddr::new(pair.link_a.v4.into(), 500);
+    let remote = charon.ike_addr();
+    let sock = pair
+        .a
+        .udp_socket(local)
+        .expect("our UDP 500 in namespace A");
+    let mut rng = SystemRandom::new();
+    let mut sa: Option<IkeSa> = None;
+    let mut events = Vec::new();
+    let mut sent = Vec::new();
+    let result = driver::run_udp(&sock, Duration::from_secs(10), |ev, now| {
+        let sa = sa.get_or_insert_with(|| {
+            IkeSa::initiate(config.clone(), Goal::IkeAuth, local, remote, now, &mut rng)
+                .expect("initiate")
+        });
+        match ev {
+            driver::Event::Start | driver::Event::Tick => {}
+            driver::Event::Datagram { data, from } if from == remote => {
+                sa.handle(data, now, &mut rng)
+            }
+            driver::Event::Datagram { .. } => {}
+        }
+        if sa.poll_timeout().is_some_and(|t| t <= now) {
+            sa.handle_timeout(now);
+        }
+        let mut out = Vec::new();
+        while let Some(d) = sa.poll_transmit() {
+            sent.push(Header::read_datagram(&d).expect("we send decodable headers"));
+            out.push((d, remote));
+        }
+        while let Some(e) = sa.poll_event() {
+            events.push(e);
+        }
+        let done = events
+            .iter()
+            .any(|e| matches!(e, Event::Established { .. } | Event::Closed(_)));
+        (out, done)
+    });
+    if let Err(e) = result {
+        panic!(
+            "our initiator: {e}; events {events:?}\ncharon:\n{}",
+            charon.log_tail(40)
+        );
+    }
+    InitiatorRun {
+        sa: sa.expect("started"),
+        events,
+        sent,
+    }
+}
+
+fn established_peer(events: &[Event]) -> Option<&IdPayload> {
+    events.iter().find_map(|e| match e {
+        Event::Established { peer_id } => Some(peer_id),
+        _ => None,
+    })
+}
+
+/// charon's logged SK_* equal ours (both ends ran the same key schedule).
+fn assert_same_keys(charon: &CharonPeer<'_>, info: &IkeSaInfo, sa: &IkeSa) {
+    let theirs = charon.keys_for(info).expect("charon logged its IKE keys");
+    let ours = sa.keys().expect("our IKE keys");
+    let pairs = [
+        ("SK_d", &theirs.sk_d, &ours.sk_d),
+        ("SK_ai", &theirs.sk_ai, &ours.sk_ai),
+        ("SK_ar", &theirs.sk_ar, &ours.sk_ar),
+        ("SK_ei", &theirs.sk_ei, &ours.sk_ei),
+        ("SK_er", &theirs.sk_er, &ours.sk_er),
+        ("SK_pi", &theirs.sk_pi, &ours.sk_pi),
+        ("SK_pr", &theirs.sk_pr, &ours.sk_pr),
+    ];
+    for (name, t, o) in pairs {
+        assert_eq!(t.as_slice(), o.as_bytes(), "{name} differs from charon's");
+    }
+}
+
+/// Our initiator against a charon responder; returns our run and charon's SA.
+fn ours_to_charon<'p>(
+    pair: &'p Pair,
+    creds: Creds,
+    our_proposals: &[&str],
+    charon_proposals: &[&str],
+    tweak: impl FnOnce(&mut IkeConfig, &mut CharonConfig),
+) -> (InitiatorRun, IkeSaInfo, CharonPeer<'p>) {
+    let s = setup(&creds, GM, GCKS);
+    let mut cfg = CharonConfig::responder(
+        pair.link_b.v4.into(),
+        Identity::Fqdn(GCKS.into()),
+        Some(Identity::Fqdn(GM.into())),
+        s.charon_auth,
+    )
+    .with_proposals(charon_proposals);
+    let mut ours = our_config(our_proposals, GM, s.local_auth, s.peer_auth);
+    ours.remote_id = Some(fqdn(GCKS));
+    tweak(&mut ours, &mut cfg);
+    let charon = CharonPeer::start(&pair.b, cfg).expect("charon responder");
+    let run = run_initiator(pair, &charon, ours);
+    assert_eq!(
+        established_peer(&run.events),
+        Some(&fqdn(GCKS)),
+        "our initiator: {:?}\ncharon:\n{}",
+        run.events,
+        charon.log_tail(40)
+    );
+    assert!(run.sa.is_established());
+    let info = charon
+        .wait_established(CONN, Duration::from_secs(5))
+        .expect("charon lists the IKE SA");
+    assert_eq!(info.state, "ESTABLISHED");
+    assert!(!info.initiator);
+    assert_eq!(info.local_id, GCKS);
+    assert_eq!(info.remote_id, GM, "charon authenticated our identity");
+    let (spi_i, spi_r) = run.sa.spis();
+    assert_eq!((info.spi_i, info.spi_r), (spi_i, spi_r));
+    assert_eq!(info.field("child-sas"), None, "childless");
+    assert_same_keys(&charon, &info, &run.sa);
+    (run, info, charon)
+}
+
+#[test]
+fn ours_to_charon_psk_fqdn_x25519() {
+    let Some(_) = charon_or_skip() else { return };
+    let pair = Pair::new("o2c-psk").expect("namespaces");
+    let (run, info, _charon) =
+        ours_to_charon(&pair, Creds::Psk, &[GCM_X25519], &[GCM_X25519], |_, _| {});
+    assert_eq!(info.field("encr-alg"), Some("AES_GCM_16"));
+    assert_eq!(info.field("encr-keysize"), Some("256"));
+    assert_eq!(info.field("prf-alg"), Some("PRF_HMAC_SHA2_256"));
+    assert_eq!(info.field("dh-group"), Some("CURVE_25519"));
+    assert_eq!(run.sa.suite().map(|s| s.ke), Some(KeMethod::Curve25519));
+}
+
+#[test]
+fn ours_to_charon_ed25519_certificates() {
+    let Some(_) = charon_or_skip() else { return };
+    let pair = Pair::new("o2c-ed").expect("namespaces");
+    let (_run, info, charon) = ours_to_charon(
+        &pair,
+        Creds::Certs(KeyType::Ed25519),
+        &[GCM_X25519],
+        &[GCM_X25519],
+        |_, _| {},
+    );
+    assert_eq!(info.field("dh-group"), Some("CURVE_25519"));
+    // charon checked our RFC 7427 signature with the key of the certificate we sent.
+    assert!(
+        charon
+            .log()
+            .contains("authentication of 'gm1.example' with ED25519 successful"),
+        "{}",
+        charon.log_tail(40)
+    );
+}
+
+#[test]
+fn ours_to_charon_ecdsa_p256_certificates_ecp256() {
+    let Some(_) = charon_or_skip() else { return };
+    let pair = Pair::new("o2c-ec").expect("namespaces");
+    let (run, info, _charon) = ours_to_charon(
+        &pair,
+        Creds::Certs(KeyType::EcdsaP256),
+        &[GCM_ECP256],
+        &[GCM_ECP256],
+        |_, _| {},
+    );
+    assert_eq!(info.field("dh-group"), Some("ECP_256"));
+    assert_eq!(run.sa.suite().map(|s| s.ke), Some(KeMethod::Ecp256));
+}
+
+#[test]
+fn ours_to_charon_aes_cbc_hmac_sha256_ecp256() {
+    let Some(_) = charon_or_skip() else { return };
+    let pair = Pair::new("o2c-cbc").expect("namespaces");
+    let (_run, info, _charon) =
+        ours_to_charon(&pair, Creds::Psk, &[CBC_ECP256], &[CBC_ECP256], |_, _| {});
+    assert_eq!(info.field("encr-alg"), Some("AES_CBC"));
+    assert_eq!(info.field("encr-keysize"), Some("128"));
+    assert_eq!(info.field("integ-alg"), Some("HMAC_SHA2_256_128"));
+    assert_eq!(info.field("dh-group"), Some("ECP_256"));
+}
+
+#[test]
+fn ours_to_charon_fragments_both_ways() {
+    let Some(_) = charon_or_skip() else { return };
+    let pair = Pair::new("o2c-frag").expect("namespaces");
+    let (run, _info, charon) = ours_to_charon(
+        &pair,
+        Creds::Certs(KeyType::EcdsaP256),
+        &[GCM_ECP256],
+        &[GCM_ECP256],
+        |ours, theirs| {
+            // Small enough that a certificate-bearing IKE_AUTH takes several fragments
+            // (RFC 7383 2.5); 576 is the smallest IPv4 size charon accepts.
+            ours.fragment_size = Some(300);
+            theirs.fragment_size = Some(576);
+        },
+    );
+    let auth_fragments = run
+        .sent
+        .iter()
+        .filter(|h| h.exchange == ExchangeType::IkeAuth)
+        .count();
+    assert!(
+        auth_fragments >= 2,
+        "we fragmented IKE_AUTH: {auth_fragments}"
+    );
+    let log = charon.log();
+    assert!(
+        log.contains("received fragment #1 of"),
+        "charon reassembled ours:\n{}",
+        charon.log_tail(40)
+    );
+    assert!(
+        log.contains("splitting IKE message"),
+        "charon fragmented its response (and we reassembled it):\n{}",
+        charon.log_tail(40)
+    );
+}
+
+#[test]
+fn ours_to_charon_invalid_ke_payload_round() {
+    let Some(_) = charon_or_skip() else { return };
+    let pair = Pair::new("o2c-ke").expect("namespaces");
+    // We offer X25519 first (and send its KE); charon accepts only ECP-256.
+    let (run, info, charon) = ours_to_charon(
+        &pair,
+        Creds::Psk,
+        &[GCM_X25519, GCM_ECP256],
+        &[GCM_ECP256],
+        |_, _| {},
+    );
+    let inits = run
+        .sent
+        .iter()
+        .filter(|h| h.exchange == ExchangeType::IkeSaInit)
+        .count();
+    assert_eq!(inits, 2, "IKE_SA_INIT again after INVALID_KE_PAYLOAD");
+    assert_eq!(run.sa.suite().map(|s| s.ke), Some(KeMethod::Ecp256));
+    assert_eq!(info.field("dh-group"), Some("ECP_256"));
+    assert!(
+        charon
+            .log()
+            .contains("DH group CURVE_25519 unacceptable, requesting ECP_256"),
+        "{}",
+        charon.log_tail(40)
+    );
+}
+
+/// What our responder saw while charon initiated.
+struct ResponderRun {
+    events: Vec<Event>,
+    stats: EndpointStats,
+    spis: Option<([u8; 8], [u8; 8])>,
+}
+
+/// charon in B initiates to our [`Endpoint`] on UDP 500 in A.
+fn charon_to_ours(
+    pair: &Pair,
+    creds: Creds,
+    proposal: &str,
+    endpoint: EndpointConfig,
+) -> ResponderRun {
+    let s = setup(&creds, GCKS, GM);
+    let local = SocketAddr::new(pair.link_a.v4.into(), 500);
+    let cfg = CharonConfig::initiator(
+        pair.link_b.v4.into(),
+        local,
+        Identity::Fqdn(GM.into()),
+        Some(Identity::Fqdn(GCKS.into())),
+        s.charon_auth,
+    )
+    .with_proposals(&[proposal]);
+    let charon = CharonPeer::start(&pair.b, cfg).expect("charon initiator");
+    let ours = our_config(&[proposal], GCKS, s.local_auth, s.peer_auth);
+    let sock = pair
+        .a
+        .udp_socket(local)
+        .expect("our UDP 500 in namespace A");
+    let mut rng = SystemRandom::new();
+    let mut ep = Endpoint::new(ours, endpoint, local, std::time::Instant::now(), &mut rng);
+    let mut events = Vec::new();
+    let mut established = None;
+    let initiated = std::thread::scope(|scope| {
+        let initiation = scope.spawn(|| charon.initiate());
+        let served = driver::run_udp(&sock, Duration::from_secs(20), |ev, now| {
+            if let driver::Event::Datagram { data, from } = ev {
+                ep.handle(data, from, now, &mut rng);
+            }
+            if ep.poll_timeout().is_some_and(|t| t <= now) {
+                ep.handle_timeout(now);
+            }
+            let mut out = Vec::new();
+            while let Some((to, d)) = ep.poll_transmit() {
+                out.push((d, to));
+            }
+            while let Some((h, e)) = ep.poll_event() {
+                if matches!(e, Event::Established { .. }) {
+                    established = Some(h);
+                }
+                events.push(e);
+            }
+            // Serve until charon's swanctl has its answer (it may still retransmit).
+            (out, initiation.is_finished())
+        });
+        let result = initiation.join().expect("initiate thread");
+        served.expect("served charon's initiation");
+        result
+    });
+    if let Err(e) = initiated {
+        panic!(
+            "charon could not initiate: {e}\nours: {events:?}\ncharon:\n{}",
+            charon.log_tail(40)
+        );
+    }
+    let spis = established.and_then(|h| ep.sa(h)).map(IkeSa::spis);
+    assert_eq!(
+        established_peer(&events),
+        Some(&fqdn(GM)),
+        "our responder: {events:?}"
+    );
+    let info = charon
+        .ike_sa(CONN)
+        .expect("list-sas")
+        .expect("charon's IKE SA");
+    assert_eq!(info.state, "ESTABLISHED");
+    assert!(info.initiator);
+    assert_eq!(info.local_id, GM);
+    assert_eq!(info.remote_id, GCKS, "charon authenticated our identity");
+    assert_eq!(Some((info.spi_i, info.spi_r)), spis);
+    assert_eq!(info.field("remote-port"), Some("500"));
+    ResponderRun {
+        events,
+        stats: ep.stats().clone(),
+        spis,
+    }
+}
+
+#[test]
+fn charon_to_ours_psk() {
+    let Some(_) = charon_or_skip() else { return };
+    let pair = Pair::new("c2o-psk").expect("namespaces");
+    let run = charon_to_ours(&pair, Creds::Psk, GCM_X25519, EndpointConfig::default());
+    assert_eq!(run.stats.cookies_sent, 0);
+    assert_eq!(run.stats.sas_created, 1);
+    assert!(run.spis.is_some());
+}
+
+#[test]
+fn charon_to_ours_ed25519_certificates() {
+    let Some(_) = charon_or_skip() else { return };
+    let pair = Pair::new("c2o-ed").expect("namespaces");
+    let run = charon_to_ours(
+        &pair,
+        Creds::Certs(KeyType::Ed25519),
+        GCM_X25519,
+        EndpointConfig::default(),
+    );
+    assert!(!run.events.iter().any(|e| matches!(e, Event::Closed(_))));
+}
+
+#[test]
+fn charon_to_ours_ecdsa_p256_certificates() {
+    let Some(_) = charon_or_skip() else { return };
+    let pair = Pair::new("c2o-ec").expect("namespaces");
+    let run = charon_to_ours(
+        &pair,
+        Creds::Certs(KeyType::EcdsaP256),
+        GCM_ECP256,
+        EndpointConfig::default(),
+    );
+    assert!(!run.events.iter().any(|e| matches!(e, Event::Closed(_))));
+}
+
+#[test]
+fn charon_to_ours_answers_our_cookie_challenge() {
+    let Some(_) = charon_or_skip() else { return };
+    let pair = Pair::new("c2o-cookie").expect("namespaces");
+    let cfg = EndpointConfig {
+        cookie_threshold: 0,
+        ..EndpointConfig::default()
+    };
+    let run = charon_to_ours(&pair, Creds::Psk, GCM_X25519, cfg);
+    assert!(run.stats.cookies_sent >= 1, "{:?}", run.stats);
+    assert_eq!(run.stats.cookies_rejected, 0, "{:?}", run.stats);
+    assert_eq!(run.stats.sas_created, 1, "{:?}", run.stats);
+}
+
+#[test]
+fn ours_to_charon_capture_decrypts_with_charons_keys() {
+    let Some(_) = charon_or_skip() else { return };
+    let Some(()) = gate::require("tshark", capture::probe()) else {
+        return;
+    };
+    let pair = Pair::new("o2c-cap").expect("namespaces");
+    let cap = Capture::start(
+        &pair.a,
+        &pair.link_a.ifname,
+        "udp port 500 or udp port 4500",
+    )
+    .expect("capture");
+    let (_run, info, charon) =
+        ours_to_charon(&pair, Creds::Psk, &[GCM_X25519], &[GCM_X25519], |_, _| {});
+    let keys = charon.keys_for(&info).expect("charon's keys");
+    let entry = capture::ikev2_decryption_entry(&info, &keys).expect("Wireshark knows AES-GCM");
+    let opts = capture::ikev2_decryption_options(&[entry]);
+    cap.wait_for_count("isakmp", 4, Duration::from_secs(5), &opts)
+        .expect("4 IKE messages captured");
+    let pcap = cap.stop().expect("stop capture");
+    let msgs = capture::ike_messages(&pcap, &opts).expect("tshark");
+    let _ = std::fs::remove_dir_all(pcap.parent().expect("capture dir"));
+    let shape: Vec<(u8, bool)> = msgs.iter().map(|m| (m.exchange, m.response)).collect();
+    assert_eq!(
+        shape,
+        [(34, false), (34, true), (35, false), (35, true)],
+        "IKE_SA_INIT then IKE_AUTH"
+    );
+    assert_eq!(msgs[0].src, pair.link_a.v4.to_string(), "we initiated");
+    for want in [33u16, 34, 40] {
+        assert!(
+            msgs[0].payloads.contains(&want),
+            "SA, KE, Ni: {:?}",
+            msgs[0].payloads
+        );
+    }
+    // Inside SK, decrypted with charon's keys: IDi, IDr, AUTH; no SA or TS (childless).
+    let auth_req = &msgs[2];
+    for want in [35u16, 36, 39] {
+        assert!(
+            auth_req.payloads.contains(&want),
+            "IKE_AUTH request: {:?}",
+            auth_req.payloads
+        );
+    }
+    for unwanted in [33u16, 44, 45] {
+        assert!(
+            !auth_req.payloads.contains(&unwanted),
+            "childless: {:?}",
+            auth_req.payloads
+        );
+    }
+    let auth_resp = &msgs[3];
+    for want in [36u16, 39] {
+        assert!(
+            auth_resp.payloads.contains(&want),
+            "IKE_AUTH response: {:?}",
+            auth_resp.payloads
+        );
+    }
+}
