@@ -12,10 +12,12 @@
 //! table), edits the copy and publishes it. Readers are never stalled by installs; an install
 //! at 1M SAs copies about a thousand entries, and batch installs copy each shard once.
 //!
-//! Layout per shard: `spi -> SpiSlot` (SPI-only entry plus how many longer entries share the
-//! SPI), and two maps for the longer keys. A lookup probes the SPI map first; the longer maps
-//! are probed only when that SPI has longer entries, so a unicast lookup is one hash probe and
-//! a multicast one two or three.
+//! Layout per shard (the RFC 4301 4.1 suggestion of "a hash table by the SPI" whose buckets
+//! hold the entries of one SPI, longest first): `spi -> Slot`. Almost every SPI has exactly
+//! one entry, stored inline with its key, so a lookup is one probe and one comparison: two
+//! dependent memory accesses before the SA itself. An SPI shared by several entries (a group
+//! SPI colliding with a unicast one, or per-source SAs under one SPI) gets a `Many` slot with
+//! one map per key length, searched longest first.
 
 use std::collections::HashMap;
 use std::hash::BuildHasher;
@@ -26,18 +28,19 @@ use arc_swap::ArcSwap;
 
 type Hasher = foldhash::fast::RandomState;
 
-/// A canonical address key: IPv4 as its IPv4-mapped IPv6 form, so that the key is one
-/// `u128` (fast to hash and compare). An IPv6 packet addressed to `::ffff:a.b.c.d` thus
+/// A canonical address key: IPv4 as its IPv4-mapped IPv6 form, as 16 octets (alignment 1,
+/// so that an inline entry stays small). An IPv6 packet addressed to `::ffff:a.b.c.d` thus
 /// matches the entry for `a.b.c.d`; such addresses never appear in outer IPv6 headers
 /// (RFC 4291 2.5.5.2 reserves them for IPv4-only nodes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-struct Addr(u128);
+struct Addr([u8; 16]);
 
 impl From<IpAddr> for Addr {
+    #[inline]
     fn from(a: IpAddr) -> Self {
         Self(match a {
-            IpAddr::V4(v4) => u128::from(v4.to_ipv6_mapped()),
-            IpAddr::V6(v6) => u128::from(v6),
+            IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+            IpAddr::V6(v6) => v6.octets(),
         })
     }
 }
@@ -71,6 +74,14 @@ impl SadKey {
             Self::Spi(spi) | Self::SpiDst { spi, .. } | Self::SpiDstSrc { spi, .. } => spi,
         }
     }
+
+    fn kind(&self) -> Kind {
+        match *self {
+            Self::Spi(_) => Kind::Spi,
+            Self::SpiDst { dst, .. } => Kind::Dst(dst.into()),
+            Self::SpiDstSrc { dst, src, .. } => Kind::DstSrc(dst.into(), src.into()),
+        }
+    }
 }
 
 /// SAD errors.
@@ -80,141 +91,234 @@ pub enum SadError {
     Exists,
 }
 
-struct SpiSlot<V> {
-    any: Option<V>,
-    /// Entries keyed by SPI + destination with this SPI.
-    n_dst: u32,
-    /// Entries keyed by SPI + destination + source with this SPI.
-    n_dst_src: u32,
+/// The part of the key after the SPI.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Spi,
+    Dst(Addr),
+    DstSrc(Addr, Addr),
 }
 
-impl<V: Clone> Clone for SpiSlot<V> {
-    fn clone(&self) -> Self {
-        Self {
-            any: self.any.clone(),
-            n_dst: self.n_dst,
-            n_dst_src: self.n_dst_src,
+impl Kind {
+    fn key(self, spi: u32) -> SadKey {
+        match self {
+            Kind::Spi => SadKey::Spi(spi),
+            Kind::Dst(d) => SadKey::SpiDst { spi, dst: d.ip() },
+            Kind::DstSrc(d, s) => SadKey::SpiDstSrc {
+                spi,
+                dst: d.ip(),
+                src: s.ip(),
+            },
         }
     }
 }
 
+#[derive(Clone)]
+struct One<V> {
+    kind: Kind,
+    v: V,
+}
+
+/// Several entries under one SPI, one map per key length.
+#[derive(Clone)]
+struct Many<V> {
+    any: Option<V>,
+    dst: HashMap<Addr, V, Hasher>,
+    dst_src: HashMap<(Addr, Addr), V, Hasher>,
+}
+
+impl<V: Clone> Many<V> {
+    fn new(h: &Hasher) -> Self {
+        Self {
+            any: None,
+            dst: HashMap::with_hasher(h.clone()),
+            dst_src: HashMap::with_hasher(h.clone()),
+        }
+    }
+
+    fn insert(&mut self, kind: Kind, v: V) -> Result<(), SadError> {
+        let taken = match kind {
+            Kind::Spi => self.any.is_some(),
+            Kind::Dst(d) => self.dst.contains_key(&d),
+            Kind::DstSrc(d, s) => self.dst_src.contains_key(&(d, s)),
+        };
+        if taken {
+            return Err(SadError::Exists);
+        }
+        match kind {
+            Kind::Spi => self.any = Some(v),
+            Kind::Dst(d) => {
+                self.dst.insert(d, v);
+            }
+            Kind::DstSrc(d, s) => {
+                self.dst_src.insert((d, s), v);
+            }
+        }
+        Ok(())
+    }
+
+    fn remove(&mut self, kind: Kind) -> Option<V> {
+        match kind {
+            Kind::Spi => self.any.take(),
+            Kind::Dst(d) => self.dst.remove(&d),
+            Kind::DstSrc(d, s) => self.dst_src.remove(&(d, s)),
+        }
+    }
+
+    fn get(&self, kind: Kind) -> Option<&V> {
+        match kind {
+            Kind::Spi => self.any.as_ref(),
+            Kind::Dst(d) => self.dst.get(&d),
+            Kind::DstSrc(d, s) => self.dst_src.get(&(d, s)),
+        }
+    }
+
+    fn lookup(&self, dst: Addr, src: Addr) -> Option<&V> {
+        self.dst_src
+            .get(&(dst, src))
+            .or_else(|| self.dst.get(&dst))
+            .or(self.any.as_ref())
+    }
+
+    fn len(&self) -> usize {
+        usize::from(self.any.is_some()) + self.dst.len() + self.dst_src.len()
+    }
+
+    fn entries(&self) -> impl Iterator<Item = (Kind, &V)> {
+        self.any
+            .iter()
+            .map(|v| (Kind::Spi, v))
+            .chain(self.dst.iter().map(|(d, v)| (Kind::Dst(*d), v)))
+            .chain(
+                self.dst_src
+                    .iter()
+                    .map(|((d, s), v)| (Kind::DstSrc(*d, *s), v)),
+            )
+    }
+}
+
+#[derive(Clone)]
+enum Slot<V> {
+    One(One<V>),
+    Many(Box<Many<V>>),
+}
+
 struct ShardMaps<V> {
-    spi: HashMap<u32, SpiSlot<V>, Hasher>,
-    dst: HashMap<(u32, Addr), V, Hasher>,
-    dst_src: HashMap<(u32, Addr, Addr), V, Hasher>,
+    spi: HashMap<u32, Slot<V>, Hasher>,
+    hasher: Hasher,
 }
 
 impl<V: Clone> ShardMaps<V> {
     fn empty(h: &Hasher) -> Self {
         Self {
             spi: HashMap::with_hasher(h.clone()),
-            dst: HashMap::with_hasher(h.clone()),
-            dst_src: HashMap::with_hasher(h.clone()),
+            hasher: h.clone(),
         }
     }
 
     fn deep_clone(&self) -> Self {
         Self {
             spi: self.spi.clone(),
-            dst: self.dst.clone(),
-            dst_src: self.dst_src.clone(),
+            hasher: self.hasher.clone(),
         }
     }
 
     fn insert(&mut self, key: SadKey, v: V) -> Result<(), SadError> {
-        let spi = key.spi();
-        match key {
-            SadKey::Spi(_) => {
-                let slot = self.spi.entry(spi).or_insert(SpiSlot {
-                    any: None,
-                    n_dst: 0,
-                    n_dst_src: 0,
-                });
-                if slot.any.is_some() {
-                    return Err(SadError::Exists);
-                }
-                slot.any = Some(v);
+        let (spi, kind) = (key.spi(), key.kind());
+        match self.spi.get_mut(&spi) {
+            None => {
+                self.spi.insert(spi, Slot::One(One { kind, v }));
+                Ok(())
             }
-            SadKey::SpiDst { dst, .. } => {
-                let k = (spi, Addr::from(dst));
-                if self.dst.contains_key(&k) {
-                    return Err(SadError::Exists);
+            Some(Slot::One(one)) if one.kind == kind => Err(SadError::Exists),
+            Some(slot @ Slot::One(_)) => {
+                let mut many = Box::new(Many::new(&self.hasher));
+                if let Slot::One(one) = slot {
+                    many.insert(one.kind, one.v.clone())?;
                 }
-                self.dst.insert(k, v);
-                self.slot_mut(spi).n_dst += 1;
+                many.insert(kind, v)?;
+                *slot = Slot::Many(many);
+                Ok(())
             }
-            SadKey::SpiDstSrc { dst, src, .. } => {
-                let k = (spi, Addr::from(dst), Addr::from(src));
-                if self.dst_src.contains_key(&k) {
-                    return Err(SadError::Exists);
-                }
-                self.dst_src.insert(k, v);
-                self.slot_mut(spi).n_dst_src += 1;
-            }
+            Some(Slot::Many(many)) => many.insert(kind, v),
         }
-        Ok(())
-    }
-
-    fn slot_mut(&mut self, spi: u32) -> &mut SpiSlot<V> {
-        self.spi.entry(spi).or_insert(SpiSlot {
-            any: None,
-            n_dst: 0,
-            n_dst_src: 0,
-        })
     }
 
     fn remove(&mut self, key: SadKey) -> Option<V> {
-        let spi = key.spi();
-        let removed = match key {
-            SadKey::Spi(_) => self.spi.get_mut(&spi).and_then(|s| s.any.take()),
-            SadKey::SpiDst { dst, .. } => {
-                let v = self.dst.remove(&(spi, Addr::from(dst)));
-                if v.is_some()
-                    && let Some(s) = self.spi.get_mut(&spi)
-                {
-                    s.n_dst = s.n_dst.saturating_sub(1);
+        let (spi, kind) = (key.spi(), key.kind());
+        let slot = self.spi.get_mut(&spi)?;
+        match slot {
+            Slot::One(one) if one.kind == kind => {
+                if let Some(Slot::One(one)) = self.spi.remove(&spi) {
+                    return Some(one.v);
+                }
+                None
+            }
+            Slot::One(_) => None,
+            Slot::Many(many) => {
+                let v = many.remove(kind);
+                // Back to the inline form when one entry is left.
+                match many.len() {
+                    0 => {
+                        self.spi.remove(&spi);
+                    }
+                    1 => {
+                        let last = many.entries().next().map(|(k, v)| One {
+                            kind: k,
+                            v: v.clone(),
+                        });
+                        if let Some(one) = last {
+                            *slot = Slot::One(one);
+                        }
+                    }
+                    _ => {}
                 }
                 v
             }
-            SadKey::SpiDstSrc { dst, src, .. } => {
-                let v = self
-                    .dst_src
-                    .remove(&(spi, Addr::from(dst), Addr::from(src)));
-                if v.is_some()
-                    && let Some(s) = self.spi.get_mut(&spi)
-                {
-                    s.n_dst_src = s.n_dst_src.saturating_sub(1);
-                }
-                v
-            }
-        };
-        if self
-            .spi
-            .get(&spi)
-            .is_some_and(|s| s.any.is_none() && s.n_dst == 0 && s.n_dst_src == 0)
-        {
-            self.spi.remove(&spi);
         }
-        removed
     }
 
+    fn get(&self, key: SadKey) -> Option<&V> {
+        let (spi, kind) = (key.spi(), key.kind());
+        match self.spi.get(&spi)? {
+            Slot::One(one) => (one.kind == kind).then_some(&one.v),
+            Slot::Many(many) => many.get(kind),
+        }
+    }
+
+    #[inline]
     fn lookup(&self, spi: u32, dst: Addr, src: Addr) -> Option<&V> {
-        let slot = self.spi.get(&spi)?;
-        if slot.n_dst_src > 0
-            && let Some(v) = self.dst_src.get(&(spi, dst, src))
-        {
-            return Some(v);
+        match self.spi.get(&spi)? {
+            // The only entry of this SPI: it is the longest match if it matches at all.
+            Slot::One(one) => {
+                let hit = match &one.kind {
+                    Kind::Spi => true,
+                    Kind::Dst(d) => *d == dst,
+                    Kind::DstSrc(d, s) => *d == dst && *s == src,
+                };
+                hit.then_some(&one.v)
+            }
+            Slot::Many(many) => many.lookup(dst, src),
         }
-        if slot.n_dst > 0
-            && let Some(v) = self.dst.get(&(spi, dst))
-        {
-            return Some(v);
-        }
-        slot.any.as_ref()
     }
 
     fn len(&self) -> usize {
-        self.spi.values().filter(|s| s.any.is_some()).count() + self.dst.len() + self.dst_src.len()
+        self.spi
+            .values()
+            .map(|s| match s {
+                Slot::One(_) => 1,
+                Slot::Many(m) => m.len(),
+            })
+            .sum()
+    }
+
+    fn keys(&self, out: &mut Vec<SadKey>) {
+        for (spi, slot) in &self.spi {
+            match slot {
+                Slot::One(one) => out.push(one.kind.key(*spi)),
+                Slot::Many(m) => out.extend(m.entries().map(|(k, _)| k.key(*spi))),
+            }
+        }
     }
 }
 
@@ -312,7 +416,6 @@ impl<V: Clone> Sad<V> {
             };
             let _w = shard.write.lock().unwrap_or_else(|e| e.into_inner());
             let mut copy = shard.snap.load().deep_clone();
-            copy.spi.reserve(list.len());
             for (k, v) in list {
                 if copy.insert(k, v).is_err() {
                     failed.push(k);
@@ -334,13 +437,7 @@ impl<V: Clone> Sad<V> {
         let shard = self.shard(key.spi())?;
         let _w = shard.write.lock().unwrap_or_else(|e| e.into_inner());
         let cur = shard.snap.load();
-        let found = match key {
-            SadKey::Spi(spi) => cur.spi.get(&spi).and_then(|s| s.any.as_ref()),
-            SadKey::SpiDst { spi, dst } => cur.dst.get(&(spi, Addr::from(dst))),
-            SadKey::SpiDstSrc { spi, dst, src } => {
-                cur.dst_src.get(&(spi, Addr::from(dst), Addr::from(src)))
-            }
-        };
+        let found = cur.get(key);
         if !found.is_some_and(pred) {
             return None;
         }
@@ -365,6 +462,20 @@ impl<V: Clone> Sad<V> {
         snap.lookup(spi, Addr::from(dst), Addr::from(src)).map(f)
     }
 
+    /// A reader for one worker thread: same lookups, but each shard snapshot is cached
+    /// (`arc_swap::Cache`: one relaxed load to see whether it changed) instead of taking an
+    /// `ArcSwap` guard per lookup. Never stale: a changed shard is reloaded on its next use.
+    pub fn reader(&self) -> SadReader<'_, V> {
+        SadReader {
+            sad: self,
+            caches: self
+                .shards
+                .iter()
+                .map(|s| arc_swap::Cache::new(&s.snap))
+                .collect(),
+        }
+    }
+
     /// RFC 4301 4.1 longest-match lookup, returning a clone of the entry.
     pub fn lookup(&self, spi: u32, dst: IpAddr, src: IpAddr) -> Option<V> {
         self.lookup_with(spi, dst, src, V::clone)
@@ -372,15 +483,7 @@ impl<V: Clone> Sad<V> {
 
     /// The entry stored under exactly this key.
     pub fn get(&self, key: SadKey) -> Option<V> {
-        let snap = self.shard(key.spi())?.snap.load();
-        match key {
-            SadKey::Spi(spi) => snap.spi.get(&spi).and_then(|s| s.any.clone()),
-            SadKey::SpiDst { spi, dst } => snap.dst.get(&(spi, Addr::from(dst))).cloned(),
-            SadKey::SpiDstSrc { spi, dst, src } => snap
-                .dst_src
-                .get(&(spi, Addr::from(dst), Addr::from(src)))
-                .cloned(),
-        }
+        self.shard(key.spi())?.snap.load().get(key).cloned()
     }
 
     /// Number of entries (walks every shard; for status, not the data path).
@@ -396,24 +499,39 @@ impl<V: Clone> Sad<V> {
     pub fn keys(&self) -> Vec<SadKey> {
         let mut out = Vec::new();
         for s in self.shards.iter() {
-            let snap = s.snap.load();
-            out.extend(
-                snap.spi
-                    .iter()
-                    .filter(|(_, s)| s.any.is_some())
-                    .map(|(spi, _)| SadKey::Spi(*spi)),
-            );
-            out.extend(snap.dst.keys().map(|(spi, d)| SadKey::SpiDst {
-                spi: *spi,
-                dst: d.ip(),
-            }));
-            out.extend(snap.dst_src.keys().map(|(spi, d, s)| SadKey::SpiDstSrc {
-                spi: *spi,
-                dst: d.ip(),
-                src: s.ip(),
-            }));
+            s.snap.load().keys(&mut out);
         }
         out
+    }
+}
+
+type ShardCache<'a, V> = arc_swap::Cache<&'a ArcSwap<ShardMaps<V>>, Arc<ShardMaps<V>>>;
+
+/// Per-worker cached view of a [`Sad`] (see [`Sad::reader`]).
+pub struct SadReader<'a, V> {
+    sad: &'a Sad<V>,
+    caches: Box<[ShardCache<'a, V>]>,
+}
+
+impl<V> std::fmt::Debug for SadReader<'_, V> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SadReader").finish_non_exhaustive()
+    }
+}
+
+impl<V: Clone> SadReader<'_, V> {
+    /// RFC 4301 4.1 longest-match lookup, as [`Sad::lookup_with`].
+    #[inline]
+    pub fn lookup_with<R>(
+        &mut self,
+        spi: u32,
+        dst: IpAddr,
+        src: IpAddr,
+        f: impl FnOnce(&V) -> R,
+    ) -> Option<R> {
+        let i = self.sad.shard_index(spi);
+        let snap = self.caches.get_mut(i)?.load();
+        snap.lookup(spi, Addr::from(dst), Addr::from(src)).map(f)
     }
 }
 
@@ -484,6 +602,33 @@ mod tests {
         .unwrap();
         assert_eq!(sad.lookup(2, a("239.0.0.1"), a("1.2.3.4")), Some(2));
         assert_eq!(sad.lookup(2, a("ff3e::1"), a("1.2.3.4")), None);
+    }
+
+    #[test]
+    fn cached_reader_sees_every_change() {
+        let sad: Sad<u32> = Sad::with_shards(4);
+        let g = a("239.1.1.1");
+        let mut r = sad.reader();
+        assert_eq!(r.lookup_with(1, g, g, |v| *v), None);
+        sad.insert(SadKey::SpiDst { spi: 1, dst: g }, 10).unwrap();
+        assert_eq!(r.lookup_with(1, g, g, |v| *v), Some(10));
+        sad.insert(
+            SadKey::SpiDstSrc {
+                spi: 1,
+                dst: g,
+                src: g,
+            },
+            11,
+        )
+        .unwrap();
+        assert_eq!(r.lookup_with(1, g, g, |v| *v), Some(11));
+        sad.remove(SadKey::SpiDstSrc {
+            spi: 1,
+            dst: g,
+            src: g,
+        });
+        sad.remove(SadKey::SpiDst { spi: 1, dst: g });
+        assert_eq!(r.lookup_with(1, g, g, |v| *v), None);
     }
 
     #[test]
