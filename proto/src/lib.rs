@@ -10,6 +10,7 @@ pub mod crypto;
 pub mod error;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod group;
 pub mod ike;
 pub mod registry;
 pub mod wire;
