@@ -6,6 +6,9 @@
 //! - [`registration`]: GSA and KD payloads for a registering member (GCKS side,
 //!   RFC 9838 2.3.4, 5 Tables 2 and 3) and their reading into installable keys (member
 //!   side, RFC 9838 2.3.3).
+//! - [`rekey`]: the one-way GSA_REKEY pseudo-exchange (RFC 9838 2.4.1): a sender that
+//!   builds, signs, encrypts and fragments one message, and a reader that reassembles,
+//!   decrypts, authenticates and replay-checks it (STYLE "Where we differ on purpose").
 //! - [`keypath`]: key trees (LKH, RFC 9838 3.2, 3.3, Appendix A): the GCKS's keys and the
 //!   member's Working Key Path.
 //!
@@ -13,6 +16,7 @@
 
 pub mod keypath;
 pub mod registration;
+pub mod rekey;
 pub mod state;
 
 mod parse;
@@ -23,6 +27,10 @@ pub use registration::{
     read_registration,
 };
 
+pub use rekey::{
+    LkhRekey, RekeyContent, RekeyDrop, RekeyMessage, RekeyReader, RekeySender, RekeyStats,
+    RekeyUpdate,
+};
 pub use state::{
     GroupAuth, GroupPolicy, GroupState, RekeySaState, RekeySuite, StateError, TekProtocol, TekState,
 };
