@@ -1,0 +1,342 @@
+//! The GCKS runtime: UDP sockets around the sans-IO [`Endpoint`] (STYLE Q6: the runtime only
+//! drives). One task owns the endpoint; one task per socket receives; registration decisions
+//! run as their own tasks so a slow policy lookup never stalls the endpoint.
+//!
+//! Ports: 500 and 4500 (RFC 7296 2.23; 4500 carries the four-octet non-ESP marker, RFC 3948)
+//! and 848 (GDOI's port, RFC 9838 2.1.1). The IKE SA behaves the same whichever port it
+//! arrived on (RFC 9838 2.1.1, R003): the port only decides the framing.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use gikev2_proto::crypto::{SystemRandom, keywrap::KeyWrapKey};
+use gikev2_proto::ike::{
+    Decision, Endpoint, EndpointConfig, Event, IkeConfig, RegistrationRequest, SaHandle,
+};
+use gikev2_proto::wire::header::{Port4500, classify_port_4500, with_non_esp_marker};
+use gikev2_proto::wire::id::IdPayload;
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+
+/// The NAT-T port, whose datagrams carry the non-ESP marker (RFC 3948 2.2).
+pub const NAT_T_PORT: u16 = 4500;
+/// Largest datagram we read.
+const MAX_DATAGRAM: usize = 65_535;
+/// Datagrams processed per wake-up before timers and decisions get a turn (STYLE Q6).
+const WORK_BUDGET: usize = 64;
+
+/// What the runtime needs besides the IKE configuration.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    /// Addresses to bind: typically 0.0.0.0 and [::] on ports 500, 4500 and 848.
+    pub listen: Vec<SocketAddr>,
+    pub endpoint: EndpointConfig,
+    /// New IKE_SA_INIT requests accepted per second from one source address (burst 2x).
+    pub init_rate_per_source: u32,
+}
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        Self {
+            listen: vec![
+                SocketAddr::from(([0, 0, 0, 0], 500)),
+                SocketAddr::from(([0, 0, 0, 0], NAT_T_PORT)),
+                SocketAddr::from(([0, 0, 0, 0], 848)),
+            ],
+            endpoint: EndpointConfig::default(),
+            init_rate_per_source: 20,
+        }
+    }
+}
+
+/// A registration request handed to the policy side.
+pub struct RegistrationContext {
+    pub peer_id: IdPayload,
+    pub request: RegistrationRequest,
+    pub remote: SocketAddr,
+    /// The IKE SA's default key wrap key, to wrap SA keys for this member (RFC 9838 3.1.1).
+    pub kwk: KeyWrapKey,
+}
+
+/// Decides registrations: the GCKS's policy (the SQL store, or a fixed policy in tests).
+pub trait Registrar: Send + Sync + 'static {
+    fn decide(&self, ctx: RegistrationContext) -> impl Future<Output = Decision> + Send;
+
+    /// A member left a group (RFC 9838 2.3.2, Figure 8).
+    fn left(&self, _peer_id: IdPayload, _group: IdPayload) -> impl Future<Output = ()> + Send {
+        async {}
+    }
+}
+
+/// Errors starting the server.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot bind {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// A bound server; [`Server::run`] drives it.
+pub struct Server<R: Registrar> {
+    sockets: Vec<Arc<UdpSocket>>,
+    ike: IkeConfig,
+    config: ServeConfig,
+    registrar: Arc<R>,
+}
+
+fn bind_udp(addr: SocketAddr) -> std::io::Result<UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let domain = if addr.is_ipv6() {
+        Domain::IPV6
+    } else {
+        Domain::IPV4
+    };
+    let s = Socket::new(domain, Type::DGRAM, Some(Protocol::UDP))?;
+    if addr.is_ipv6() {
+        // Bind v4 and v6 separately, as strongSwan does.
+        s.set_only_v6(true)?;
+    }
+    s.set_reuse_address(true)?;
+    s.set_nonblocking(true)?;
+    s.bind(&addr.into())?;
+    UdpSocket::from_std(s.into())
+}
+
+impl<R: Registrar> Server<R> {
+    pub fn bind(ike: IkeConfig, config: ServeConfig, registrar: R) -> Result<Self, ServeError> {
+        let mut sockets = Vec::new();
+        for &addr in &config.listen {
+            let s = bind_udp(addr).map_err(|source| ServeError::Bind { addr, source })?;
+            sockets.push(Arc::new(s));
+        }
+        Ok(Self {
+            sockets,
+            ike,
+            config,
+            registrar: Arc::new(registrar),
+        })
+    }
+
+    /// The bound addresses (with the ports the OS chose for port 0).
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.sockets
+            .iter()
+            .filter_map(|s| s.local_addr().ok())
+            .collect()
+    }
+
+    /// Serves until `shutdown` completes.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        let (dg_tx, mut dg_rx) = mpsc::channel::<(usize, SocketAddr, Vec<u8>)>(1024);
+        let (dec_tx, mut dec_rx) = mpsc::channel::<(SaHandle, Decision)>(256);
+        let mut readers = Vec::new();
+        for (i, s) in self.sockets.iter().enumerate() {
+            let s = s.clone();
+            let tx = dg_tx.clone();
+            readers.push(tokio::spawn(async move {
+                let mut buf = vec![0u8; MAX_DATAGRAM];
+                loop {
+                    match s.recv_from(&mut buf).await {
+                        Ok((n, from)) => {
+                            if tx.send((i, from, buf[..n].to_vec())).await.is_err() {
+                                return;
+                            }
+                        }
+                        Err(e) => debug!(error = %e, "recv_from"),
+                    }
+                }
+            }));
+        }
+        drop(dg_tx);
+        let mut rng = SystemRandom::new();
+        let local = self
+            .sockets
+            .first()
+            .and_then(|s| s.local_addr().ok())
+            .unwrap_or(SocketAddr::from(([0; 4], 0)));
+        let mut endpoint = Endpoint::new(
+            self.ike.clone(),
+            self.config.endpoint.clone(),
+            local,
+            Instant::now(),
+            &mut rng,
+        );
+        // Which socket a peer talks to us on, so answers leave from the same port.
+        let mut route: HashMap<SocketAddr, usize> = HashMap::new();
+        let mut limiter = RateLimiter::new(self.config.init_rate_per_source);
+        tokio::pin!(shutdown);
+        loop {
+            let timeout = endpoint.poll_timeout();
+            let sleep = async {
+                match timeout {
+                    Some(t) => tokio::time::sleep_until(t.into()).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = &mut shutdown => break,
+                Some((i, from, data)) = dg_rx.recv() => {
+                    let now = Instant::now();
+                    let mut batch = vec![(i, from, data)];
+                    while batch.len() < WORK_BUDGET {
+                        match dg_rx.try_recv() {
+                            Ok(d) => batch.push(d),
+                            Err(_) => break,
+                        }
+                    }
+                    for (i, from, data) in batch {
+                        let port = self.sockets[i].local_addr().map(|a| a.port()).unwrap_or(0);
+                        let ike = if port == NAT_T_PORT {
+                            match classify_port_4500(&data) {
+                                Ok(Port4500::Ike(m)) => m.to_vec(),
+                                _ => continue, // ESP or keepalive: not ours
+                            }
+                        } else {
+                            data
+                        };
+                        if Endpoint::is_init_request(&ike) && !limiter.allow(from.ip(), now) {
+                            debug!(%from, "IKE_SA_INIT rate limit");
+                            continue;
+                        }
+                        route.insert(from, i);
+                        endpoint.handle(&ike, from, now, &mut rng);
+                    }
+                }
+                Some((h, decision)) = dec_rx.recv() => {
+                    endpoint.decide(h, decision, Instant::now(), &mut rng);
+                }
+                _ = sleep => endpoint.handle_timeout(Instant::now()),
+            }
+            while let Some((h, e)) = endpoint.poll_event() {
+                match e {
+                    Event::RegistrationRequested { peer_id, request } => {
+                        let Some(sa) = endpoint.sa(h) else { continue };
+                        let remote = sa.remote();
+                        let kwk = match sa.key_wrap_key() {
+                            Ok(k) => k,
+                            Err(err) => {
+                                warn!(error = %err, "no key wrap key; refusing");
+                                let _ = dec_tx.try_send((
+                                    h,
+                                    Decision::Refuse(
+                                        gikev2_proto::registry::NotifyType::NoProposalChosen,
+                                    ),
+                                ));
+                                continue;
+                            }
+                        };
+                        let registrar = self.registrar.clone();
+                        let tx = dec_tx.clone();
+                        tokio::spawn(async move {
+                            let d = registrar
+                                .decide(RegistrationContext {
+                                    peer_id,
+                                    request,
+                                    remote,
+                                    kwk,
+                                })
+                                .await;
+                            let _ = tx.send((h, d)).await;
+                        });
+                    }
+                    Event::LeaveRequested { peer_id, group, .. } => {
+                        let registrar = self.registrar.clone();
+                        tokio::spawn(async move { registrar.left(peer_id, group).await });
+                    }
+                    Event::Established { peer_id } => info!(?peer_id, "member authenticated"),
+                    Event::Closed(reason) => debug!(?reason, "IKE SA closed"),
+                    _ => {}
+                }
+            }
+            while let Some((to, d)) = endpoint.poll_transmit() {
+                let i = route.get(&to).copied().unwrap_or(0);
+                let s = &self.sockets[i];
+                let port = s.local_addr().map(|a| a.port()).unwrap_or(0);
+                let out = if port == NAT_T_PORT {
+                    with_non_esp_marker(&d)
+                } else {
+                    d
+                };
+                if let Err(e) = s.send_to(&out, to).await {
+                    debug!(error = %e, %to, "send_to");
+                }
+            }
+            limiter.prune(Instant::now());
+        }
+        for r in readers {
+            r.abort();
+        }
+    }
+}
+
+/// A token bucket per source address for new IKE_SA_INIT requests.
+struct RateLimiter {
+    rate: f64,
+    buckets: HashMap<IpAddr, (f64, Instant)>,
+    last_prune: Option<Instant>,
+}
+
+impl RateLimiter {
+    fn new(per_second: u32) -> Self {
+        Self {
+            rate: f64::from(per_second.max(1)),
+            buckets: HashMap::new(),
+            last_prune: None,
+        }
+    }
+
+    fn allow(&mut self, ip: IpAddr, now: Instant) -> bool {
+        let burst = self.rate * 2.0;
+        let (tokens, at) = self.buckets.entry(ip).or_insert((burst, now));
+        *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * self.rate).min(burst);
+        *at = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+
+    fn prune(&mut self, now: Instant) {
+        if self
+            .last_prune
+            .is_some_and(|t| now.duration_since(t) < Duration::from_secs(10))
+        {
+            return;
+        }
+        self.last_prune = Some(now);
+        let full = Duration::from_secs_f64(2.0);
+        self.buckets
+            .retain(|_, (_, at)| now.duration_since(*at) < full * 30);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rate_limiter_allows_a_burst_then_the_rate() {
+        let mut l = RateLimiter::new(10);
+        let t0 = Instant::now();
+        let ip: IpAddr = "192.0.2.1".parse().unwrap();
+        let allowed = (0..100).filter(|_| l.allow(ip, t0)).count();
+        assert_eq!(allowed, 20, "burst is twice the rate");
+        assert!(!l.allow(ip, t0));
+        assert!(
+            l.allow(ip, t0 + Duration::from_millis(150)),
+            "refills at the rate"
+        );
+        assert!(
+            l.allow("192.0.2.2".parse().unwrap(), t0),
+            "other sources are not affected"
+        );
+    }
+}
