@@ -18,7 +18,7 @@ use gikev2_proto::wire::gsa::{GsaPayload, GsaPolicy};
 use gikev2_proto::wire::header::Header;
 use gikev2_proto::wire::id::IdPayload;
 use gikev2_proto::wire::kd::{GroupKeyBag, KdPayload, WrappedKey};
-use gikev2_proto::wire::{TrafficSelector, Transform};
+use gikev2_proto::wire::{Message, TrafficSelector, Transform};
 
 fn suite(ke: KeId, addke: Option<KeId>) -> IkeSuite {
     let mut t = vec![
@@ -304,6 +304,54 @@ fn psk_childless_ike_auth_establishes_both_sides() {
         p.gcks().keys(),
         "both sides derived the same keys"
     );
+}
+
+/// RFC 6023 3: "A supporting responder MUST include the Notify payload ... within the
+/// IKE_SA_INIT response", also when the initiator did not announce support (strongSwan
+/// initiators do not).
+#[test]
+fn responder_announces_childless_support_unasked() {
+    let (mut m, g) = psk_configs("s3cret", "s3cret", vec![suite(KeId::Curve25519, None)]);
+    m.childless = false;
+    let mut p = Pair::new(m, g, Goal::IkeAuth);
+    p.drive();
+    let childless = |d: &[u8]| {
+        Message::decode(d)
+            .unwrap()
+            .notify(NotifyType::ChildlessIkev2Supported)
+            .is_some()
+    };
+    assert!(
+        !childless(&p.to_gcks[0]),
+        "the initiator did not announce it"
+    );
+    assert!(
+        childless(&p.to_member[0]),
+        "the responder announces it anyway"
+    );
+    assert!(p.member.is_established());
+    assert!(p.gcks().is_established());
+}
+
+/// RFC 6023 3: "The initiator MUST NOT send the modified IKE_AUTH request if the
+/// notification was not present." (charon with `childless = never` answers such a request
+/// with IDr, AUTH and INVALID_SYNTAX and keeps no IKE SA: we must not get that far.)
+#[test]
+fn no_childless_ike_auth_without_the_responders_announcement() {
+    let (m, mut g) = psk_configs("s3cret", "s3cret", vec![suite(KeId::Curve25519, None)]);
+    g.childless = false;
+    let mut p = Pair::new(m, g, Goal::IkeAuth);
+    p.drive();
+    assert!(p.member.is_closed());
+    assert!(
+        matches!(
+            p.member_events.as_slice(),
+            [Event::Closed(CloseReason::ProtocolError(_))]
+        ),
+        "{:?}",
+        p.member_events
+    );
+    assert_eq!(exchanges(&p.to_gcks), [ExchangeType::IkeSaInit]);
 }
 
 #[test]

@@ -930,7 +930,9 @@ impl IkeSa {
                 NotifyPayload::intermediate_exchange_supported(),
             ));
         }
-        if self.config.childless && (!responding || self.peer_childless) {
+        // RFC 6023 3: a supporting responder MUST announce it in its IKE_SA_INIT response,
+        // whether or not the initiator announced it.
+        if self.config.childless {
             v.push(Payload::Notify(NotifyPayload::childless_ikev2_supported()));
         }
         v
@@ -1037,6 +1039,15 @@ impl IkeSa {
             self.close(CloseReason::NoProposalChosen);
             return;
         };
+        // RFC 6023 3: the initiator MUST NOT send a childless IKE_AUTH unless the
+        // responder announced CHILDLESS_IKEV2_SUPPORTED in its IKE_SA_INIT response.
+        if self.goal == Goal::IkeAuth && msg.notify(NotifyType::ChildlessIkev2Supported).is_none() {
+            info!("responder does not support childless IKE_AUTH (RFC 6023)");
+            self.close(CloseReason::ProtocolError(
+                "responder did not announce CHILDLESS_IKEV2_SUPPORTED (RFC 6023 3)".into(),
+            ));
+            return;
+        }
         let State::InitSent { ke, .. } = std::mem::replace(&mut self.state, State::Closed) else {
             return;
         };
