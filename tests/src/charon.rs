@@ -290,6 +290,9 @@ pub struct CharonConfig {
     pub fragment_size: Option<u32>,
     /// MOBIKE; off by default so IKE_AUTH stays on port 500 (no switch to 4500).
     pub mobike: bool,
+    /// `childless` (RFC 6023): `force` by default; 5.9.8 also knows `allow` (childless
+    /// only where the responder announced CHILDLESS_IKEV2_SUPPORTED) and `never`.
+    pub childless: String,
     /// UDP ports charon listens on.
     pub port: u16,
     pub port_nat_t: u16,
@@ -330,6 +333,7 @@ impl CharonConfig {
             fragmentation: true,
             fragment_size: None,
             mobike: false,
+            childless: "force".into(),
             port: 500,
             port_nat_t: 4500,
             retransmit_tries: 2,
@@ -444,7 +448,7 @@ impl CharonConfig {
         let _ = writeln!(s, "    proposals = {}", self.proposals.join(","));
         let _ = writeln!(s, "    fragmentation = {}", yes_no(self.fragmentation));
         let _ = writeln!(s, "    mobike = {}", yes_no(self.mobike));
-        let _ = writeln!(s, "    childless = force");
+        let _ = writeln!(s, "    childless = {}", self.childless);
         let _ = writeln!(s, "    encap = no");
         let _ = writeln!(s, "    dpd_delay = 0");
         let _ = writeln!(s, "    unique = never");

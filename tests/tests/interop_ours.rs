@@ -15,17 +15,17 @@
 //! logged its keys, both ends derived the same SK_* values. Certificates are validated on
 //! our side by [`CertificateResolver`] (rustls-webpki), on charon's by charon.
 
-use std::net::SocketAddr;
+use std::net::{SocketAddr, UdpSocket};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use gikev2_proto::crypto::{
     IkeSuite, KeMethod, SecretBytes, SignatureScheme, SigningKey, SystemRandom,
 };
 use gikev2_proto::ike::x509::CertificateResolver;
 use gikev2_proto::ike::{
-    Endpoint, EndpointConfig, EndpointStats, Event, Goal, IkeConfig, IkeSa, LocalAuth, PeerAuth,
-    PeerAuthResolver, SinglePeer,
+    CloseReason, Endpoint, EndpointConfig, EndpointStats, Event, Goal, IkeConfig, IkeSa, LocalAuth,
+    PeerAuth, PeerAuthResolver, SinglePeer,
 };
 use gikev2_proto::registry::{EncrId, ExchangeType, IntegId, KeId, PrfId};
 use gikev2_proto::wire::{Header, IdPayload, Transform};
@@ -35,6 +35,7 @@ use gikev2_tests::driver;
 use gikev2_tests::gate;
 use gikev2_tests::netns::{self, Pair};
 use gikev2_tests::pki::{Credential, KeyType, Pki};
+use gikev2_tests::poll_until;
 
 const SECRET: &[u8] = b"interop test secret, not for production";
 const CONN: &str = "gikev2";
@@ -148,66 +149,104 @@ fn our_config(
     )
 }
 
-/// What our initiator did.
+/// Our initiator on a UDP socket in namespace A, talking to one charon.
 struct InitiatorRun {
+    sock: UdpSocket,
+    remote: SocketAddr,
+    rng: SystemRandom,
     sa: IkeSa,
     events: Vec<Event>,
     /// Headers of every datagram we sent, in order.
     sent: Vec<Header>,
 }
 
-/// Drives our initiator from a socket in namespace A to `charon` until it is established
-/// or closed.
-fn run_initiator(pair: &Pair, charon: &CharonPeer<'_>, config: IkeConfig) -> InitiatorRun {
-    let local = SocketAddr::new(pair.link_a.v4.into(), 500);
-    let remote = charon.ike_addr();
-    let sock = pair
-        .a
-        .udp_socket(local)
-        .expect("our UDP 500 in namespace A");
-    let mut rng = SystemRandom::new();
-    let mut sa: Option<IkeSa> = None;
-    let mut events = Vec::new();
-    let mut sent = Vec::new();
-    let result = driver::run_udp(&sock, Duration::from_secs(10), |ev, now| {
-        let sa = sa.get_or_insert_with(|| {
-            IkeSa::initiate(config.clone(), Goal::IkeAuth, local, remote, now, &mut rng)
-                .expect("initiate")
-        });
-        match ev {
-            driver::Event::Start | driver::Event::Tick => {}
-            driver::Event::Datagram { data, from } if from == remote => {
-                sa.handle(data, now, &mut rng)
+impl InitiatorRun {
+    /// Starts our initiator towards `charon` (its IKE_SA_INIT is queued, not yet sent).
+    fn start(pair: &Pair, charon: &CharonPeer<'_>, config: IkeConfig) -> InitiatorRun {
+        let local = SocketAddr::new(pair.link_a.v4.into(), 500);
+        let remote = charon.ike_addr();
+        let sock = pair
+            .a
+            .udp_socket(local)
+            .expect("our UDP 500 in namespace A");
+        let mut rng = SystemRandom::new();
+        let sa = IkeSa::initiate(
+            config,
+            Goal::IkeAuth,
+            local,
+            remote,
+            Instant::now(),
+            &mut rng,
+        )
+        .expect("initiate");
+        InitiatorRun {
+            sock,
+            remote,
+            rng,
+            sa,
+            events: Vec::new(),
+            sent: Vec::new(),
+        }
+    }
+
+    /// Runs the socket loop until `done(events so far)` or the timeout.
+    fn drive(
+        &mut self,
+        charon: &CharonPeer<'_>,
+        timeout: Duration,
+        done: impl Fn(&[Event]) -> bool,
+    ) {
+        let Self {
+            sock,
+            remote,
+            rng,
+            sa,
+            events,
+            sent,
+        } = self;
+        let remote = *remote;
+        let result = driver::run_udp(sock, timeout, |ev, now| {
+            if let driver::Event::Datagram { data, from } = ev
+                && from == remote
+            {
+                sa.handle(data, now, rng);
             }
-            driver::Event::Datagram { .. } => {}
+            if sa.poll_timeout().is_some_and(|t| t <= now) {
+                sa.handle_timeout(now);
+            }
+            let mut out = Vec::new();
+            while let Some(d) = sa.poll_transmit() {
+                sent.push(Header::read_datagram(&d).expect("we send decodable headers"));
+                out.push((d, remote));
+            }
+            while let Some(e) = sa.poll_event() {
+                events.push(e);
+            }
+            (out, done(events))
+        });
+        if let Err(e) = result {
+            panic!(
+                "our initiator: {e}; events {events:?}\ncharon:\n{}",
+                charon.log_tail(40)
+            );
         }
-        if sa.poll_timeout().is_some_and(|t| t <= now) {
-            sa.handle_timeout(now);
-        }
-        let mut out = Vec::new();
-        while let Some(d) = sa.poll_transmit() {
-            sent.push(Header::read_datagram(&d).expect("we send decodable headers"));
-            out.push((d, remote));
-        }
-        while let Some(e) = sa.poll_event() {
-            events.push(e);
-        }
-        let done = events
-            .iter()
-            .any(|e| matches!(e, Event::Established { .. } | Event::Closed(_)));
-        (out, done)
-    });
-    if let Err(e) = result {
-        panic!(
-            "our initiator: {e}; events {events:?}\ncharon:\n{}",
-            charon.log_tail(40)
-        );
     }
-    InitiatorRun {
-        sa: sa.expect("started"),
-        events,
-        sent,
+
+    /// Drives until the IKE SA is established or closed.
+    fn handshake(&mut self, charon: &CharonPeer<'_>) {
+        self.drive(charon, Duration::from_secs(10), |events| {
+            events
+                .iter()
+                .any(|e| matches!(e, Event::Established { .. } | Event::Closed(_)))
+        });
     }
+}
+
+fn closed(events: &[Event]) -> Option<&CloseReason> {
+    events.iter().find_map(|e| match e {
+        Event::Closed(r) => Some(r),
+        _ => None,
+    })
 }
 
 fn established_peer(events: &[Event]) -> Option<&IdPayload> {
@@ -255,7 +294,8 @@ fn ours_to_charon<'p>(
     ours.remote_id = Some(fqdn(GCKS));
     tweak(&mut ours, &mut cfg);
     let charon = CharonPeer::start(&pair.b, cfg).expect("charon responder");
-    let run = run_initiator(pair, &charon, ours);
+    let mut run = InitiatorRun::start(pair, &charon, ours);
+    run.handshake(&charon);
     assert_eq!(
         established_peer(&run.events),
         Some(&fqdn(GCKS)),
@@ -412,6 +452,8 @@ struct ResponderRun {
     events: Vec<Event>,
     stats: EndpointStats,
     spis: Option<([u8; 8], [u8; 8])>,
+    /// charon's whole log.
+    charon_log: String,
 }
 
 /// charon in B initiates to our [`Endpoint`] on UDP 500 in A.
@@ -420,10 +462,11 @@ fn charon_to_ours(
     creds: Creds,
     proposal: &str,
     endpoint: EndpointConfig,
+    tweak: impl FnOnce(&mut CharonConfig),
 ) -> ResponderRun {
     let s = setup(&creds, GCKS, GM);
     let local = SocketAddr::new(pair.link_a.v4.into(), 500);
-    let cfg = CharonConfig::initiator(
+    let mut cfg = CharonConfig::initiator(
         pair.link_b.v4.into(),
         local,
         Identity::Fqdn(GM.into()),
@@ -431,6 +474,7 @@ fn charon_to_ours(
         s.charon_auth,
     )
     .with_proposals(&[proposal]);
+    tweak(&mut cfg);
     let charon = CharonPeer::start(&pair.b, cfg).expect("charon initiator");
     let ours = our_config(&[proposal], GCKS, s.local_auth, s.peer_auth);
     let sock = pair
@@ -438,7 +482,7 @@ fn charon_to_ours(
         .udp_socket(local)
         .expect("our UDP 500 in namespace A");
     let mut rng = SystemRandom::new();
-    let mut ep = Endpoint::new(ours, endpoint, local, std::time::Instant::now(), &mut rng);
+    let mut ep = Endpoint::new(ours, endpoint, local, Instant::now(), &mut rng);
     let mut events = Vec::new();
     let mut established = None;
     let initiated = std::thread::scope(|scope| {
@@ -493,6 +537,7 @@ fn charon_to_ours(
         events,
         stats: ep.stats().clone(),
         spis,
+        charon_log: charon.log(),
     }
 }
 
@@ -500,7 +545,21 @@ fn charon_to_ours(
 fn charon_to_ours_psk() {
     let Some(_) = charon_or_skip() else { return };
     let pair = Pair::new("c2o-psk").expect("namespaces");
-    let run = charon_to_ours(&pair, Creds::Psk, GCM_X25519, EndpointConfig::default());
+    // `allow`: charon goes childless only where the responder announced it (RFC 6023 3);
+    // its own IKE_SA_INIT request does not announce it, our response must anyway.
+    let run = charon_to_ours(
+        &pair,
+        Creds::Psk,
+        GCM_X25519,
+        EndpointConfig::default(),
+        |c| c.childless = "allow".into(),
+    );
+    let init_response = run
+        .charon_log
+        .lines()
+        .find(|l| l.contains("parsed IKE_SA_INIT response 0"))
+        .expect("charon parsed our IKE_SA_INIT response");
+    assert!(init_response.contains("N(CHDLESS_SUP)"), "{init_response}");
     assert_eq!(run.stats.cookies_sent, 0);
     assert_eq!(run.stats.sas_created, 1);
     assert!(run.spis.is_some());
@@ -515,6 +574,7 @@ fn charon_to_ours_ed25519_certificates() {
         Creds::Certs(KeyType::Ed25519),
         GCM_X25519,
         EndpointConfig::default(),
+        |_| {},
     );
     assert!(!run.events.iter().any(|e| matches!(e, Event::Closed(_))));
 }
@@ -528,6 +588,7 @@ fn charon_to_ours_ecdsa_p256_certificates() {
         Creds::Certs(KeyType::EcdsaP256),
         GCM_ECP256,
         EndpointConfig::default(),
+        |_| {},
     );
     assert!(!run.events.iter().any(|e| matches!(e, Event::Closed(_))));
 }
@@ -540,7 +601,7 @@ fn charon_to_ours_answers_our_cookie_challenge() {
         cookie_threshold: 0,
         ..EndpointConfig::default()
     };
-    let run = charon_to_ours(&pair, Creds::Psk, GCM_X25519, cfg);
+    let run = charon_to_ours(&pair, Creds::Psk, GCM_X25519, cfg, |_| {});
     assert!(run.stats.cookies_sent >= 1, "{:?}", run.stats);
     assert_eq!(run.stats.cookies_rejected, 0, "{:?}", run.stats);
     assert_eq!(run.stats.sas_created, 1, "{:?}", run.stats);
@@ -607,4 +668,123 @@ fn ours_to_charon_capture_decrypts_with_charons_keys() {
             auth_resp.payloads
         );
     }
+}
+
+#[test]
+fn ours_to_charon_then_we_delete_the_ike_sa() {
+    let Some(_) = charon_or_skip() else { return };
+    let pair = Pair::new("o2c-del").expect("namespaces");
+    let (mut run, _info, charon) =
+        ours_to_charon(&pair, Creds::Psk, &[GCM_X25519], &[GCM_X25519], |_, _| {});
+    // INFORMATIONAL with Delete(IKE) (RFC 7296 1.4.1); charon answers and drops its SA.
+    run.sa.delete(Instant::now(), &mut run.rng);
+    run.drive(&charon, Duration::from_secs(10), |e| closed(e).is_some());
+    assert_eq!(closed(&run.events), Some(&CloseReason::Deleted));
+    poll_until("charon to drop the IKE SA", Duration::from_secs(5), || {
+        charon.ike_sa(CONN).ok().flatten().is_none().then_some(())
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", charon.log_tail(30)));
+    assert!(
+        charon.log().contains("received DELETE for IKE_SA"),
+        "{}",
+        charon.log_tail(30)
+    );
+}
+
+#[test]
+fn charon_deletes_the_ike_sa_of_our_initiator() {
+    let Some(_) = charon_or_skip() else { return };
+    let pair = Pair::new("o2c-cdel").expect("namespaces");
+    let (mut run, _info, charon) =
+        ours_to_charon(&pair, Creds::Psk, &[GCM_X25519], &[GCM_X25519], |_, _| {});
+    let terminated = std::thread::scope(|scope| {
+        let terminate = scope.spawn(|| charon.terminate(CONN));
+        run.drive(&charon, Duration::from_secs(10), |e| closed(e).is_some());
+        terminate.join().expect("terminate thread")
+    });
+    terminated.unwrap_or_else(|e| panic!("{e}\n{}", charon.log_tail(30)));
+    assert_eq!(closed(&run.events), Some(&CloseReason::Deleted));
+    // We answered the Delete request (RFC 7296 1.4.1), so charon did not have to give up.
+    charon
+        .wait_log("IKE_SA deleted", Duration::from_secs(5))
+        .unwrap_or_else(|e| panic!("{e}\n{}", charon.log_tail(30)));
+    assert!(
+        charon.log().contains("parsed INFORMATIONAL response"),
+        "{}",
+        charon.log_tail(30)
+    );
+}
+
+#[test]
+fn ours_to_charon_refuses_a_certificate_we_do_not_trust() {
+    let Some(_) = charon_or_skip() else { return };
+    let pair = Pair::new("o2c-untrusted").expect("namespaces");
+    let s = setup(&Creds::Certs(KeyType::Ed25519), GM, GCKS);
+    // We trust another CA than the one that issued charon's certificate.
+    let stranger = Pki::new(KeyType::Ed25519, "a CA we do not know").expect("CA");
+    let resolver = CertificateResolver::new([stranger.ca_der()], Arc::new(SystemTime::now))
+        .expect("trust anchor");
+    let cfg = CharonConfig::responder(
+        pair.link_b.v4.into(),
+        Identity::Fqdn(GCKS.into()),
+        Some(Identity::Fqdn(GM.into())),
+        s.charon_auth,
+    );
+    let mut ours = our_config(&[GCM_X25519], GM, s.local_auth, Arc::new(resolver));
+    ours.remote_id = Some(fqdn(GCKS));
+    let charon = CharonPeer::start(&pair.b, cfg).expect("charon responder");
+    let mut run = InitiatorRun::start(&pair, &charon, ours);
+    run.handshake(&charon);
+    assert_eq!(established_peer(&run.events), None);
+    assert_eq!(
+        closed(&run.events),
+        Some(&CloseReason::AuthenticationFailed)
+    );
+    // charon did send a certificate; it was ours to refuse.
+    assert!(
+        charon.log().contains("sending end entity cert"),
+        "{}",
+        charon.log_tail(30)
+    );
+}
+
+#[test]
+fn ours_to_charon_without_childless_support_stops_after_ike_sa_init() {
+    let Some(_) = charon_or_skip() else { return };
+    let pair = Pair::new("o2c-nochildless").expect("namespaces");
+    let s = setup(&Creds::Psk, GM, GCKS);
+    let mut cfg = CharonConfig::responder(
+        pair.link_b.v4.into(),
+        Identity::Fqdn(GCKS.into()),
+        Some(Identity::Fqdn(GM.into())),
+        s.charon_auth,
+    );
+    // charon then leaves CHILDLESS_IKEV2_SUPPORTED out of its IKE_SA_INIT response and
+    // would answer a childless IKE_AUTH with INVALID_SYNTAX, keeping no IKE SA.
+    cfg.childless = "never".into();
+    let mut ours = our_config(&[GCM_X25519], GM, s.local_auth, s.peer_auth);
+    ours.remote_id = Some(fqdn(GCKS));
+    let charon = CharonPeer::start(&pair.b, cfg).expect("charon responder");
+    let mut run = InitiatorRun::start(&pair, &charon, ours);
+    run.handshake(&charon);
+    // RFC 6023 3: no childless IKE_AUTH without the responder's announcement.
+    assert_eq!(established_peer(&run.events), None, "{:?}", run.events);
+    assert!(
+        matches!(closed(&run.events), Some(CloseReason::ProtocolError(_))),
+        "{:?}",
+        run.events
+    );
+    assert!(
+        run.sent
+            .iter()
+            .all(|h| h.exchange == ExchangeType::IkeSaInit),
+        "only IKE_SA_INIT was sent"
+    );
+    assert!(
+        !charon
+            .log()
+            .contains("peer tried to initiate a childless IKE_SA"),
+        "{}",
+        charon.log_tail(30)
+    );
 }
