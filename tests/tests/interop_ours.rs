@@ -163,8 +163,8 @@ struct InitiatorRun {
 impl InitiatorRun {
     /// Starts our initiator towards `charon` (its IKE_SA_INIT is queued, not yet sent).
     fn start(pair: &Pair, charon: &CharonPeer<'_>, config: IkeConfig) -> InitiatorRun {
-        let local = SocketAddr::new(pair.link_a.v4.into(), 500);
         let remote = charon.ike_addr();
+        let local = SocketAddr::new(pair.link_a.addr(remote.is_ipv6()), 500);
         let sock = pair
             .a
             .udp_socket(local)
@@ -462,7 +462,7 @@ fn charon_to_ours(
     creds: Creds,
     proposal: &str,
     endpoint: EndpointConfig,
-    tweak: impl FnOnce(&mut CharonConfig),
+    tweak: impl FnOnce(&mut IkeConfig, &mut CharonConfig),
 ) -> ResponderRun {
     let s = setup(&creds, GCKS, GM);
     let local = SocketAddr::new(pair.link_a.v4.into(), 500);
@@ -474,9 +474,9 @@ fn charon_to_ours(
         s.charon_auth,
     )
     .with_proposals(&[proposal]);
-    tweak(&mut cfg);
+    let mut ours = our_config(&[proposal], GCKS, s.local_auth, s.peer_auth);
+    tweak(&mut ours, &mut cfg);
     let charon = CharonPeer::start(&pair.b, cfg).expect("charon initiator");
-    let ours = our_config(&[proposal], GCKS, s.local_auth, s.peer_auth);
     let sock = pair
         .a
         .udp_socket(local)
@@ -552,7 +552,7 @@ fn charon_to_ours_psk() {
         Creds::Psk,
         GCM_X25519,
         EndpointConfig::default(),
-        |c| c.childless = "allow".into(),
+        |_, c| c.childless = "allow".into(),
     );
     let init_response = run
         .charon_log
@@ -574,7 +574,7 @@ fn charon_to_ours_ed25519_certificates() {
         Creds::Certs(KeyType::Ed25519),
         GCM_X25519,
         EndpointConfig::default(),
-        |_| {},
+        |_, _| {},
     );
     assert!(!run.events.iter().any(|e| matches!(e, Event::Closed(_))));
 }
@@ -588,7 +588,7 @@ fn charon_to_ours_ecdsa_p256_certificates() {
         Creds::Certs(KeyType::EcdsaP256),
         GCM_ECP256,
         EndpointConfig::default(),
-        |_| {},
+        |_, _| {},
     );
     assert!(!run.events.iter().any(|e| matches!(e, Event::Closed(_))));
 }
@@ -601,7 +601,7 @@ fn charon_to_ours_answers_our_cookie_challenge() {
         cookie_threshold: 0,
         ..EndpointConfig::default()
     };
-    let run = charon_to_ours(&pair, Creds::Psk, GCM_X25519, cfg, |_| {});
+    let run = charon_to_ours(&pair, Creds::Psk, GCM_X25519, cfg, |_, _| {});
     assert!(run.stats.cookies_sent >= 1, "{:?}", run.stats);
     assert_eq!(run.stats.cookies_rejected, 0, "{:?}", run.stats);
     assert_eq!(run.stats.sas_created, 1, "{:?}", run.stats);
@@ -786,5 +786,49 @@ fn ours_to_charon_without_childless_support_stops_after_ike_sa_init() {
             .contains("peer tried to initiate a childless IKE_SA"),
         "{}",
         charon.log_tail(30)
+    );
+}
+
+#[test]
+fn charon_to_ours_fragments_both_ways() {
+    let Some(_) = charon_or_skip() else { return };
+    let pair = Pair::new("c2o-frag").expect("namespaces");
+    let run = charon_to_ours(
+        &pair,
+        Creds::Certs(KeyType::EcdsaP256),
+        GCM_ECP256,
+        EndpointConfig::default(),
+        |ours, theirs| {
+            ours.fragment_size = Some(300);
+            theirs.fragment_size = Some(576);
+        },
+    );
+    // Our responder reassembled charon's fragmented IKE_AUTH request (RFC 7383 2.6) and
+    // charon reassembled our fragmented response.
+    assert!(
+        run.charon_log.contains("splitting IKE message"),
+        "charon fragmented its request"
+    );
+    assert!(
+        run.charon_log.contains("received fragment #1 of"),
+        "charon reassembled our response"
+    );
+}
+
+#[test]
+fn ours_to_charon_over_ipv6() {
+    let Some(_) = charon_or_skip() else { return };
+    let pair = Pair::new("o2c-v6").expect("namespaces");
+    let (run, info, _charon) = ours_to_charon(
+        &pair,
+        Creds::Certs(KeyType::Ed25519),
+        &[GCM_X25519],
+        &[GCM_X25519],
+        |_, theirs| theirs.local_addr = pair.link_b.v6.into(),
+    );
+    assert_eq!(run.sa.local().ip(), std::net::IpAddr::from(pair.link_a.v6));
+    assert_eq!(
+        info.field("remote-host"),
+        Some(pair.link_a.v6.to_string().as_str())
     );
 }
