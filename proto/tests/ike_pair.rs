@@ -727,3 +727,52 @@ impl Pair {
         self.gcks = Some(g);
     }
 }
+
+#[test]
+fn signer_needs_a_hash_the_peer_announced() {
+    // RFC 7427 4: the GCKS announces only SHA2-256, so the member cannot sign with Ed25519
+    // (Identity hash). The member must stop, and say so with Event::Closed.
+    let (mk, _) = SigningKey::generate(SignatureScheme::Ed25519).unwrap();
+    let (gk, _) = SigningKey::generate(SignatureScheme::Ed25519).unwrap();
+    let s = vec![suite(KeId::Curve25519, None)];
+    let (mk_pub, gk_pub) = (mk.public_key(), gk.public_key());
+    let m = IkeConfig::new(
+        s.clone(),
+        member_id(),
+        LocalAuth::Signature {
+            key: Arc::new(mk),
+            certs: vec![],
+        },
+        Arc::new(SinglePeer {
+            id: None,
+            auth: PeerAuth::PublicKey {
+                key: gk_pub,
+                schemes: vec![SignatureScheme::Ed25519],
+            },
+        }),
+    );
+    let mut g = IkeConfig::new(
+        s,
+        gcks_id(),
+        LocalAuth::Signature {
+            key: Arc::new(gk),
+            certs: vec![],
+        },
+        Arc::new(SinglePeer {
+            id: None,
+            auth: PeerAuth::PublicKey {
+                key: mk_pub,
+                schemes: vec![SignatureScheme::Ed25519],
+            },
+        }),
+    );
+    g.signature_hashes = vec![gikev2_proto::registry::HashAlgorithm::Sha2_256];
+    let mut p = Pair::new(m, g, Goal::IkeAuth);
+    p.drive();
+    assert!(
+        p.member_events.iter().any(|e| matches!(e, Event::Closed(CloseReason::ProtocolError(why)) if why.contains("RFC 7427"))),
+        "{:?}",
+        p.member_events
+    );
+    assert!(!p.member.is_established());
+}

@@ -25,7 +25,7 @@ use crate::crypto::ke::ActiveKe;
 use crate::crypto::keywrap::{KeyWrapAlg, KeyWrapKey};
 use crate::crypto::{CryptoError, IkeKeys, IkeSuite, IntAuth, Random, SkKey, random_array};
 use crate::registry::{
-    AuthMethod, ExchangeType, NotifyType, PayloadType, ProtocolId, TransformType,
+    AuthMethod, ExchangeType, HashAlgorithm, NotifyType, PayloadType, ProtocolId, TransformType,
 };
 use crate::wire::auth::AuthPayload;
 use crate::wire::cert::CertPayload;
@@ -229,7 +229,11 @@ pub struct IkeSa {
     int_auth: Option<IntAuth>,
     addke_done: usize,
     peer_fragmentation: bool,
-    peer_childless: bool,
+    /// Hash algorithms the peer announced in SIGNATURE_HASH_ALGORITHMS (RFC 7427 4).
+    peer_hashes: Vec<HashAlgorithm>,
+    /// Set once `Event::Closed` was emitted; `state` may hold `Closed` transiently while a
+    /// handler owns the previous state.
+    closed: bool,
     peer_intermediate: bool,
     peer_id: Option<IdPayload>,
     next_mid: u32,
@@ -421,7 +425,8 @@ impl IkeSa {
             int_auth: None,
             addke_done: 0,
             peer_fragmentation: false,
-            peer_childless: false,
+            peer_hashes: Vec::new(),
+            closed: false,
             peer_intermediate: false,
             peer_id: None,
             next_mid: 0,
@@ -474,7 +479,7 @@ impl IkeSa {
     }
 
     pub fn is_closed(&self) -> bool {
-        matches!(self.state, State::Closed)
+        self.closed
     }
 
     /// The IKE SA keys (for a Wireshark key table when the operator asks for one).
@@ -942,7 +947,10 @@ impl IkeSa {
         self.peer_fragmentation = msg
             .notify(NotifyType::Ikev2FragmentationSupported)
             .is_some();
-        self.peer_childless = msg.notify(NotifyType::ChildlessIkev2Supported).is_some();
+        self.peer_hashes = msg
+            .notify(NotifyType::SignatureHashAlgorithms)
+            .and_then(|n| n.signature_hashes().ok())
+            .unwrap_or_default();
         self.peer_intermediate = msg
             .notify(NotifyType::IntermediateExchangeSupported)
             .is_some();
@@ -1291,25 +1299,42 @@ impl IkeSa {
 
     // ---------------------------------------------------------------- authentication
 
-    fn our_auth(&self, mid: u32) -> Result<(Vec<Payload>, AuthPayload), CryptoError> {
+    /// The octets the original initiator (`by_initiator`) or responder signs or MACs with
+    /// `id` (RFC 7296 2.15; with IntAuth, RFC 9242 3.3.2).
+    fn signed_octets_of(
+        &self,
+        by_initiator: bool,
+        id: &IdPayload,
+        mid: u32,
+    ) -> Result<Vec<u8>, CryptoError> {
         let keys = self.keys.as_ref().ok_or(CryptoError::Internal("keys"))?;
-        let prf = keys.prf();
-        let initiator = self.role == Role::Initiator;
-        let id_body = self.config.local_id.to_bytes();
-        let sk_p = keys.sk_p(initiator);
-        let maced = maced_id(prf, sk_p.as_bytes(), &id_body);
+        let maced = maced_id(
+            keys.prf(),
+            keys.sk_p(by_initiator).as_bytes(),
+            &id.to_bytes(),
+        );
         let int_auth = self
             .int_auth
             .as_ref()
             .map(|ia| ia.finish(mid))
             .transpose()?
             .flatten();
-        let (real, peer_nonce) = if initiator {
+        let (real, peer_nonce) = if by_initiator {
             (&self.init_request, &self.nr)
         } else {
             (&self.init_response, &self.ni)
         };
-        let octets = signed_octets(real, peer_nonce, &maced, int_auth.as_deref());
+        Ok(signed_octets(real, peer_nonce, &maced, int_auth.as_deref()))
+    }
+
+    fn our_auth(&self, mid: u32) -> Result<(Vec<Payload>, AuthPayload), CryptoError> {
+        let prf = self
+            .keys
+            .as_ref()
+            .ok_or(CryptoError::Internal("keys"))?
+            .prf();
+        let octets =
+            self.signed_octets_of(self.role == Role::Initiator, &self.config.local_id, mid)?;
         let mut certs = Vec::new();
         let auth = match &self.config.local_auth {
             LocalAuth::Psk(psk) => AuthPayload::new(
@@ -1320,6 +1345,12 @@ impl IkeSa {
                     .to_vec(),
             ),
             LocalAuth::Signature { key, certs: chain } => {
+                // RFC 7427 4: "a peer MUST pick one algorithm sent by the other peer".
+                if !self.peer_hashes.contains(&key.scheme().hash_algorithm()) {
+                    return Err(CryptoError::NoProposalChosen(
+                        "the peer did not announce the hash our signature needs (RFC 7427 4)",
+                    ));
+                }
                 certs.extend(
                     chain
                         .iter()
@@ -1338,26 +1369,12 @@ impl IkeSa {
         auth: &AuthPayload,
         mid: u32,
     ) -> Result<(), CryptoError> {
-        let keys = self.keys.as_ref().ok_or(CryptoError::Internal("keys"))?;
-        let prf = keys.prf();
-        let peer_is_initiator = self.role == Role::Responder;
-        let maced = maced_id(
-            prf,
-            keys.sk_p(peer_is_initiator).as_bytes(),
-            &peer_id.to_bytes(),
-        );
-        let int_auth = self
-            .int_auth
+        let prf = self
+            .keys
             .as_ref()
-            .map(|ia| ia.finish(mid))
-            .transpose()?
-            .flatten();
-        let (real, nonce) = if peer_is_initiator {
-            (&self.init_request, &self.nr)
-        } else {
-            (&self.init_response, &self.ni)
-        };
-        let octets = signed_octets(real, nonce, &maced, int_auth.as_deref());
+            .ok_or(CryptoError::Internal("keys"))?
+            .prf();
+        let octets = self.signed_octets_of(self.role == Role::Responder, peer_id, mid)?;
         let cred = self.config.peer_auth.resolve(peer_id, certs).ok_or(
             CryptoError::AuthenticationFailed("no credentials for this identity"),
         )?;
@@ -1366,7 +1383,12 @@ impl IkeSa {
                 PaddedPsk::new(prf, psk.as_bytes()).verify(&octets, &auth.data)
             }
             (PeerAuth::PublicKey { key, schemes }, AuthMethod::DigitalSignature) => {
-                verify_auth(&key, &auth.data, &octets, |s| schemes.contains(&s)).map(|_| ())
+                // The peer must have used a hash we announced (RFC 7427 4).
+                let announced = &self.config.signature_hashes;
+                verify_auth(&key, &auth.data, &octets, |s| {
+                    schemes.contains(&s) && announced.contains(&s.hash_algorithm())
+                })
+                .map(|_| ())
             }
             _ => Err(CryptoError::AuthenticationFailed(
                 "AUTH method does not match the credential",
@@ -1741,9 +1763,10 @@ impl IkeSa {
     }
 
     fn close(&mut self, reason: CloseReason) {
-        if self.is_closed() {
+        if self.closed {
             return;
         }
+        self.closed = true;
         self.state = State::Closed;
         self.outstanding = None;
         self.half_open_deadline = None;
