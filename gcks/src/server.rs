@@ -323,6 +323,13 @@ mod tests {
     use super::*;
 
     #[test]
+    fn default_ports_are_ikev2_and_gdoi() {
+        // RFC 9838 2.1.1: G-IKEv2 SHOULD use the IKEv2 ports (500, 4500); 848 is allowed.
+        let ports: Vec<u16> = ServeConfig::default().listen.iter().map(SocketAddr::port).collect();
+        assert_eq!(ports, [500, 4500, 848]);
+    }
+
+    #[test]
     fn rate_limiter_allows_a_burst_then_the_rate() {
         let mut l = RateLimiter::new(10);
         let t0 = Instant::now();
