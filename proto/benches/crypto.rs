@@ -9,11 +9,15 @@
 //! - `bare_open`, `sk_open_body`: the reverse; both copy the sealed bytes into a scratch
 //!   buffer first (open works in place), so the copy cancels out of the ratio.
 //!
+//! After the criterion benches, a paired report alternates short batches of the four
+//! calls so that the ratios hold on a loaded machine.
+//!
 //! Run: `cargo bench -p gikev2-proto --bench crypto`. Figures: docs/performance.md.
 
 use std::hint::black_box;
+use std::time::Instant;
 
-use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group};
 use gikev2_proto::crypto::{
     AeadAlg, AeadKey, AesCbcKey, EncrAlg, HmacKey, IntegAlg, SeededRandom, SkKey, SystemRandom,
 };
@@ -203,5 +207,88 @@ fn bench_sk(c: &mut Criterion) {
     g.finish();
 }
 
+/// Ratios on a shared machine: short batches of the four operations alternate, so that
+/// bare and SK calls see the same background load; the median batch of each is reported.
+fn paired_report() {
+    const ROUNDS: usize = 300;
+    const BATCH: u32 = 256;
+    let plaintext = vec![0xabu8; LEN];
+    let aad = prefix();
+    eprintln!(
+        "\npaired ({ROUNDS} rounds of {BATCH}-call batches; ns per call, medians): suite | \
+         bare_seal | sk_seal_append | ratio | bare_open | sk_open_body | ratio"
+    );
+    for s in suites() {
+        let mut rng = SeededRandom::from_u64(2);
+        let mut buf = plaintext.clone();
+        let mut tag = [0u8; 16];
+        let mut msg = aad.clone();
+        msg.reserve(LEN + 64);
+        let mut sealed = plaintext.clone();
+        let tag_len = s.bare.seal(&aad, &mut sealed, &mut tag);
+        sealed.extend_from_slice(&tag[..tag_len]);
+        let mut scratch = sealed.clone();
+        let mut message = aad.clone();
+        s.sk.seal_append(&mut rng, &mut message, SK_HEADER_AT, &plaintext)
+            .unwrap();
+        let mut scratch2 = message.clone();
+        let mut t: [Vec<f64>; 4] = Default::default();
+        let time = |f: &mut dyn FnMut()| {
+            let start = Instant::now();
+            for _ in 0..BATCH {
+                f();
+            }
+            start.elapsed().as_secs_f64() * 1e9 / f64::from(BATCH)
+        };
+        for _ in 0..ROUNDS {
+            t[0].push(time(&mut || {
+                s.bare.seal(black_box(&aad), black_box(&mut buf), &mut tag);
+            }));
+            t[1].push(time(&mut || {
+                msg.truncate(PREFIX_LEN);
+                s.sk.seal_append(&mut rng, &mut msg, SK_HEADER_AT, black_box(&plaintext))
+                    .unwrap();
+            }));
+            t[2].push(time(&mut || {
+                scratch.copy_from_slice(&sealed);
+                s.bare.open(black_box(&aad), black_box(&mut scratch));
+            }));
+            t[3].push(time(&mut || {
+                scratch2.copy_from_slice(&message);
+                let (aad, body) = scratch2.split_at_mut(PREFIX_LEN);
+                black_box(s.sk.open_body(black_box(aad), body).unwrap());
+            }));
+        }
+        let m: Vec<f64> = t
+            .iter_mut()
+            .map(|v| {
+                v.sort_by(f64::total_cmp);
+                v[v.len() / 2]
+            })
+            .collect();
+        eprintln!(
+            "paired {} | {:.0} | {:.0} | {:.2}x | {:.0} | {:.0} | {:.2}x",
+            s.name,
+            m[0],
+            m[1],
+            m[1] / m[0],
+            m[2],
+            m[3],
+            m[3] / m[2]
+        );
+    }
+}
+
 criterion_group!(benches, bench_sk);
-criterion_main!(benches);
+
+fn main() {
+    benches();
+    // `cargo bench` passes --bench; `cargo test --benches` does not (quick smoke run).
+    // Not when listing or profiling one bench (`--profile-time`).
+    let args: Vec<String> = std::env::args().collect();
+    let has = |f: &str| args.iter().any(|a| a == f);
+    if has("--bench") && !has("--list") && !has("--test") && !has("--profile-time") {
+        paired_report();
+    }
+    Criterion::default().configure_from_args().final_summary();
+}
