@@ -33,14 +33,12 @@ use crate::sa::{
     Accounting, Direction, DropCounters, DropReason, Event, InstallError, Mode, STATE_ACTIVE,
     STATE_DEAD, STATE_LINGERING, Sa, SaConfig, SaHandle, SaId, SaStats, SealError,
 };
-use crate::sad::{DEFAULT_SHARDS, Sad, SadReader};
+use crate::sad::Sad;
 use crate::spd::{Action, PolicyId, Spd};
 
 /// Engine construction parameters.
 #[derive(Clone)]
 pub struct EngineConfig {
-    /// SAD shards (see `sad.rs`).
-    pub sad_shards: usize,
     /// Builds SA ciphers; defaults to the `gikev2_proto::crypto` backend.
     pub cipher_factory: CipherFactory,
 }
@@ -48,7 +46,6 @@ pub struct EngineConfig {
 impl Default for EngineConfig {
     fn default() -> Self {
         Self {
-            sad_shards: DEFAULT_SHARDS,
             cipher_factory: crate::backend::new_cipher,
         }
     }
@@ -56,9 +53,7 @@ impl Default for EngineConfig {
 
 impl std::fmt::Debug for EngineConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EngineConfig")
-            .field("sad_shards", &self.sad_shards)
-            .finish_non_exhaustive()
+        f.debug_struct("EngineConfig").finish_non_exhaustive()
     }
 }
 
@@ -138,7 +133,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl Engine {
     pub fn new(config: EngineConfig) -> Self {
         Self {
-            sad: Sad::with_shards(config.sad_shards),
+            sad: Sad::new(),
             spd: Spd::default(),
             outbound: ArcSwap::from_pointee(HashMap::new()),
             registry: Mutex::new(HashMap::new()),
@@ -214,8 +209,8 @@ impl Engine {
         Ok(SaHandle(sa))
     }
 
-    /// Installs many inbound SAs at once (a rekey, or a benchmark at scale): each SAD shard is
-    /// copied once. Outbound SAs are installed one by one. Returns one result per config.
+    /// Installs many SAs at once (a rekey carrying several SAs, or a benchmark at scale).
+    /// Returns one result per config.
     pub fn install_batch(
         &self,
         cfgs: Vec<SaConfig>,
@@ -557,7 +552,7 @@ impl Engine {
             dst: info.dst,
             header: Some((header, info.protocol_field)),
         };
-        self.open_inner(&mut Direct(&self.sad), outer, esp, out, now)
+        self.open_inner(outer, esp, out, now)
     }
 
     /// Opens an ESP packet (SPI to ICV) whose outer addresses the caller read separately
@@ -576,16 +571,7 @@ impl Engine {
             dst,
             header: None,
         };
-        self.open_inner(&mut Direct(&self.sad), outer, esp, out, now)
-    }
-
-    /// A per-thread handle for the receive path: the same `open`/`open_esp`, with the SAD
-    /// shard snapshots cached in the worker (no `ArcSwap` guard per packet, STYLE D2).
-    pub fn worker(&self) -> Worker<'_> {
-        Worker {
-            engine: self,
-            sad: self.sad.reader(),
-        }
+        self.open_inner(outer, esp, out, now)
     }
 
     fn drop_no_sa<'o>(&self, r: DropReason) -> Verdict<'o> {
@@ -595,7 +581,6 @@ impl Engine {
 
     fn open_inner<'o>(
         &self,
-        sad: &mut impl Lookup,
         outer: Outer<'_>,
         esp: &[u8],
         out: &'o mut [u8],
@@ -604,7 +589,7 @@ impl Engine {
         let Some((spi, sn)) = packet::esp_header(esp) else {
             return self.drop_no_sa(DropReason::Malformed);
         };
-        let r = sad.find(spi, outer.dst, outer.src, |sa| {
+        let r = self.sad.lookup_with(spi, outer.dst, outer.src, |sa| {
             let r = self.process(sa, &outer, sn, esp, out, now);
             if let Err(reason) = r {
                 sa.drops.bump(reason);
@@ -761,105 +746,6 @@ impl Engine {
         } else {
             Err(DropReason::Expired)
         }
-    }
-}
-
-/// A worker's view of the engine for the receive path (see [`Engine::worker`]).
-#[derive(Debug)]
-pub struct Worker<'e> {
-    engine: &'e Engine,
-    sad: SadReader<'e, Arc<Sa>>,
-}
-
-impl<'e> Worker<'e> {
-    /// [`Engine::open`] through the worker's cached SAD view.
-    pub fn open<'o>(&mut self, packet: &[u8], out: &'o mut [u8], now: Instant) -> Verdict<'o> {
-        let e = self.engine;
-        let Ok(info) = ip::parse(packet) else {
-            return e.drop_no_sa(DropReason::Malformed);
-        };
-        if info.protocol != proto::ESP {
-            return e.drop_no_sa(DropReason::Malformed);
-        }
-        let (Some(header), Some(esp)) = (
-            packet.get(..info.payload_offset),
-            packet.get(info.payload_offset..info.total_len),
-        ) else {
-            return e.drop_no_sa(DropReason::Malformed);
-        };
-        let outer = Outer {
-            src: info.src,
-            dst: info.dst,
-            header: Some((header, info.protocol_field)),
-        };
-        e.open_inner(&mut self.sad, outer, esp, out, now)
-    }
-
-    /// [`Engine::open_esp`] through the worker's cached SAD view.
-    pub fn open_esp<'o>(
-        &mut self,
-        src: IpAddr,
-        dst: IpAddr,
-        esp: &[u8],
-        out: &'o mut [u8],
-        now: Instant,
-    ) -> Verdict<'o> {
-        let outer = Outer {
-            src,
-            dst,
-            header: None,
-        };
-        self.engine.open_inner(&mut self.sad, outer, esp, out, now)
-    }
-
-    /// The SAD lookup the worker uses (for benchmarks and diagnostics).
-    pub fn lookup_with<R>(
-        &mut self,
-        spi: u32,
-        dst: IpAddr,
-        src: IpAddr,
-        f: impl FnOnce(&Sa) -> R,
-    ) -> Option<R> {
-        self.sad.lookup_with(spi, dst, src, |sa| f(sa))
-    }
-}
-
-/// SAD access for the receive path: direct (`ArcSwap` guard) or through a worker cache.
-trait Lookup {
-    fn find<R>(
-        &mut self,
-        spi: u32,
-        dst: IpAddr,
-        src: IpAddr,
-        f: impl FnOnce(&Arc<Sa>) -> R,
-    ) -> Option<R>;
-}
-
-struct Direct<'a>(&'a Sad<Arc<Sa>>);
-
-impl Lookup for Direct<'_> {
-    #[inline]
-    fn find<R>(
-        &mut self,
-        spi: u32,
-        dst: IpAddr,
-        src: IpAddr,
-        f: impl FnOnce(&Arc<Sa>) -> R,
-    ) -> Option<R> {
-        self.0.lookup_with(spi, dst, src, f)
-    }
-}
-
-impl Lookup for SadReader<'_, Arc<Sa>> {
-    #[inline]
-    fn find<R>(
-        &mut self,
-        spi: u32,
-        dst: IpAddr,
-        src: IpAddr,
-        f: impl FnOnce(&Arc<Sa>) -> R,
-    ) -> Option<R> {
-        self.lookup_with(spi, dst, src, f)
     }
 }
 

@@ -24,7 +24,7 @@ pub mod spd;
 
 pub use backend::new_cipher;
 pub use cipher::{CipherError, CipherFactory, SaCipher};
-pub use engine::{Decision, Engine, EngineConfig, EspPacket, Verdict, Worker};
+pub use engine::{Decision, Engine, EngineConfig, EspPacket, Verdict};
 pub use replay::{ReplayPolicy, SenderKey};
 pub use sa::{
     Direction, DropReason, EspAlgorithm, Event, InstallError, KeyMaterial, Lifetimes, Limits, Mode,

@@ -6,25 +6,24 @@
 //! (1) SPI + destination + source, (2) SPI + destination, (3) SPI. Group SPIs are chosen by
 //! the GCKS and may collide with unicast SPIs; the longest match keeps them apart.
 //!
-//! Concurrency: the table is split into shards by SPI. Each shard is an immutable snapshot
-//! behind an `ArcSwap`; readers load it without locks or reference-count traffic and never
-//! wait. A writer takes the shard's writer mutex, copies the shard (1/`shards` of the
-//! table), edits the copy and publishes it. Readers are never stalled by installs; an install
-//! at 1M SAs copies about a thousand entries, and batch installs copy each shard once.
+//! Concurrency: the index is an `scc::HashIndex` keyed by SPI. Readers (`peek_with`) take no
+//! lock and never wait: they run under an epoch guard and see either the old or the new value
+//! of a slot. Writers lock one bucket; a value is never mutated in place but replaced, and the
+//! old one is reclaimed once no reader can see it. An install costs O(1) whatever the size of
+//! the table (no snapshot copy), which matters at 1M SAs. The SA records themselves are shared
+//! (`Arc`), so every version of a slot points at the same live SA state.
 //!
-//! Layout per shard (the RFC 4301 4.1 suggestion of "a hash table by the SPI" whose buckets
-//! hold the entries of one SPI, longest first): `spi -> Slot`. Almost every SPI has exactly
-//! one entry, stored inline with its key, so a lookup is one probe and one comparison: two
-//! dependent memory accesses before the SA itself. An SPI shared by several entries (a group
-//! SPI colliding with a unicast one, or per-source SAs under one SPI) gets a `Many` slot with
-//! one map per key length, searched longest first.
+//! Layout (the RFC 4301 4.1 suggestion of "a hash table by the SPI" whose buckets hold the
+//! entries of one SPI, longest first): `spi -> Slot`. Almost every SPI has exactly one entry,
+//! stored inline with its key, so a lookup is one probe and one comparison. An SPI shared by
+//! several entries (a group SPI colliding with a unicast one, or per-source SAs under one SPI)
+//! gets a `Many` slot with one map per key length, searched longest first.
 
 use std::collections::HashMap;
-use std::hash::BuildHasher;
 use std::net::{IpAddr, Ipv6Addr};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
-use arc_swap::ArcSwap;
+use scc::hash_index::Entry;
 
 type Hasher = foldhash::fast::RandomState;
 
@@ -113,10 +112,41 @@ impl Kind {
     }
 }
 
+/// The single entry of an SPI, stored flat so that matching needs no branch on the key
+/// length (`len`: 0 SPI only, 1 + destination, 2 + destination and source; unused
+/// addresses are zero).
 #[derive(Clone)]
 struct One<V> {
-    kind: Kind,
+    len: u8,
+    dst: Addr,
+    src: Addr,
     v: V,
+}
+
+impl<V> One<V> {
+    fn new(kind: Kind, v: V) -> Self {
+        let zero = Addr([0; 16]);
+        let (len, dst, src) = match kind {
+            Kind::Spi => (0, zero, zero),
+            Kind::Dst(d) => (1, d, zero),
+            Kind::DstSrc(d, s) => (2, d, s),
+        };
+        Self { len, dst, src, v }
+    }
+
+    fn kind(&self) -> Kind {
+        match self.len {
+            0 => Kind::Spi,
+            1 => Kind::Dst(self.dst),
+            _ => Kind::DstSrc(self.dst, self.src),
+        }
+    }
+
+    #[inline]
+    fn matches(&self, dst: Addr, src: Addr) -> bool {
+        // Non-short-circuit `&`/`|`: both comparisons always run, no data-dependent branch.
+        ((self.len == 0) | (self.dst == dst)) & ((self.len < 2) | (self.src == src))
+    }
 }
 
 /// Several entries under one SPI, one map per key length.
@@ -203,252 +233,154 @@ enum Slot<V> {
     Many(Box<Many<V>>),
 }
 
-struct ShardMaps<V> {
-    spi: HashMap<u32, Slot<V>, Hasher>,
-    hasher: Hasher,
-}
-
-impl<V: Clone> ShardMaps<V> {
-    fn empty(h: &Hasher) -> Self {
-        Self {
-            spi: HashMap::with_hasher(h.clone()),
-            hasher: h.clone(),
-        }
-    }
-
-    fn deep_clone(&self) -> Self {
-        Self {
-            spi: self.spi.clone(),
-            hasher: self.hasher.clone(),
-        }
-    }
-
-    fn insert(&mut self, key: SadKey, v: V) -> Result<(), SadError> {
-        let (spi, kind) = (key.spi(), key.kind());
-        match self.spi.get_mut(&spi) {
-            None => {
-                self.spi.insert(spi, Slot::One(One { kind, v }));
-                Ok(())
-            }
-            Some(Slot::One(one)) if one.kind == kind => Err(SadError::Exists),
-            Some(slot @ Slot::One(_)) => {
-                let mut many = Box::new(Many::new(&self.hasher));
-                if let Slot::One(one) = slot {
-                    many.insert(one.kind, one.v.clone())?;
-                }
+impl<V: Clone> Slot<V> {
+    /// Adds an entry to this SPI's slot.
+    fn insert(&mut self, kind: Kind, v: V, hasher: &Hasher) -> Result<(), SadError> {
+        match self {
+            Slot::One(one) if one.kind() == kind => Err(SadError::Exists),
+            Slot::One(one) => {
+                let mut many = Box::new(Many::new(hasher));
+                many.insert(one.kind(), one.v.clone())?;
                 many.insert(kind, v)?;
-                *slot = Slot::Many(many);
+                *self = Slot::Many(many);
                 Ok(())
             }
-            Some(Slot::Many(many)) => many.insert(kind, v),
+            Slot::Many(many) => many.insert(kind, v),
         }
     }
 
-    fn remove(&mut self, key: SadKey) -> Option<V> {
-        let (spi, kind) = (key.spi(), key.kind());
-        let slot = self.spi.get_mut(&spi)?;
-        match slot {
-            Slot::One(one) if one.kind == kind => {
-                if let Some(Slot::One(one)) = self.spi.remove(&spi) {
-                    return Some(one.v);
-                }
-                None
-            }
-            Slot::One(_) => None,
+    /// Removes an entry; the second value says whether the slot is now empty.
+    fn remove(&mut self, kind: Kind) -> (Option<V>, bool) {
+        match self {
+            Slot::One(one) if one.kind() == kind => (Some(one.v.clone()), true),
+            Slot::One(_) => (None, false),
             Slot::Many(many) => {
                 let v = many.remove(kind);
+                let left = many.len();
                 // Back to the inline form when one entry is left.
-                match many.len() {
-                    0 => {
-                        self.spi.remove(&spi);
-                    }
-                    1 => {
-                        let last = many.entries().next().map(|(k, v)| One {
-                            kind: k,
-                            v: v.clone(),
-                        });
-                        if let Some(one) = last {
-                            *slot = Slot::One(one);
-                        }
-                    }
-                    _ => {}
+                let last = (left == 1)
+                    .then(|| many.entries().next().map(|(k, v)| One::new(k, v.clone())))
+                    .flatten();
+                if let Some(one) = last {
+                    *self = Slot::One(one);
                 }
-                v
+                (v, left == 0)
             }
         }
     }
 
-    fn get(&self, key: SadKey) -> Option<&V> {
-        let (spi, kind) = (key.spi(), key.kind());
-        match self.spi.get(&spi)? {
-            Slot::One(one) => (one.kind == kind).then_some(&one.v),
+    fn get(&self, kind: Kind) -> Option<&V> {
+        match self {
+            Slot::One(one) => (one.kind() == kind).then_some(&one.v),
             Slot::Many(many) => many.get(kind),
         }
     }
 
+    /// RFC 4301 4.1 longest match among this SPI's entries.
     #[inline]
-    fn lookup(&self, spi: u32, dst: Addr, src: Addr) -> Option<&V> {
-        match self.spi.get(&spi)? {
+    fn lookup(&self, dst: Addr, src: Addr) -> Option<&V> {
+        match self {
             // The only entry of this SPI: it is the longest match if it matches at all.
-            Slot::One(one) => {
-                let hit = match &one.kind {
-                    Kind::Spi => true,
-                    Kind::Dst(d) => *d == dst,
-                    Kind::DstSrc(d, s) => *d == dst && *s == src,
-                };
-                hit.then_some(&one.v)
-            }
+            Slot::One(one) => one.matches(dst, src).then_some(&one.v),
             Slot::Many(many) => many.lookup(dst, src),
         }
     }
 
-    fn len(&self) -> usize {
-        self.spi
-            .values()
-            .map(|s| match s {
-                Slot::One(_) => 1,
-                Slot::Many(m) => m.len(),
-            })
-            .sum()
-    }
-
-    fn keys(&self, out: &mut Vec<SadKey>) {
-        for (spi, slot) in &self.spi {
-            match slot {
-                Slot::One(one) => out.push(one.kind.key(*spi)),
-                Slot::Many(m) => out.extend(m.entries().map(|(k, _)| k.key(*spi))),
-            }
+    fn keys(&self, spi: u32, out: &mut Vec<SadKey>) {
+        match self {
+            Slot::One(one) => out.push(one.kind().key(spi)),
+            Slot::Many(m) => out.extend(m.entries().map(|(k, _)| k.key(spi))),
         }
     }
 }
 
-struct Shard<V> {
-    snap: ArcSwap<ShardMaps<V>>,
-    /// Serializes writers of this shard; readers never touch it.
-    write: Mutex<()>,
-}
-
-/// Default shard count: at 1M SAs a single install copies ~1000 entries.
-pub const DEFAULT_SHARDS: usize = 1024;
-
 /// The SAD, generic over the stored value (the engine stores `Arc<Sa>`).
-pub struct Sad<V> {
-    shards: Box<[Shard<V>]>,
-    /// `shards.len() - 1` (a power of two).
-    mask: u32,
+pub struct Sad<V: 'static> {
+    index: scc::HashIndex<u32, Slot<V>, Hasher>,
+    /// Number of entries (an SPI slot may hold several).
+    entries: AtomicUsize,
     hasher: Hasher,
 }
 
-impl<V> std::fmt::Debug for Sad<V> {
+impl<V: 'static> std::fmt::Debug for Sad<V> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Sad")
-            .field("shards", &self.shards.len())
+            .field("entries", &self.entries.load(Ordering::Relaxed))
             .finish_non_exhaustive()
     }
 }
 
-impl<V: Clone> Default for Sad<V> {
+impl<V: Clone + 'static> Default for Sad<V> {
     fn default() -> Self {
-        Self::with_shards(DEFAULT_SHARDS)
+        Self::new()
     }
 }
 
-impl<V: Clone> Sad<V> {
-    /// A SAD with `shards` shards (rounded up to a power of two, at least 1).
-    pub fn with_shards(shards: usize) -> Self {
-        let n = shards.clamp(1, 1 << 20).next_power_of_two();
+impl<V: Clone + 'static> Sad<V> {
+    pub fn new() -> Self {
         let hasher = Hasher::default();
-        let shards = (0..n)
-            .map(|_| Shard {
-                snap: ArcSwap::from_pointee(ShardMaps::empty(&hasher)),
-                write: Mutex::new(()),
-            })
-            .collect();
         Self {
-            shards,
-            mask: (n - 1) as u32,
+            index: scc::HashIndex::with_hasher(hasher.clone()),
+            entries: AtomicUsize::new(0),
             hasher,
         }
     }
 
-    fn shard_index(&self, spi: u32) -> usize {
-        // SPIs may be sequential (GCKS counters) or random: mix before masking.
-        let h = self.hasher.hash_one(spi);
-        (h as u32 & self.mask) as usize
-    }
-
-    fn shard(&self, spi: u32) -> Option<&Shard<V>> {
-        self.shards.get(self.shard_index(spi))
-    }
-
-    /// Runs `f` on a private copy of the shard holding `spi`, then publishes the copy.
-    fn edit<R>(&self, spi: u32, f: impl FnOnce(&mut ShardMaps<V>) -> R) -> Option<R> {
-        let shard = self.shard(spi)?;
-        let _w = shard.write.lock().unwrap_or_else(|e| e.into_inner());
-        let mut copy = shard.snap.load().deep_clone();
-        let r = f(&mut copy);
-        shard.snap.store(Arc::new(copy));
-        Some(r)
-    }
-
     /// Adds an entry. Fails if the exact key is taken.
     pub fn insert(&self, key: SadKey, v: V) -> Result<(), SadError> {
-        self.edit(key.spi(), |m| m.insert(key, v))
-            .unwrap_or(Err(SadError::Exists))
+        let (spi, kind) = (key.spi(), key.kind());
+        match self.index.entry_sync(spi) {
+            Entry::Vacant(e) => {
+                e.insert_entry(Slot::One(One::new(kind, v)));
+            }
+            Entry::Occupied(mut e) => {
+                let mut slot = e.get().clone();
+                slot.insert(kind, v, &self.hasher)?;
+                e.update(slot);
+            }
+        }
+        self.entries.fetch_add(1, Ordering::Relaxed);
+        Ok(())
     }
 
-    /// Adds many entries, copying each touched shard once. Entries whose key is taken are
-    /// returned.
+    /// Adds many entries; returns the keys that were taken.
     pub fn insert_batch(&self, entries: impl IntoIterator<Item = (SadKey, V)>) -> Vec<SadKey> {
-        let mut by_shard: HashMap<usize, Vec<(SadKey, V)>, Hasher> =
-            HashMap::with_hasher(self.hasher.clone());
-        for (k, v) in entries {
-            by_shard
-                .entry(self.shard_index(k.spi()))
-                .or_default()
-                .push((k, v));
-        }
-        let mut failed = Vec::new();
-        for (i, list) in by_shard {
-            let Some(shard) = self.shards.get(i) else {
-                failed.extend(list.into_iter().map(|(k, _)| k));
-                continue;
-            };
-            let _w = shard.write.lock().unwrap_or_else(|e| e.into_inner());
-            let mut copy = shard.snap.load().deep_clone();
-            for (k, v) in list {
-                if copy.insert(k, v).is_err() {
-                    failed.push(k);
-                }
-            }
-            shard.snap.store(Arc::new(copy));
-        }
-        failed
+        entries
+            .into_iter()
+            .filter_map(|(k, v)| self.insert(k, v).err().map(|_| k))
+            .collect()
     }
 
     /// Removes the entry with exactly this key.
     pub fn remove(&self, key: SadKey) -> Option<V> {
-        self.edit(key.spi(), |m| m.remove(key)).flatten()
+        self.remove_if(key, |_| true)
     }
 
     /// Removes the entry with exactly this key if `pred` holds for it (e.g. it is still the
     /// same SA and not a newer one installed under the same key).
     pub fn remove_if(&self, key: SadKey, pred: impl FnOnce(&V) -> bool) -> Option<V> {
-        let shard = self.shard(key.spi())?;
-        let _w = shard.write.lock().unwrap_or_else(|e| e.into_inner());
-        let cur = shard.snap.load();
-        let found = cur.get(key);
-        if !found.is_some_and(pred) {
+        let (spi, kind) = (key.spi(), key.kind());
+        let Entry::Occupied(mut e) = self.index.entry_sync(spi) else {
+            return None;
+        };
+        if !e.get().get(kind).is_some_and(pred) {
             return None;
         }
-        let mut copy = cur.deep_clone();
-        let removed = copy.remove(key);
-        shard.snap.store(Arc::new(copy));
+        let mut slot = e.get().clone();
+        let (removed, empty) = slot.remove(kind);
+        if empty {
+            e.remove_entry();
+        } else {
+            e.update(slot);
+        }
+        if removed.is_some() {
+            self.entries.fetch_sub(1, Ordering::Relaxed);
+        }
         removed
     }
 
-    /// RFC 4301 4.1 longest-match lookup; `f` runs on the entry while the shard snapshot is
-    /// held (no reference-count traffic on the hot path).
+    /// RFC 4301 4.1 longest-match lookup; `f` runs on the entry under the reader's epoch
+    /// guard (no lock, no reference-count traffic on the hot path).
     #[inline]
     pub fn lookup_with<R>(
         &self,
@@ -457,23 +389,10 @@ impl<V: Clone> Sad<V> {
         src: IpAddr,
         f: impl FnOnce(&V) -> R,
     ) -> Option<R> {
-        let shard = self.shard(spi)?;
-        let snap = shard.snap.load();
-        snap.lookup(spi, Addr::from(dst), Addr::from(src)).map(f)
-    }
-
-    /// A reader for one worker thread: same lookups, but each shard snapshot is cached
-    /// (`arc_swap::Cache`: one relaxed load to see whether it changed) instead of taking an
-    /// `ArcSwap` guard per lookup. Never stale: a changed shard is reloaded on its next use.
-    pub fn reader(&self) -> SadReader<'_, V> {
-        SadReader {
-            sad: self,
-            caches: self
-                .shards
-                .iter()
-                .map(|s| arc_swap::Cache::new(&s.snap))
-                .collect(),
-        }
+        let (dst, src) = (Addr::from(dst), Addr::from(src));
+        self.index
+            .peek_with(&spi, |_, slot| slot.lookup(dst, src).map(f))
+            .flatten()
     }
 
     /// RFC 4301 4.1 longest-match lookup, returning a clone of the entry.
@@ -483,55 +402,29 @@ impl<V: Clone> Sad<V> {
 
     /// The entry stored under exactly this key.
     pub fn get(&self, key: SadKey) -> Option<V> {
-        self.shard(key.spi())?.snap.load().get(key).cloned()
+        let kind = key.kind();
+        self.index
+            .peek_with(&key.spi(), |_, slot| slot.get(kind).cloned())
+            .flatten()
     }
 
-    /// Number of entries (walks every shard; for status, not the data path).
+    /// Number of entries.
     pub fn len(&self) -> usize {
-        self.shards.iter().map(|s| s.snap.load().len()).sum()
+        self.entries.load(Ordering::Relaxed)
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
-    /// Every key (for status and tests; walks every shard).
+    /// Every key (for status and tests; walks the whole index).
     pub fn keys(&self) -> Vec<SadKey> {
         let mut out = Vec::new();
-        for s in self.shards.iter() {
-            s.snap.load().keys(&mut out);
-        }
+        self.index.iter_sync(|spi, slot| {
+            slot.keys(*spi, &mut out);
+            true
+        });
         out
-    }
-}
-
-type ShardCache<'a, V> = arc_swap::Cache<&'a ArcSwap<ShardMaps<V>>, Arc<ShardMaps<V>>>;
-
-/// Per-worker cached view of a [`Sad`] (see [`Sad::reader`]).
-pub struct SadReader<'a, V> {
-    sad: &'a Sad<V>,
-    caches: Box<[ShardCache<'a, V>]>,
-}
-
-impl<V> std::fmt::Debug for SadReader<'_, V> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SadReader").finish_non_exhaustive()
-    }
-}
-
-impl<V: Clone> SadReader<'_, V> {
-    /// RFC 4301 4.1 longest-match lookup, as [`Sad::lookup_with`].
-    #[inline]
-    pub fn lookup_with<R>(
-        &mut self,
-        spi: u32,
-        dst: IpAddr,
-        src: IpAddr,
-        f: impl FnOnce(&V) -> R,
-    ) -> Option<R> {
-        let i = self.sad.shard_index(spi);
-        let snap = self.caches.get_mut(i)?.load();
-        snap.lookup(spi, Addr::from(dst), Addr::from(src)).map(f)
     }
 }
 
@@ -539,6 +432,7 @@ impl<V: Clone> SadReader<'_, V> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+    use std::sync::Arc;
 
     fn a(s: &str) -> IpAddr {
         s.parse().unwrap()
@@ -546,7 +440,7 @@ mod tests {
 
     #[test]
     fn longest_match_wins() {
-        let sad: Sad<&str> = Sad::with_shards(4);
+        let sad: Sad<&str> = Sad::new();
         let (g, s1, s2, me) = (a("239.1.1.1"), a("10.0.0.1"), a("10.0.0.2"), a("192.0.2.9"));
         sad.insert(SadKey::Spi(7), "unicast").unwrap();
         sad.insert(SadKey::SpiDst { spi: 7, dst: g }, "group")
@@ -586,7 +480,7 @@ mod tests {
 
     #[test]
     fn multicast_only_spi_does_not_match_other_destinations() {
-        let sad: Sad<u32> = Sad::with_shards(1);
+        let sad: Sad<u32> = Sad::new();
         let g = a("ff3e::1234");
         sad.insert(SadKey::SpiDst { spi: 1, dst: g }, 1).unwrap();
         assert_eq!(sad.lookup(1, g, a("2001:db8::1")), Some(1));
@@ -605,35 +499,8 @@ mod tests {
     }
 
     #[test]
-    fn cached_reader_sees_every_change() {
-        let sad: Sad<u32> = Sad::with_shards(4);
-        let g = a("239.1.1.1");
-        let mut r = sad.reader();
-        assert_eq!(r.lookup_with(1, g, g, |v| *v), None);
-        sad.insert(SadKey::SpiDst { spi: 1, dst: g }, 10).unwrap();
-        assert_eq!(r.lookup_with(1, g, g, |v| *v), Some(10));
-        sad.insert(
-            SadKey::SpiDstSrc {
-                spi: 1,
-                dst: g,
-                src: g,
-            },
-            11,
-        )
-        .unwrap();
-        assert_eq!(r.lookup_with(1, g, g, |v| *v), Some(11));
-        sad.remove(SadKey::SpiDstSrc {
-            spi: 1,
-            dst: g,
-            src: g,
-        });
-        sad.remove(SadKey::SpiDst { spi: 1, dst: g });
-        assert_eq!(r.lookup_with(1, g, g, |v| *v), None);
-    }
-
-    #[test]
     fn duplicates_refused_and_batch_reports_them() {
-        let sad: Sad<u32> = Sad::with_shards(8);
+        let sad: Sad<u32> = Sad::new();
         sad.insert(SadKey::Spi(1), 1).unwrap();
         assert_eq!(sad.insert(SadKey::Spi(1), 2), Err(SadError::Exists));
         let g = a("239.1.1.1");
@@ -651,7 +518,7 @@ mod tests {
 
     #[test]
     fn readers_see_old_or_new_snapshot_while_writers_run() {
-        let sad: Arc<Sad<u32>> = Arc::new(Sad::with_shards(2));
+        let sad: Arc<Sad<u32>> = Arc::new(Sad::new());
         let g = a("239.9.9.9");
         for spi in 0..64 {
             sad.insert(SadKey::Spi(spi), spi).unwrap();
@@ -713,7 +580,7 @@ mod tests {
         /// The sharded, indexed SAD behaves like RFC 4301 4.1's ordered search over a list.
         #[test]
         fn matches_the_ordered_search(ops in prop::collection::vec(op(), 1..200)) {
-            let sad: Sad<SadKey> = Sad::with_shards(2);
+            let sad: Sad<SadKey> = Sad::new();
             let mut model: Vec<SadKey> = Vec::new();
             for op in ops {
                 match op {
