@@ -209,46 +209,14 @@ impl Engine {
         Ok(SaHandle(sa))
     }
 
-    /// Installs many SAs at once (a rekey carrying several SAs, or a benchmark at scale).
-    /// Returns one result per config.
+    /// Installs many SAs (a rekey carrying several SAs, or a benchmark at scale). Returns one
+    /// result per config; a failure does not stop the others.
     pub fn install_batch(
         &self,
         cfgs: Vec<SaConfig>,
         now: Instant,
     ) -> Vec<Result<SaHandle, InstallError>> {
-        let mut results: Vec<Result<SaHandle, InstallError>> = Vec::with_capacity(cfgs.len());
-        let mut inbound = Vec::new();
-        for cfg in cfgs {
-            if cfg.direction == Direction::Outbound {
-                results.push(self.install(cfg, now));
-                continue;
-            }
-            match self.build(cfg, now) {
-                Ok(sa) => {
-                    inbound.push((results.len(), sa.clone()));
-                    results.push(Ok(SaHandle(sa)));
-                }
-                Err(e) => results.push(Err(e)),
-            }
-        }
-        let failed = self
-            .sad
-            .insert_batch(inbound.iter().map(|(_, sa)| (sa.lookup, sa.clone())));
-        for (i, sa) in inbound {
-            if failed.contains(&sa.lookup)
-                && self
-                    .sad
-                    .get(sa.lookup)
-                    .is_none_or(|s| !Arc::ptr_eq(&s, &sa))
-            {
-                if let Some(r) = results.get_mut(i) {
-                    *r = Err(InstallError::Duplicate);
-                }
-                continue;
-            }
-            self.register(&sa);
-        }
-        results
+        cfgs.into_iter().map(|c| self.install(c, now)).collect()
     }
 
     fn unpublish(&self, sa: &Arc<Sa>) {
