@@ -1,6 +1,6 @@
 -- G-IKEv2 GCKS policy store, PostgreSQL schema (docs/sql-admin.md explains each table).
 -- Kept in step with migrations/sqlite/0001_initial.sql: same tables, columns, constraints
--- (here addresses are also checked by casting them to inet).
+-- (here addresses are also checked by casting them to inet, and ranges for order).
 -- Columns named *_enc hold secrets sealed with the master key (nonce | ciphertext | tag):
 -- write them only through the gcks CLI.
 
@@ -32,10 +32,13 @@ CREATE TABLE groups (
     idg_value                 BYTEA NOT NULL CHECK (length(idg_value) BETWEEN 1 AND 1024),
     capacity                  BIGINT NOT NULL CHECK (capacity BETWEEN 1 AND 4294967295),
     rekey_mode                TEXT NOT NULL CHECK (rekey_mode IN ('multicast', 'inband', 'none')),
-    rekey_dst_addr            TEXT CHECK (rekey_dst_addr !~ '[^0-9A-Fa-f:.]' AND rekey_dst_addr::inet = host(rekey_dst_addr::inet)::inet
-                                          AND (rekey_dst_addr::inet <<= inet '224.0.0.0/4' OR rekey_dst_addr::inet <<= inet 'ff00::/8')),
+    rekey_dst_addr            TEXT CHECK (rekey_dst_addr !~ '[^0-9A-Fa-f:.]'
+                                          AND rekey_dst_addr::inet = host(rekey_dst_addr::inet)::inet
+                                          AND (rekey_dst_addr::inet <<= inet '224.0.0.0/4'
+                                               OR rekey_dst_addr::inet <<= inet 'ff00::/8')),
     rekey_dst_port            BIGINT CHECK (rekey_dst_port BETWEEN 1 AND 65535),
-    rekey_src_addr            TEXT CHECK (rekey_src_addr !~ '[^0-9A-Fa-f:.]' AND rekey_src_addr::inet = host(rekey_src_addr::inet)::inet),
+    rekey_src_addr            TEXT CHECK (rekey_src_addr !~ '[^0-9A-Fa-f:.]'
+                                          AND rekey_src_addr::inet = host(rekey_src_addr::inet)::inet),
     rekey_src_port            BIGINT CHECK (rekey_src_port BETWEEN 1 AND 65535),
     rekey_lifetime_secs       BIGINT NOT NULL CHECK (rekey_lifetime_secs BETWEEN 1 AND 4294967295),
     rekey_encr_id             BIGINT NOT NULL CHECK (rekey_encr_id BETWEEN 1 AND 65535),
@@ -63,12 +66,16 @@ CREATE TABLE tek_policies (
     group_id       BIGINT NOT NULL REFERENCES groups (id) ON DELETE CASCADE,
     protocol       TEXT NOT NULL DEFAULT 'esp' CHECK (protocol IN ('esp')),
     ip_protocol    BIGINT NOT NULL DEFAULT 0 CHECK (ip_protocol BETWEEN 0 AND 255),
-    src_addr_start TEXT NOT NULL CHECK (src_addr_start !~ '[^0-9A-Fa-f:.]' AND src_addr_start::inet = host(src_addr_start::inet)::inet),
-    src_addr_end   TEXT NOT NULL CHECK (src_addr_end !~ '[^0-9A-Fa-f:.]' AND src_addr_end::inet = host(src_addr_end::inet)::inet),
+    src_addr_start TEXT NOT NULL CHECK (src_addr_start !~ '[^0-9A-Fa-f:.]'
+                                        AND src_addr_start::inet = host(src_addr_start::inet)::inet),
+    src_addr_end   TEXT NOT NULL CHECK (src_addr_end !~ '[^0-9A-Fa-f:.]'
+                                        AND src_addr_end::inet = host(src_addr_end::inet)::inet),
     src_port_start BIGINT NOT NULL DEFAULT 0 CHECK (src_port_start BETWEEN 0 AND 65535),
     src_port_end   BIGINT NOT NULL DEFAULT 65535 CHECK (src_port_end BETWEEN 0 AND 65535),
-    dst_addr_start TEXT NOT NULL CHECK (dst_addr_start !~ '[^0-9A-Fa-f:.]' AND dst_addr_start::inet = host(dst_addr_start::inet)::inet),
-    dst_addr_end   TEXT NOT NULL CHECK (dst_addr_end !~ '[^0-9A-Fa-f:.]' AND dst_addr_end::inet = host(dst_addr_end::inet)::inet),
+    dst_addr_start TEXT NOT NULL CHECK (dst_addr_start !~ '[^0-9A-Fa-f:.]'
+                                        AND dst_addr_start::inet = host(dst_addr_start::inet)::inet),
+    dst_addr_end   TEXT NOT NULL CHECK (dst_addr_end !~ '[^0-9A-Fa-f:.]'
+                                        AND dst_addr_end::inet = host(dst_addr_end::inet)::inet),
     dst_port_start BIGINT NOT NULL DEFAULT 0 CHECK (dst_port_start BETWEEN 0 AND 65535),
     dst_port_end   BIGINT NOT NULL DEFAULT 65535 CHECK (dst_port_end BETWEEN 0 AND 65535),
     encr_id        BIGINT NOT NULL CHECK (encr_id BETWEEN 1 AND 65535),
@@ -78,6 +85,10 @@ CREATE TABLE tek_policies (
     mode           TEXT NOT NULL CHECK (mode IN ('transport', 'tunnel')),
     CONSTRAINT src_ports_ordered CHECK (src_port_start <= src_port_end),
     CONSTRAINT dst_ports_ordered CHECK (dst_port_start <= dst_port_end),
+    CONSTRAINT src_addrs_ordered CHECK (family(src_addr_start::inet) = family(src_addr_end::inet)
+                                        AND src_addr_start::inet <= src_addr_end::inet),
+    CONSTRAINT dst_addrs_ordered CHECK (family(dst_addr_start::inet) = family(dst_addr_end::inet)
+                                        AND dst_addr_start::inet <= dst_addr_end::inet),
     UNIQUE (id, group_id)
 );
 

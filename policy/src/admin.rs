@@ -4,8 +4,11 @@
 
 use std::net::IpAddr;
 
-use gikev2_proto::crypto::{PublicKey, SecretBytes, SignatureScheme, SigningKey};
-use gikev2_proto::registry::GcAuthId;
+use gikev2_proto::crypto::keywrap::KeyWrapAlg;
+use gikev2_proto::crypto::{
+    EncrAlg, IntegAlg, PublicKey, SecretBytes, SignatureScheme, SigningKey,
+};
+use gikev2_proto::registry::{EncrId, GcAuthId, IntegId};
 
 use crate::error::StoreError;
 use crate::model::*;
@@ -26,6 +29,34 @@ fn check_key_bits(bits: Option<u16>, what: &'static str) -> Result<(), StoreErro
             what,
             format!("key length {b} (128, 192 or 256)"),
         )),
+    }
+}
+
+/// The cipher suite must be one the crypto layer implements, with INTEG exactly when the
+/// cipher is not an AEAD (RFC 9838 4.4.2.1 Figure 16; RFC 8221 4).
+fn check_suite(
+    encr: EncrId,
+    key_bits: Option<u16>,
+    integ: Option<IntegId>,
+    what: &'static str,
+) -> Result<(), StoreError> {
+    let e = EncrAlg::from_transform(encr, key_bits)
+        .map_err(|err| StoreError::invalid(what, format!("{encr} / {key_bits:?}: {err}")))?;
+    if let Some(i) = integ
+        && IntegAlg::from_id(i).is_none()
+    {
+        return Err(StoreError::invalid(what, format!("{i} is not supported")));
+    }
+    match (e.is_aead(), integ) {
+        (true, Some(i)) => Err(StoreError::invalid(
+            what,
+            format!("{i} with the AEAD cipher {encr} (leave INTEG unset)"),
+        )),
+        (false, None) => Err(StoreError::invalid(
+            what,
+            format!("{encr} is not an AEAD and needs an INTEG transform"),
+        )),
+        _ => Ok(()),
     }
 }
 
@@ -79,17 +110,12 @@ fn validate_group(spec: &GroupSpec) -> Result<(), StoreError> {
             "lifetimes must be at least 1 second",
         ));
     }
-    if r.encr.value() == 0 || r.kwa.value() == 0 {
-        return Err(StoreError::invalid(
-            "rekey suite",
-            "ENCR and KWA are required",
-        ));
-    }
     check_key_bits(r.encr_key_bits, "rekey ENCR")?;
-    if r.integ.is_some_and(|i| i.value() == 0) {
+    check_suite(r.encr, r.encr_key_bits, r.integ, "rekey suite")?;
+    if KeyWrapAlg::from_id(r.kwa).is_none() {
         return Err(StoreError::invalid(
-            "rekey INTEG",
-            "use None instead of NONE",
+            "rekey KWA",
+            format!("{} is not supported", r.kwa),
         ));
     }
     match r.gcauth {
@@ -140,13 +166,8 @@ fn validate_tek(spec: &TekPolicySpec) -> Result<(), StoreError> {
             "source and destination are of different IP versions",
         ));
     }
-    if spec.encr.value() == 0 {
-        return Err(StoreError::invalid("TEK ENCR", "required for ESP"));
-    }
     check_key_bits(spec.encr_key_bits, "TEK ENCR")?;
-    if spec.integ.is_some_and(|i| i.value() == 0) {
-        return Err(StoreError::invalid("TEK INTEG", "use None instead of NONE"));
-    }
+    check_suite(spec.encr, spec.encr_key_bits, spec.integ, "TEK suite")?;
     if spec.sn.value() > 2 {
         return Err(StoreError::invalid(
             "TEK SN",

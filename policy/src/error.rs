@@ -16,6 +16,8 @@ pub enum ConstraintKind {
     Check,
     /// A NOT NULL constraint.
     NotNull,
+    /// A value of the wrong type for its column (SQLite STRICT tables).
+    Type,
 }
 
 impl fmt::Display for ConstraintKind {
@@ -25,6 +27,7 @@ impl fmt::Display for ConstraintKind {
             Self::ForeignKey => "foreign key constraint",
             Self::Check => "check constraint",
             Self::NotNull => "not-null constraint",
+            Self::Type => "column type constraint",
         })
     }
 }
@@ -124,6 +127,8 @@ impl From<sqlx::Error> for StoreError {
                 {
                     Some(ConstraintKind::ForeignKey)
                 }
+                // SQLITE_CONSTRAINT_DATATYPE: a STRICT table refused the value's type.
+                _ if db.code().as_deref() == Some("3091") => Some(ConstraintKind::Type),
                 _ => None,
             };
             if let Some(kind) = kind {

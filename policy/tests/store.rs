@@ -1,0 +1,1352 @@
+//! The policy store on both backends (see common/mod.rs for how each test runs twice).
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+
+use common::{TestDb, key};
+use gikev2_policy::*;
+use gikev2_proto::crypto::{SecretBytes, SignatureScheme, SigningKey};
+use gikev2_proto::registry::{EncrId, GcAuthId, IdType, IntegId, KwaId, SnId};
+
+on_both_backends!(
+    admin_round_trip,
+    secrets_sealed_at_rest_and_bound_to_master_key,
+    psk_ciphertext_cannot_move_between_rows,
+    bad_sql_edits_fail_with_clear_errors,
+    api_refuses_invalid_specs,
+    sender_ids_never_collide_across_processes,
+    sender_ids_bounded_exhausted_and_reset,
+    rekey_message_ids_strictly_increase_across_processes,
+    rekey_message_id_rules,
+    rekey_lease_is_exclusive,
+    generation_conflict_detected,
+    audit_log_written,
+    capacity_enforced_under_concurrency,
+    deletes_cascade,
+);
+
+const T0: u64 = 1_800_000_000;
+
+fn group_spec(name: &str, idg: &str) -> GroupSpec {
+    GroupSpec {
+        name: name.into(),
+        idg: Identity::fqdn(idg),
+        capacity: 100,
+        rekey: RekeyConfig {
+            mode: RekeyMode::Multicast,
+            dst: Some(SocketAddr::new(
+                IpAddr::V4(Ipv4Addr::new(239, 1, 1, 1)),
+                8848,
+            )),
+            src_addr: Some(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1))),
+            src_port: Some(848),
+            lifetime: 86_400,
+            encr: EncrId::AesGcm16,
+            encr_key_bits: Some(256),
+            integ: None,
+            kwa: KwaId::Kw5649_256,
+            gcauth: GcAuthId::Implicit,
+            signing_key: None,
+        },
+        tek_lifetime: 3_600,
+        policy: GroupWidePolicy {
+            atd: Some(5),
+            dtd: Some(10),
+            sender_id_bits: Some(16),
+            max_sender_ids_per_member: 16,
+        },
+    }
+}
+
+fn tek_spec() -> TekPolicySpec {
+    TekPolicySpec {
+        protocol: TekProtocol::Esp,
+        ip_protocol: 17,
+        src: Selector::any(false),
+        dst: Selector::host_port(IpAddr::V4(Ipv4Addr::new(239, 2, 2, 2)), 5004),
+        encr: EncrId::AesGcm16,
+        encr_key_bits: Some(128),
+        integ: None,
+        sn: SnId::Unspecified32,
+        mode: EspMode::TunnelAddressPreserving,
+    }
+}
+
+fn psk(s: &str) -> NewCredential {
+    NewCredential::Psk(SecretBytes::from_slice(s.as_bytes()))
+}
+
+/// A group with one TEK policy and a PSK sender member; returns (group, member, policy).
+async fn fixture(store: &Store, bits: Option<u8>) -> (GroupId, MemberId, TekPolicyId) {
+    let mut spec = group_spec("media", "media.example");
+    spec.policy.sender_id_bits = bits;
+    let g = store.create_group(&spec, T0).await.unwrap();
+    let p = store.add_tek_policy(g, &tek_spec()).await.unwrap();
+    let m = store
+        .add_member(&Identity::fqdn("gm1.example"), None, &psk("gm1 secret"), T0)
+        .await
+        .unwrap();
+    store.authorize(m, g, Role::Sender, T0).await.unwrap();
+    (g, m, p)
+}
+
+fn rekey_sa(spi_byte: u8, keymat: &[u8]) -> RekeySaRecord {
+    let mut spi = [spi_byte; 16];
+    spi[0] = 0x11;
+    RekeySaRecord {
+        spi,
+        keymat: SecretBytes::from_slice(keymat),
+        expires: T0 + 86_400,
+    }
+}
+
+fn tek(policy: TekPolicyId, spi: u32, keymat: &[u8]) -> TekSaRecord {
+    TekSaRecord {
+        policy,
+        spi,
+        keymat: SecretBytes::from_slice(keymat),
+        created: T0,
+        expires: T0 + 3_600,
+    }
+}
+
+async fn admin_round_trip(db: &TestDb) {
+    let store = db.open(key(1)).await;
+    let (sk, sk_pkcs8) = SigningKey::generate(SignatureScheme::Ed25519).unwrap();
+    let skid = store
+        .add_signing_key("gcks-2026", SignatureScheme::Ed25519, &sk_pkcs8, T0)
+        .await
+        .unwrap();
+    let mut spec = group_spec("routing", "ospf.example");
+    spec.rekey.gcauth = GcAuthId::DigitalSignature;
+    spec.rekey.signing_key = Some(skid);
+    spec.rekey.encr = EncrId::AesCbc;
+    spec.rekey.integ = Some(IntegId::HmacSha2_256_128);
+    let g = store.create_group(&spec, T0).await.unwrap();
+    let p = store.add_tek_policy(g, &tek_spec()).await.unwrap();
+
+    // Three kinds of credentials.
+    let alice = Identity::fqdn("alice.example");
+    let bob = Identity::ip(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 7)));
+    let carol = Identity::rfc822("carol@example.org");
+    let ma = store
+        .add_member(&alice, Some("Alice"), &psk("alice psk"), T0)
+        .await
+        .unwrap();
+    let (bob_key, _) = SigningKey::generate(SignatureScheme::Ed25519).unwrap();
+    let bob_spki = bob_key.public_key().to_spki().unwrap();
+    let mb = store
+        .add_member(
+            &bob,
+            None,
+            &NewCredential::RawPublicKey {
+                spki: bob_spki.clone(),
+            },
+            T0,
+        )
+        .await
+        .unwrap();
+    let ta = store
+        .add_trust_anchor("root-ca", &[0x30, 0x03, 0x02, 0x01, 0x01])
+        .await
+        .unwrap();
+    let mc = store
+        .add_member(
+            &carol,
+            None,
+            &NewCredential::X509 {
+                trust_anchors: vec![ta],
+            },
+            T0,
+        )
+        .await
+        .unwrap();
+    store.authorize(ma, g, Role::Sender, T0).await.unwrap();
+    store.authorize(mb, g, Role::Receiver, T0).await.unwrap();
+
+    // Group configuration as the GCKS reads it.
+    let cfg = store
+        .group_config(&Identity::fqdn("ospf.example"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(cfg.group.id, g);
+    assert_eq!(cfg.group.spec, spec);
+    assert_eq!(cfg.group.created, T0);
+    assert_eq!(cfg.teks.len(), 1);
+    assert_eq!(cfg.teks[0].id, p);
+    assert_eq!(cfg.teks[0].spec, tek_spec());
+    assert!(
+        store
+            .group_config(&Identity::fqdn("nope.example"))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert_eq!(store.groups().await.unwrap().len(), 1);
+    assert_eq!(store.group_by_name("routing").await.unwrap().unwrap().id, g);
+    assert_eq!(store.group(g).await.unwrap().unwrap().spec, spec);
+
+    // Credentials, decrypted.
+    let a = store.member_credential(&alice).await.unwrap().unwrap();
+    assert_eq!(a.member.id, ma);
+    assert_eq!(a.member.name.as_deref(), Some("Alice"));
+    assert_eq!(
+        a.credential,
+        Credential::Psk(SecretBytes::from_slice(b"alice psk"))
+    );
+    assert!(!format!("{a:?}").contains("alice psk"));
+    let b = store.member_credential(&bob).await.unwrap().unwrap();
+    assert_eq!(b.credential, Credential::RawPublicKey { spki: bob_spki });
+    let c = store.member_credential(&carol).await.unwrap().unwrap();
+    match c.credential {
+        Credential::X509 { trust_anchors } => {
+            assert_eq!(trust_anchors.len(), 1);
+            assert_eq!(trust_anchors[0].id, ta);
+            assert_eq!(trust_anchors[0].name, "root-ca");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(
+        store
+            .member_credential(&Identity::fqdn("mallory.example"))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    // The same FQDN text under another ID type is another identity.
+    assert!(
+        store
+            .member_credential(&Identity::new(IdType::KeyId, b"alice.example".to_vec()))
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    // Authorizations.
+    assert_eq!(
+        store.authorization(&alice, g).await.unwrap(),
+        Some(Role::Sender)
+    );
+    assert_eq!(
+        store.authorization(&bob, g).await.unwrap(),
+        Some(Role::Receiver)
+    );
+    assert_eq!(store.authorization(&carol, g).await.unwrap(), None);
+    store.authorize(mb, g, Role::Sender, T0).await.unwrap();
+    assert_eq!(
+        store.authorization(&bob, g).await.unwrap(),
+        Some(Role::Sender)
+    );
+    assert!(store.deauthorize(mb, g).await.unwrap());
+    assert!(!store.deauthorize(mb, g).await.unwrap());
+    assert_eq!(store.authorization(&bob, g).await.unwrap(), None);
+    assert_eq!(
+        store.authorizations(g).await.unwrap(),
+        vec![Authorization {
+            member: ma,
+            group: g,
+            role: Role::Sender
+        }]
+    );
+    let _ = mc;
+
+    // Signing key: private half decrypts to what went in, public half matches.
+    let rec = store.signing_key(skid).await.unwrap().unwrap();
+    assert_eq!(rec.pkcs8, sk_pkcs8);
+    assert_eq!(rec.info.public_spki, sk.public_key().to_spki().unwrap());
+    assert_eq!(rec.info.scheme, SignatureScheme::Ed25519);
+    assert_eq!(store.signing_keys().await.unwrap(), vec![rec.info.clone()]);
+
+    // PSK rotation.
+    assert!(
+        store
+            .set_member_psk(&alice, &SecretBytes::from_slice(b"new psk"))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .set_member_psk(&bob, &SecretBytes::from_slice(b"x"))
+            .await
+            .unwrap()
+    );
+    let a = store.member_credential(&alice).await.unwrap().unwrap();
+    assert_eq!(
+        a.credential,
+        Credential::Psk(SecretBytes::from_slice(b"new psk"))
+    );
+    assert_eq!(store.members().await.unwrap().len(), 3);
+    assert_eq!(
+        store.member(&bob).await.unwrap().unwrap().credential,
+        CredentialKind::RawPublicKey
+    );
+
+    // Reopening runs the (already applied) migrations again without harm.
+    store.close().await;
+    let again = db.open(key(1)).await;
+    assert_eq!(again.groups().await.unwrap().len(), 1);
+    again.close().await;
+}
+
+async fn secrets_sealed_at_rest_and_bound_to_master_key(db: &TestDb) {
+    let (g, p) = {
+        let store = db.open(key(7)).await;
+        let (g, _, p) = fixture(&store, Some(8)).await;
+        let (_, pkcs8) = SigningKey::generate(SignatureScheme::Ed25519).unwrap();
+        store
+            .add_signing_key("k", SignatureScheme::Ed25519, &pkcs8, T0)
+            .await
+            .unwrap();
+        let kek = b"KEK-KEYMAT-0123456789abcdef-KEK-KEYMAT";
+        let tek_km = b"TEK-KEYMAT-0123456789abcdef-salt";
+        store
+            .commit_group_state(
+                g,
+                0,
+                &NewGroupState {
+                    rekey: Some(rekey_sa(1, kek)),
+                    teks: vec![tek(p, 0x1000, tek_km)],
+                },
+                T0,
+            )
+            .await
+            .unwrap();
+
+        // The raw columns hold nonce | ciphertext | tag, never the clear value.
+        let psks = db.raw_blobs("SELECT psk_enc FROM members").await;
+        assert_eq!(psks.len(), 1);
+        assert_eq!(psks[0].len(), 12 + b"gm1 secret".len() + 16);
+        assert!(!psks[0].windows(10).any(|w| w == b"gm1 secret"));
+        let keks = db
+            .raw_blobs("SELECT rekey_keymat_enc FROM group_state")
+            .await;
+        assert!(!keks[0].windows(10).any(|w| w == &kek[..10]));
+        let teks = db.raw_blobs("SELECT keymat_enc FROM tek_sas").await;
+        assert!(!teks[0].windows(10).any(|w| w == &tek_km[..10]));
+        let sks = db.raw_blobs("SELECT pkcs8_enc FROM signing_keys").await;
+        assert!(
+            !sks[0]
+                .windows(16)
+                .any(|w| pkcs8.as_bytes().windows(16).any(|x| x == w))
+        );
+        store.close().await;
+        (g, p)
+    };
+
+    // Same master key after a restart: everything decrypts.
+    let store = db.open(key(7)).await;
+    let cred = store
+        .member_credential(&Identity::fqdn("gm1.example"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        cred.credential,
+        Credential::Psk(SecretBytes::from_slice(b"gm1 secret"))
+    );
+    let st = store.group_state(g).await.unwrap().unwrap();
+    assert_eq!(
+        st.rekey.unwrap().keymat.as_bytes(),
+        b"KEK-KEYMAT-0123456789abcdef-KEK-KEYMAT"
+    );
+    assert_eq!(st.teks[0].policy, p);
+    assert_eq!(
+        st.teks[0].keymat.as_bytes(),
+        b"TEK-KEYMAT-0123456789abcdef-salt"
+    );
+    store.close().await;
+
+    // Another master key: refused at open, with a clear error.
+    let err = Store::open(&db.url, key(8)).await.unwrap_err();
+    assert!(matches!(err, StoreError::WrongMasterKey), "{err}");
+    assert!(err.to_string().contains("master key does not match"));
+
+    // The key file path: created 0600 on first use, the same key on the next start.
+    let path = db.dir.0.join("master.key");
+    let mut rng = gikev2_proto::crypto::SystemRandom::new();
+    let k1 = MasterKey::load_or_create(&path, &mut rng).unwrap();
+    let fresh = TestDb::sqlite();
+    let s1 = fresh.open(k1).await;
+    fixture(&s1, None).await;
+    s1.close().await;
+    let k2 = MasterKey::load_or_create(&path, &mut rng).unwrap();
+    let s2 = fresh.open(k2).await;
+    assert!(matches!(
+        s2.member_credential(&Identity::fqdn("gm1.example"))
+            .await
+            .unwrap()
+            .unwrap()
+            .credential,
+        Credential::Psk(_)
+    ));
+    s2.close().await;
+}
+
+async fn psk_ciphertext_cannot_move_between_rows(db: &TestDb) {
+    let store = db.open(key(2)).await;
+    let a = Identity::fqdn("a.example");
+    let b = Identity::fqdn("b.example");
+    store
+        .add_member(&a, None, &psk("psk of a"), T0)
+        .await
+        .unwrap();
+    store
+        .add_member(&b, None, &psk("psk of b"), T0)
+        .await
+        .unwrap();
+    // An administrator copies a's sealed PSK into b's row with plain SQL.
+    let n = store
+        .execute_admin_sql(
+            "UPDATE members SET psk_enc = (SELECT psk_enc FROM members WHERE id_value = \
+             (SELECT id_value FROM members ORDER BY id LIMIT 1)) \
+             WHERE id = (SELECT MAX(id) FROM members)",
+        )
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
+    let err = store.member_credential(&b).await.unwrap_err();
+    assert!(
+        matches!(err, StoreError::Secrets(SecretsError::Decrypt { .. })),
+        "{err}"
+    );
+    assert!(err.to_string().contains("members.psk_enc"));
+    // a is untouched.
+    assert!(store.member_credential(&a).await.is_ok());
+    store.close().await;
+}
+
+async fn bad_sql_edits_fail_with_clear_errors(db: &TestDb) {
+    let store = db.open(key(3)).await;
+    let (g, m, _) = fixture(&store, Some(8)).await;
+
+    // A role outside the allowed set.
+    let err = store
+        .execute_admin_sql("UPDATE authorizations SET role = 'admin'")
+        .await
+        .unwrap_err();
+    assert_eq!(err.constraint_kind(), Some(ConstraintKind::Check), "{err}");
+    let msg = err.to_string();
+    assert!(msg.contains("check constraint violated"), "{msg}");
+    assert!(msg.contains("role"), "{msg}");
+
+    // An authorization for a group that does not exist.
+    let err = store
+        .execute_admin_sql(&format!(
+            "INSERT INTO authorizations (member_id, group_id, role, created_at) \
+             VALUES ({}, 9999, 'receiver', 0)",
+            m.0
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.constraint_kind(),
+        Some(ConstraintKind::ForeignKey),
+        "{err}"
+    );
+    assert!(err.to_string().contains("foreign key"), "{err}");
+
+    // The same identity twice.
+    let err = store
+        .execute_admin_sql(
+            "INSERT INTO members (id_type, id_value, credential_kind, public_spki, created_at) \
+             SELECT id_type, id_value, 'raw_public_key', id_value, 0 FROM members",
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.constraint_kind(), Some(ConstraintKind::Unique), "{err}");
+
+    // Ranges and sets on groups.
+    for bad in [
+        "UPDATE groups SET capacity = 0",
+        "UPDATE groups SET rekey_mode = 'broadcast'",
+        "UPDATE groups SET rekey_dst_port = 70000",
+        "UPDATE groups SET sender_id_bits = 33",
+        "UPDATE groups SET atd_secs = -1",
+        "UPDATE groups SET rekey_dst_addr = '10.1.2.3'",
+        "UPDATE groups SET rekey_dst_addr = NULL",
+        "UPDATE groups SET gcauth_id = 2",
+        "UPDATE tek_policies SET mode = 'tunnel-without-preservation'",
+        "UPDATE tek_policies SET src_port_start = 10, src_port_end = 9",
+        "UPDATE tek_policies SET sn_id = 7",
+        "UPDATE group_state SET rekey_spi = {00}",
+        "UPDATE group_state SET rekey_spi = {00112233445566778899aabbccddeeff}",
+    ] {
+        let bad = blob_literals(db, bad);
+        let err = store.execute_admin_sql(&bad).await.unwrap_err();
+        assert_eq!(
+            err.constraint_kind(),
+            Some(ConstraintKind::Check),
+            "{bad}: {err}"
+        );
+    }
+    // A credential kind without its column, or with a foreign one.
+    let err = store
+        .execute_admin_sql("UPDATE members SET credential_kind = 'raw_public_key'")
+        .await
+        .unwrap_err();
+    assert_eq!(err.constraint_kind(), Some(ConstraintKind::Check), "{err}");
+    // A Sender-ID taken twice.
+    store.allocate_sender_ids(g, m, 1, T0).await.unwrap();
+    let err = store
+        .execute_admin_sql(&format!(
+            "INSERT INTO sender_ids (group_id, sender_id, member_id, epoch, allocated_at) \
+             VALUES ({}, 0, {}, 0, 0)",
+            g.0, m.0
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.constraint_kind(), Some(ConstraintKind::Unique), "{err}");
+    // A TEK whose policy belongs to another group.
+    let other = store
+        .create_group(&group_spec("other", "other.example"), T0)
+        .await
+        .unwrap();
+    let op = store.add_tek_policy(other, &tek_spec()).await.unwrap();
+    let err = store
+        .commit_group_state(
+            g,
+            0,
+            &NewGroupState {
+                rekey: None,
+                teks: vec![tek(op, 4096, b"0123456789abcdef0123")],
+            },
+            T0,
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.constraint_kind(),
+        Some(ConstraintKind::ForeignKey),
+        "{err}"
+    );
+    // ..and the failed commit changed nothing.
+    assert_eq!(store.group_state(g).await.unwrap().unwrap().generation, 0);
+
+    // A stored value the constraints cannot catch but the model can: reported by column.
+    if !db.is_pg() {
+        // (PostgreSQL's inet cast refuses this one already.)
+        store
+            .execute_admin_sql("UPDATE tek_policies SET src_addr_start = '1.2.3'")
+            .await
+            .unwrap();
+        let err = store.tek_policies(g).await.unwrap_err();
+        assert!(
+            matches!(
+                err,
+                StoreError::InvalidData {
+                    column: "tek_policies.src_addr_start",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+    } else {
+        assert!(
+            store
+                .execute_admin_sql("UPDATE tek_policies SET src_addr_start = '1.2.3.4.5'")
+                .await
+                .is_err()
+        );
+        // PostgreSQL also checks that address ranges are ordered.
+        let err = store
+            .execute_admin_sql(
+                "UPDATE tek_policies SET src_addr_start = '10.0.0.9', src_addr_end = '10.0.0.1'",
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(err.constraint_kind(), Some(ConstraintKind::Check), "{err}");
+        assert!(err.to_string().contains("src_addrs_ordered"), "{err}");
+    }
+    store.close().await;
+}
+
+/// `{hex}` as each dialect spells a binary literal.
+fn blob_literals(db: &TestDb, sql: &str) -> String {
+    let mut out = String::new();
+    let mut rest = sql;
+    while let Some(i) = rest.find('{') {
+        let j = rest[i..].find('}').unwrap() + i;
+        out.push_str(&rest[..i]);
+        let hex = &rest[i + 1..j];
+        if db.is_pg() {
+            out.push_str(&format!("'\\x{hex}'::bytea"));
+        } else {
+            out.push_str(&format!("X'{hex}'"));
+        }
+        rest = &rest[j + 1..];
+    }
+    out.push_str(rest);
+    out
+}
+
+async fn api_refuses_invalid_specs(db: &TestDb) {
+    let store = db.open(key(4)).await;
+    let mut s = group_spec("x", "x.example");
+    s.rekey.dst = None;
+    assert!(matches!(
+        store.create_group(&s, T0).await,
+        Err(StoreError::Invalid {
+            what: "rekey destination",
+            ..
+        })
+    ));
+    let mut s = group_spec("x", "x.example");
+    s.rekey.dst = Some("10.0.0.1:848".parse().unwrap());
+    assert!(matches!(
+        store.create_group(&s, T0).await,
+        Err(StoreError::Invalid { .. })
+    ));
+    let mut s = group_spec("x", "x.example");
+    s.capacity = 0;
+    assert!(store.create_group(&s, T0).await.is_err());
+    let mut s = group_spec("x", "x.example");
+    s.policy.sender_id_bits = Some(0);
+    assert!(store.create_group(&s, T0).await.is_err());
+    let mut s = group_spec("x", "x.example");
+    s.rekey.gcauth = GcAuthId::DigitalSignature;
+    assert!(store.create_group(&s, T0).await.is_err());
+    // A signing key that does not exist: the foreign key refuses it.
+    s.rekey.signing_key = Some(SigningKeyId(42));
+    let err = store.create_group(&s, T0).await.unwrap_err();
+    assert_eq!(
+        err.constraint_kind(),
+        Some(ConstraintKind::ForeignKey),
+        "{err}"
+    );
+    // Inband groups need no rekey destination.
+    let mut s = group_spec("inband", "inband.example");
+    s.rekey.mode = RekeyMode::Inband;
+    s.rekey.dst = None;
+    let g = store.create_group(&s, T0).await.unwrap();
+    assert_eq!(store.group(g).await.unwrap().unwrap().spec, s);
+    // Duplicate name or IDg.
+    let err = store.create_group(&s, T0).await.unwrap_err();
+    assert_eq!(err.constraint_kind(), Some(ConstraintKind::Unique), "{err}");
+
+    let mut t = tek_spec();
+    t.src = Selector::any(true);
+    assert!(store.add_tek_policy(g, &t).await.is_err());
+    let mut t = tek_spec();
+    t.encr_key_bits = Some(100);
+    assert!(store.add_tek_policy(g, &t).await.is_err());
+    // Suites the crypto layer cannot run are refused when configured, not at registration.
+    let mut t = tek_spec();
+    t.integ = Some(IntegId::HmacSha2_256_128);
+    let err = store.add_tek_policy(g, &t).await.unwrap_err();
+    assert!(err.to_string().contains("AEAD"), "{err}");
+    let mut t = tek_spec();
+    t.encr = EncrId::AesCbc;
+    assert!(store.add_tek_policy(g, &t).await.is_err());
+    t.integ = Some(IntegId::HmacSha2_256_128);
+    store.add_tek_policy(g, &t).await.unwrap();
+    let mut t = tek_spec();
+    t.encr = EncrId::TripleDes;
+    t.encr_key_bits = None;
+    t.integ = Some(IntegId::HmacSha2_256_128);
+    assert!(store.add_tek_policy(g, &t).await.is_err());
+    let mut s2 = group_spec("y", "y.example");
+    s2.rekey.kwa = KwaId::KwArx;
+    assert!(store.create_group(&s2, T0).await.is_err());
+    let err = store
+        .add_tek_policy(GroupId(999), &tek_spec())
+        .await
+        .unwrap_err();
+    assert_eq!(err.constraint_kind(), Some(ConstraintKind::ForeignKey));
+
+    let id = Identity::fqdn("m.example");
+    assert!(
+        store
+            .add_member(
+                &id,
+                None,
+                &NewCredential::RawPublicKey {
+                    spki: vec![1, 2, 3]
+                },
+                T0
+            )
+            .await
+            .is_err()
+    );
+    assert!(
+        store
+            .add_member(
+                &id,
+                None,
+                &NewCredential::X509 {
+                    trust_anchors: vec![]
+                },
+                T0
+            )
+            .await
+            .is_err()
+    );
+    assert!(
+        store
+            .add_member(
+                &Identity::new(IdType::Ipv4Addr, vec![1, 2, 3]),
+                None,
+                &psk("p"),
+                T0
+            )
+            .await
+            .is_err()
+    );
+    let err = store
+        .add_member(
+            &id,
+            None,
+            &NewCredential::X509 {
+                trust_anchors: vec![TrustAnchorId(77)],
+            },
+            T0,
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.constraint_kind(), Some(ConstraintKind::ForeignKey));
+    // The failed insert left no member behind.
+    assert!(store.member(&id).await.unwrap().is_none());
+    // A PKCS#8 that is not of the named scheme.
+    let (_, ed) = SigningKey::generate(SignatureScheme::Ed25519).unwrap();
+    assert!(
+        store
+            .add_signing_key("k", SignatureScheme::EcdsaP256Sha256, &ed, T0)
+            .await
+            .is_err()
+    );
+    assert!(matches!(
+        Store::open("mysql://localhost/x", key(4)).await,
+        Err(StoreError::UnsupportedUrl { .. })
+    ));
+    assert!(Store::open("sqlite::memory:", key(4)).await.is_err());
+    store.close().await;
+}
+
+async fn sender_ids_never_collide_across_processes(db: &TestDb) {
+    // Two stores on one database stand for two GCKS processes.
+    let a = Arc::new(db.open(key(5)).await);
+    let b = Arc::new(db.open(key(5)).await);
+    let (g, m, _) = fixture(&a, Some(16)).await;
+    let m2 = a
+        .add_member(&Identity::fqdn("gm2.example"), None, &psk("x"), T0)
+        .await
+        .unwrap();
+    let run = |s: Arc<Store>, member: MemberId| {
+        tokio::spawn(async move {
+            let mut got = Vec::new();
+            for _ in 0..200 {
+                got.extend(s.allocate_sender_ids(g, member, 1, T0).await.unwrap());
+            }
+            got
+        })
+    };
+    let (ra, rb) = tokio::join!(run(a.clone(), m), run(b.clone(), m2));
+    let (ra, rb) = (ra.unwrap(), rb.unwrap());
+    assert_eq!(ra.len(), 200);
+    assert_eq!(rb.len(), 200);
+    // Each process sees its own values increase; together they are all distinct and
+    // exactly the first 400 values (sequential allocation, RFC 9838 2.5.1).
+    assert!(ra.windows(2).all(|w| w[0] < w[1]));
+    assert!(rb.windows(2).all(|w| w[0] < w[1]));
+    let all: BTreeSet<u32> = ra.iter().chain(rb.iter()).copied().collect();
+    assert_eq!(all.len(), 400);
+    assert_eq!(all, (0..400).collect());
+    let stored = a.sender_ids(g).await.unwrap();
+    assert_eq!(stored.len(), 400);
+    assert_eq!(stored.iter().filter(|s| s.member == Some(m)).count(), 200);
+    assert_eq!(a.group_state(g).await.unwrap().unwrap().next_sender_id, 400);
+    a.close().await;
+    b.close().await;
+}
+
+async fn sender_ids_bounded_exhausted_and_reset(db: &TestDb) {
+    let store = db.open(key(6)).await;
+    let (g, m, _) = fixture(&store, Some(3)).await; // 8 values
+    assert_eq!(
+        store.allocate_sender_ids(g, m, 0, T0).await.unwrap(),
+        Vec::<u32>::new()
+    );
+    // The per-member bound (16) is above the space; ask for 5, get 5.
+    assert_eq!(
+        store.allocate_sender_ids(g, m, 5, T0).await.unwrap(),
+        vec![0, 1, 2, 3, 4]
+    );
+    // Fewer than asked once the space runs out, then none.
+    assert_eq!(
+        store.allocate_sender_ids(g, m, 5, T0).await.unwrap(),
+        vec![5, 6, 7]
+    );
+    assert_eq!(
+        store.allocate_sender_ids(g, m, 1, T0).await.unwrap(),
+        Vec::<u32>::new()
+    );
+    // Leaving does not free Sender-IDs (the member may still send on the old SAs).
+    store.admit_member(g, m, T0).await.unwrap();
+    assert!(store.remove_member_from_group(g, m).await.unwrap());
+    assert_eq!(
+        store.allocate_sender_ids(g, m, 1, T0).await.unwrap(),
+        Vec::<u32>::new()
+    );
+    // After excluding everyone (RFC 9838 2.5.1 step 5) a new epoch starts at zero.
+    assert_eq!(store.reset_sender_ids(g).await.unwrap(), 1);
+    let got = store.allocate_sender_ids(g, m, 2, T0 + 1).await.unwrap();
+    assert_eq!(got, vec![0, 1]);
+    let rows = store.sender_ids(g).await.unwrap();
+    assert_eq!(rows.len(), 2);
+    assert!(rows.iter().all(|r| r.epoch == 1 && r.allocated == T0 + 1));
+
+    // The per-member bound.
+    let mut spec = group_spec("bounded", "bounded.example");
+    spec.policy.max_sender_ids_per_member = 2;
+    let g2 = store.create_group(&spec, T0).await.unwrap();
+    assert_eq!(
+        store.allocate_sender_ids(g2, m, 10, T0).await.unwrap(),
+        vec![0, 1]
+    );
+    // Groups without Sender-ID bits hand out none, with a clear error.
+    let mut spec = group_spec("nobits", "nobits.example");
+    spec.policy.sender_id_bits = None;
+    let g3 = store.create_group(&spec, T0).await.unwrap();
+    assert!(matches!(
+        store.allocate_sender_ids(g3, m, 1, T0).await,
+        Err(StoreError::NoSenderIdBits(_))
+    ));
+    assert!(matches!(
+        store.allocate_sender_ids(GroupId(4242), m, 1, T0).await,
+        Err(StoreError::NotFound(_))
+    ));
+    // 32 bits: the full space is representable.
+    let mut spec = group_spec("wide", "wide.example");
+    spec.policy.sender_id_bits = Some(32);
+    let g4 = store.create_group(&spec, T0).await.unwrap();
+    store
+        .execute_admin_sql(&format!(
+            "UPDATE group_state SET next_sender_id = 4294967294 WHERE group_id = {}",
+            g4.0
+        ))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.allocate_sender_ids(g4, m, 5, T0).await.unwrap(),
+        vec![u32::MAX - 1, u32::MAX]
+    );
+    assert_eq!(
+        store.allocate_sender_ids(g4, m, 1, T0).await.unwrap(),
+        Vec::<u32>::new()
+    );
+    store.close().await;
+}
+
+async fn rekey_message_ids_strictly_increase_across_processes(db: &TestDb) {
+    let a = Arc::new(db.open(key(9)).await);
+    let b = Arc::new(db.open(key(9)).await);
+    let (g, _, p) = fixture(&a, None).await;
+    let kek = rekey_sa(2, &[0x42; 36]);
+    a.commit_group_state(
+        g,
+        0,
+        &NewGroupState {
+            rekey: Some(kek.clone()),
+            teks: vec![tek(p, 5000, &[1; 20])],
+        },
+        T0,
+    )
+    .await
+    .unwrap();
+    let spi = kek.spi;
+    let run = |s: Arc<Store>| {
+        tokio::spawn(async move {
+            let mut got = Vec::new();
+            for _ in 0..150 {
+                got.push(s.next_rekey_message_id(g, &spi).await.unwrap());
+            }
+            got
+        })
+    };
+    let (ra, rb) = tokio::join!(run(a.clone()), run(b.clone()));
+    let (ra, rb) = (ra.unwrap(), rb.unwrap());
+    assert!(ra.windows(2).all(|w| w[0] < w[1]), "{ra:?}");
+    assert!(rb.windows(2).all(|w| w[0] < w[1]), "{rb:?}");
+    let all: BTreeSet<u32> = ra.iter().chain(rb.iter()).copied().collect();
+    assert_eq!(all, (0..300).collect());
+    assert_eq!(
+        a.group_state(g)
+            .await
+            .unwrap()
+            .unwrap()
+            .next_rekey_message_id,
+        300
+    );
+    a.close().await;
+    b.close().await;
+}
+
+async fn rekey_message_id_rules(db: &TestDb) {
+    let store = db.open(key(10)).await;
+    let (g, _, p) = fixture(&store, None).await;
+    let old = rekey_sa(3, &[7; 36]);
+    assert!(matches!(
+        store.next_rekey_message_id(g, &old.spi).await,
+        Err(StoreError::NoRekeySa)
+    ));
+    let gen1 = store
+        .commit_group_state(
+            g,
+            0,
+            &NewGroupState {
+                rekey: Some(old.clone()),
+                teks: vec![tek(p, 6000, &[2; 20])],
+            },
+            T0,
+        )
+        .await
+        .unwrap();
+    assert_eq!(gen1, 1);
+    for want in 0..3 {
+        assert_eq!(
+            store.next_rekey_message_id(g, &old.spi).await.unwrap(),
+            want
+        );
+    }
+    // A TEK rekey under the same Rekey SA keeps the counter.
+    let gen2 = store
+        .commit_group_state(
+            g,
+            gen1,
+            &NewGroupState {
+                rekey: Some(old.clone()),
+                teks: vec![tek(p, 6001, &[3; 20])],
+            },
+            T0 + 10,
+        )
+        .await
+        .unwrap();
+    assert_eq!(store.next_rekey_message_id(g, &old.spi).await.unwrap(), 3);
+    // A new Rekey SA starts at 0 (RFC 9838 2.4.1.3); the old SPI is stale now.
+    let new = rekey_sa(4, &[8; 36]);
+    store
+        .commit_group_state(
+            g,
+            gen2,
+            &NewGroupState {
+                rekey: Some(new.clone()),
+                teks: vec![tek(p, 6002, &[4; 20])],
+            },
+            T0 + 20,
+        )
+        .await
+        .unwrap();
+    assert!(matches!(
+        store.next_rekey_message_id(g, &old.spi).await,
+        Err(StoreError::StaleRekeySa)
+    ));
+    assert_eq!(store.next_rekey_message_id(g, &new.spi).await.unwrap(), 0);
+    // The last 32-bit value is handed out once, then the SA is exhausted.
+    store
+        .execute_admin_sql("UPDATE group_state SET next_rekey_message_id = 4294967295")
+        .await
+        .unwrap();
+    assert_eq!(
+        store.next_rekey_message_id(g, &new.spi).await.unwrap(),
+        u32::MAX
+    );
+    assert!(matches!(
+        store.next_rekey_message_id(g, &new.spi).await,
+        Err(StoreError::MessageIdsExhausted)
+    ));
+    assert!(matches!(
+        store.next_rekey_message_id(GroupId(999), &new.spi).await,
+        Err(StoreError::NotFound(_))
+    ));
+    // SPIs are unique store-wide: another group cannot take this Rekey SA SPI or TEK SPI.
+    let g2 = store
+        .create_group(&group_spec("g2", "g2.example"), T0)
+        .await
+        .unwrap();
+    let p2 = store.add_tek_policy(g2, &tek_spec()).await.unwrap();
+    let err = store
+        .commit_group_state(
+            g2,
+            0,
+            &NewGroupState {
+                rekey: Some(new.clone()),
+                teks: vec![],
+            },
+            T0,
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.constraint_kind(), Some(ConstraintKind::Unique), "{err}");
+    let err = store
+        .commit_group_state(
+            g2,
+            0,
+            &NewGroupState {
+                rekey: None,
+                teks: vec![tek(p2, 6002, &[5; 20])],
+            },
+            T0,
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.constraint_kind(), Some(ConstraintKind::Unique), "{err}");
+    assert!(matches!(
+        store
+            .commit_group_state(
+                g2,
+                0,
+                &NewGroupState {
+                    rekey: None,
+                    teks: vec![tek(p2, 255, &[5; 20])],
+                },
+                T0,
+            )
+            .await,
+        Err(StoreError::Invalid { .. })
+    ));
+    store.close().await;
+}
+
+async fn rekey_lease_is_exclusive(db: &TestDb) {
+    let a = Arc::new(db.open(key(11)).await);
+    let b = Arc::new(db.open(key(11)).await);
+    let (g, _, _) = fixture(&a, None).await;
+    assert!(a.acquire_rekey_lease(g, "gcks-a", 30, T0).await.unwrap());
+    assert!(
+        !b.acquire_rekey_lease(g, "gcks-b", 30, T0 + 10)
+            .await
+            .unwrap()
+    );
+    // The holder renews.
+    assert!(
+        a.acquire_rekey_lease(g, "gcks-a", 30, T0 + 20)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !b.acquire_rekey_lease(g, "gcks-b", 30, T0 + 49)
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        b.rekey_lease(g).await.unwrap().unwrap(),
+        RekeyLease {
+            group: g,
+            holder: "gcks-a".into(),
+            expires: T0 + 50
+        }
+    );
+    // Expired: another process takes over, and the old holder cannot renew.
+    assert!(
+        b.acquire_rekey_lease(g, "gcks-b", 30, T0 + 50)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !a.acquire_rekey_lease(g, "gcks-a", 30, T0 + 51)
+            .await
+            .unwrap()
+    );
+    assert!(!a.release_rekey_lease(g, "gcks-a").await.unwrap());
+    assert!(b.release_rekey_lease(g, "gcks-b").await.unwrap());
+    assert!(a.rekey_lease(g).await.unwrap().is_none());
+
+    // Many contenders at the same instant: exactly one wins.
+    let mut tasks = Vec::new();
+    for i in 0..16 {
+        let s = if i % 2 == 0 { a.clone() } else { b.clone() };
+        tasks.push(tokio::spawn(async move {
+            s.acquire_rekey_lease(g, &format!("gcks-{i}"), 30, T0 + 100)
+                .await
+                .unwrap()
+        }));
+    }
+    let mut winners = 0;
+    for t in tasks {
+        winners += usize::from(t.await.unwrap());
+    }
+    assert_eq!(winners, 1);
+    assert!(a.acquire_rekey_lease(g, "", 30, T0).await.is_err());
+    a.close().await;
+    b.close().await;
+}
+
+async fn generation_conflict_detected(db: &TestDb) {
+    let a = Arc::new(db.open(key(12)).await);
+    let b = Arc::new(db.open(key(12)).await);
+    let (g, _, p) = fixture(&a, None).await;
+    let s0 = a.group_state(g).await.unwrap().unwrap();
+    assert_eq!(s0.generation, 0);
+    assert!(s0.rekey.is_none() && s0.teks.is_empty());
+    // Both read generation 0; the first commit wins, the second is told.
+    let first = NewGroupState {
+        rekey: Some(rekey_sa(5, &[1; 36])),
+        teks: vec![tek(p, 7000, &[1; 20])],
+    };
+    let second = NewGroupState {
+        rekey: Some(rekey_sa(6, &[2; 36])),
+        teks: vec![tek(p, 7001, &[2; 20])],
+    };
+    assert_eq!(a.commit_group_state(g, 0, &first, T0).await.unwrap(), 1);
+    let err = b.commit_group_state(g, 0, &second, T0).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            StoreError::GenerationConflict {
+                expected: 0,
+                found: 1
+            }
+        ),
+        "{err}"
+    );
+    let s1 = b.group_state(g).await.unwrap().unwrap();
+    assert_eq!(s1.generation, 1);
+    assert_eq!(s1.rekey, first.rekey);
+    assert_eq!(s1.teks, first.teks);
+    assert_eq!(s1.updated, T0);
+
+    // Racing read-modify-commit loops from two processes: every success is one
+    // generation, every conflict is reported, nothing is lost.
+    let run = |s: Arc<Store>, base: u32| {
+        tokio::spawn(async move {
+            let (mut ok, mut conflicts) = (0u64, 0u64);
+            for i in 0..25u32 {
+                let cur = s.group_state(g).await.unwrap().unwrap();
+                let next = NewGroupState {
+                    rekey: cur.rekey.clone(),
+                    teks: vec![tek(p, base + i, &[3; 20])],
+                };
+                match s.commit_group_state(g, cur.generation, &next, T0).await {
+                    Ok(n) => {
+                        assert_eq!(n, cur.generation + 1);
+                        ok += 1;
+                    }
+                    Err(StoreError::GenerationConflict { .. }) => conflicts += 1,
+                    Err(e) => panic!("{e}"),
+                }
+            }
+            (ok, conflicts)
+        })
+    };
+    let (ra, rb) = tokio::join!(run(a.clone(), 10_000), run(b.clone(), 20_000));
+    let ((oka, ca), (okb, cb)) = (ra.unwrap(), rb.unwrap());
+    assert_eq!(oka + ca, 25);
+    assert_eq!(okb + cb, 25);
+    let end = a.group_state(g).await.unwrap().unwrap();
+    assert_eq!(end.generation, 1 + oka + okb);
+    assert_eq!(end.teks.len(), 1);
+    assert!(matches!(
+        a.commit_group_state(GroupId(999), 0, &NewGroupState::default(), T0)
+            .await,
+        Err(StoreError::NotFound(_))
+    ));
+    a.close().await;
+    b.close().await;
+}
+
+async fn audit_log_written(db: &TestDb) {
+    let store = db.open(key(13)).await;
+    let refused = AuditEvent {
+        at: T0,
+        peer: Some(Identity::fqdn("mallory.example")),
+        group: Some(Identity::fqdn("media.example")),
+        outcome: AuditOutcome::Refused,
+        reason: "AUTHORIZATION_FAILED: not authorized for the group".into(),
+    };
+    let registered = AuditEvent {
+        at: T0 + 1,
+        peer: Some(Identity::ip(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)))),
+        group: Some(Identity::key_id(b"\x01\x02")),
+        outcome: AuditOutcome::Registered,
+        reason: "receiver".into(),
+    };
+    let anonymous = AuditEvent {
+        at: T0 + 2,
+        peer: None,
+        group: None,
+        outcome: AuditOutcome::Refused,
+        reason: "AUTHENTICATION_FAILED".into(),
+    };
+    let i1 = store.record_audit(&refused).await.unwrap();
+    let i2 = store.record_audit(&registered).await.unwrap();
+    let i3 = store.record_audit(&anonymous).await.unwrap();
+    assert!(i1 < i2 && i2 < i3);
+    let got = store.audit_events(10).await.unwrap();
+    assert_eq!(
+        got,
+        vec![
+            AuditRecord {
+                id: i3,
+                event: anonymous
+            },
+            AuditRecord {
+                id: i2,
+                event: registered
+            },
+            AuditRecord {
+                id: i1,
+                event: refused.clone()
+            },
+        ]
+    );
+    assert_eq!(store.audit_events(1).await.unwrap().len(), 1);
+    let mut long = refused;
+    long.reason = "x".repeat(2000);
+    assert!(store.record_audit(&long).await.is_err());
+    store.close().await;
+}
+
+async fn capacity_enforced_under_concurrency(db: &TestDb) {
+    let a = Arc::new(db.open(key(14)).await);
+    let b = Arc::new(db.open(key(14)).await);
+    let mut spec = group_spec("small", "small.example");
+    spec.capacity = 5;
+    let g = a.create_group(&spec, T0).await.unwrap();
+    let mut members = Vec::new();
+    for i in 0..20 {
+        members.push(
+            a.add_member(
+                &Identity::fqdn(&format!("m{i}.example")),
+                None,
+                &psk("p"),
+                T0,
+            )
+            .await
+            .unwrap(),
+        );
+    }
+    let mut tasks = Vec::new();
+    for (i, m) in members.iter().copied().enumerate() {
+        let s = if i % 2 == 0 { a.clone() } else { b.clone() };
+        tasks.push(tokio::spawn(async move {
+            s.admit_member(g, m, T0).await.unwrap()
+        }));
+    }
+    let mut admitted = Vec::new();
+    for (t, m) in tasks.into_iter().zip(members.iter()) {
+        match t.await.unwrap() {
+            Admission::Admitted => admitted.push(*m),
+            Admission::GroupFull { capacity } => assert_eq!(capacity, 5),
+            Admission::AlreadyMember => panic!("each member asks once"),
+        }
+    }
+    assert_eq!(admitted.len(), 5);
+    assert_eq!(a.member_count(g).await.unwrap(), 5);
+    assert_eq!(
+        a.admit_member(g, admitted[0], T0).await.unwrap(),
+        Admission::AlreadyMember
+    );
+    // Leaving frees a place.
+    assert!(a.remove_member_from_group(g, admitted[0]).await.unwrap());
+    assert!(!a.remove_member_from_group(g, admitted[0]).await.unwrap());
+    assert_eq!(a.member_count(g).await.unwrap(), 4);
+    let outsider = members.iter().find(|m| !admitted.contains(m)).unwrap();
+    assert_eq!(
+        b.admit_member(g, *outsider, T0).await.unwrap(),
+        Admission::Admitted
+    );
+    a.close().await;
+    b.close().await;
+}
+
+async fn deletes_cascade(db: &TestDb) {
+    let store = db.open(key(15)).await;
+    let (g, m, p) = fixture(&store, Some(8)).await;
+    store.admit_member(g, m, T0).await.unwrap();
+    store.allocate_sender_ids(g, m, 2, T0).await.unwrap();
+    store
+        .commit_group_state(
+            g,
+            0,
+            &NewGroupState {
+                rekey: Some(rekey_sa(9, &[9; 36])),
+                teks: vec![tek(p, 9000, &[9; 20])],
+            },
+            T0,
+        )
+        .await
+        .unwrap();
+    store.acquire_rekey_lease(g, "me", 10, T0).await.unwrap();
+    store
+        .record_audit(&AuditEvent {
+            at: T0,
+            peer: Some(Identity::fqdn("gm1.example")),
+            group: Some(Identity::fqdn("media.example")),
+            outcome: AuditOutcome::Registered,
+            reason: String::new(),
+        })
+        .await
+        .unwrap();
+    // Deleting the member: authorizations and memberships go, its Sender-IDs stay taken.
+    assert!(
+        store
+            .delete_member(&Identity::fqdn("gm1.example"))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .delete_member(&Identity::fqdn("gm1.example"))
+            .await
+            .unwrap()
+    );
+    assert!(store.authorizations(g).await.unwrap().is_empty());
+    assert_eq!(store.member_count(g).await.unwrap(), 0);
+    let ids = store.sender_ids(g).await.unwrap();
+    assert_eq!(ids.len(), 2);
+    assert!(ids.iter().all(|s| s.member.is_none()));
+    // A signing key in use cannot be deleted.
+    let (_, pkcs8) = SigningKey::generate(SignatureScheme::Ed25519).unwrap();
+    let k = store
+        .add_signing_key("k", SignatureScheme::Ed25519, &pkcs8, T0)
+        .await
+        .unwrap();
+    let mut spec = group_spec("signed", "signed.example");
+    spec.rekey.gcauth = GcAuthId::DigitalSignature;
+    spec.rekey.signing_key = Some(k);
+    let g2 = store.create_group(&spec, T0).await.unwrap();
+    let err = store.delete_signing_key(k).await.unwrap_err();
+    assert_eq!(
+        err.constraint_kind(),
+        Some(ConstraintKind::ForeignKey),
+        "{err}"
+    );
+    assert!(store.delete_group(g2).await.unwrap());
+    assert!(store.delete_signing_key(k).await.unwrap());
+    // Deleting a TEK policy takes its TEKs with it.
+    assert!(store.delete_tek_policy(p).await.unwrap());
+    assert!(store.group_state(g).await.unwrap().unwrap().teks.is_empty());
+    // Deleting the group takes everything of it; the audit log stays.
+    assert!(store.delete_group(g).await.unwrap());
+    assert!(!store.delete_group(g).await.unwrap());
+    assert!(store.group_state(g).await.unwrap().is_none());
+    assert!(store.sender_ids(g).await.unwrap().is_empty());
+    assert!(store.rekey_lease(g).await.unwrap().is_none());
+    assert_eq!(store.audit_events(10).await.unwrap().len(), 1);
+    // Trust anchors in use cannot be deleted either.
+    let ta = store.add_trust_anchor("ca", &[0x30, 0]).await.unwrap();
+    store
+        .add_member(
+            &Identity::fqdn("x509.example"),
+            None,
+            &NewCredential::X509 {
+                trust_anchors: vec![ta],
+            },
+            T0,
+        )
+        .await
+        .unwrap();
+    assert!(store.delete_trust_anchor(ta).await.is_err());
+    assert!(
+        store
+            .delete_member(&Identity::fqdn("x509.example"))
+            .await
+            .unwrap()
+    );
+    assert!(store.delete_trust_anchor(ta).await.unwrap());
+    assert!(store.trust_anchors().await.unwrap().is_empty());
+    store.close().await;
+}
