@@ -180,7 +180,8 @@ fn validate_tek(spec: &TekPolicySpec) -> Result<(), StoreError> {
 impl Store {
     // ----- groups -----
 
-    /// Creates a group (and its empty state row); returns its id.
+    /// Creates a group; returns its id. (Its empty `group_state` row comes from a trigger,
+    /// so groups created with plain SQL get one too.)
     pub async fn create_group(
         &self,
         spec: &GroupSpec,
@@ -191,8 +192,7 @@ impl Store {
         let p = &spec.policy;
         let now_db = to_db(now, "time")?;
         let id: i64 = on_backend!(self, |pool| {
-            let mut tx = pool.begin_write().await?;
-            let id: i64 = sqlx::query_scalar(
+            sqlx::query_scalar(
                 "INSERT INTO groups (name, idg_type, idg_value, capacity, rekey_mode, \
                  rekey_dst_addr, rekey_dst_port, rekey_src_addr, rekey_src_port, \
                  rekey_lifetime_secs, rekey_encr_id, rekey_encr_key_bits, rekey_integ_id, \
@@ -223,15 +223,8 @@ impl Store {
             .bind(p.sender_id_bits.map(i64::from))
             .bind(i64::from(p.max_sender_ids_per_member))
             .bind(now_db)
-            .fetch_one(&mut *tx)
-            .await?;
-            sqlx::query("INSERT INTO group_state (group_id, updated_at) VALUES ($1, $2)")
-                .bind(id)
-                .bind(now_db)
-                .execute(&mut *tx)
-                .await?;
-            tx.commit().await?;
-            id
+            .fetch_one(pool)
+            .await?
         });
         Ok(GroupId(id))
     }

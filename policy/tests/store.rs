@@ -26,6 +26,7 @@ on_both_backends!(
     audit_log_written,
     capacity_enforced_under_concurrency,
     deletes_cascade,
+    plain_sql_administration,
 );
 
 const T0: u64 = 1_800_000_000;
@@ -1348,5 +1349,85 @@ async fn deletes_cascade(db: &TestDb) {
     );
     assert!(store.delete_trust_anchor(ta).await.unwrap());
     assert!(store.trust_anchors().await.unwrap().is_empty());
+    store.close().await;
+}
+
+/// What docs/sql-admin.md shows an administrator doing with plain SQL works with the
+/// store: a group, a TEK policy, a raw-key member and an authorization inserted by hand.
+async fn plain_sql_administration(db: &TestDb) {
+    let store = db.open(key(16)).await;
+    let (_, pkcs8) = SigningKey::generate(SignatureScheme::Ed25519).unwrap();
+    let spki = SigningKey::from_pkcs8(SignatureScheme::Ed25519, pkcs8.as_bytes())
+        .unwrap()
+        .public_key()
+        .to_spki()
+        .unwrap();
+    let hex: String = spki.iter().map(|b| format!("{b:02x}")).collect();
+    let text = |t: &str| {
+        if db.is_pg() {
+            format!("convert_to('{t}', 'UTF8')")
+        } else {
+            format!("CAST('{t}' AS BLOB)")
+        }
+    };
+    let script = format!(
+        "INSERT INTO groups (name, idg_type, idg_value, capacity, rekey_mode, rekey_dst_addr, \
+             rekey_dst_port, rekey_lifetime_secs, rekey_encr_id, rekey_encr_key_bits, \
+             rekey_kwa_id, gcauth_id, tek_lifetime_secs, sender_id_bits, created_at) \
+         VALUES ('video', 2, {idg}, 50, 'multicast', '239.0.0.9', 848, 86400, 20, 256, 3, 1, \
+             3600, 8, 0); \
+         INSERT INTO tek_policies (group_id, ip_protocol, src_addr_start, src_addr_end, \
+             dst_addr_start, dst_addr_end, dst_port_start, dst_port_end, encr_id, \
+             encr_key_bits, sn_id, mode) \
+         SELECT id, 17, '0.0.0.0', '255.255.255.255', '239.0.0.10', '239.0.0.10', 5004, 5004, \
+             20, 128, 2, 'transport' FROM groups WHERE name = 'video'; \
+         INSERT INTO members (id_type, id_value, credential_kind, public_spki, created_at) \
+         VALUES (2, {member}, 'raw_public_key', {blob}, 0); \
+         INSERT INTO authorizations (member_id, group_id, role, created_at) \
+         SELECT m.id, g.id, 'sender', 0 FROM members m, groups g \
+         WHERE m.id_value = {member} AND g.name = 'video';",
+        idg = text("video.example"),
+        member = text("cam1.example"),
+        blob = if db.is_pg() {
+            format!("'\\x{hex}'::bytea")
+        } else {
+            format!("X'{hex}'")
+        },
+    );
+    store.execute_admin_sql(&script).await.unwrap();
+    let cfg = store
+        .group_config(&Identity::fqdn("video.example"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(cfg.group.spec.rekey.encr, EncrId::AesGcm16);
+    assert_eq!(cfg.group.spec.policy.sender_id_bits, Some(8));
+    assert_eq!(cfg.teks.len(), 1);
+    assert_eq!(cfg.teks[0].spec.sn, SnId::Unspecified32);
+    assert_eq!(cfg.teks[0].spec.mode, EspMode::Transport);
+    let cam = Identity::fqdn("cam1.example");
+    let m = store.member_credential(&cam).await.unwrap().unwrap();
+    assert_eq!(m.credential, Credential::RawPublicKey { spki });
+    let g = cfg.group.id;
+    assert_eq!(
+        store.authorization(&cam, g).await.unwrap(),
+        Some(Role::Sender)
+    );
+    // The trigger gave the group its state row: counters and leases work at once.
+    assert_eq!(store.group_state(g).await.unwrap().unwrap().generation, 0);
+    assert_eq!(
+        store
+            .allocate_sender_ids(g, m.member.id, 2, T0)
+            .await
+            .unwrap(),
+        vec![0, 1]
+    );
+    assert!(store.acquire_rekey_lease(g, "a", 5, T0).await.unwrap());
+    // And an API-created group does not get a second state row.
+    let g2 = store
+        .create_group(&group_spec("api", "api.example"), T0)
+        .await
+        .unwrap();
+    assert_eq!(store.group_state(g2).await.unwrap().unwrap().updated, T0);
     store.close().await;
 }
