@@ -4,7 +4,6 @@
 
 use std::net::IpAddr;
 
-use gikev2_proto::crypto::keywrap::KeyWrapAlg;
 use gikev2_proto::crypto::{
     EncrAlg, IntegAlg, PublicKey, SecretBytes, SignatureScheme, SigningKey,
 };
@@ -111,13 +110,7 @@ fn validate_group(spec: &GroupSpec) -> Result<(), StoreError> {
         ));
     }
     check_key_bits(r.encr_key_bits, "rekey ENCR")?;
-    check_suite(r.encr, r.encr_key_bits, r.integ, "rekey suite")?;
-    if KeyWrapAlg::from_id(r.kwa).is_none() {
-        return Err(StoreError::invalid(
-            "rekey KWA",
-            format!("{} is not supported", r.kwa),
-        ));
-    }
+    r.suite()?;
     match r.gcauth {
         GcAuthId::Implicit => {}
         GcAuthId::DigitalSignature => {

@@ -35,6 +35,7 @@ macro_rules! on_backend {
 }
 
 mod admin;
+mod convert;
 mod error;
 pub mod model;
 mod rows;
