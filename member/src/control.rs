@@ -111,18 +111,16 @@ impl ServerMessage {
     }
 }
 
-/// Arguments of `join` over the socket: [`JoinArgs`] plus how long to wait.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct JoinRequest {
-    #[serde(flatten)]
-    pub args: JoinArgs,
-    /// Milliseconds to wait for the outcome; 0 answers at once.
-    #[serde(default = "default_wait")]
-    pub wait_ms: u64,
-}
+/// Longest wait a `join` may ask for.
+pub const MAX_JOIN_WAIT_MS: u64 = 300_000;
 
-fn default_wait() -> u64 {
-    DEFAULT_JOIN_WAIT_MS
+/// Arguments of `join` over the socket: the fields of [`JoinArgs`] plus `wait_ms`, how long
+/// to wait for the outcome (0 answers at once). Unknown fields are refused, so that a key
+/// pasted inline is an error, never silently accepted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JoinRequest {
+    pub args: JoinArgs,
+    pub wait_ms: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -159,8 +157,20 @@ pub fn decode_request(body: &[u8]) -> Result<Request, ControlError> {
     match msg {
         ClientMessage::Request { command, args } => match command.as_str() {
             "join" => {
-                let j: JoinRequest = serde_json::from_value(args).map_err(args_err)?;
-                Ok(Request::Join(Box::new(j)))
+                let mut args = args;
+                let wait_ms = match args.as_object_mut().and_then(|o| o.remove("wait_ms")) {
+                    None => DEFAULT_JOIN_WAIT_MS,
+                    Some(v) => {
+                        v.as_u64()
+                            .filter(|ms| *ms <= MAX_JOIN_WAIT_MS)
+                            .ok_or_else(|| ControlError::BadArgument {
+                                field: "wait_ms",
+                                reason: format!("milliseconds up to {MAX_JOIN_WAIT_MS}"),
+                            })?
+                    }
+                };
+                let args: JoinArgs = serde_json::from_value(args).map_err(args_err)?;
+                Ok(Request::Join(Box::new(JoinRequest { args, wait_ms })))
             }
             "leave" => {
                 let l: LeaveArgs = serde_json::from_value(args).map_err(args_err)?;

@@ -1,0 +1,449 @@
+//! The sans-IO agent core against an in-memory GCKS (a responder `IkeSa` with
+//! `build_registration`), time passed in as `now`: the exact notify of a rejection
+//! (RFC 9838 2.3.2 Figure 8), re-registration on soft expiry (R040, R041), exclusion
+//! (2.4.3, R042, R043; 2.3.3, R023), Rekey SA rollover (R038).
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{member, psk_ike, tek_ctr, unix_now};
+use gikev2_esp::{Direction, Engine};
+use gikev2_member::agent::{Agent, AgentConfig, MembershipId, RekeyEndpoint};
+use gikev2_member::{AgentEvent, NoDataPlane};
+use gikev2_proto::crypto::sign::{SignatureScheme, SigningKey};
+use gikev2_proto::crypto::{EncrAlg, KeyWrapAlg, SeededRandom, SystemRandom};
+use gikev2_proto::group::state::TekProtocol;
+use gikev2_proto::group::{
+    BuildContext, GroupAuth, GroupPolicy, GroupState, MemberGrant, RekeyContent, RekeySaState,
+    RekeySender, RekeySuite, TekState, build_registration,
+};
+use gikev2_proto::ike::{Decision, Event, IkeConfig, IkeSa};
+use gikev2_proto::registry::{NotifyType, ProtocolId, SnId};
+use gikev2_proto::wire::{DeletePayload, TrafficSelector};
+
+const GM: &str = "192.0.2.10:500";
+const GCKS: &str = "192.0.2.1:500";
+const JITTER: Duration = Duration::from_secs(2);
+const DTD: u16 = 4;
+
+fn kek(port: u16, life: u64) -> RekeySaState {
+    let suite = RekeySuite::new(
+        EncrAlg::AesGcm16 { key_len: 32 },
+        None,
+        KeyWrapAlg::Kw5649_256,
+    )
+    .unwrap();
+    RekeySaState::generate(
+        &mut SystemRandom::new(),
+        TrafficSelector::single("192.0.2.1".parse().unwrap(), 17, Some(848)),
+        TrafficSelector::single("239.9.9.9".parse().unwrap(), 17, Some(port)),
+        suite,
+        unix_now() + life,
+    )
+}
+
+fn tek(life: u64) -> TekState {
+    TekState::generate(
+        &mut SystemRandom::new(),
+        TekProtocol::Esp,
+        TrafficSelector::any(false),
+        TrafficSelector::single("239.1.1.1".parse().unwrap(), 17, Some(5000)),
+        Some(EncrAlg::AesGcm16 { key_len: 16 }),
+        None,
+        SnId::Unspecified32,
+        unix_now() + life,
+    )
+    .unwrap()
+}
+
+fn state(kek_life: u64, tek_life: u64) -> GroupState {
+    GroupState {
+        rekey: Some(kek(848, kek_life)),
+        teks: vec![tek(tek_life)],
+        policy: GroupPolicy {
+            atd: Some(1),
+            dtd: Some(DTD),
+            sender_id_bits: Some(8),
+            multiple_senders: true,
+        },
+        auth: GroupAuth::Signature(Box::new(
+            SigningKey::generate(SignatureScheme::Ed25519).unwrap().0,
+        )),
+    }
+}
+
+/// One member agent and one in-memory GCKS, on a clock the test moves.
+struct Net {
+    agent: Agent,
+    engine: Arc<Engine>,
+    id: MembershipId,
+    gcks_cfg: IkeConfig,
+    gcks: Option<IkeSa>,
+    state: GroupState,
+    inband: bool,
+    now: Instant,
+    rng: SeededRandom,
+    registrations: usize,
+    left: Vec<NotifyType>,
+    events: Vec<AgentEvent>,
+}
+
+impl Net {
+    fn new(state: GroupState, sender: Option<u32>, inband: bool) -> Self {
+        let engine = Arc::new(Engine::default());
+        let config = AgentConfig {
+            reregister_jitter: JITTER,
+            ..AgentConfig::default()
+        };
+        let mut agent = Agent::new(engine.clone(), Arc::new(NoDataPlane), config);
+        let mut rng = SeededRandom::from_u64(7);
+        let now = Instant::now();
+        let gcks: SocketAddr = GCKS.parse().unwrap();
+        let id = agent
+            .join(
+                member("gm.test", gcks, sender),
+                GM.parse().unwrap(),
+                now,
+                &mut rng,
+            )
+            .unwrap();
+        let mut n = Self {
+            agent,
+            engine,
+            id,
+            gcks_cfg: psk_ike("gcks.test"),
+            gcks: None,
+            state,
+            inband,
+            now,
+            rng,
+            registrations: 0,
+            left: Vec::new(),
+            events: Vec::new(),
+        };
+        n.drive();
+        n
+    }
+
+    /// Moves datagrams both ways until both sides are quiet.
+    fn drive(&mut self) {
+        let (gm, gcks): (SocketAddr, SocketAddr) = (GM.parse().unwrap(), GCKS.parse().unwrap());
+        for _ in 0..100 {
+            let mut progress = false;
+            while let Some(t) = self.agent.poll_transmit() {
+                progress = true;
+                let fresh = self.gcks.as_ref().is_none_or(IkeSa::is_closed);
+                if fresh {
+                    self.gcks = IkeSa::respond(
+                        self.gcks_cfg.clone(),
+                        &t.data,
+                        gcks,
+                        gm,
+                        self.now,
+                        &mut self.rng,
+                    )
+                    .ok();
+                } else if let Some(sa) = self.gcks.as_mut() {
+                    sa.handle(&t.data, self.now, &mut self.rng);
+                }
+            }
+            if let Some(sa) = self.gcks.as_mut() {
+                while let Some(e) = sa.poll_event() {
+                    match e {
+                        Event::RegistrationRequested { request, .. } => {
+                            self.registrations += 1;
+                            let sender = request.sender_ids.is_some();
+                            let grant = MemberGrant {
+                                sender,
+                                sender_ids: if sender { vec![5] } else { Vec::new() },
+                                wrap_keys: Vec::new(),
+                                inband: self.inband,
+                            };
+                            let kwk = sa.key_wrap_key().unwrap();
+                            let (gsa, kd) = build_registration(
+                                &self.state,
+                                &grant,
+                                &kwk,
+                                &BuildContext { now: unix_now() },
+                            )
+                            .unwrap();
+                            sa.decide(
+                                Decision::Accept {
+                                    gsa,
+                                    kd,
+                                    transport_mode: false,
+                                },
+                                self.now,
+                                &mut self.rng,
+                            );
+                        }
+                        Event::LeaveRequested { notify, .. } => self.left.push(notify),
+                        _ => {}
+                    }
+                }
+                while let Some(d) = sa.poll_transmit() {
+                    progress = true;
+                    self.agent.handle_ike(self.id, &d, self.now, &mut self.rng);
+                }
+            }
+            while let Some(e) = self.agent.poll_event() {
+                self.events.push(e);
+            }
+            if !progress {
+                return;
+            }
+        }
+        panic!("no quiet after 100 rounds");
+    }
+
+    /// Moves time forward, firing the agent's timers on the way (as the runtime would).
+    fn advance(&mut self, d: Duration) {
+        let end = self.now + d;
+        while let Some(t) = self.agent.poll_timeout().filter(|t| *t <= end) {
+            self.now = t.max(self.now);
+            self.agent.handle_timeout(self.now, &mut self.rng);
+            self.drive();
+        }
+        self.now = end;
+        self.agent.handle_timeout(self.now, &mut self.rng);
+        self.drive();
+    }
+
+    fn rekey(&mut self, content: &RekeyContent<'_>) {
+        let m = RekeySender::new(None)
+            .build(
+                &mut self.state,
+                content,
+                unix_now(),
+                &mut SystemRandom::new(),
+            )
+            .unwrap();
+        let ep = *self.agent.rekey_endpoints().iter().next().unwrap();
+        for d in &m.datagrams {
+            self.agent.handle_rekey(ep, d, self.now, &mut self.rng);
+        }
+        self.drive();
+    }
+
+    fn state_name(&self) -> String {
+        self.agent.status(self.now).groups[0].state.clone()
+    }
+
+    fn spis(&self) -> Vec<(u32, Direction)> {
+        self.agent
+            .installed(common::GROUP)
+            .into_iter()
+            .map(|(s, d, _)| (s, d))
+            .collect()
+    }
+
+    fn took(&mut self, f: impl Fn(&AgentEvent) -> bool) -> bool {
+        let found = self.events.iter().any(f);
+        self.events.clear();
+        found
+    }
+}
+
+#[test]
+fn rejected_policy_sends_no_proposal_chosen_and_installs_nothing() {
+    let mut s = state(3600, 3600);
+    s.teks = vec![tek_ctr(&mut SystemRandom::new())];
+    let mut n = Net::new(s, None, false);
+    assert_eq!(n.registrations, 1);
+    // RFC 9838 2.3.2 Figure 8: HDR, SK{IDg, N(NO_PROPOSAL_CHOSEN)}.
+    assert_eq!(n.left, vec![NotifyType::NoProposalChosen]);
+    assert_eq!(n.state_name(), "rejected");
+    assert_eq!(n.engine.sa_count(), 0);
+    assert!(n.agent.rekey_endpoints().is_empty());
+    assert!(n.took(
+        |e| matches!(e, AgentEvent::Rejected { notify, .. } if notify == "NO_PROPOSAL_CHOSEN")
+    ));
+    // A rejection is final: no registration storm.
+    n.advance(Duration::from_secs(3600));
+    assert_eq!(n.registrations, 1);
+}
+
+#[test]
+fn sender_and_receiver_directions() {
+    let n = Net::new(state(3600, 3600), Some(1), false);
+    let spi = n.state.teks[0].spi;
+    assert_eq!(n.spis(), vec![(spi, Direction::Outbound)]);
+    let g = &n.agent.status(n.now).groups[0];
+    assert_eq!(g.sender_ids, vec![5]);
+    let n = Net::new(state(3600, 3600), None, false);
+    assert_eq!(n.spis(), vec![(spi_of(&n), Direction::Inbound)]);
+}
+
+fn spi_of(n: &Net) -> u32 {
+    n.state.teks[0].spi
+}
+
+#[test]
+fn soft_expiry_of_a_tek_reregisters_and_replaces_it() {
+    let mut n = Net::new(state(3600, 100), None, false);
+    let old = spi_of(&n);
+    // The GCKS moved on; this member missed the rekey.
+    let fresh = tek(3600);
+    n.state.teks = vec![fresh.clone()];
+    // Soft lifetime is 80-90% of 100 s (R040); the re-registration follows within JITTER.
+    n.advance(Duration::from_secs(79));
+    assert_eq!(n.registrations, 1);
+    let mut waited = 0;
+    while n.registrations == 1 && waited < 13_000 {
+        n.advance(Duration::from_millis(100));
+        waited += 100;
+    }
+    assert!(
+        n.events
+            .iter()
+            .any(|e| matches!(e, AgentEvent::Reregistering { reason, .. } if reason.contains("soft lifetime"))),
+        "{:?}",
+        n.events
+    );
+    assert_eq!(
+        n.registrations, 2,
+        "over the same IKE SA (GSA_REGISTRATION)"
+    );
+    // R021: the new registration replaces the old TEK, which leaves after DTD.
+    let g = &n.agent.status(n.now).groups[0];
+    assert_eq!(g.teks.len(), 2);
+    assert_eq!(g.state, "up");
+    n.advance(Duration::from_secs(u64::from(DTD)));
+    assert_eq!(n.spis(), vec![(fresh.spi, Direction::Inbound)]);
+    assert_ne!(old, fresh.spi);
+    assert_eq!(n.engine.sa_count(), 1);
+}
+
+#[test]
+fn soft_expiry_of_the_rekey_sa_reregisters() {
+    let mut n = Net::new(state(100, 3600), None, false);
+    n.advance(Duration::from_secs(89));
+    assert_eq!(n.registrations, 1);
+    n.advance(Duration::from_secs(1) + JITTER);
+    assert_eq!(n.registrations, 2, "R041");
+}
+
+#[test]
+fn exclusion_by_gsa_rekey_reregisters_after_a_random_delay() {
+    let mut n = Net::new(state(3600, 3600), None, false);
+    n.events.clear();
+    n.rekey(&RekeyContent {
+        deletes: vec![DeletePayload::all_of(ProtocolId::GikeUpdate)],
+        ..RekeyContent::default()
+    });
+    assert_eq!(n.state_name(), "excluded");
+    let delay = n.events.iter().find_map(|e| match e {
+        AgentEvent::Reregistering { in_ms, .. } => Some(*in_ms),
+        _ => None,
+    });
+    // R043: a random delay, at most the configured jitter.
+    assert!(
+        delay.is_some_and(|d| d <= JITTER.as_millis() as u64),
+        "{:?}",
+        n.events
+    );
+    n.advance(JITTER);
+    assert_eq!(n.registrations, 2, "R042");
+    assert_eq!(n.state_name(), "up");
+}
+
+#[test]
+fn ike_sa_closed_without_rekey_sa_means_excluded() {
+    // Inband rekey: the registration brings no GIKE_UPDATE policy.
+    let mut n = Net::new(state(3600, 3600), None, true);
+    assert!(n.agent.rekey_endpoints().is_empty());
+    assert_eq!(n.state_name(), "up");
+    n.events.clear();
+    let (now, mut rng) = (n.now, SeededRandom::from_u64(9));
+    n.gcks.as_mut().unwrap().delete(now, &mut rng);
+    let d = n.gcks.as_mut().unwrap().poll_transmit().unwrap();
+    n.agent.handle_ike(n.id, &d, n.now, &mut n.rng);
+    n.drive();
+    assert!(
+        n.events
+            .iter()
+            .any(|e| matches!(e, AgentEvent::Excluded { .. })),
+        "R023: {:?}",
+        n.events
+    );
+    n.advance(JITTER);
+    assert_eq!(n.registrations, 2, "a new IKE SA and GSA_AUTH");
+    assert_eq!(n.state_name(), "up");
+}
+
+#[test]
+fn ike_sa_closed_with_a_rekey_sa_is_normal() {
+    let mut n = Net::new(state(3600, 3600), None, false);
+    n.events.clear();
+    let (now, mut rng) = (n.now, SeededRandom::from_u64(9));
+    n.gcks.as_mut().unwrap().delete(now, &mut rng);
+    let d = n.gcks.as_mut().unwrap().poll_transmit().unwrap();
+    n.agent.handle_ike(n.id, &d, n.now, &mut n.rng);
+    n.drive();
+    // R022: the GCKS closes the IKE SA by convention; the member stays.
+    assert!(n.events.is_empty(), "{:?}", n.events);
+    assert_eq!(n.state_name(), "up");
+    n.advance(Duration::from_secs(60));
+    assert_eq!(n.registrations, 1);
+    assert!(n.agent.status(n.now).groups[0].ike_sa.is_none());
+}
+
+#[test]
+fn new_rekey_sa_moves_the_listening_endpoint_after_dtd() {
+    let mut n = Net::new(state(3600, 3600), None, false);
+    let old = RekeyEndpoint {
+        addr: "239.9.9.9".parse().unwrap(),
+        port: 848,
+    };
+    assert_eq!(
+        n.agent.rekey_endpoints().into_iter().collect::<Vec<_>>(),
+        vec![old]
+    );
+    let kek2 = kek(849, 3600);
+    n.rekey(&RekeyContent {
+        new_kek: Some(&kek2),
+        ..RekeyContent::default()
+    });
+    let new = RekeyEndpoint { port: 849, ..old };
+    // R038: the old Rekey SA is kept for DTD, then dropped.
+    assert_eq!(
+        n.agent.rekey_endpoints().into_iter().collect::<Vec<_>>(),
+        vec![old, new]
+    );
+    let g = &n.agent.status(n.now).groups[0];
+    assert_eq!(g.rekey_sas.len(), 2);
+    assert!(g.rekey_sas[1].current && !g.rekey_sas[0].current);
+    n.advance(Duration::from_secs(u64::from(DTD)));
+    assert_eq!(
+        n.agent.rekey_endpoints().into_iter().collect::<Vec<_>>(),
+        vec![new]
+    );
+    // The next rekey comes over the new SA.
+    n.state.rekey = Some(kek2);
+    let t = tek(3600);
+    n.rekey(&RekeyContent {
+        teks: vec![&t],
+        ..RekeyContent::default()
+    });
+    assert!(n.spis().contains(&(t.spi, Direction::Inbound)));
+}
+
+#[test]
+fn leave_tells_the_gcks_and_removes_everything() {
+    let mut n = Net::new(state(3600, 3600), Some(1), false);
+    assert_eq!(n.engine.sa_count(), 1);
+    assert!(!n.engine.spd().entries().is_empty());
+    let (now, mut rng) = (n.now, SeededRandom::from_u64(3));
+    n.agent.leave(common::GROUP, now, &mut rng).unwrap();
+    n.drive();
+    assert_eq!(n.left, vec![NotifyType::RegistrationFailed]);
+    assert_eq!(n.engine.sa_count(), 0);
+    assert!(n.engine.spd().entries().is_empty());
+    assert!(
+        n.agent.membership_ids().is_empty(),
+        "IKE SA deleted, membership gone"
+    );
+}
