@@ -434,15 +434,45 @@ fn micros(d: Duration) -> f64 {
     d.as_secs_f64() * 1e6
 }
 
+/// How many times the scheduler has put this thread on a CPU (third field of
+/// `/proc/thread-self/schedstat`); `None` where that file does not exist.
+fn times_scheduled() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
+    s.split_whitespace().nth(2)?.parse().ok()
+}
+
+/// Median, minimum, and mean over the runs the scheduler did not interrupt.
+struct Stats {
+    median: f64,
+    min: f64,
+    clean_mean: f64,
+    clean: usize,
+}
+
+impl Stats {
+    fn of(mut v: Vec<(Duration, bool)>) -> Self {
+        let clean: Vec<f64> = v.iter().filter(|x| x.1).map(|x| micros(x.0)).collect();
+        v.sort();
+        Self {
+            median: micros(v[v.len() / 2].0),
+            min: micros(v[0].0),
+            clean_mean: clean.iter().sum::<f64>() / clean.len().max(1) as f64,
+            clean: clean.len(),
+        }
+    }
+}
+
 /// The overhead figure on a shared machine: responder runs and bare public-key runs
-/// alternate, so that both see the same background load; medians and minima of each.
+/// alternate, so that both see the same background load. Reports medians, minima, and
+/// means over the runs during which this thread was not descheduled (from schedstat,
+/// read outside the timed sections), so that a mean is not another process's time slice.
 fn paired_report() {
     const RUNS: usize = 400;
     let gsa = gsa();
     eprintln!(
-        "\npaired ({RUNS} alternating runs; µs): case | responder median (respond / intermediate / \
-         auth / decide / poll) | bare_pk median | overhead on medians | responder min | bare_pk min | \
-         overhead on minima"
+        "\npaired ({RUNS} alternating runs; µs): case | responder median (respond / \
+         intermediate / auth / decide / poll) | bare_pk median | overhead | responder min | \
+         bare_pk min | overhead | responder clean mean (runs) | bare_pk clean mean (runs) | overhead"
     );
     for case in &cases() {
         let mut rng = SeededRandom::from_u64(11);
@@ -452,8 +482,10 @@ fn paired_report() {
         let mut pk = Vec::with_capacity(RUNS);
         let mut phases: [Vec<Duration>; 5] = Default::default();
         for _ in 0..RUNS {
+            let s0 = times_scheduled();
             let (p, _) = register(case, &gsa, &mut rng);
-            resp.push(p.total());
+            let s1 = times_scheduled();
+            resp.push((p.total(), s0.is_some() && s0 == s1));
             for (v, d) in
                 phases
                     .iter_mut()
@@ -463,25 +495,32 @@ fn paired_report() {
             }
             let t = Instant::now();
             bare.run(&mut rng);
-            pk.push(t.elapsed());
+            let d = t.elapsed();
+            let s2 = times_scheduled();
+            pk.push((d, s1.is_some() && s1 == s2));
         }
-        let (r_min, b_min) = (*resp.iter().min().unwrap(), *pk.iter().min().unwrap());
-        let (r, b) = (median(&mut resp), median(&mut pk));
+        let (r, b) = (Stats::of(resp), Stats::of(pk));
         let ph: Vec<String> = phases
             .iter_mut()
             .map(|v| format!("{:.1}", micros(median(v))))
             .collect();
-        let over = |r: Duration, b: Duration| 100.0 * (micros(r) - micros(b)) / micros(b);
+        let over = |r: f64, b: f64| 100.0 * (r - b) / b;
         eprintln!(
-            "paired {} | {:.1} ({}) | {:.1} | {:+.1}% | {:.1} | {:.1} | {:+.1}%",
+            "paired {} | {:.1} ({}) | {:.1} | {:+.1}% | {:.1} | {:.1} | {:+.1}% | {:.1} ({}) | \
+             {:.1} ({}) | {:+.1}%",
             case.name,
-            micros(r),
+            r.median,
             ph.join(" / "),
-            micros(b),
-            over(r, b),
-            micros(r_min),
-            micros(b_min),
-            over(r_min, b_min),
+            b.median,
+            over(r.median, b.median),
+            r.min,
+            b.min,
+            over(r.min, b.min),
+            r.clean_mean,
+            r.clean,
+            b.clean_mean,
+            b.clean,
+            over(r.clean_mean, b.clean_mean),
         );
     }
 }
