@@ -277,3 +277,80 @@ fn install_sender(e: &Engine, tek: &gikev2_proto::group::TekState, now: Instant)
     });
     e.install(c, now).unwrap();
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn raw_public_keys_both_ways_from_files() {
+    use base64::Engine as _;
+    use gikev2_member::JoinArgs;
+    use gikev2_proto::crypto::sign::{SignatureScheme, SigningKey};
+    use gikev2_proto::ike::{IkeConfig, LocalAuth, PeerAuth, SinglePeer};
+    use gikev2_proto::wire::IdPayload;
+
+    // The member's ECDSA P-256 key as PKCS#8 DER; the GCKS's Ed25519 public key as PEM.
+    let (member_key, member_pkcs8) =
+        SigningKey::generate(SignatureScheme::EcdsaP256Sha256).unwrap();
+    let (gcks_key, _) = SigningKey::generate(SignatureScheme::Ed25519).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let key_file = dir.path().join("member.der");
+    std::fs::write(&key_file, member_pkcs8.as_bytes()).unwrap();
+    let spki = gcks_key.public_key().to_spki().unwrap();
+    let pem = format!(
+        "-----BEGIN PUBLIC KEY-----\n{}\n-----END PUBLIC KEY-----\n",
+        base64::engine::general_purpose::STANDARD.encode(&spki)
+    );
+    let gcks_pub = dir.path().join("gcks.pem");
+    std::fs::write(&gcks_pub, pem).unwrap();
+
+    let ike = IkeConfig::new(
+        gikev2_member::config::default_suites(),
+        IdPayload::fqdn("gcks.test").unwrap(),
+        LocalAuth::Signature {
+            key: Arc::new(gcks_key),
+            certs: Vec::new(),
+        },
+        Arc::new(SinglePeer {
+            id: Some(IdPayload::fqdn("rawkey.test").unwrap()),
+            auth: PeerAuth::PublicKey {
+                key: member_key.public_key(),
+                schemes: vec![SignatureScheme::EcdsaP256Sha256],
+            },
+        }),
+    );
+    let port = free_port();
+    let rekey = SocketAddr::new(IpAddr::V4(rekey_group(port)), port);
+    let gcks =
+        RunningGcks::start_with(TestGcks::new(group_state(rekey, 2), Policy::Normal), ike).await;
+    let args = JoinArgs {
+        group: GROUP.into(),
+        gcks: gcks.addr.to_string(),
+        key: Some(key_file),
+        gcks_key: Some(gcks_pub),
+        gcks_id: Some("gcks.test".into()),
+        id: Some("rawkey.test".into()),
+        ..JoinArgs::default()
+    };
+    let engine = Arc::new(Engine::default());
+    let a = agent(engine.clone(), Arc::new(SystemClock));
+    let g = a.join_args(&args, WAIT).await.unwrap();
+    assert_eq!((g.state.as_str(), g.auth.as_str()), ("up", "raw-key"));
+    assert_eq!(engine.sa_count(), 1);
+    // A GCKS presenting another identity is refused before any registration.
+    let mut wrong = args.clone();
+    wrong.group = "g2".into();
+    wrong.gcks_id = Some("impostor.test".into());
+    let b = agent(Arc::new(Engine::default()), Arc::new(SystemClock));
+    let mut events = b.subscribe().await.unwrap();
+    b.join_args(&wrong, None).await.unwrap();
+    let e = tokio::time::timeout(Duration::from_secs(10), events.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        matches!(&e, AgentEvent::Error { message, .. } if message.contains("AuthenticationFailed")),
+        "{e:?}"
+    );
+    let st = b.status().await.unwrap();
+    assert_eq!(st.groups[0].state, "waiting");
+    assert!(st.groups[0].next_registration_in_ms.is_some());
+    gcks.stop().await;
+}

@@ -229,12 +229,17 @@ pub struct RunningGcks {
 
 impl RunningGcks {
     pub async fn start(gcks: Arc<TestGcks>) -> Self {
+        Self::start_with(gcks, psk_ike("gcks.test")).await
+    }
+
+    /// With the GCKS's own IKE configuration (credentials).
+    pub async fn start_with(gcks: Arc<TestGcks>, ike: IkeConfig) -> Self {
         let cfg = ServeConfig {
             listen: vec!["127.0.0.1:0".parse().unwrap()],
             init_rate_per_source: 100,
             ..ServeConfig::default()
         };
-        let server = Server::bind(psk_ike("gcks.test"), cfg, Shared(gcks.clone())).unwrap();
+        let server = Server::bind(ike, cfg, Shared(gcks.clone())).unwrap();
         let addr = server.local_addrs()[0];
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(server.run(async {
