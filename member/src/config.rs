@@ -212,9 +212,11 @@ fn pem_or_der(
             body = l.ends_with(label).then(|| Zeroizing::new(String::new()));
         } else if line.starts_with("-----END ") {
             if let Some(b) = body.take() {
+                // The decoder's message would quote the offending octet: the file may
+                // hold a secret, so say nothing about its content.
                 let der = base64::engine::general_purpose::STANDARD
                     .decode(b.as_bytes())
-                    .map_err(|e| bad(field, format!("bad PEM base64: {e}")))?;
+                    .map_err(|_| bad(field, "a PEM block is not valid base64"))?;
                 out.push(Zeroizing::new(der));
             }
         } else if let Some(b) = body.as_mut() {

@@ -318,6 +318,12 @@ async fn daemon(d: DaemonArgs) -> Result<(), String> {
     }
     let listener = tokio::net::UnixListener::bind(&d.socket)
         .map_err(|e| format!("socket: {}: {e}", d.socket.display()))?;
+    // Joins make the daemon read credential files: only its owner may ask.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&d.socket, std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| format!("socket: {}: {e}", d.socket.display()))?;
+    }
     let config = RuntimeConfig {
         agent: AgentConfig {
             reregister_jitter: Duration::from_millis(d.reregister_jitter_ms),

@@ -364,6 +364,11 @@ async fn gm_daemon_join_status_leave() {
     assert!(out.status.success(), "{out:?}");
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["state"], json!("up"));
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&socket).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "only the owner may talk to the daemon");
+    }
 
     let out = gm_async(
         ["status", "--json", "--socket", &s(&socket)]
