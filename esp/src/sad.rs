@@ -6,28 +6,31 @@
 //! (1) SPI + destination + source, (2) SPI + destination, (3) SPI. Group SPIs are chosen by
 //! the GCKS and may collide with unicast SPIs; the longest match keeps them apart.
 //!
-//! Layout: one hash index per key length, searched in that order; an index that is empty is
-//! skipped (a relaxed counter load), so a host with only group SAs keyed by SPI +
-//! destination does one probe per packet. Misses on the longer indexes touch only their
-//! metadata and do not depend on each other.
+//! Concurrency: the index is an `scc::HashIndex` keyed by SPI. Readers (`peek_with`) take no
+//! lock and never wait for a hit: they run under an epoch guard and see the old or the new
+//! value of a slot (a miss is confirmed under the bucket's shared lock, see `lookup_with`). Writers lock one bucket; a value is never mutated in place but replaced, and the
+//! old one is reclaimed once no reader can see it. An install costs O(1) whatever the size of
+//! the table (no snapshot copy), which matters at 1M SAs. The SA records themselves are shared
+//! (`Arc`), so every version of a slot points at the same live SA state.
 //!
-//! Concurrency: each index is an `scc::HashIndex`. Readers (`peek_with`) take no lock and
-//! never wait: they run under an epoch guard. Entries are only ever inserted and removed,
-//! never replaced, so a reader looking for an entry that stays installed always finds it
-//! while other entries with the same SPI come and go; a concurrent install or removal of a
-//! longer entry is seen either before or after. Writers lock one bucket; an install is O(1)
-//! whatever the size of the table (no snapshot copy), which matters at 1M SAs.
+//! Layout (the RFC 4301 4.1 suggestion of "a hash table by the SPI" whose buckets hold the
+//! entries of one SPI, longest first): `spi -> Slot`. Almost every SPI has exactly one entry,
+//! stored inline with its key, so a lookup is one probe and one comparison. An SPI shared by
+//! several entries (a group SPI colliding with a unicast one, or per-source SAs under one SPI)
+//! gets a `Many` slot with one map per key length, searched longest first.
 
+use std::collections::HashMap;
 use std::net::{IpAddr, Ipv6Addr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use scc::HashIndex;
+use scc::hash_index::Entry;
 
 type Hasher = foldhash::fast::RandomState;
 
-/// A canonical address key: IPv4 as its IPv4-mapped IPv6 form, as 16 octets. An IPv6 packet
-/// addressed to `::ffff:a.b.c.d` thus matches the entry for `a.b.c.d`; such addresses never
-/// appear in outer IPv6 headers (RFC 4291 2.5.5.2 reserves them for IPv4-only nodes).
+/// A canonical address key: IPv4 as its IPv4-mapped IPv6 form, as 16 octets (alignment 1,
+/// so that an inline entry stays small). An IPv6 packet addressed to `::ffff:a.b.c.d` thus
+/// matches the entry for `a.b.c.d`; such addresses never appear in outer IPv6 headers
+/// (RFC 4291 2.5.5.2 reserves them for IPv4-only nodes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 struct Addr([u8; 16]);
 
@@ -70,6 +73,14 @@ impl SadKey {
             Self::Spi(spi) | Self::SpiDst { spi, .. } | Self::SpiDstSrc { spi, .. } => spi,
         }
     }
+
+    fn kind(&self) -> Kind {
+        match *self {
+            Self::Spi(_) => Kind::Spi,
+            Self::SpiDst { dst, .. } => Kind::Dst(dst.into()),
+            Self::SpiDstSrc { dst, src, .. } => Kind::DstSrc(dst.into(), src.into()),
+        }
+    }
 }
 
 /// SAD errors.
@@ -79,23 +90,222 @@ pub enum SadError {
     Exists,
 }
 
+/// The part of the key after the SPI.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Spi,
+    Dst(Addr),
+    DstSrc(Addr, Addr),
+}
+
+impl Kind {
+    fn key(self, spi: u32) -> SadKey {
+        match self {
+            Kind::Spi => SadKey::Spi(spi),
+            Kind::Dst(d) => SadKey::SpiDst { spi, dst: d.ip() },
+            Kind::DstSrc(d, s) => SadKey::SpiDstSrc {
+                spi,
+                dst: d.ip(),
+                src: s.ip(),
+            },
+        }
+    }
+}
+
+/// The single entry of an SPI, stored flat so that matching needs no branch on the key
+/// length (`len`: 0 SPI only, 1 + destination, 2 + destination and source; unused
+/// addresses are zero).
+#[derive(Clone)]
+struct One<V> {
+    len: u8,
+    dst: Addr,
+    src: Addr,
+    v: V,
+}
+
+impl<V> One<V> {
+    fn new(kind: Kind, v: V) -> Self {
+        let zero = Addr([0; 16]);
+        let (len, dst, src) = match kind {
+            Kind::Spi => (0, zero, zero),
+            Kind::Dst(d) => (1, d, zero),
+            Kind::DstSrc(d, s) => (2, d, s),
+        };
+        Self { len, dst, src, v }
+    }
+
+    fn kind(&self) -> Kind {
+        match self.len {
+            0 => Kind::Spi,
+            1 => Kind::Dst(self.dst),
+            _ => Kind::DstSrc(self.dst, self.src),
+        }
+    }
+
+    #[inline]
+    fn matches(&self, dst: Addr, src: Addr) -> bool {
+        // Non-short-circuit `&`/`|`: both comparisons always run, no data-dependent branch.
+        ((self.len == 0) | (self.dst == dst)) & ((self.len < 2) | (self.src == src))
+    }
+}
+
+/// Several entries under one SPI, one map per key length.
+#[derive(Clone)]
+struct Many<V> {
+    any: Option<V>,
+    dst: HashMap<Addr, V, Hasher>,
+    dst_src: HashMap<(Addr, Addr), V, Hasher>,
+}
+
+impl<V: Clone> Many<V> {
+    fn new(h: &Hasher) -> Self {
+        Self {
+            any: None,
+            dst: HashMap::with_hasher(h.clone()),
+            dst_src: HashMap::with_hasher(h.clone()),
+        }
+    }
+
+    fn insert(&mut self, kind: Kind, v: V) -> Result<(), SadError> {
+        let taken = match kind {
+            Kind::Spi => self.any.is_some(),
+            Kind::Dst(d) => self.dst.contains_key(&d),
+            Kind::DstSrc(d, s) => self.dst_src.contains_key(&(d, s)),
+        };
+        if taken {
+            return Err(SadError::Exists);
+        }
+        match kind {
+            Kind::Spi => self.any = Some(v),
+            Kind::Dst(d) => {
+                self.dst.insert(d, v);
+            }
+            Kind::DstSrc(d, s) => {
+                self.dst_src.insert((d, s), v);
+            }
+        }
+        Ok(())
+    }
+
+    fn remove(&mut self, kind: Kind) -> Option<V> {
+        match kind {
+            Kind::Spi => self.any.take(),
+            Kind::Dst(d) => self.dst.remove(&d),
+            Kind::DstSrc(d, s) => self.dst_src.remove(&(d, s)),
+        }
+    }
+
+    fn get(&self, kind: Kind) -> Option<&V> {
+        match kind {
+            Kind::Spi => self.any.as_ref(),
+            Kind::Dst(d) => self.dst.get(&d),
+            Kind::DstSrc(d, s) => self.dst_src.get(&(d, s)),
+        }
+    }
+
+    fn lookup(&self, dst: Addr, src: Addr) -> Option<&V> {
+        self.dst_src
+            .get(&(dst, src))
+            .or_else(|| self.dst.get(&dst))
+            .or(self.any.as_ref())
+    }
+
+    fn len(&self) -> usize {
+        usize::from(self.any.is_some()) + self.dst.len() + self.dst_src.len()
+    }
+
+    fn entries(&self) -> impl Iterator<Item = (Kind, &V)> {
+        self.any
+            .iter()
+            .map(|v| (Kind::Spi, v))
+            .chain(self.dst.iter().map(|(d, v)| (Kind::Dst(*d), v)))
+            .chain(
+                self.dst_src
+                    .iter()
+                    .map(|((d, s), v)| (Kind::DstSrc(*d, *s), v)),
+            )
+    }
+}
+
+#[derive(Clone)]
+enum Slot<V> {
+    One(One<V>),
+    Many(Box<Many<V>>),
+}
+
+impl<V: Clone> Slot<V> {
+    /// Adds an entry to this SPI's slot.
+    fn insert(&mut self, kind: Kind, v: V, hasher: &Hasher) -> Result<(), SadError> {
+        match self {
+            Slot::One(one) if one.kind() == kind => Err(SadError::Exists),
+            Slot::One(one) => {
+                let mut many = Box::new(Many::new(hasher));
+                many.insert(one.kind(), one.v.clone())?;
+                many.insert(kind, v)?;
+                *self = Slot::Many(many);
+                Ok(())
+            }
+            Slot::Many(many) => many.insert(kind, v),
+        }
+    }
+
+    /// Removes an entry; the second value says whether the slot is now empty.
+    fn remove(&mut self, kind: Kind) -> (Option<V>, bool) {
+        match self {
+            Slot::One(one) if one.kind() == kind => (Some(one.v.clone()), true),
+            Slot::One(_) => (None, false),
+            Slot::Many(many) => {
+                let v = many.remove(kind);
+                let left = many.len();
+                // Back to the inline form when one entry is left.
+                let last = (left == 1)
+                    .then(|| many.entries().next().map(|(k, v)| One::new(k, v.clone())))
+                    .flatten();
+                if let Some(one) = last {
+                    *self = Slot::One(one);
+                }
+                (v, left == 0)
+            }
+        }
+    }
+
+    fn get(&self, kind: Kind) -> Option<&V> {
+        match self {
+            Slot::One(one) => (one.kind() == kind).then_some(&one.v),
+            Slot::Many(many) => many.get(kind),
+        }
+    }
+
+    /// RFC 4301 4.1 longest match among this SPI's entries.
+    #[inline]
+    fn lookup(&self, dst: Addr, src: Addr) -> Option<&V> {
+        match self {
+            // The only entry of this SPI: it is the longest match if it matches at all.
+            Slot::One(one) => one.matches(dst, src).then_some(&one.v),
+            Slot::Many(many) => many.lookup(dst, src),
+        }
+    }
+
+    fn keys(&self, spi: u32, out: &mut Vec<SadKey>) {
+        match self {
+            Slot::One(one) => out.push(one.kind().key(spi)),
+            Slot::Many(m) => out.extend(m.entries().map(|(k, _)| k.key(spi))),
+        }
+    }
+}
+
 /// The SAD, generic over the stored value (the engine stores `Arc<Sa>`).
 pub struct Sad<V: 'static> {
-    by_dst_src: HashIndex<(u32, Addr, Addr), V, Hasher>,
-    by_dst: HashIndex<(u32, Addr), V, Hasher>,
-    by_spi: HashIndex<u32, V, Hasher>,
-    /// Entries per index (the first two let lookups skip empty indexes).
-    n_dst_src: AtomicUsize,
-    n_dst: AtomicUsize,
-    n_spi: AtomicUsize,
+    index: scc::HashIndex<u32, Slot<V>, Hasher>,
+    /// Number of entries (an SPI slot may hold several).
+    entries: AtomicUsize,
+    hasher: Hasher,
 }
 
 impl<V: 'static> std::fmt::Debug for Sad<V> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Sad")
-            .field("spi_dst_src", &self.n_dst_src.load(Ordering::Relaxed))
-            .field("spi_dst", &self.n_dst.load(Ordering::Relaxed))
-            .field("spi", &self.n_spi.load(Ordering::Relaxed))
+            .field("entries", &self.entries.load(Ordering::Relaxed))
             .finish_non_exhaustive()
     }
 }
@@ -108,35 +318,28 @@ impl<V: Clone + 'static> Default for Sad<V> {
 
 impl<V: Clone + 'static> Sad<V> {
     pub fn new() -> Self {
+        let hasher = Hasher::default();
         Self {
-            by_dst_src: HashIndex::with_hasher(Hasher::default()),
-            by_dst: HashIndex::with_hasher(Hasher::default()),
-            by_spi: HashIndex::with_hasher(Hasher::default()),
-            n_dst_src: AtomicUsize::new(0),
-            n_dst: AtomicUsize::new(0),
-            n_spi: AtomicUsize::new(0),
+            index: scc::HashIndex::with_hasher(hasher.clone()),
+            entries: AtomicUsize::new(0),
+            hasher,
         }
     }
 
     /// Adds an entry. Fails if the exact key is taken.
     pub fn insert(&self, key: SadKey, v: V) -> Result<(), SadError> {
-        let (ok, counter) = match key {
-            SadKey::Spi(spi) => (self.by_spi.insert_sync(spi, v).is_ok(), &self.n_spi),
-            SadKey::SpiDst { spi, dst } => (
-                self.by_dst.insert_sync((spi, dst.into()), v).is_ok(),
-                &self.n_dst,
-            ),
-            SadKey::SpiDstSrc { spi, dst, src } => (
-                self.by_dst_src
-                    .insert_sync((spi, dst.into(), src.into()), v)
-                    .is_ok(),
-                &self.n_dst_src,
-            ),
-        };
-        if !ok {
-            return Err(SadError::Exists);
+        let (spi, kind) = (key.spi(), key.kind());
+        match self.index.entry_sync(spi) {
+            Entry::Vacant(e) => {
+                e.insert_entry(Slot::One(One::new(kind, v)));
+            }
+            Entry::Occupied(mut e) => {
+                let mut slot = e.get().clone();
+                slot.insert(kind, v, &self.hasher)?;
+                e.update(slot);
+            }
         }
-        counter.fetch_add(1, Ordering::Release);
+        self.entries.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 
@@ -156,32 +359,24 @@ impl<V: Clone + 'static> Sad<V> {
     /// Removes the entry with exactly this key if `pred` holds for it (e.g. it is still the
     /// same SA and not a newer one installed under the same key).
     pub fn remove_if(&self, key: SadKey, pred: impl FnOnce(&V) -> bool) -> Option<V> {
-        let mut removed = None;
-        let take = |v: &V| {
-            let yes = pred(v);
-            if yes {
-                removed = Some(v.clone());
-            }
-            yes
+        let (spi, kind) = (key.spi(), key.kind());
+        let Entry::Occupied(mut e) = self.index.entry_sync(spi) else {
+            return None;
         };
-        let (done, counter) = match key {
-            SadKey::Spi(spi) => (self.by_spi.remove_if_sync(&spi, take), &self.n_spi),
-            SadKey::SpiDst { spi, dst } => (
-                self.by_dst.remove_if_sync(&(spi, Addr::from(dst)), take),
-                &self.n_dst,
-            ),
-            SadKey::SpiDstSrc { spi, dst, src } => (
-                self.by_dst_src
-                    .remove_if_sync(&(spi, Addr::from(dst), Addr::from(src)), take),
-                &self.n_dst_src,
-            ),
-        };
-        if done {
-            counter.fetch_sub(1, Ordering::Release);
-            removed
-        } else {
-            None
+        if !e.get().get(kind).is_some_and(pred) {
+            return None;
         }
+        let mut slot = e.get().clone();
+        let (removed, empty) = slot.remove(kind);
+        if empty {
+            e.remove_entry();
+        } else {
+            e.update(slot);
+        }
+        if removed.is_some() {
+            self.entries.fetch_sub(1, Ordering::Relaxed);
+        }
+        removed
     }
 
     /// RFC 4301 4.1 longest-match lookup; `f` runs on the entry under the reader's epoch
@@ -196,18 +391,15 @@ impl<V: Clone + 'static> Sad<V> {
     ) -> Option<R> {
         let (dst, src) = (Addr::from(dst), Addr::from(src));
         let mut f = Some(f);
-        let mut call = |v: &V| f.take().map(|f| f(v));
-        if self.n_dst_src.load(Ordering::Acquire) > 0
-            && let Some(r) = self.by_dst_src.peek_with(&(spi, dst, src), |_, v| call(v))
-        {
-            return r;
+        let mut call = |slot: &Slot<V>| slot.lookup(dst, src).and_then(|v| f.take().map(|f| f(v)));
+        match self.index.peek_with(&spi, |_, slot| call(slot)) {
+            Some(Some(hit)) => Some(hit),
+            // `peek_with` takes no lock, and a writer replaces a slot by inserting the new
+            // version and then retiring the old one: in between, a lock-free reader can see
+            // neither. A miss is therefore confirmed under the bucket's shared lock, which
+            // waits for such a writer. Hits never take this path; misses pay one more probe.
+            _ => self.index.read_sync(&spi, |_, slot| call(slot)).flatten(),
         }
-        if self.n_dst.load(Ordering::Acquire) > 0
-            && let Some(r) = self.by_dst.peek_with(&(spi, dst), |_, v| call(v))
-        {
-            return r;
-        }
-        self.by_spi.peek_with(&spi, |_, v| call(v)).flatten()
     }
 
     /// RFC 4301 4.1 longest-match lookup, returning a clone of the entry.
@@ -217,48 +409,26 @@ impl<V: Clone + 'static> Sad<V> {
 
     /// The entry stored under exactly this key.
     pub fn get(&self, key: SadKey) -> Option<V> {
-        match key {
-            SadKey::Spi(spi) => self.by_spi.peek_with(&spi, |_, v| v.clone()),
-            SadKey::SpiDst { spi, dst } => self
-                .by_dst
-                .peek_with(&(spi, Addr::from(dst)), |_, v| v.clone()),
-            SadKey::SpiDstSrc { spi, dst, src } => self
-                .by_dst_src
-                .peek_with(&(spi, Addr::from(dst), Addr::from(src)), |_, v| v.clone()),
-        }
+        let kind = key.kind();
+        self.index
+            .peek_with(&key.spi(), |_, slot| slot.get(kind).cloned())
+            .flatten()
     }
 
     /// Number of entries.
     pub fn len(&self) -> usize {
-        self.n_spi.load(Ordering::Relaxed)
-            + self.n_dst.load(Ordering::Relaxed)
-            + self.n_dst_src.load(Ordering::Relaxed)
+        self.entries.load(Ordering::Relaxed)
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
-    /// Every key (for status and tests; walks the whole SAD).
+    /// Every key (for status and tests; walks the whole index).
     pub fn keys(&self) -> Vec<SadKey> {
         let mut out = Vec::new();
-        self.by_spi.iter_sync(|spi, _| {
-            out.push(SadKey::Spi(*spi));
-            true
-        });
-        self.by_dst.iter_sync(|(spi, d), _| {
-            out.push(SadKey::SpiDst {
-                spi: *spi,
-                dst: d.ip(),
-            });
-            true
-        });
-        self.by_dst_src.iter_sync(|(spi, d, s), _| {
-            out.push(SadKey::SpiDstSrc {
-                spi: *spi,
-                dst: d.ip(),
-                src: s.ip(),
-            });
+        self.index.iter_sync(|spi, slot| {
+            slot.keys(*spi, &mut out);
             true
         });
         out
