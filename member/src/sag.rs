@@ -162,4 +162,26 @@ mod tests {
         assert_eq!(s.proposals[0].protocol, ProtocolId::GikeUpdate);
         assert_eq!(s.proposals[1].protocol, ProtocolId::Esp);
     }
+
+    #[test]
+    fn sag_lists_only_transform_types_valid_for_each_protocol() {
+        // RFC 9838 2.3.3 (R010): only the types of Figure 16 for each protocol.
+        use TransformType::{Encr, GcAuth, Integ, Kwa, Sn};
+        for p in supported_sag().proposals {
+            let allowed: &[TransformType] = match p.protocol {
+                ProtocolId::GikeUpdate => &[Encr, Integ, GcAuth, Kwa],
+                ProtocolId::Esp => &[Encr, Sn, Integ],
+                ProtocolId::Ah => &[Integ, Sn],
+                other => panic!("unexpected protocol {other:?} in SAg"),
+            };
+            for t in &p.transforms {
+                assert!(
+                    allowed.contains(&t.ty),
+                    "{:?} in a {:?} proposal",
+                    t.ty,
+                    p.protocol
+                );
+            }
+        }
+    }
 }
