@@ -6,7 +6,7 @@
 //! - commands: [`Engine::install`], [`Engine::delete`], [`Engine::remove`],
 //!   [`Engine::spd`] (`replace`/`update`);
 //! - data path (any number of threads, `&self`): [`Engine::classify`], [`Engine::seal`],
-//!   [`Engine::seal_esp`], [`Engine::open`], [`Engine::open_esp`];
+//!   [`Engine::seal_esp`], [`Engine::seal_dummy`], [`Engine::open`], [`Engine::open_esp`];
 //! - time: [`Engine::poll_timeout`] gives the next deadline, [`Engine::handle_timeout`]
 //!   processes everything due (lifetimes, end of DTD lingering, removal of hard-expired SAs);
 //! - output: [`Engine::poll_event`] drains lifetime events for the installers.
