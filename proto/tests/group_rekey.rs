@@ -769,3 +769,31 @@ fn rekey_reader_survives_garbage() {
     }
     assert!(s.reader.handle(d, s.t0).unwrap().is_some());
 }
+
+#[test]
+fn rekey_auth_algorithm_identifier_must_match_gcauth() {
+    // RFC 9838 4.4.2.1.1 (R072): the AlgorithmIdentifier in the AUTH payload must match the
+    // GCAUTH transform's Signature Algorithm Identifier, even when the signature verifies
+    // under some key: a member registered for ECDSA refuses an Ed25519-signed rekey.
+    let mut s = setup(signature(SignatureScheme::EcdsaP256Sha256), 230);
+    let mut other = GroupState {
+        rekey: s.g.rekey.clone(),
+        teks: Vec::new(),
+        policy: s.g.policy,
+        auth: signature(SignatureScheme::Ed25519),
+    };
+    let t = tek_gcm(&mut s.rng);
+    let content = RekeyContent {
+        teks: vec![&t],
+        ..RekeyContent::default()
+    };
+    let m = RekeySender::default()
+        .build(&mut other, &content, BUILT_AT, &mut s.rng)
+        .unwrap();
+    match deliver(&mut s.reader, &m, s.t0) {
+        Err(RekeyDrop::BadSignature(e)) => {
+            assert!(e.to_string().contains("AlgorithmIdentifier"), "{e}")
+        }
+        other => panic!("expected BadSignature, got {other:?}"),
+    }
+}
