@@ -70,3 +70,20 @@ fn inner_payloads_corpus() {
     sync_seeds("inner_payloads", seeds);
     assert!(run_all("inner_payloads", fuzz_payload_chain_input) >= count);
 }
+
+#[test]
+fn responder_corpus() {
+    let seeds = gikev2_proto::fuzzing::seed_responder();
+    let count = seeds.len();
+    sync_seeds("responder", seeds);
+    let start = std::time::Instant::now();
+    let mut n = 0;
+    for entry in std::fs::read_dir(corpus_dir("responder")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_file() {
+            gikev2_proto::fuzzing::fuzz_responder(&std::fs::read(&path).unwrap(), start);
+            n += 1;
+        }
+    }
+    assert!(n >= count);
+}
