@@ -1,6 +1,22 @@
 //! gikev2-gcks: the Group Controller/Key Server runtime. The protocol lives in
-//! `gikev2-proto`; this crate owns sockets, timers and the link to the policy store.
+//! `gikev2-proto`, the policy in `gikev2-policy`; this crate owns sockets, timers and the
+//! link between them.
+//!
+//! - [`server`]: UDP sockets around the sans-IO endpoint, registrations delegated to a
+//!   [`Registrar`].
+//! - [`registrar`]: the store-backed registrar (authorization, key state, Sender-IDs,
+//!   audit log).
+//! - [`credentials`]: member credentials for the IKE layer, cached from the store.
+//! - [`state`]: a group's key state, created on first use and committed before use.
+//! - [`sag`]: a member's SAg against the group's policy (NO_PROPOSAL_CHOSEN).
 
+pub mod credentials;
+pub mod registrar;
+pub mod sag;
 pub mod server;
+pub mod state;
 
-pub use server::{Registrar, RegistrationContext, ServeConfig, ServeError, Server};
+pub use registrar::StoreRegistrar;
+pub use server::{
+    AuthFailure, Registrar, RegistrationContext, ServeConfig, ServeError, Server, Verdict,
+};

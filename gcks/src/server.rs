@@ -2,20 +2,35 @@
 //! drives). One task owns the endpoint; one task per socket receives; registration decisions
 //! run as their own tasks so a slow policy lookup never stalls the endpoint.
 //!
+//! Registration decisions come back as a [`Verdict`]: the [`Decision`] for the member and
+//! whether its IKE SA must stay open. By convention the GCKS closes the registration IKE
+//! SA (RFC 9838 2.3.3, 2.3.4: "after a short period of time the GCKS SHOULD close the IKE
+//! SA"); with [`ServeConfig::ike_idle_close`] set, an IKE SA with no pending request is
+//! deleted (INFORMATIONAL Delete) that long after its last registration exchange, unless
+//! the registrar asked to keep it (in-band rekey, or a member that got no Rekey SA and
+//! would otherwise have to consider itself excluded, 2.3.3).
+//!
+//! Failed authentications are reported to the registrar with the identity the peer
+//! claimed ([`AuthFailure`]): the server wraps the configured [`PeerAuthResolver`] to see
+//! which identity each GSA_AUTH presented, and drains the endpoint's events after every
+//! datagram so that a failure is matched to the datagram that caused it.
+//!
 //! Ports: 500 and 4500 (RFC 7296 2.23; 4500 carries the four-octet non-ESP marker, RFC 3948)
 //! and 848 (GDOI's port, RFC 9838 2.1.1). The IKE SA behaves the same whichever port it
 //! arrived on (RFC 9838 2.1.1, R003): the port only decides the framing.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use gikev2_proto::crypto::{SystemRandom, keywrap::KeyWrapKey};
 use gikev2_proto::ike::{
-    Decision, Endpoint, EndpointConfig, Event, IkeConfig, RegistrationRequest, SaHandle,
+    CloseReason, Decision, Endpoint, EndpointConfig, Event, IkeConfig, PeerAuth, PeerAuthResolver,
+    RegistrationRequest, SaHandle,
 };
+use gikev2_proto::wire::cert::CertPayload;
 use gikev2_proto::wire::header::{Port4500, classify_port_4500, with_non_esp_marker};
 use gikev2_proto::wire::id::IdPayload;
 use tokio::net::UdpSocket;
@@ -28,6 +43,8 @@ pub const NAT_T_PORT: u16 = 4500;
 const MAX_DATAGRAM: usize = 65_535;
 /// Datagrams processed per wake-up before timers and decisions get a turn (STYLE Q6).
 const WORK_BUDGET: usize = 64;
+/// Remembered (peer address -> socket) routes before the table is reset.
+const MAX_ROUTES: usize = 65_536;
 
 /// What the runtime needs besides the IKE configuration.
 #[derive(Debug, Clone)]
@@ -37,6 +54,10 @@ pub struct ServeConfig {
     pub endpoint: EndpointConfig,
     /// New IKE_SA_INIT requests accepted per second from one source address (burst 2x).
     pub init_rate_per_source: u32,
+    /// Delete an IKE SA this long after its last registration exchange, unless the
+    /// registrar asked to keep it ([`Verdict::keep_ike_sa`]). `None` keeps every IKE SA
+    /// until the member deletes it (`gcks serve` always sets a value).
+    pub ike_idle_close: Option<Duration>,
 }
 
 impl Default for ServeConfig {
@@ -49,6 +70,7 @@ impl Default for ServeConfig {
             ],
             endpoint: EndpointConfig::default(),
             init_rate_per_source: 20,
+            ike_idle_close: None,
         }
     }
 }
@@ -62,13 +84,119 @@ pub struct RegistrationContext {
     pub kwk: KeyWrapKey,
 }
 
+/// A registration decision and what it means for the member's IKE SA.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verdict {
+    pub decision: Decision,
+    /// Keep the IKE SA open after this exchange: the group is rekeyed in-band over it
+    /// (RFC 9838 2.4.2), or the member got no Rekey SA (2.3.3: without GIKE_UPDATE policy
+    /// a member whose IKE SA closes must consider itself excluded).
+    pub keep_ike_sa: bool,
+}
+
+/// An initiator failed authentication (the responder sent AUTHENTICATION_FAILED).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthFailure {
+    pub remote: SocketAddr,
+    /// The identity (IDi) it presented, when the request got that far.
+    pub claimed: Option<IdPayload>,
+    /// Whether a credential was found for that identity: `false` means an unknown
+    /// identity or a refused certificate, `true` an AUTH payload that did not verify
+    /// (a wrong PSK or key).
+    pub credential_found: bool,
+}
+
 /// Decides registrations: the GCKS's policy (the SQL store, or a fixed policy in tests).
 pub trait Registrar: Send + Sync + 'static {
     fn decide(&self, ctx: RegistrationContext) -> impl Future<Output = Decision> + Send;
 
+    /// [`Registrar::decide`] plus whether the IKE SA must stay open. The default keeps
+    /// nothing open: the decision of `decide`.
+    fn register(&self, ctx: RegistrationContext) -> impl Future<Output = Verdict> + Send {
+        async move {
+            Verdict {
+                decision: self.decide(ctx).await,
+                keep_ike_sa: false,
+            }
+        }
+    }
+
     /// A member left a group (RFC 9838 2.3.2, Figure 8).
     fn left(&self, _peer_id: IdPayload, _group: IdPayload) -> impl Future<Output = ()> + Send {
         async {}
+    }
+
+    /// An initiator failed authentication (for the audit log).
+    fn authentication_failed(&self, _failure: AuthFailure) -> impl Future<Output = ()> + Send {
+        async {}
+    }
+}
+
+/// What the credential resolver saw during one `Endpoint::handle` call.
+type Claimed = Arc<Mutex<Option<(IdPayload, bool)>>>;
+
+/// Wraps the configured resolver to remember the identity each authentication
+/// presented (the endpoint runs on one task, so "the last call" belongs to the datagram
+/// being handled).
+struct RecordingResolver {
+    inner: Arc<dyn PeerAuthResolver>,
+    seen: Claimed,
+}
+
+impl PeerAuthResolver for RecordingResolver {
+    fn resolve(&self, peer_id: &IdPayload, certs: &[CertPayload]) -> Option<PeerAuth> {
+        let found = self.inner.resolve(peer_id, certs);
+        if let Ok(mut s) = self.seen.lock() {
+            *s = Some((peer_id.clone(), found.is_some()));
+        }
+        found
+    }
+}
+
+/// Per-IKE-SA bookkeeping of the runtime: pending decisions and the idle close.
+#[derive(Default)]
+struct SaTracker {
+    /// SAs waiting for the registrar; never closed while waiting.
+    pending: HashSet<SaHandle>,
+    /// SAs the registrar asked to keep open, with the groups that need them.
+    kept: HashMap<SaHandle, HashSet<IdPayload>>,
+    /// When each idle SA gets deleted.
+    idle_until: HashMap<SaHandle, Instant>,
+}
+
+impl SaTracker {
+    fn next_deadline(&self) -> Option<Instant> {
+        self.idle_until.values().min().copied()
+    }
+
+    /// After an exchange on `h`: (re)arm the idle timer unless the SA must stay.
+    fn touched(&mut self, h: SaHandle, now: Instant, idle: Option<Duration>) {
+        let Some(idle) = idle else { return };
+        if self.pending.contains(&h) || self.kept.get(&h).is_some_and(|g| !g.is_empty()) {
+            self.idle_until.remove(&h);
+        } else {
+            self.idle_until.insert(h, now + idle);
+        }
+    }
+
+    fn forget(&mut self, h: SaHandle) {
+        self.pending.remove(&h);
+        self.kept.remove(&h);
+        self.idle_until.remove(&h);
+    }
+
+    /// SAs whose idle time ran out.
+    fn due(&mut self, now: Instant) -> Vec<SaHandle> {
+        let due: Vec<SaHandle> = self
+            .idle_until
+            .iter()
+            .filter(|(_, t)| **t <= now)
+            .map(|(h, _)| *h)
+            .collect();
+        for h in &due {
+            self.idle_until.remove(h);
+        }
+        due
     }
 }
 
@@ -88,6 +216,7 @@ pub struct Server<R: Registrar> {
     ike: IkeConfig,
     config: ServeConfig,
     registrar: Arc<R>,
+    claimed: Claimed,
 }
 
 fn bind_udp(addr: SocketAddr) -> std::io::Result<UdpSocket> {
@@ -108,18 +237,31 @@ fn bind_udp(addr: SocketAddr) -> std::io::Result<UdpSocket> {
     UdpSocket::from_std(s.into())
 }
 
+/// What a registration task hands back to the endpoint task.
+struct Decided {
+    handle: SaHandle,
+    group: IdPayload,
+    verdict: Verdict,
+}
+
 impl<R: Registrar> Server<R> {
-    pub fn bind(ike: IkeConfig, config: ServeConfig, registrar: R) -> Result<Self, ServeError> {
+    pub fn bind(mut ike: IkeConfig, config: ServeConfig, registrar: R) -> Result<Self, ServeError> {
         let mut sockets = Vec::new();
         for &addr in &config.listen {
             let s = bind_udp(addr).map_err(|source| ServeError::Bind { addr, source })?;
             sockets.push(Arc::new(s));
         }
+        let claimed: Claimed = Arc::new(Mutex::new(None));
+        ike.peer_auth = Arc::new(RecordingResolver {
+            inner: ike.peer_auth.clone(),
+            seen: claimed.clone(),
+        });
         Ok(Self {
             sockets,
             ike,
             config,
             registrar: Arc::new(registrar),
+            claimed,
         })
     }
 
@@ -134,7 +276,7 @@ impl<R: Registrar> Server<R> {
     /// Serves until `shutdown` completes.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         let (dg_tx, mut dg_rx) = mpsc::channel::<(usize, SocketAddr, Vec<u8>)>(1024);
-        let (dec_tx, mut dec_rx) = mpsc::channel::<(SaHandle, Decision)>(256);
+        let (dec_tx, mut dec_rx) = mpsc::channel::<Decided>(256);
         let mut readers = Vec::new();
         for (i, s) in self.sockets.iter().enumerate() {
             let s = s.clone();
@@ -167,12 +309,22 @@ impl<R: Registrar> Server<R> {
             Instant::now(),
             &mut rng,
         );
+        let ports: Vec<u16> = self
+            .sockets
+            .iter()
+            .map(|s| s.local_addr().map(|a| a.port()).unwrap_or(0))
+            .collect();
         // Which socket a peer talks to us on, so answers leave from the same port.
         let mut route: HashMap<SocketAddr, usize> = HashMap::new();
         let mut limiter = RateLimiter::new(self.config.init_rate_per_source);
+        let mut tracker = SaTracker::default();
+        let idle = self.config.ike_idle_close;
         tokio::pin!(shutdown);
         loop {
-            let timeout = endpoint.poll_timeout();
+            let timeout = [endpoint.poll_timeout(), tracker.next_deadline()]
+                .into_iter()
+                .flatten()
+                .min();
             let sleep = async {
                 match timeout {
                     Some(t) => tokio::time::sleep_until(t.into()).await,
@@ -191,8 +343,7 @@ impl<R: Registrar> Server<R> {
                         }
                     }
                     for (i, from, data) in batch {
-                        let port = self.sockets[i].local_addr().map(|a| a.port()).unwrap_or(0);
-                        let ike = if port == NAT_T_PORT {
+                        let ike = if ports[i] == NAT_T_PORT {
                             match classify_port_4500(&data) {
                                 Ok(Port4500::Ike(m)) => m.to_vec(),
                                 _ => continue, // ESP or keepalive: not ours
@@ -206,71 +357,149 @@ impl<R: Registrar> Server<R> {
                         }
                         route.insert(from, i);
                         endpoint.handle(&ike, from, now, &mut rng);
+                        let claimed = self.claimed.lock().ok().and_then(|mut c| c.take());
+                        // Events now, so an authentication failure meets its claim.
+                        let origin = Some((from, claimed));
+                        self.drain_events(&mut endpoint, &mut tracker, &dec_tx, origin, now);
                     }
                 }
-                Some((h, decision)) = dec_rx.recv() => {
-                    endpoint.decide(h, decision, Instant::now(), &mut rng);
+                Some(d) = dec_rx.recv() => {
+                    let now = Instant::now();
+                    tracker.pending.remove(&d.handle);
+                    if d.verdict.keep_ike_sa {
+                        tracker.kept.entry(d.handle).or_default().insert(d.group);
+                    }
+                    endpoint.decide(d.handle, d.verdict.decision, now, &mut rng);
+                    tracker.touched(d.handle, now, idle);
                 }
-                _ = sleep => endpoint.handle_timeout(Instant::now()),
-            }
-            while let Some((h, e)) = endpoint.poll_event() {
-                match e {
-                    Event::RegistrationRequested { peer_id, request } => {
-                        let Some(sa) = endpoint.sa(h) else { continue };
-                        let remote = sa.remote();
-                        let kwk = match sa.key_wrap_key() {
-                            Ok(k) => k,
-                            Err(err) => {
-                                warn!(error = %err, "no key wrap key; refusing");
-                                let _ = dec_tx.try_send((
-                                    h,
-                                    Decision::Refuse(
-                                        gikev2_proto::registry::NotifyType::NoProposalChosen,
-                                    ),
-                                ));
-                                continue;
-                            }
-                        };
-                        let registrar = self.registrar.clone();
-                        let tx = dec_tx.clone();
-                        tokio::spawn(async move {
-                            let d = registrar
-                                .decide(RegistrationContext {
-                                    peer_id,
-                                    request,
-                                    remote,
-                                    kwk,
-                                })
-                                .await;
-                            let _ = tx.send((h, d)).await;
-                        });
+                _ = sleep => {
+                    let now = Instant::now();
+                    endpoint.handle_timeout(now);
+                    for h in tracker.due(now) {
+                        if tracker.pending.contains(&h) {
+                            continue;
+                        }
+                        debug!(handle = h.0, "closing the idle registration IKE SA");
+                        endpoint.with_sa(h, now, |sa| sa.delete(now, &mut rng));
                     }
-                    Event::LeaveRequested { peer_id, group, .. } => {
-                        let registrar = self.registrar.clone();
-                        tokio::spawn(async move { registrar.left(peer_id, group).await });
-                    }
-                    Event::Established { peer_id } => info!(?peer_id, "member authenticated"),
-                    Event::Closed(reason) => debug!(?reason, "IKE SA closed"),
-                    _ => {}
                 }
             }
+            self.drain_events(&mut endpoint, &mut tracker, &dec_tx, None, Instant::now());
             while let Some((to, d)) = endpoint.poll_transmit() {
                 let i = route.get(&to).copied().unwrap_or(0);
-                let s = &self.sockets[i];
-                let port = s.local_addr().map(|a| a.port()).unwrap_or(0);
-                let out = if port == NAT_T_PORT {
+                let out = if ports[i] == NAT_T_PORT {
                     with_non_esp_marker(&d)
                 } else {
                     d
                 };
-                if let Err(e) = s.send_to(&out, to).await {
+                if let Err(e) = self.sockets[i].send_to(&out, to).await {
                     debug!(error = %e, %to, "send_to");
                 }
             }
             limiter.prune(Instant::now());
+            if route.len() > MAX_ROUTES {
+                // Routes are only hints (the socket to answer from); forget them all
+                // rather than grow without bound under a flood of sources.
+                route.clear();
+            }
         }
         for r in readers {
             r.abort();
+        }
+    }
+
+    /// Handles every event the endpoint has: registration requests go to the registrar
+    /// on their own task, leaves and authentication failures too.
+    fn drain_events(
+        &self,
+        endpoint: &mut Endpoint,
+        tracker: &mut SaTracker,
+        dec_tx: &mpsc::Sender<Decided>,
+        origin: Option<(SocketAddr, Option<(IdPayload, bool)>)>,
+        now: Instant,
+    ) {
+        let idle = self.config.ike_idle_close;
+        let (from, mut claimed) = match origin {
+            Some((from, claimed)) => (Some(from), claimed),
+            None => (None, None),
+        };
+        while let Some((h, e)) = endpoint.poll_event() {
+            match e {
+                Event::RegistrationRequested { peer_id, request } => {
+                    let Some(sa) = endpoint.sa(h) else { continue };
+                    let remote = sa.remote();
+                    let group = request.group.clone();
+                    tracker.pending.insert(h);
+                    tracker.idle_until.remove(&h);
+                    let kwk = match sa.key_wrap_key() {
+                        Ok(k) => k,
+                        Err(err) => {
+                            warn!(error = %err, "no key wrap key; refusing");
+                            let _ = dec_tx.try_send(Decided {
+                                handle: h,
+                                group,
+                                verdict: Verdict {
+                                    decision: Decision::Refuse(
+                                        gikev2_proto::registry::NotifyType::NoProposalChosen,
+                                    ),
+                                    keep_ike_sa: false,
+                                },
+                            });
+                            continue;
+                        }
+                    };
+                    let registrar = self.registrar.clone();
+                    let tx = dec_tx.clone();
+                    tokio::spawn(async move {
+                        let verdict = registrar
+                            .register(RegistrationContext {
+                                peer_id,
+                                request,
+                                remote,
+                                kwk,
+                            })
+                            .await;
+                        let _ = tx
+                            .send(Decided {
+                                handle: h,
+                                group,
+                                verdict,
+                            })
+                            .await;
+                    });
+                }
+                Event::LeaveRequested { peer_id, group, .. } => {
+                    if let Some(g) = tracker.kept.get_mut(&h) {
+                        g.remove(&group);
+                    }
+                    tracker.touched(h, now, idle);
+                    let registrar = self.registrar.clone();
+                    tokio::spawn(async move { registrar.left(peer_id, group).await });
+                }
+                Event::Established { peer_id } => info!(?peer_id, "member authenticated"),
+                Event::Closed(reason) => {
+                    debug!(?reason, "IKE SA closed");
+                    // The SA is gone by now; a failed GSA_AUTH closes it while its
+                    // datagram is handled, so `from` is its peer.
+                    let remote = endpoint.sa(h).map(|sa| sa.remote()).or(from);
+                    tracker.forget(h);
+                    if reason == CloseReason::AuthenticationFailed {
+                        let (claimed, credential_found) = match claimed.take() {
+                            Some((id, found)) => (Some(id), found),
+                            None => (None, false),
+                        };
+                        let failure = AuthFailure {
+                            remote: remote.unwrap_or(SocketAddr::from(([0; 4], 0))),
+
+                            claimed,
+                            credential_found,
+                        };
+                        let registrar = self.registrar.clone();
+                        tokio::spawn(async move { registrar.authentication_failed(failure).await });
+                    }
+                }
+                _ => {}
+            }
         }
     }
 }
@@ -325,7 +554,11 @@ mod tests {
     #[test]
     fn default_ports_are_ikev2_and_gdoi() {
         // RFC 9838 2.1.1: G-IKEv2 SHOULD use the IKEv2 ports (500, 4500); 848 is allowed.
-        let ports: Vec<u16> = ServeConfig::default().listen.iter().map(SocketAddr::port).collect();
+        let ports: Vec<u16> = ServeConfig::default()
+            .listen
+            .iter()
+            .map(SocketAddr::port)
+            .collect();
         assert_eq!(ports, [500, 4500, 848]);
     }
 

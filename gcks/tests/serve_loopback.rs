@@ -119,6 +119,7 @@ async fn members_register_over_udp_and_nat_t_port_with_identical_keys() {
         listen,
         endpoint: EndpointConfig::default(),
         init_rate_per_source: 50,
+        ike_idle_close: None,
     };
     let server = Server::bind(
         config("gcks.test"),

@@ -1,0 +1,454 @@
+//! Admin subcommands: they open the store directly (the same one `gcks serve` uses; a
+//! running server sees the changes at its next registration).
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use gikev2_policy::{
+    GroupSpec, GroupWidePolicy, MasterKey, NewCredential, RekeyConfig, RekeyMode, Store,
+    TekPolicySpec, TekProtocol, scheme_as_db,
+};
+use gikev2_proto::crypto::{EncrAlg, SigningKey, SystemRandom};
+use gikev2_proto::registry::GcAuthId;
+use gikev2_proto::wire::gsa::is_counter_mode;
+
+use super::names::{self, show_identity};
+use super::{
+    AddTekArgs, AuthorizeArgs, GroupCommand, GroupCreateArgs, MemberAddArgs, MemberCommand,
+    SigningKeyCommand, StatusArgs, files, redacted,
+};
+use gikev2_gcks::registrar::unix_now;
+
+/// Opens (creating if needed) the store and its master key.
+pub async fn open_store(url: &str, key_path: &Path) -> Result<Store, String> {
+    let mut rng = SystemRandom::new();
+    let key = MasterKey::load_or_create(key_path, &mut rng)
+        .map_err(|e| format!("--master-key {}: {e}", key_path.display()))?;
+    Store::open(url, key)
+        .await
+        .map_err(|e| format!("--db {}: {e}", redacted(url)))
+}
+
+fn err(e: gikev2_policy::StoreError) -> String {
+    e.to_string()
+}
+
+async fn group_by_name(store: &Store, name: &str) -> Result<gikev2_policy::Group, String> {
+    store
+        .group_by_name(name)
+        .await
+        .map_err(err)?
+        .ok_or_else(|| format!("GROUP: no group named {name:?} (see `gcks group list`)"))
+}
+
+pub async fn group(store: &Store, cmd: GroupCommand) -> Result<String, String> {
+    match cmd {
+        GroupCommand::Create(a) => group_create(store, a).await,
+        GroupCommand::List => group_list(store).await,
+        GroupCommand::Delete { name } => {
+            let g = group_by_name(store, &name).await?;
+            store.delete_group(g.id).await.map_err(err)?;
+            Ok(format!("deleted group {name}"))
+        }
+        GroupCommand::AddTek(a) => add_tek(store, a).await,
+    }
+}
+
+async fn group_create(store: &Store, a: GroupCreateArgs) -> Result<String, String> {
+    let mode = names::rekey_mode(&a.rekey)?;
+    let dst = match (&a.rekey_dst, mode) {
+        (Some(d), RekeyMode::Multicast) => Some(names::multicast_endpoint("--rekey-dst", d)?),
+        (None, RekeyMode::Multicast) => {
+            return Err(
+                "--rekey-dst: multicast rekey needs a destination such as 239.0.0.9:848 \
+                 (or use --rekey inband|none)"
+                    .into(),
+            );
+        }
+        (Some(_), _) => return Err("--rekey-dst: only with --rekey multicast".into()),
+        (None, _) => None,
+    };
+    let src_addr = a
+        .rekey_src
+        .as_deref()
+        .map(|s| {
+            s.parse()
+                .map_err(|_| format!("--rekey-src: {s:?} is not an IP address"))
+        })
+        .transpose()?;
+    let c = names::cipher("--rekey-cipher", &a.rekey_cipher)?;
+    let signing_key = match &a.signing_key {
+        Some(n) => Some(
+            store
+                .signing_keys()
+                .await
+                .map_err(err)?
+                .into_iter()
+                .find(|k| &k.name == n)
+                .ok_or_else(|| {
+                    format!("--signing-key: no key named {n:?} (gcks signing-key generate {n})")
+                })?
+                .id,
+        ),
+        None => None,
+    };
+    let idg = names::idg("--idg", a.idg.as_deref().unwrap_or(&a.name))?;
+    let spec = GroupSpec {
+        name: a.name.clone(),
+        idg: idg.clone(),
+        capacity: a.capacity,
+        rekey: RekeyConfig {
+            mode,
+            dst,
+            src_addr,
+            src_port: None,
+            lifetime: a.rekey_lifetime,
+            encr: c.encr,
+            encr_key_bits: c.key_bits,
+            integ: c.integ,
+            kwa: names::kwa(a.kwa)?,
+            gcauth: if signing_key.is_some() {
+                GcAuthId::DigitalSignature
+            } else {
+                GcAuthId::Implicit
+            },
+            signing_key,
+        },
+        tek_lifetime: a.tek_lifetime,
+        policy: GroupWidePolicy {
+            atd: a.atd,
+            dtd: a.dtd,
+            sender_id_bits: a.sender_id_bits,
+            max_sender_ids_per_member: a.max_sender_ids,
+        },
+    };
+    let id = store.create_group(&spec, unix_now()).await.map_err(err)?;
+    let mut out = format!(
+        "created group {} (id {id}, IDg {}, rekey {})",
+        a.name,
+        show_identity(&idg),
+        mode
+    );
+    if signing_key.is_none() && mode == RekeyMode::Multicast {
+        out.push_str(
+            "\nnote: GCAUTH is Implicit (NOT RECOMMENDED, RFC 9838 2.4.1); use --signing-key",
+        );
+    }
+    Ok(out)
+}
+
+async fn group_list(store: &Store) -> Result<String, String> {
+    let groups = store.groups().await.map_err(err)?;
+    if groups.is_empty() {
+        return Ok("no groups (gcks group create NAME ...)".into());
+    }
+    let mut out = String::new();
+    for g in groups {
+        let s = &g.spec;
+        let teks = store.tek_policies(g.id).await.map_err(err)?;
+        let members = store.member_count(g.id).await.map_err(err)?;
+        let rekey = match (s.rekey.mode, s.rekey.dst) {
+            (RekeyMode::Multicast, Some(d)) => format!("multicast to {d}"),
+            (m, _) => m.to_string(),
+        };
+        let _ = writeln!(
+            out,
+            "{}  IDg {}  rekey {}  members {}/{}  TEK policies {}",
+            s.name,
+            show_identity(&s.idg),
+            rekey,
+            members,
+            s.capacity,
+            teks.len()
+        );
+        for t in teks {
+            let p = &t.spec;
+            let _ = writeln!(
+                out,
+                "    TEK {}: {} -> {} proto {} {} {} {}",
+                t.id,
+                show_selector(&p.src),
+                show_selector(&p.dst),
+                p.ip_protocol,
+                names::cipher_name(p.encr, p.encr_key_bits, p.integ),
+                p.sn,
+                p.mode
+            );
+        }
+    }
+    Ok(out.trim_end().to_string())
+}
+
+fn show_selector(s: &gikev2_policy::Selector) -> String {
+    let addr = if s.start == s.end {
+        s.start.to_string()
+    } else {
+        format!("{}-{}", s.start, s.end)
+    };
+    let port = match (s.start_port, s.end_port) {
+        (0, 65535) => String::new(),
+        (a, b) if a == b => format!(":{a}"),
+        (a, b) => format!(":{a}-{b}"),
+    };
+    format!("{addr}{port}")
+}
+
+async fn add_tek(store: &Store, a: AddTekArgs) -> Result<String, String> {
+    let g = group_by_name(store, &a.group).await?;
+    let dst = names::selector("--dst", &a.dst, false)?;
+    let src = names::selector("--src", &a.src, dst.start.is_ipv6())?;
+    let c = names::cipher("--cipher", &a.cipher)?;
+    let mode = names::mode(&a.mode)?;
+    let existing = store.tek_policies(g.id).await.map_err(err)?;
+    if let Some(other) = existing.iter().find(|t| t.spec.mode != mode) {
+        return Err(format!(
+            "--mode: {mode}, but TEK policy {} of {} is {} (RFC 9838 2.3.4: all SAs of a \
+             registration share one mode)",
+            other.id, a.group, other.spec.mode
+        ));
+    }
+    let alg = EncrAlg::from_transform(c.encr, c.key_bits)
+        .map_err(|e| format!("--cipher {}: {e}", a.cipher))?;
+    if is_counter_mode(alg.id()) && g.spec.policy.sender_id_bits.is_none() {
+        return Err(format!(
+            "--cipher {}: a counter-mode cipher needs Sender-IDs; create the group with \
+             --sender-id-bits (RFC 9838 2.5)",
+            a.cipher
+        ));
+    }
+    let spec = TekPolicySpec {
+        protocol: TekProtocol::Esp,
+        ip_protocol: names::ip_protocol(&a.proto)?,
+        src,
+        dst,
+        encr: c.encr,
+        encr_key_bits: c.key_bits,
+        integ: c.integ,
+        sn: names::sn(&a.sn)?,
+        mode,
+    };
+    let id = store.add_tek_policy(g.id, &spec).await.map_err(err)?;
+    Ok(format!(
+        "added TEK policy {id} to {}: {} -> {} {} {}",
+        a.group,
+        show_selector(&src),
+        show_selector(&dst),
+        a.cipher,
+        mode
+    ))
+}
+
+pub async fn member(store: &Store, cmd: MemberCommand) -> Result<String, String> {
+    match cmd {
+        MemberCommand::Add(a) => member_add(store, a).await,
+        MemberCommand::List => {
+            let ms = store.members().await.map_err(err)?;
+            if ms.is_empty() {
+                return Ok("no members (gcks member add ID ...)".into());
+            }
+            Ok(ms
+                .iter()
+                .map(|m| {
+                    format!(
+                        "{}  {}{}",
+                        show_identity(&m.identity),
+                        m.credential,
+                        m.name
+                            .as_deref()
+                            .map(|n| format!("  ({n})"))
+                            .unwrap_or_default()
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join("\n"))
+        }
+        MemberCommand::Delete { id } => {
+            let ident = names::identity("ID", &id)?;
+            if !store.delete_member(&ident).await.map_err(err)? {
+                return Err(format!("ID: no member {}", show_identity(&ident)));
+            }
+            Ok(format!("deleted member {}", show_identity(&ident)))
+        }
+    }
+}
+
+async fn member_add(store: &Store, a: MemberAddArgs) -> Result<String, String> {
+    let ident = names::identity("ID", &a.id)?;
+    let credential = if let Some(p) = &a.psk_file {
+        NewCredential::Psk(files::load_psk("--psk-file", p)?)
+    } else if let Some(p) = &a.raw_key {
+        NewCredential::RawPublicKey {
+            spki: files::load_spki("--raw-key", p)?,
+        }
+    } else if a.x509_identity {
+        let existing = store.trust_anchors().await.map_err(err)?;
+        let mut ids = Vec::new();
+        for path in &a.ca {
+            for der in files::load_certs("--ca", path)? {
+                let id = match existing.iter().find(|t| t.cert_der == der) {
+                    Some(t) => t.id,
+                    None => {
+                        let stem = path
+                            .file_stem()
+                            .map(|s| s.to_string_lossy().into_owned())
+                            .unwrap_or_else(|| "ca".into());
+                        let name = format!("{stem}-{}", existing.len() + ids.len() + 1);
+                        store.add_trust_anchor(&name, &der).await.map_err(err)?
+                    }
+                };
+                ids.push(id);
+            }
+        }
+        NewCredential::X509 { trust_anchors: ids }
+    } else {
+        return Err("one of --psk-file, --raw-key or --x509-identity (with --ca) is needed".into());
+    };
+    let kind = match &credential {
+        NewCredential::Psk(_) => "PSK",
+        NewCredential::RawPublicKey { .. } => "raw public key",
+        NewCredential::X509 { .. } => "X.509",
+    };
+    store
+        .add_member(&ident, a.name.as_deref(), &credential, unix_now())
+        .await
+        .map_err(err)?;
+    Ok(format!("added member {} ({kind})", show_identity(&ident)))
+}
+
+pub async fn authorize(store: &Store, a: AuthorizeArgs) -> Result<String, String> {
+    let ident = names::identity("MEMBER", &a.member)?;
+    let role = names::role(&a.role)?;
+    let m = store.member(&ident).await.map_err(err)?.ok_or_else(|| {
+        format!(
+            "MEMBER: no member {} (gcks member add first)",
+            show_identity(&ident)
+        )
+    })?;
+    let g = group_by_name(store, &a.group).await?;
+    store
+        .authorize(m.id, g.id, role, unix_now())
+        .await
+        .map_err(err)?;
+    Ok(format!(
+        "{} may join {} as {role}",
+        show_identity(&ident),
+        a.group
+    ))
+}
+
+pub async fn signing_key(store: &Store, cmd: SigningKeyCommand) -> Result<String, String> {
+    match cmd {
+        SigningKeyCommand::Generate { name, scheme } => {
+            let scheme = names::scheme(&scheme)?;
+            let (_, pkcs8) = SigningKey::generate(scheme)
+                .map_err(|e| format!("--scheme {}: {e}", scheme_as_db(scheme)))?;
+            let id = store
+                .add_signing_key(&name, scheme, &pkcs8, unix_now())
+                .await
+                .map_err(err)?;
+            Ok(format!(
+                "generated {} signing key {name} (id {id})",
+                scheme_as_db(scheme)
+            ))
+        }
+        SigningKeyCommand::List => {
+            let keys = store.signing_keys().await.map_err(err)?;
+            if keys.is_empty() {
+                return Ok("no signing keys".into());
+            }
+            Ok(keys
+                .iter()
+                .map(|k| {
+                    format!(
+                        "{}  {}  public key {} octets",
+                        k.name,
+                        scheme_as_db(k.scheme),
+                        k.public_spki.len()
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join("\n"))
+        }
+    }
+}
+
+pub async fn status(store: &Store, a: StatusArgs) -> Result<String, String> {
+    let now = unix_now();
+    let mut out = String::new();
+    let _ = writeln!(out, "store: {:?}", store.kind());
+    let groups = store.groups().await.map_err(err)?;
+    let _ = writeln!(out, "groups: {}", groups.len());
+    for g in &groups {
+        let s = &g.spec;
+        let members = store.member_count(g.id).await.map_err(err)?;
+        let sids = store.sender_ids(g.id).await.map_err(err)?;
+        let state = store.group_state(g.id).await.map_err(err)?;
+        let _ = writeln!(
+            out,
+            "  {}  IDg {}  members {}/{}  rekey {}",
+            s.name,
+            show_identity(&s.idg),
+            members,
+            s.capacity,
+            s.rekey.mode
+        );
+        let values: Vec<String> = sids
+            .iter()
+            .take(16)
+            .map(|v| v.sender_id.to_string())
+            .collect();
+        let more = if sids.len() > 16 { ", ..." } else { "" };
+        let _ = writeln!(
+            out,
+            "    Sender-IDs in use: {} [{}{more}]",
+            sids.len(),
+            values.join(", ")
+        );
+        if let Some(st) = state {
+            let teks: Vec<String> = st
+                .teks
+                .iter()
+                .map(|t| {
+                    format!(
+                        "{:#010x} (expires in {}s)",
+                        t.spi,
+                        t.expires.saturating_sub(now)
+                    )
+                })
+                .collect();
+            let _ = writeln!(
+                out,
+                "    key state: generation {}, Rekey SA {}, TEK SPIs [{}], next Sender-ID {} (epoch {})",
+                st.generation,
+                if st.rekey.is_some() { "yes" } else { "no" },
+                teks.join(", "),
+                st.next_sender_id,
+                st.sender_id_epoch
+            );
+        }
+    }
+    let members = store.members().await.map_err(err)?;
+    let _ = writeln!(out, "members: {}", members.len());
+    let events = store.audit_events(a.audit).await.map_err(err)?;
+    let _ = writeln!(out, "recent audit events (newest first): {}", events.len());
+    for e in events {
+        let ev = &e.event;
+        let _ = writeln!(
+            out,
+            "  #{} {}s ago  {}  peer {}  group {}  {}",
+            e.id,
+            now.saturating_sub(ev.at),
+            ev.outcome,
+            ev.peer
+                .as_ref()
+                .map(show_identity)
+                .unwrap_or_else(|| "-".into()),
+            ev.group
+                .as_ref()
+                .map(show_identity)
+                .unwrap_or_else(|| "-".into()),
+            ev.reason
+        );
+    }
+    Ok(out.trim_end().to_string())
+}

@@ -1,0 +1,286 @@
+//! The `gcks` command line: `serve`, the admin subcommands that work on the store
+//! directly, and `demo`.
+
+pub mod admin;
+pub mod demo;
+pub mod files;
+pub mod names;
+pub mod serve;
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// The SQLite database `gcks` uses when `--db` is not given.
+pub const DEFAULT_DB: &str = "./gcks.db";
+/// The master key file used when `--master-key` is not given.
+pub const DEFAULT_MASTER_KEY: &str = "./gcks.key";
+
+/// G-IKEv2 Group Controller/Key Server (RFC 9838).
+#[derive(Debug, Parser)]
+#[command(name = "gcks", version, about)]
+pub struct Cli {
+    /// The policy store: a SQLite file path or sqlite:// URL (created if missing), or a
+    /// postgres:// URL.
+    #[arg(long, global = true, default_value = DEFAULT_DB, value_name = "URL")]
+    pub db: String,
+    /// The master key file that seals secrets in the store (32 octets, mode 0600; created
+    /// if missing).
+    #[arg(long, global = true, default_value = DEFAULT_MASTER_KEY, value_name = "PATH")]
+    pub master_key: PathBuf,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the key server.
+    Serve(serve::ServeArgs),
+    /// Manage groups.
+    #[command(subcommand)]
+    Group(GroupCommand),
+    /// Manage members and their credentials.
+    #[command(subcommand)]
+    Member(MemberCommand),
+    /// Let a member join a group, as receiver or sender.
+    Authorize(AuthorizeArgs),
+    /// Manage the keys that sign GSA_REKEY messages.
+    #[command(subcommand, name = "signing-key")]
+    SigningKey(SigningKeyCommand),
+    /// Groups, members, Sender-IDs in use and recent audit events (never keys).
+    Status(StatusArgs),
+    /// Register three members over loopback UDP with a throw-away SQLite store.
+    Demo,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum GroupCommand {
+    /// Create a group.
+    Create(GroupCreateArgs),
+    /// List groups.
+    List,
+    /// Delete a group with its policies, key state, authorizations and Sender-IDs.
+    Delete {
+        /// The group's name.
+        name: String,
+    },
+    /// Add a Data-Security SA policy (TEK) to a group.
+    #[command(name = "add-tek")]
+    AddTek(AddTekArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct GroupCreateArgs {
+    /// Administrative name; also the IDg (ID_KEY_ID) members send unless --idg is given.
+    pub name: String,
+    /// The group identity members send in IDg (ID_KEY_ID of this text).
+    #[arg(long)]
+    pub idg: Option<String>,
+    /// Most members at once.
+    #[arg(long, default_value_t = 100)]
+    pub capacity: u32,
+    /// How the group is rekeyed: multicast GSA_REKEY, inband (GSA_INBAND_REKEY over each
+    /// member's IKE SA) or none.
+    #[arg(long, default_value = "multicast")]
+    pub rekey: String,
+    /// Multicast destination of GSA_REKEY messages (ADDR:PORT), for --rekey multicast.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub rekey_dst: Option<String>,
+    /// Source address of GSA_REKEY messages (default: any).
+    #[arg(long, value_name = "ADDR")]
+    pub rekey_src: Option<String>,
+    /// Rekey SA cipher (see `names` in the docs): aes-gcm-256, aes-cbc-256+sha256, ...
+    #[arg(long, default_value = "aes-gcm-256")]
+    pub rekey_cipher: String,
+    /// Key wrap algorithm key size: 128, 192 or 256 (KW_5649).
+    #[arg(long, default_value_t = 256)]
+    pub kwa: u16,
+    /// Rekey SA lifetime in seconds.
+    #[arg(long, default_value_t = 86_400)]
+    pub rekey_lifetime: u32,
+    /// Sign GSA_REKEY messages with this key (`gcks signing-key generate`); without it
+    /// GCAUTH is Implicit (NOT RECOMMENDED, RFC 9838 2.4.1).
+    #[arg(long)]
+    pub signing_key: Option<String>,
+    /// Data-Security SA lifetime in seconds.
+    #[arg(long, default_value_t = 3_600)]
+    pub tek_lifetime: u32,
+    /// GWP_ATD: seconds senders wait before using new SAs.
+    #[arg(long)]
+    pub atd: Option<u16>,
+    /// GWP_DTD: seconds receivers keep deleted SAs.
+    #[arg(long)]
+    pub dtd: Option<u16>,
+    /// GWP_SENDER_ID_BITS (1..=32): needed for counter-mode TEKs with senders.
+    #[arg(long)]
+    pub sender_id_bits: Option<u8>,
+    /// Most Sender-IDs one registration gets.
+    #[arg(long, default_value_t = 16)]
+    pub max_sender_ids: u16,
+}
+
+#[derive(Debug, Args)]
+pub struct AddTekArgs {
+    /// The group's name.
+    pub group: String,
+    /// Destination: ADDR, ADDR:PORT or [V6ADDR]:PORT (usually the multicast group).
+    #[arg(long)]
+    pub dst: String,
+    /// Source: ADDR, ADDR:PORT, or any (default).
+    #[arg(long, default_value = "any")]
+    pub src: String,
+    /// IP protocol: udp, tcp, any, or a number.
+    #[arg(long, default_value = "udp")]
+    pub proto: String,
+    /// Cipher: aes-gcm-128|192|256, chacha20-poly1305, aes-gmac-128|256,
+    /// aes-cbc-128|256+sha256|sha384|sha512, ...
+    #[arg(long, default_value = "aes-gcm-256")]
+    pub cipher: String,
+    /// Sequence numbers: unspecified (many senders), seq32, seq64.
+    #[arg(long, default_value = "unspecified")]
+    pub sn: String,
+    /// ESP mode: transport, or tunnel (with address preservation).
+    #[arg(long, default_value = "transport")]
+    pub mode: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum MemberCommand {
+    /// Add a member with its credential.
+    Add(MemberAddArgs),
+    /// List members (never their secrets).
+    List,
+    /// Delete a member (its Sender-IDs stay taken).
+    Delete {
+        /// The member's identity.
+        id: String,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct MemberAddArgs {
+    /// The member's IKE identity: an IP address, user@domain, an FQDN, or keyid:TEXT.
+    pub id: String,
+    /// Administrative name.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Authenticate with the pre-shared key in this file.
+    #[arg(long, value_name = "FILE", group = "credential")]
+    pub psk_file: Option<PathBuf>,
+    /// Authenticate with this raw public key (SubjectPublicKeyInfo, PEM or DER).
+    #[arg(long, value_name = "FILE", group = "credential")]
+    pub raw_key: Option<PathBuf>,
+    /// Authenticate with an X.509 certificate naming the identity, chaining to --ca.
+    #[arg(long, group = "credential", requires = "ca")]
+    pub x509_identity: bool,
+    /// Trust anchor(s) for --x509-identity (PEM or DER CA certificates).
+    #[arg(long, value_name = "FILE")]
+    pub ca: Vec<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct AuthorizeArgs {
+    /// The member's identity.
+    pub member: String,
+    /// The group's name.
+    pub group: String,
+    /// receiver, or sender (may also receive).
+    #[arg(long, default_value = "receiver")]
+    pub role: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SigningKeyCommand {
+    /// Generate a key in the store.
+    Generate {
+        name: String,
+        /// ed25519, ecdsa-p256-sha256, ml-dsa-44, ml-dsa-65, ml-dsa-87.
+        #[arg(long, default_value = "ed25519")]
+        scheme: String,
+    },
+    /// List keys (public parts only).
+    List,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// How many recent audit events to show.
+    #[arg(long, default_value_t = 10)]
+    pub audit: u32,
+}
+
+/// The store URL for `--db`: URLs as given, a plain path as a SQLite file created on
+/// first use.
+pub fn store_url(db: &str) -> Result<String, String> {
+    if db.is_empty() {
+        return Err("--db: empty".into());
+    }
+    if db.starts_with("postgres://") || db.starts_with("postgresql://") {
+        return Ok(db.to_string());
+    }
+    if let Some(rest) = db.strip_prefix("sqlite://") {
+        return Ok(if rest.contains('?') {
+            db.to_string()
+        } else {
+            format!("{db}?mode=rwc")
+        });
+    }
+    if db.contains("://") {
+        let scheme = db.split("://").next().unwrap_or_default();
+        return Err(format!(
+            "--db: unsupported scheme {scheme:?} (a file path, sqlite://PATH or postgres://..)"
+        ));
+    }
+    Ok(format!("sqlite://{db}?mode=rwc"))
+}
+
+/// `--db` for messages: the URL without a password.
+pub fn redacted(url: &str) -> String {
+    match (url.find("://"), url.find('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            match creds.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..s + 3], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn db_urls() {
+        assert_eq!(
+            store_url("./gcks.db").unwrap(),
+            "sqlite://./gcks.db?mode=rwc"
+        );
+        assert_eq!(
+            store_url("sqlite:///x/y.db").unwrap(),
+            "sqlite:///x/y.db?mode=rwc"
+        );
+        assert_eq!(store_url("postgres://u@h/d").unwrap(), "postgres://u@h/d");
+        assert!(store_url("mysql://h/d").unwrap_err().starts_with("--db:"));
+        assert_eq!(redacted("postgres://u:secret@h/d"), "postgres://u:***@h/d");
+    }
+
+    #[test]
+    fn the_cli_parses() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+        let c = Cli::try_parse_from([
+            "gcks",
+            "member",
+            "add",
+            "gm1.example",
+            "--psk-file",
+            "k",
+            "--raw-key",
+            "r",
+        ]);
+        assert!(c.is_err(), "one credential only");
+    }
+}

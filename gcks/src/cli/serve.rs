@@ -1,0 +1,230 @@
+//! `gcks serve`: the key server on the policy store.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Args;
+use gikev2_gcks::credentials::{CacheConfig, CredentialCache, StoreLoader};
+use gikev2_gcks::{ServeConfig, Server, StoreRegistrar};
+use gikev2_proto::crypto::IkeSuite;
+use gikev2_proto::ike::{EndpointConfig, IkeConfig, LocalAuth, PeerAuthResolver};
+use gikev2_proto::registry::{EncrId, KeId, KwaId, PrfId};
+use gikev2_proto::wire::{IdPayload, Transform};
+use tracing::{info, warn};
+
+use super::{admin, files, redacted};
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on (repeatable). Default: 0.0.0.0 and [::] on UDP 500, 4500
+    /// (NAT-T, non-ESP marker) and 848.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub listen: Vec<SocketAddr>,
+    /// The GCKS's IKE identity (IDr): an IP address, user@domain or FQDN. Default: the
+    /// host name.
+    #[arg(long)]
+    pub id: Option<String>,
+    /// Authenticate the GCKS with the pre-shared key in this file (members verify it).
+    #[arg(long, value_name = "FILE", conflicts_with = "key")]
+    pub psk_file: Option<PathBuf>,
+    /// Authenticate the GCKS with this PKCS#8 private key (PEM or DER).
+    #[arg(long, value_name = "FILE")]
+    pub key: Option<PathBuf>,
+    /// The GCKS's certificate chain for --key (PEM or DER, end entity first); without it
+    /// members must know the raw public key.
+    #[arg(long, value_name = "FILE", requires = "key")]
+    pub cert: Option<PathBuf>,
+    /// Seconds after its last registration exchange an IKE SA is deleted (RFC 9838
+    /// 2.3.4), unless the group needs it (in-band rekey, no Rekey SA).
+    #[arg(long, default_value_t = 5)]
+    pub ike_idle: u64,
+    /// Seconds a cached member credential is used before it is read again.
+    #[arg(long, default_value_t = 10)]
+    pub credential_ttl: u64,
+    /// New IKE_SA_INIT requests per second from one address (burst twice that).
+    #[arg(long, default_value_t = 20)]
+    pub init_rate: u32,
+    /// Half-open IKE SAs before every new IKE_SA_INIT must return a COOKIE.
+    #[arg(long, default_value_t = 30)]
+    pub cookie_threshold: usize,
+    /// Log level: error, warn, info, debug, trace.
+    #[arg(long, default_value = "info")]
+    pub log: String,
+}
+
+/// The IKE SA suites the GCKS accepts, in preference order (RFC 8247; the KWA is
+/// negotiated in IKE_SA_INIT, RFC 9838 4.5.4).
+fn suites() -> Vec<IkeSuite> {
+    let mut v = Vec::new();
+    for (bits, kwa) in [(256, KwaId::Kw5649_256), (128, KwaId::Kw5649_128)] {
+        for ke in [KeId::Curve25519, KeId::Ecp256] {
+            if let Ok(s) = IkeSuite::from_transforms(&[
+                Transform::encr(EncrId::AesGcm16, Some(bits)),
+                Transform::prf(PrfId::HmacSha2_256),
+                Transform::ke(ke),
+                Transform::kwa(kwa),
+            ]) {
+                v.push(s);
+            }
+        }
+    }
+    v
+}
+
+fn default_listen() -> Vec<SocketAddr> {
+    let mut v: Vec<SocketAddr> = [500, 4500, 848]
+        .into_iter()
+        .map(|p| SocketAddr::from(([0, 0, 0, 0], p)))
+        .collect();
+    // IPv6 only where the host has it.
+    if std::net::UdpSocket::bind("[::1]:0").is_ok() {
+        v.extend(
+            [500, 4500, 848]
+                .into_iter()
+                .map(|p| SocketAddr::from(([0u16; 8], p))),
+        );
+    }
+    v
+}
+
+fn init_logging(level: &str) -> Result<(), String> {
+    let level = match level {
+        "error" => tracing::Level::ERROR,
+        "warn" => tracing::Level::WARN,
+        "info" => tracing::Level::INFO,
+        "debug" => tracing::Level::DEBUG,
+        "trace" => tracing::Level::TRACE,
+        other => {
+            return Err(format!(
+                "--log: {other:?} (error, warn, info, debug or trace)"
+            ));
+        }
+    };
+    let _ = tracing_subscriber::fmt()
+        .with_max_level(level)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+    Ok(())
+}
+
+fn host_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "gcks".into())
+}
+
+fn local_auth(a: &ServeArgs) -> Result<(LocalAuth, &'static str), String> {
+    match (&a.psk_file, &a.key) {
+        (Some(p), None) => Ok((LocalAuth::Psk(files::load_psk("--psk-file", p)?), "PSK")),
+        (None, Some(k)) => {
+            let (key, _, _) = files::load_private_key("--key", k)?;
+            let certs = a
+                .cert
+                .as_deref()
+                .map(|c| files::load_certs("--cert", c))
+                .transpose()?
+                .unwrap_or_default();
+            let kind = if certs.is_empty() {
+                "raw public key"
+            } else {
+                "certificate"
+            };
+            Ok((
+                LocalAuth::Signature {
+                    key: Arc::new(key),
+                    certs,
+                },
+                kind,
+            ))
+        }
+        _ => Err("--psk-file or --key: the GCKS needs a credential of its own".into()),
+    }
+}
+
+/// Runs the server until SIGINT or SIGTERM.
+pub fn run(url: String, key_path: PathBuf, a: ServeArgs) -> Result<(), String> {
+    init_logging(&a.log)?;
+    let (auth, auth_kind) = local_auth(&a)?;
+    let id_text = a.id.clone().unwrap_or_else(host_id);
+    let id: IdPayload = gikev2_member::config::parse_id("id", &id_text)
+        .map_err(|e| format!("--id: {}", e.reason))?;
+    let listen = if a.listen.is_empty() {
+        default_listen()
+    } else {
+        a.listen.clone()
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| format!("runtime: {e}"))?;
+    // The master key file is created (0600) and the schema migrated by this first open.
+    let store = Arc::new(rt.block_on(admin::open_store(&url, &key_path))?);
+    let loader = StoreLoader::start(url.clone(), key_path.clone())?;
+    let cache = Arc::new(CredentialCache::new(
+        Arc::new(loader),
+        CacheConfig {
+            ttl: Duration::from_secs(a.credential_ttl),
+            ..CacheConfig::default()
+        },
+    ));
+    let loaded = rt
+        .block_on(cache.preload(&store))
+        .map_err(|e| format!("loading member credentials: {e}"))?;
+    let resolver: Arc<dyn PeerAuthResolver> = cache.clone();
+    let ike = IkeConfig::new(suites(), id, auth, resolver);
+    let cfg = ServeConfig {
+        listen,
+        endpoint: EndpointConfig {
+            cookie_threshold: a.cookie_threshold,
+            ..EndpointConfig::default()
+        },
+        init_rate_per_source: a.init_rate,
+        ike_idle_close: Some(Duration::from_secs(a.ike_idle)),
+    };
+    rt.block_on(async move {
+        let server = Server::bind(ike, cfg, StoreRegistrar::new(store.clone()))
+            .map_err(|e| format!("--listen: {e}"))?;
+        let addrs: Vec<String> = server.local_addrs().iter().map(|a| a.to_string()).collect();
+        info!(
+            store = %redacted(&url),
+            backend = ?store.kind(),
+            members = loaded,
+            "gcks serving"
+        );
+        // One line on stdout for people and scripts: the server is ready.
+        println!(
+            "gcks: serving on {} as {id_text} ({auth_kind}); store {} ({loaded} member credentials)",
+            addrs.join(", "),
+            redacted(&url)
+        );
+        use std::io::Write as _;
+        let _ = std::io::stdout().flush();
+        let shutdown = async {
+            let term = async {
+                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                    Ok(mut s) => {
+                        s.recv().await;
+                    }
+                    Err(e) => {
+                        warn!(error = %e, "no SIGTERM handler");
+                        std::future::pending::<()>().await;
+                    }
+                }
+            };
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {},
+                _ = term => {},
+            }
+            info!("shutting down");
+        };
+        server.run(shutdown).await;
+        store.close().await;
+        Ok::<(), String>(())
+    })
+}

@@ -1,0 +1,384 @@
+//! A group's key state between the store and the protocol core: created on first use,
+//! renewed when an SA is about to expire, committed with the store's generation check
+//! before anything built from it is revealed (DESIGN.md), and converted into
+//! `gikev2_proto::group::GroupState` for `build_registration`.
+//!
+//! Reuse rule: an SA (Rekey SA or TEK) is handed out while at least a tenth of its
+//! lifetime is left (at least 1 s, at most 300 s before expiry); past that, the next
+//! registration replaces it. Members that hold the old SA keep it until it expires and
+//! re-register on its soft expiry (multicast GSA_REKEY of the replacement is the rekey
+//! scheduler's job, not the registration path's). A Rekey SA whose GSA_REKEY Message IDs
+//! are exhausted is replaced too (RFC 9838 2.4.1.3).
+
+use gikev2_policy::{
+    GroupConfig, GroupState as StoredState, NewGroupState, RekeyMode, RekeySaRecord, Store,
+    StoreError, TekPolicy, TekSaRecord,
+};
+use gikev2_proto::crypto::{Random, SystemRandom};
+use gikev2_proto::group::{GroupAuth, GroupState, RekeySaState, RekeySuite, TekProtocol, TekState};
+use tracing::info;
+
+/// Seconds before expiry when an SA is no longer handed out.
+pub fn renew_margin(lifetime: u64) -> u64 {
+    (lifetime / 10).clamp(1, 300)
+}
+
+fn usable(expires: u64, lifetime: u64, now: u64) -> bool {
+    expires > now.saturating_add(renew_margin(lifetime))
+}
+
+/// The Rekey SA suite of a group, if it uses multicast rekey.
+fn rekey_suite(cfg: &GroupConfig) -> Result<Option<RekeySuite>, StoreError> {
+    let r = &cfg.group.spec.rekey;
+    match r.mode {
+        RekeyMode::Multicast => r.suite().map(Some),
+        RekeyMode::Inband | RekeyMode::None => Ok(None),
+    }
+}
+
+fn tek_for(p: &TekPolicy, rng: &mut dyn Random, expires: u64) -> Result<TekState, String> {
+    let s = &p.spec;
+    TekState::generate(
+        rng,
+        TekProtocol::Esp,
+        s.src_ts(),
+        s.dst_ts(),
+        Some(s.encr_alg().map_err(|e| e.to_string())?),
+        s.integ_alg().map_err(|e| e.to_string())?,
+        s.sn,
+        expires,
+    )
+    .map_err(|e| format!("TEK policy {}: {e}", p.id))
+}
+
+fn tek_keymat_len(p: &TekPolicy) -> Result<usize, String> {
+    let s = &p.spec;
+    Ok(gikev2_proto::crypto::suite::data_sa_keymat_len(
+        Some(s.encr_alg().map_err(|e| e.to_string())?),
+        s.integ_alg().map_err(|e| e.to_string())?,
+    ))
+}
+
+/// What must change in `stored` so every SA the group's policy asks for is there and
+/// usable at `now`; `None` when nothing must.
+pub fn plan(
+    cfg: &GroupConfig,
+    stored: &StoredState,
+    now: u64,
+    rng: &mut dyn Random,
+) -> Result<Option<NewGroupState>, String> {
+    let spec = &cfg.group.spec;
+    let mut changed = false;
+    let rekey_life = u64::from(spec.rekey.lifetime);
+    let rekey = match rekey_suite(cfg).map_err(|e| e.to_string())? {
+        None => {
+            changed |= stored.rekey.is_some();
+            None
+        }
+        Some(suite) => {
+            let keep = stored.rekey.as_ref().filter(|r| {
+                usable(r.expires, rekey_life, now)
+                    && r.keymat.len() == suite.keymat_len()
+                    && stored.next_rekey_message_id <= u64::from(u32::MAX)
+            });
+            match keep {
+                Some(r) => Some(r.clone()),
+                None => {
+                    changed = true;
+                    let dst = spec.rekey.dst_selector().ok_or_else(|| {
+                        "multicast rekey without a destination (groups.rekey_dst_addr)".to_string()
+                    })?;
+                    let fresh = RekeySaState::generate(
+                        rng,
+                        spec.rekey.src_selector(),
+                        dst,
+                        suite,
+                        now.saturating_add(rekey_life),
+                    );
+                    Some(RekeySaRecord {
+                        spi: fresh.spi,
+                        keymat: fresh.keymat().clone(),
+                        expires: fresh.expires,
+                    })
+                }
+            }
+        }
+    };
+    let tek_life = u64::from(spec.tek_lifetime);
+    let mut teks = Vec::new();
+    for p in &cfg.teks {
+        let len = tek_keymat_len(p)?;
+        let kept: Vec<&TekSaRecord> = stored
+            .teks
+            .iter()
+            .filter(|t| {
+                t.policy == p.id && t.keymat.len() == len && usable(t.expires, tek_life, now)
+            })
+            .collect();
+        if kept.is_empty() {
+            changed = true;
+            let t = tek_for(p, rng, now.saturating_add(tek_life))?;
+            teks.push(TekSaRecord {
+                policy: p.id,
+                spi: t.spi,
+                keymat: t.keymat().clone(),
+                created: now,
+                expires: t.expires,
+            });
+        } else {
+            teks.extend(kept.into_iter().cloned());
+        }
+    }
+    changed |= teks.len() != stored.teks.len();
+    Ok(changed.then_some(NewGroupState { rekey, teks }))
+}
+
+/// Why the state could not be made current.
+#[derive(Debug, thiserror::Error)]
+pub enum StateFailure {
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    #[error("{0}")]
+    Policy(String),
+}
+
+/// The group's stored state, created or renewed first when [`plan`] says so. A writer
+/// that loses the generation race (another registration or another GCKS process) re-reads
+/// and decides again; so does an SPI collision (SPIs are unique store-wide).
+pub async fn ensure_current(
+    store: &Store,
+    cfg: &GroupConfig,
+    now: u64,
+) -> Result<StoredState, StateFailure> {
+    let group = cfg.group.id;
+    for _ in 0..8 {
+        let stored = store
+            .group_state(group)
+            .await?
+            .ok_or_else(|| StateFailure::Policy(format!("group {group} has no state row")))?;
+        let next = {
+            let mut rng = SystemRandom::new();
+            plan(cfg, &stored, now, &mut rng).map_err(StateFailure::Policy)?
+        };
+        let Some(next) = next else {
+            return Ok(stored);
+        };
+        match store
+            .commit_group_state(group, stored.generation, &next, now)
+            .await
+        {
+            Ok(generation) => info!(
+                group = %cfg.group.spec.name,
+                generation,
+                teks = next.teks.len(),
+                rekey_sa = next.rekey.is_some(),
+                "group key state committed"
+            ),
+            Err(StoreError::GenerationConflict { .. }) => {}
+            Err(e) if e.constraint_kind() == Some(gikev2_policy::ConstraintKind::Unique) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(StateFailure::Policy(
+        "the group's key state kept changing under us".into(),
+    ))
+}
+
+/// GCAUTH of the group and, with Digital Signature, its signing key from the store.
+pub async fn group_auth(store: &Store, cfg: &GroupConfig) -> Result<GroupAuth, StateFailure> {
+    let r = &cfg.group.spec.rekey;
+    if r.gcauth != gikev2_proto::registry::GcAuthId::DigitalSignature {
+        return Ok(GroupAuth::Implicit);
+    }
+    let id = r
+        .signing_key
+        .ok_or_else(|| StateFailure::Policy("Digital Signature GCAUTH without a key".into()))?;
+    let rec = store
+        .signing_key(id)
+        .await?
+        .ok_or_else(|| StateFailure::Policy(format!("signing key {id} not found")))?;
+    let key = gikev2_proto::crypto::SigningKey::from_pkcs8(rec.info.scheme, rec.pkcs8.as_bytes())
+        .map_err(|e| StateFailure::Policy(format!("signing key {}: {e}", rec.info.name)))?;
+    Ok(GroupAuth::Signature(Box::new(key)))
+}
+
+/// The protocol core's view of the stored state (TEKs of deleted policies are skipped).
+pub fn to_proto(
+    cfg: &GroupConfig,
+    stored: &StoredState,
+    auth: GroupAuth,
+    multiple_senders: bool,
+) -> Result<GroupState, String> {
+    let spec = &cfg.group.spec;
+    let rekey = match (rekey_suite(cfg).map_err(|e| e.to_string())?, &stored.rekey) {
+        (Some(suite), Some(r)) => {
+            let dst = spec
+                .rekey
+                .dst_selector()
+                .ok_or("multicast rekey without a destination")?;
+            let mut s = RekeySaState::new(
+                r.spi,
+                spec.rekey.src_selector(),
+                dst,
+                suite,
+                r.keymat.clone(),
+                r.expires,
+            )
+            .map_err(|e| format!("stored Rekey SA: {e}"))?;
+            s.next_message_id = u32::try_from(stored.next_rekey_message_id)
+                .map_err(|_| "GSA_REKEY Message IDs exhausted")?;
+            Some(s)
+        }
+        (Some(_), None) => return Err("the group has no Rekey SA yet".into()),
+        (None, _) => None,
+    };
+    let mut teks = Vec::new();
+    for t in &stored.teks {
+        let Some(p) = cfg.teks.iter().find(|p| p.id == t.policy) else {
+            continue;
+        };
+        let s = &p.spec;
+        teks.push(
+            TekState::new(
+                TekProtocol::Esp,
+                t.spi,
+                s.src_ts(),
+                s.dst_ts(),
+                Some(s.encr_alg().map_err(|e| e.to_string())?),
+                s.integ_alg().map_err(|e| e.to_string())?,
+                s.sn,
+                t.keymat.clone(),
+                t.expires,
+            )
+            .map_err(|e| format!("stored TEK {:#010x}: {e}", t.spi))?,
+        );
+    }
+    Ok(GroupState {
+        rekey,
+        teks,
+        policy: spec.policy.group_policy(multiple_senders),
+        auth,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gikev2_policy::{
+        EspMode, Group, GroupId, GroupSpec, GroupWidePolicy, Identity, RekeyConfig, Selector,
+        TekPolicyId, TekPolicySpec, TekProtocol as DbTek,
+    };
+    use gikev2_proto::crypto::SeededRandom;
+    use gikev2_proto::registry::{EncrId, GcAuthId, KwaId, SnId};
+
+    fn cfg(mode: RekeyMode) -> GroupConfig {
+        GroupConfig {
+            group: Group {
+                id: GroupId(1),
+                spec: GroupSpec {
+                    name: "g".into(),
+                    idg: Identity::key_id(b"g"),
+                    capacity: 10,
+                    rekey: RekeyConfig {
+                        mode,
+                        dst: (mode == RekeyMode::Multicast)
+                            .then(|| "239.1.1.1:848".parse().unwrap()),
+                        src_addr: None,
+                        src_port: None,
+                        lifetime: 1000,
+                        encr: EncrId::AesGcm16,
+                        encr_key_bits: Some(256),
+                        integ: None,
+                        kwa: KwaId::Kw5649_256,
+                        gcauth: GcAuthId::Implicit,
+                        signing_key: None,
+                    },
+                    tek_lifetime: 100,
+                    policy: GroupWidePolicy {
+                        sender_id_bits: Some(8),
+                        ..GroupWidePolicy::default()
+                    },
+                },
+                created: 0,
+            },
+            teks: vec![TekPolicy {
+                id: TekPolicyId(7),
+                group: GroupId(1),
+                spec: TekPolicySpec {
+                    protocol: DbTek::Esp,
+                    ip_protocol: 17,
+                    src: Selector::any(false),
+                    dst: Selector::host_port("239.1.1.2".parse().unwrap(), 5004),
+                    encr: EncrId::AesGcm16,
+                    encr_key_bits: Some(128),
+                    integ: None,
+                    sn: SnId::Unspecified32,
+                    mode: EspMode::Transport,
+                },
+            }],
+        }
+    }
+
+    fn empty() -> StoredState {
+        StoredState {
+            group: GroupId(1),
+            generation: 0,
+            rekey: None,
+            teks: Vec::new(),
+            next_rekey_message_id: 0,
+            next_sender_id: 0,
+            sender_id_epoch: 0,
+            updated: 0,
+        }
+    }
+
+    fn applied(s: &StoredState, n: NewGroupState) -> StoredState {
+        StoredState {
+            generation: s.generation + 1,
+            rekey: n.rekey,
+            teks: n.teks,
+            ..s.clone()
+        }
+    }
+
+    #[test]
+    fn first_use_creates_then_reuses_until_the_margin() {
+        let c = cfg(RekeyMode::Multicast);
+        let mut rng = SeededRandom::new([7; 32]);
+        let first = plan(&c, &empty(), 1000, &mut rng)
+            .unwrap()
+            .expect("created");
+        assert!(first.rekey.is_some());
+        assert_eq!(first.teks.len(), 1);
+        assert_eq!(first.teks[0].expires, 1100);
+        assert_eq!(first.teks[0].keymat.len(), 16 + 4, "AES-GCM-128 key + salt");
+        let s = applied(&empty(), first);
+        assert!(
+            plan(&c, &s, 1089, &mut rng).unwrap().is_none(),
+            "11 s left of 100: kept"
+        );
+        let renewed = plan(&c, &s, 1090, &mut rng)
+            .unwrap()
+            .expect("margin reached");
+        assert_ne!(renewed.teks[0].spi, s.teks[0].spi);
+        assert_eq!(renewed.rekey, s.rekey, "the Rekey SA is still good");
+        let proto = to_proto(&c, &s, GroupAuth::Implicit, true).unwrap();
+        assert_eq!(proto.teks.len(), 1);
+        assert!(proto.rekey.is_some() && proto.uses_counter_mode());
+    }
+
+    #[test]
+    fn inband_groups_have_no_rekey_sa() {
+        let c = cfg(RekeyMode::Inband);
+        let mut rng = SeededRandom::new([8; 32]);
+        let n = plan(&c, &empty(), 5, &mut rng).unwrap().unwrap();
+        assert!(n.rekey.is_none());
+        let s = applied(&empty(), n);
+        assert!(
+            to_proto(&c, &s, GroupAuth::Implicit, false)
+                .unwrap()
+                .rekey
+                .is_none()
+        );
+    }
+}
