@@ -14,6 +14,8 @@
 
 mod backend;
 pub mod cipher;
+#[cfg(target_os = "linux")]
+pub mod dataplane;
 pub mod engine;
 pub mod ip;
 mod packet;
