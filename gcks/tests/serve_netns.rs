@@ -1,0 +1,930 @@
+//! `gcks serve` (the binary) in a network namespace, administered with the `gcks` CLI, on
+//! SQLite and on PostgreSQL; members in namespaces of their own register over UDP 500
+//! and 848 with `gikev2_member::join` (or a hand-driven IKE SA where they must keep it).
+//!
+//! Covered: identical keys for every member per SPI, Sender-IDs for the sender only,
+//! every refusal path with its notify and an audit row (unknown group, unauthorized
+//! identity, receiver asking to send, wrong PSK, unsupported SAg, capacity), a
+//! GSA_REGISTRATION leave that frees the place, `gcks status` without key material, and a
+//! kill -9 of the server between registrations (no Sender-ID twice, keys unchanged). A
+//! flood of IKE_SA_INIT requests from many source addresses draws COOKIEs while a real
+//! member still registers.
+//!
+//! Needs root (namespaces) and, for the PostgreSQL half, a server reachable through its
+//! Unix socket (the namespaces cannot reach the host's 127.0.0.1): skipped without them
+//! unless GIKEV2_REQUIRE_ALL=1.
+
+use std::io::{BufRead, BufReader};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use gikev2_member::{JoinError, join};
+use gikev2_policy::{AuditOutcome, AuditRecord, Identity, MasterKey, Store};
+use gikev2_proto::crypto::{IkeSuite, SecretBytes, SystemRandom};
+use gikev2_proto::group::{GroupKeys, Role as KeyRole, read_registration};
+use gikev2_proto::ike::{
+    CloseReason, Event, Goal, IkeConfig, IkeSa, LocalAuth, PeerAuth, RegistrationRequest,
+    SinglePeer,
+};
+use gikev2_proto::registry::{EncrId, IntegId, KeId, KwaId, NotifyType, PrfId, ProtocolId};
+use gikev2_proto::wire::{IdPayload, Proposal, SaPayload, Transform};
+use gikev2_tests::netns::{Bridge, Netns};
+use gikev2_tests::{gate, ikeprobe, netns, poll_until};
+
+const GCKS: &str = env!("CARGO_BIN_EXE_gcks");
+const GCKS_PSK: &[u8] = b"gcks own key, 32 octets or so...";
+
+// ----------------------------------------------------------------- databases
+
+/// A PostgreSQL database made for one test, dropped at the end (even on panic).
+struct PgDb {
+    admin_url: String,
+    name: String,
+}
+
+impl Drop for PgDb {
+    fn drop(&mut self) {
+        let (admin, name) = (self.admin_url.clone(), self.name.clone());
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .ok()?;
+            rt.block_on(async {
+                use sqlx::Connection;
+                let mut c = sqlx::PgConnection::connect(&admin).await.ok()?;
+                sqlx::raw_sql(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                    .execute(&mut c)
+                    .await
+                    .ok()?;
+                c.close().await.ok()
+            })
+        })
+        .join();
+    }
+}
+
+/// Where the store lives: the URL the test process uses and the one `gcks` uses.
+struct Db {
+    /// For this process (PostgreSQL over TCP on the host's loopback).
+    local_url: String,
+    /// For `gcks` processes, in namespaces or not (PostgreSQL over its Unix socket).
+    gcks_url: String,
+    _pg: Option<PgDb>,
+}
+
+fn pg_candidates() -> Vec<String> {
+    match std::env::var("GIKEV2_PG_URL") {
+        Ok(u) => vec![u],
+        Err(_) => vec![
+            "postgres://postgres@127.0.0.1:5432/test".into(),
+            "postgres://root@127.0.0.1:5432/test".into(),
+        ],
+    }
+}
+
+/// `(userinfo, port)` of a postgres URL.
+fn pg_parts(url: &str) -> (String, u16) {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let (userinfo, hostpart) = rest.split_once('@').unwrap_or(("postgres", rest));
+    let hostport = hostpart.split('/').next().unwrap_or_default();
+    let port = hostport
+        .rsplit_once(':')
+        .and_then(|(_, p)| p.parse().ok())
+        .unwrap_or(5432);
+    (userinfo.to_string(), port)
+}
+
+fn pg_socket_dir(port: u16) -> Option<&'static str> {
+    ["/var/run/postgresql", "/run/postgresql", "/tmp"]
+        .into_iter()
+        .find(|d| Path::new(&format!("{d}/.s.PGSQL.{port}")).exists())
+}
+
+fn postgres_db(rt: &tokio::runtime::Runtime) -> Result<Db, String> {
+    use sqlx::Connection;
+    let mut errors = Vec::new();
+    for admin_url in pg_candidates() {
+        let conn = rt.block_on(sqlx::PgConnection::connect(&admin_url));
+        let mut c = match conn {
+            Ok(c) => c,
+            Err(e) => {
+                errors.push(format!("{admin_url}: {e}"));
+                continue;
+            }
+        };
+        let (userinfo, port) = pg_parts(&admin_url);
+        let Some(dir) = pg_socket_dir(port) else {
+            errors.push(format!(
+                "{admin_url}: no Unix socket .s.PGSQL.{port} (namespaces cannot reach TCP loopback)"
+            ));
+            continue;
+        };
+        let name = format!(
+            "gcks_netns_{}_{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.subsec_nanos())
+                .unwrap_or(0)
+        );
+        rt.block_on(sqlx::raw_sql(&format!("CREATE DATABASE {name}")).execute(&mut c))
+            .map_err(|e| format!("CREATE DATABASE: {e}"))?;
+        let _ = rt.block_on(c.close());
+        let base = admin_url
+            .rsplit_once('/')
+            .map(|(b, _)| b.to_string())
+            .unwrap_or(admin_url.clone());
+        return Ok(Db {
+            local_url: format!("{base}/{name}"),
+            gcks_url: format!("postgres://{userinfo}@localhost/{name}?host={dir}&port={port}"),
+            _pg: Some(PgDb { admin_url, name }),
+        });
+    }
+    Err(format!("PostgreSQL unreachable: {}", errors.join("; ")))
+}
+
+// ----------------------------------------------------------------- the world
+
+/// Namespaces on one bridge: the GCKS and three member hosts.
+struct World {
+    dir: tempfile::TempDir,
+    db: Db,
+    rt: tokio::runtime::Runtime,
+    gcks_ns: Netns,
+    hosts: Vec<Netns>,
+    /// Each host's link on the bridge.
+    links: Vec<netns::Endpoint>,
+    gcks_ip: Ipv4Addr,
+    bridge: Bridge,
+}
+
+impl World {
+    fn new(tag: &str, postgres: bool) -> Option<World> {
+        gate::require("network namespaces", netns::probe())?;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let db = if postgres {
+            match postgres_db(&rt) {
+                Ok(db) => db,
+                Err(why) => {
+                    gate::skip("PostgreSQL", &why);
+                    return None;
+                }
+            }
+        } else {
+            let url = format!("sqlite://{}?mode=rwc", dir.path().join("gcks.db").display());
+            Db {
+                local_url: url.clone(),
+                gcks_url: url,
+                _pg: None,
+            }
+        };
+        let bridge = Bridge::new(tag).unwrap();
+        let gcks_ns = Netns::new(&format!("{tag}gcks")).unwrap();
+        let gcks_ip = bridge.attach(&gcks_ns).unwrap().v4;
+        let (hosts, links): (Vec<Netns>, Vec<netns::Endpoint>) = (0..3)
+            .map(|i| {
+                let ns = Netns::new(&format!("{tag}m{i}")).unwrap();
+                let link = bridge.attach(&ns).unwrap();
+                (ns, link)
+            })
+            .unzip();
+        Some(World {
+            dir,
+            db,
+            rt,
+            gcks_ns,
+            hosts,
+            links,
+            gcks_ip,
+            bridge,
+        })
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn key(&self) -> PathBuf {
+        self.path("gcks.key")
+    }
+
+    /// Runs a `gcks` admin command (root namespace); its stdout, or a panic with stderr.
+    fn cli(&self, args: &[&str]) -> String {
+        let out = Command::new(GCKS)
+            .arg("--db")
+            .arg(&self.db.gcks_url)
+            .arg("--master-key")
+            .arg(self.key())
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "gcks {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// A failing `gcks` admin command: its stderr.
+    fn cli_err(&self, args: &[&str]) -> String {
+        let out = Command::new(GCKS)
+            .arg("--db")
+            .arg(&self.db.gcks_url)
+            .arg("--master-key")
+            .arg(self.key())
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "gcks {args:?} should fail");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+
+    fn write(&self, name: &str, content: &[u8]) -> String {
+        let p = self.path(name);
+        std::fs::write(&p, content).unwrap();
+        p.display().to_string()
+    }
+
+    fn store(&self) -> Store {
+        let key = MasterKey::load(&self.key()).unwrap();
+        self.rt
+            .block_on(Store::open(&self.db.local_url, key))
+            .unwrap()
+    }
+
+    fn serve(&self, extra: &[&str]) -> Gcks {
+        let mut cmd = self.gcks_ns.command(GCKS);
+        let psk = self.write("gcks.psk", GCKS_PSK);
+        cmd.arg("--db")
+            .arg(&self.db.gcks_url)
+            .arg("--master-key")
+            .arg(self.key())
+            .args(["serve", "--id", "gcks.gk", "--psk-file", &psk])
+            .args(["--listen", &format!("{}:500", self.gcks_ip)])
+            .args(["--listen", &format!("{}:848", self.gcks_ip)])
+            .args(["--ike-idle", "2", "--log", "debug"])
+            .args(extra);
+        Gcks::start(cmd, self.path(&format!("serve-{}.log", now_nanos())))
+    }
+
+    fn addr(&self, port: u16) -> SocketAddr {
+        SocketAddr::new(IpAddr::V4(self.gcks_ip), port)
+    }
+}
+
+fn now_nanos() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0)
+}
+
+/// A `gcks serve` process; killed (SIGKILL) on drop, its log shown if the test failed.
+struct Gcks {
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl Gcks {
+    fn start(mut cmd: Command, log: PathBuf) -> Gcks {
+        let err = std::fs::File::create(&log).unwrap();
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(err)
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let mut g = Gcks {
+            child: Some(child),
+            log,
+        };
+        match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(line) if line.starts_with("gcks: serving on") => g,
+            other => {
+                let log = g.log_text();
+                g.kill9();
+                panic!("gcks serve did not start ({other:?}):\n{log}");
+            }
+        }
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGKILL, as a crash: nothing is flushed or closed by the server.
+    fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Gcks {
+    fn drop(&mut self) {
+        self.kill9();
+        if std::thread::panicking() {
+            let log = self.log_text();
+            let tail: Vec<&str> = log.lines().rev().take(60).collect();
+            eprintln!("--- gcks serve log (last lines) ---");
+            for l in tail.into_iter().rev() {
+                eprintln!("{l}");
+            }
+        }
+    }
+}
+
+// ----------------------------------------------------------------- members
+
+fn suite() -> IkeSuite {
+    IkeSuite::from_transforms(&[
+        Transform::encr(EncrId::AesGcm16, Some(256)),
+        Transform::prf(PrfId::HmacSha2_256),
+        Transform::ke(KeId::Curve25519),
+        Transform::kwa(KwaId::Kw5649_256),
+    ])
+    .unwrap()
+}
+
+fn member_ike(id: &str, psk: &[u8]) -> IkeConfig {
+    let mut c = IkeConfig::new(
+        vec![suite()],
+        IdPayload::fqdn(id).unwrap(),
+        LocalAuth::Psk(SecretBytes::from_slice(psk)),
+        Arc::new(SinglePeer {
+            id: Some(IdPayload::fqdn("gcks.gk").unwrap()),
+            auth: PeerAuth::Psk(SecretBytes::from_slice(GCKS_PSK)),
+        }),
+    );
+    c.remote_id = Some(IdPayload::fqdn("gcks.gk").unwrap());
+    c
+}
+
+fn psk_of(id: &str) -> Vec<u8> {
+    format!("psk of {id}").into_bytes()
+}
+
+fn request(group: &str, sender: Option<u32>, sag: Option<SaPayload>) -> RegistrationRequest {
+    RegistrationRequest {
+        group: IdPayload::key_id(group.as_bytes().to_vec()),
+        sag,
+        sender_ids: sender,
+    }
+}
+
+/// What a member made of a registration.
+#[derive(Debug)]
+struct Registered {
+    keys: GroupKeys,
+    transport_mode: bool,
+}
+
+/// Registers from inside `ns` with `gikev2_member::join`.
+fn join_in(
+    ns: &Netns,
+    gcks: SocketAddr,
+    id: &str,
+    psk: Vec<u8>,
+    req: RegistrationRequest,
+) -> Result<Registered, JoinError> {
+    let ike = member_ike(id, &psk);
+    let role = if req.sender_ids.is_some() {
+        KeyRole::Sender { receives: true }
+    } else {
+        KeyRole::Receiver
+    };
+    ns.in_ns(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let j = rt.block_on(join(ike, gcks, req, false, Duration::from_secs(15)))?;
+        let keys = read_registration(&j.gsa, &j.kd, &j.kwk, role).expect("valid GSA/KD");
+        Ok(Registered {
+            keys,
+            transport_mode: j.transport_mode,
+        })
+    })
+    .unwrap()
+}
+
+/// Registers from inside `ns` driving the IKE SA by hand, then leaves the group with a
+/// GSA_REGISTRATION carrying IDg and REGISTRATION_FAILED (RFC 9838 2.3.2 Figure 8) and
+/// waits for the GCKS's answer.
+fn join_then_leave(ns: &Netns, gcks: SocketAddr, id: &str, group: &str) {
+    let ike = member_ike(id, &psk_of(id));
+    let group = group.to_string();
+    ns.in_ns(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let sock = tokio::net::UdpSocket::bind("0.0.0.0:0").await.unwrap();
+            sock.connect(gcks).await.unwrap();
+            let mut rng = SystemRandom::new();
+            let idg = IdPayload::key_id(group.as_bytes().to_vec());
+            let mut sa = IkeSa::initiate(
+                ike,
+                Goal::GsaAuth(request(&group, None, None)),
+                sock.local_addr().unwrap(),
+                gcks,
+                Instant::now(),
+                &mut rng,
+            )
+            .unwrap();
+            let deadline = Instant::now() + Duration::from_secs(15);
+            let mut left = false;
+            let mut buf = vec![0u8; 65_535];
+            loop {
+                while let Some(d) = sa.poll_transmit() {
+                    sock.send(&d).await.unwrap();
+                }
+                while let Some(e) = sa.poll_event() {
+                    match e {
+                        Event::Registered { .. } => {
+                            sa.leave(
+                                idg.clone(),
+                                NotifyType::RegistrationFailed,
+                                Instant::now(),
+                                &mut rng,
+                            );
+                            left = true;
+                        }
+                        Event::Closed(CloseReason::Deleted) if left => return,
+                        Event::Closed(r) => panic!("{r:?}"),
+                        Event::RegistrationRefused { notify, .. } => panic!("refused: {notify}"),
+                        _ => {}
+                    }
+                }
+                // The leave request is answered once nothing is outstanding.
+                if left && sa.poll_timeout().is_none() {
+                    return;
+                }
+                let now = Instant::now();
+                assert!(now < deadline, "no answer to the leave request");
+                let wait = sa
+                    .poll_timeout()
+                    .unwrap_or(deadline)
+                    .min(deadline)
+                    .saturating_duration_since(now);
+                match tokio::time::timeout(wait, sock.recv(&mut buf)).await {
+                    Ok(Ok(n)) => sa.handle(&buf[..n], Instant::now(), &mut rng),
+                    Ok(Err(_)) => {}
+                    Err(_) => sa.handle_timeout(Instant::now()),
+                }
+            }
+        })
+    })
+    .unwrap();
+}
+
+/// TEK SPI -> (encryption key, integrity key); the Rekey SA keys under SPI 0.
+fn key_table(k: &GroupKeys) -> Vec<(u32, Vec<u8>, Vec<u8>)> {
+    let mut v: Vec<(u32, Vec<u8>, Vec<u8>)> = k
+        .teks
+        .iter()
+        .map(|t| {
+            (
+                t.spi,
+                t.keys.encr.as_bytes().to_vec(),
+                t.keys.integ.as_bytes().to_vec(),
+            )
+        })
+        .collect();
+    if let Some(r) = &k.rekey {
+        v.push((0, r.keys.keymat().as_bytes().to_vec(), r.spi.to_vec()));
+    }
+    v.sort();
+    v
+}
+
+fn refused(r: Result<Registered, JoinError>) -> NotifyType {
+    match r {
+        Err(JoinError::Refused(n)) => n,
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+/// The newest audit row about `peer`, polled (authentication failures are recorded just
+/// after the answer leaves).
+fn audit_row(w: &World, store: &Store, peer: &str, what: &str) -> AuditRecord {
+    let peer = Identity::fqdn(peer);
+    poll_until(
+        &format!("audit row for {peer} ({what})"),
+        Duration::from_secs(5),
+        || {
+            w.rt.block_on(store.audit_events(200))
+                .unwrap()
+                .into_iter()
+                .find(|r| r.event.peer.as_ref() == Some(&peer) && r.event.reason.contains(what))
+        },
+    )
+    .unwrap()
+}
+
+// ----------------------------------------------------------------- the scenario
+
+fn provision(w: &World) {
+    w.cli(&[
+        "group",
+        "create",
+        "video",
+        "--rekey-dst",
+        "239.0.0.9:848",
+        "--sender-id-bits",
+        "8",
+        "--capacity",
+        "3",
+    ]);
+    w.cli(&[
+        "group",
+        "add-tek",
+        "video",
+        "--dst",
+        "239.0.0.10:5004",
+        "--cipher",
+        "aes-gcm-256",
+    ]);
+    // A clear error naming the flag.
+    let e = w.cli_err(&[
+        "group",
+        "add-tek",
+        "video",
+        "--dst",
+        "239.0.0.10",
+        "--cipher",
+        "des",
+    ]);
+    assert!(e.contains("--cipher: unknown cipher \"des\""), "{e}");
+    for (id, role) in [
+        ("sender.gk", Some("sender")),
+        ("recv1.gk", Some("receiver")),
+        ("recv2.gk", Some("receiver")),
+        ("extra.gk", Some("receiver")),
+        ("outsider.gk", None),
+    ] {
+        let psk = w.write(&format!("{id}.psk"), &psk_of(id));
+        w.cli(&["member", "add", id, "--psk-file", &psk]);
+        if let Some(r) = role {
+            w.cli(&["authorize", id, "video", "--role", r]);
+        }
+    }
+}
+
+fn registration_scenario(postgres: bool) {
+    let Some(w) = World::new(if postgres { "gkpg" } else { "gksq" }, postgres) else {
+        return;
+    };
+    let t0 = Instant::now();
+    provision(&w);
+    let mut gcks = w.serve(&[]);
+    let (h0, h1, h2) = (&w.hosts[0], &w.hosts[1], &w.hosts[2]);
+    let (p500, p848) = (w.addr(500), w.addr(848));
+
+    // One sender (over 848, with the SAg of what it supports), two receivers (500, 848).
+    let sender = join_in(
+        h0,
+        p848,
+        "sender.gk",
+        psk_of("sender.gk"),
+        request("video", Some(1), Some(gikev2_member::sag::supported_sag())),
+    )
+    .expect("sender registers");
+    let r1 = join_in(
+        h1,
+        p500,
+        "recv1.gk",
+        psk_of("recv1.gk"),
+        request("video", None, None),
+    )
+    .expect("receiver 1 registers");
+    let r2 = join_in(
+        h2,
+        p848,
+        "recv2.gk",
+        psk_of("recv2.gk"),
+        request("video", None, None),
+    )
+    .expect("receiver 2 registers");
+    let table = key_table(&r1.keys);
+    assert_eq!(table.len(), 2, "one TEK and the Rekey SA");
+    assert_eq!(key_table(&sender.keys), table, "sender holds the same keys");
+    assert_eq!(key_table(&r2.keys), table, "receiver 2 holds the same keys");
+    assert_eq!(
+        sender.keys.sender_ids,
+        vec![0],
+        "first Sender-ID is 0 (2.5.1)"
+    );
+    assert!(r1.keys.sender_ids.is_empty() && r2.keys.sender_ids.is_empty());
+    assert!(
+        sender.transport_mode && r1.transport_mode,
+        "USE_TRANSPORT_MODE"
+    );
+    assert!(r1.keys.teks[0].inbound && !r1.keys.teks[0].outbound);
+    assert!(sender.keys.rekey.is_some() && r1.keys.rekey.is_some());
+    let tek_spi = r1.keys.teks[0].spi;
+
+    // Every refusal, with its notify.
+    let store = w.store();
+    assert_eq!(
+        refused(join_in(
+            h1,
+            p500,
+            "recv1.gk",
+            psk_of("recv1.gk"),
+            request("nogroup", None, None)
+        )),
+        NotifyType::InvalidGroupId
+    );
+    audit_row(&w, &store, "recv1.gk", "INVALID_GROUP_ID: unknown group");
+    assert_eq!(
+        refused(join_in(
+            h1,
+            p500,
+            "outsider.gk",
+            psk_of("outsider.gk"),
+            request("video", None, None)
+        )),
+        NotifyType::AuthorizationFailed
+    );
+    audit_row(
+        &w,
+        &store,
+        "outsider.gk",
+        "AUTHORIZATION_FAILED: member not authorized",
+    );
+    assert_eq!(
+        refused(join_in(
+            h1,
+            p500,
+            "recv1.gk",
+            psk_of("recv1.gk"),
+            request("video", Some(1), None)
+        )),
+        NotifyType::AuthorizationFailed
+    );
+    audit_row(&w, &store, "recv1.gk", "asked to send (GROUP_SENDER)");
+    let cbc_only = SaPayload::new(vec![Proposal::new(
+        1,
+        ProtocolId::Esp,
+        Vec::new(),
+        vec![
+            Transform::encr(EncrId::AesCbc, Some(128)),
+            Transform::integ(IntegId::HmacSha2_256_128),
+        ],
+    )]);
+    assert_eq!(
+        refused(join_in(
+            h1,
+            p500,
+            "recv1.gk",
+            psk_of("recv1.gk"),
+            request("video", None, Some(cbc_only))
+        )),
+        NotifyType::NoProposalChosen
+    );
+    audit_row(
+        &w,
+        &store,
+        "recv1.gk",
+        "NO_PROPOSAL_CHOSEN: SAg proposal 1 for ESP lacks the group's ENCR_AES_GCM_16/256",
+    );
+    match join_in(
+        h2,
+        p500,
+        "recv2.gk",
+        b"not recv2's psk".to_vec(),
+        request("video", None, None),
+    ) {
+        Err(JoinError::Closed(CloseReason::AuthenticationFailed)) => {}
+        other => panic!("wrong PSK: {other:?}"),
+    }
+    audit_row(
+        &w,
+        &store,
+        "recv2.gk",
+        "AUTHENTICATION_FAILED: AUTH did not verify",
+    );
+    assert_eq!(
+        refused(join_in(
+            h2,
+            p500,
+            "extra.gk",
+            psk_of("extra.gk"),
+            request("video", None, None)
+        )),
+        NotifyType::RegistrationFailed
+    );
+    audit_row(
+        &w,
+        &store,
+        "extra.gk",
+        "REGISTRATION_FAILED: group full (capacity 3)",
+    );
+    let group =
+        w.rt.block_on(store.group_by_name("video"))
+            .unwrap()
+            .unwrap();
+    assert_eq!(w.rt.block_on(store.member_count(group.id)).unwrap(), 3);
+
+    // A leave (GSA_REGISTRATION, Figure 8) frees the place; extra.gk then gets in.
+    join_then_leave(h2, p500, "recv2.gk", "video");
+    poll_until("recv2.gk to leave", Duration::from_secs(5), || {
+        (w.rt.block_on(store.member_count(group.id)).unwrap() == 2).then_some(())
+    })
+    .unwrap();
+    let left = audit_row(&w, &store, "recv2.gk", "left the group");
+    assert_eq!(left.event.outcome, AuditOutcome::Left);
+    let extra = join_in(
+        h2,
+        p500,
+        "extra.gk",
+        psk_of("extra.gk"),
+        request("video", None, None),
+    )
+    .expect("a place was freed");
+    assert_eq!(key_table(&extra.keys), table);
+    let ok = audit_row(&w, &store, "sender.gk", "Sender-IDs [0]");
+    assert_eq!(ok.event.outcome, AuditOutcome::Registered);
+
+    // `gcks status`: groups, members, Sender-IDs, audit; never key material.
+    let status = w.cli(&["status", "--audit", "50"]);
+    assert!(status.contains("video"), "{status}");
+    assert!(status.contains("members 3/3"), "{status}");
+    assert!(status.contains("Sender-IDs in use: 1 [0]"), "{status}");
+    assert!(status.contains("refused"), "{status}");
+    for (_, k, _) in &table {
+        let hex: String = k.iter().map(|b| format!("{b:02x}")).collect();
+        assert!(!status.to_lowercase().contains(&hex), "status shows a key");
+    }
+
+    // kill -9 between registrations: the next registration of the sender gets a new
+    // Sender-ID (never 0 again) and the same group keys.
+    gcks.kill9();
+    let _gcks = w.serve(&[]);
+    let again = join_in(
+        h0,
+        p500,
+        "sender.gk",
+        psk_of("sender.gk"),
+        request("video", Some(2), None),
+    )
+    .expect("sender registers after the restart");
+    assert_eq!(
+        again.keys.sender_ids,
+        vec![1, 2],
+        "Sender-IDs continue after a crash"
+    );
+    assert_eq!(key_table(&again.keys), table, "group keys unchanged");
+    assert_eq!(again.keys.teks[0].spi, tek_spi);
+    let sids: Vec<u32> =
+        w.rt.block_on(store.sender_ids(group.id))
+            .unwrap()
+            .iter()
+            .map(|s| s.sender_id)
+            .collect();
+    assert_eq!(sids, vec![0, 1, 2], "each value handed out once");
+    w.rt.block_on(store.close());
+    eprintln!(
+        "registration scenario on {} took {:.1} s",
+        if postgres { "PostgreSQL" } else { "SQLite" },
+        t0.elapsed().as_secs_f64()
+    );
+}
+
+#[test]
+fn serve_on_sqlite_registers_members_in_namespaces_and_refuses_with_the_right_notify() {
+    registration_scenario(false);
+}
+
+#[test]
+fn serve_on_postgresql_registers_members_in_namespaces_and_refuses_with_the_right_notify() {
+    registration_scenario(true);
+}
+
+/// A hand-built IKE_SA_INIT our GCKS accepts (it insists on a KWA transform, RFC 9838
+/// 4.5.4).
+fn init_probe() -> Vec<u8> {
+    let mut r = ikeprobe::SaInitRequest::aes256gcm_sha256_x25519();
+    r.transforms.push(ikeprobe::Transform {
+        kind: 13,
+        id: 3,
+        key_len: None,
+    });
+    r.encode()
+}
+
+const COOKIE: u16 = 16390;
+
+#[test]
+fn an_init_flood_from_many_sources_draws_cookies_and_a_member_still_registers() {
+    let Some(w) = World::new("gkfl", false) else {
+        return;
+    };
+    let t0 = Instant::now();
+    provision(&w);
+    let gcks = w.serve(&["--cookie-threshold", "10"]);
+    // The flooder: one namespace holding 150 more addresses of the LAN.
+    let flood = &w.hosts[2];
+    let ifname = w.links[2].ifname.clone();
+    let subnet = w.bridge.subnet();
+    let sources: Vec<Ipv4Addr> = (100u8..250).map(|h| subnet.v4(h)).collect();
+    let batch: String = sources
+        .iter()
+        .map(|a| format!("addr add {a}/24 dev {ifname}\n"))
+        .collect();
+    let batch_file = w.write("flood.batch", batch.as_bytes());
+    netns::run(Command::new("ip").args(["-n", flood.name(), "-batch", &batch_file])).unwrap();
+    let to = w.addr(500);
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (counts_tx, counts_rx) = mpsc::channel();
+    let stop_flood = stop.clone();
+    let flooder = flood
+        .spawn_thread(move || {
+            let socks: Vec<std::net::UdpSocket> = sources
+                .iter()
+                .map(|a| std::net::UdpSocket::bind(SocketAddr::new(IpAddr::V4(*a), 500)).unwrap())
+                .collect();
+            for s in &socks {
+                s.send_to(&init_probe(), to).unwrap();
+            }
+            let (mut answered, mut cookies) = (0, 0);
+            let mut buf = vec![0u8; 4096];
+            for s in &socks {
+                s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+                if let Ok((n, _)) = s.recv_from(&mut buf) {
+                    answered += 1;
+                    if ikeprobe::ParsedIke::parse(&buf[..n])
+                        .is_ok_and(|p| p.notify_types().contains(&COOKIE))
+                    {
+                        cookies += 1;
+                    }
+                }
+            }
+            let _ = counts_tx.send((answered, cookies));
+            // Then keep flooding (fresh SPIs, as fast as the sockets go; the GCKS's
+            // per-source rate limit drops most) until the member is done.
+            let mut sent = socks.len();
+            for s in &socks {
+                s.set_nonblocking(true).unwrap();
+            }
+            while !stop_flood.load(std::sync::atomic::Ordering::Relaxed) && sent < 2_000_000 {
+                for s in &socks {
+                    let _ = s.send_to(&init_probe(), to);
+                    while s.recv_from(&mut buf).is_ok() {}
+                }
+                sent += socks.len();
+            }
+            sent
+        })
+        .unwrap();
+    let (answered, cookies) = counts_rx.recv_timeout(Duration::from_secs(30)).unwrap();
+    // Every spoofed source is answered: the first ten with an IKE_SA_INIT response (they
+    // stay half-open), the rest with a COOKIE (RFC 7296 2.6).
+    assert_eq!(answered, 150, "every source got an answer");
+    assert!(cookies >= 130, "cookies: {cookies} of 150");
+    // A real member goes through the cookie exchange and registers while the flood goes on.
+    let m = join_in(
+        &w.hosts[0],
+        to,
+        "recv1.gk",
+        psk_of("recv1.gk"),
+        request("video", None, None),
+    )
+    .expect("a member registers during the flood");
+    assert_eq!(m.keys.teks.len(), 1);
+    // ... after a COOKIE of its own (the GCKS logs each one at debug level).
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let sent = flooder.join().unwrap();
+    let member_ip = w.links[0].v4.to_string();
+    let log = gcks.log_text();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("answered with a COOKIE") && l.contains(&member_ip)),
+        "the member was challenged"
+    );
+    eprintln!(
+        "flood test: {sent} IKE_SA_INIT sent from 150 sources; first burst {answered} \
+         answers, {cookies} COOKIEs; member registered; {:.1} s",
+        t0.elapsed().as_secs_f64()
+    );
+}
