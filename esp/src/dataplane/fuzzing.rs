@@ -15,7 +15,8 @@
 //!   next octets): nothing other than the original packet may be delivered.
 //!
 //! Hostile input never panics and never allocates per packet in the engine; the only
-//! allocations are the engine and its SAs.
+//! allocations are the engine and its SAs. [`seeds`] gives the seed corpus
+//! (`fuzz/corpus/esp_open/`).
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::Instant;
@@ -48,6 +49,8 @@ pub const SPI_GCM: u32 = 0x100;
 pub const SPI_CBC: u32 = 0x200;
 pub const SPI_CHACHA: u32 = 0x300;
 pub const SPI_GMAC: u32 = 0x400;
+/// Index of the transport-mode SA among the fixture's SAs.
+const TRANSPORT_SA: usize = 1;
 
 struct Fixture {
     engine: Engine,
@@ -145,9 +148,33 @@ fn fixture(now: Instant) -> Option<Fixture> {
     Some(Fixture { engine, outbound })
 }
 
+/// What one input came to (for the seed tests).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Too short to pick a mode, or `seal` refused the plaintext.
+    Nothing,
+    /// Delivered this many octets.
+    Delivered(usize),
+    Dropped(crate::sa::DropReason),
+}
+
+impl From<Verdict<'_>> for Outcome {
+    fn from(v: Verdict<'_>) -> Self {
+        match v {
+            Verdict::Deliver(p) => Self::Delivered(p.len()),
+            Verdict::Drop(r) => Self::Dropped(r),
+        }
+    }
+}
+
 /// Runs one fuzz input (see the module documentation). Panics only if the engine breaks
 /// an invariant (delivers something it did not seal).
 pub fn fuzz_open(data: &[u8]) {
+    let _ = run(data);
+}
+
+/// [`fuzz_open`] with its outcome.
+pub fn run(data: &[u8]) -> Outcome {
     let now = Instant::now();
     let Some(f) = fixture(now) else {
         // The fixture is fixed; failing to build it is a bug worth a crash.
@@ -155,63 +182,135 @@ pub fn fuzz_open(data: &[u8]) {
     };
     let mut out = [0u8; 4096];
     let Some((&mode, rest)) = data.split_first() else {
-        return;
+        return Outcome::Nothing;
     };
     match mode % 4 {
-        0 => {
-            let _ = f.engine.open(rest, &mut out, now);
-        }
+        0 => f.engine.open(rest, &mut out, now).into(),
         1 => {
             let Some((&sel, esp)) = rest.split_first() else {
-                return;
+                return Outcome::Nothing;
             };
             let (src, dst) = ADDRS[usize::from(sel) % ADDRS.len()];
-            let _ = f.engine.open_esp(src, dst, esp, &mut out, now);
+            f.engine.open_esp(src, dst, esp, &mut out, now).into()
         }
         m => {
             let Some((&which, rest)) = rest.split_first() else {
-                return;
+                return Outcome::Nothing;
             };
             let (flip, plain) = if m == 3 {
                 match rest {
                     [a, b, mask, p @ ..] => {
                         (Some((usize::from(*a) << 8 | usize::from(*b), *mask)), p)
                     }
-                    _ => return,
+                    _ => return Outcome::Nothing,
                 }
             } else {
                 (None, rest)
             };
-            let Some(sa) = f.outbound.get(usize::from(which) % f.outbound.len()) else {
-                return;
+            let index = usize::from(which) % f.outbound.len();
+            let Some(sa) = f.outbound.get(index) else {
+                return Outcome::Nothing;
             };
             let mut sealed = [0u8; 4096];
             let Ok(s) = f.engine.seal(sa, plain, &mut sealed, now) else {
-                return;
+                return Outcome::Nothing;
             };
+            let mut flipped = None;
             if let Some((pos, mask)) = flip {
-                let len = s.len();
-                if let Some(b) = s.get_mut(pos % len.max(1)) {
+                let at = pos % s.len().max(1);
+                if let Some(b) = s.get_mut(at) {
                     *b ^= mask.max(1);
+                    flipped = Some(at);
                 }
             }
             let sealed: &[u8] = s;
-            if let Verdict::Deliver(p) = f.engine.open(sealed, &mut out, now) {
+            let v = f.engine.open(sealed, &mut out, now);
+            if let Verdict::Deliver(p) = &v {
                 // Only the sealed packet may come out: its IP packet (trailing octets past
                 // the header's length are not part of it), with the IPv4 header checksum
-                // recomputed in transport mode.
-                let total = crate::ip::parse(plain).map(|i| i.total_len).unwrap_or(0);
+                // recomputed in transport mode. In transport mode the IP header travels
+                // unprotected (RFC 4303 3.1.1): an octet flipped there (TTL, options, ...)
+                // is delivered as flipped.
+                let info = crate::ip::parse(plain).ok();
+                let total = info.map_or(0, |i| i.total_len);
+                let header = info.map_or(0, |i| i.payload_offset);
                 let original = plain.get(..total).unwrap_or(&[]);
                 assert_eq!(p.len(), original.len(), "delivered length");
                 let v4 = original.first().is_some_and(|b| b >> 4 == 4);
+                let unprotected = flipped.filter(|&at| index == TRANSPORT_SA && at < header);
                 for (i, (a, b)) in p.iter().zip(original).enumerate() {
-                    if !(v4 && (i == 10 || i == 11)) {
+                    if !(v4 && (i == 10 || i == 11)) && Some(i) != unprotected {
                         assert_eq!(a, b, "delivered octet {i} differs from the sealed one");
                     }
                 }
             }
+            v.into()
         }
     }
+}
+
+/// A UDP packet to the group (IPv4 or IPv6) from the fixture's sender.
+fn udp(v6: bool, payload: &[u8]) -> Vec<u8> {
+    let (hdr, total) = if v6 {
+        (40, 48 + payload.len())
+    } else {
+        (20, 28 + payload.len())
+    };
+    let mut p = vec![0u8; total];
+    if v6 {
+        p[0] = 0x60;
+        p[4..6].copy_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+        p[6] = 17;
+        p[7] = 5;
+        p[8..24].copy_from_slice(&SENDER_V6.octets());
+        p[24..40].copy_from_slice(&GROUP_V6.octets());
+    } else {
+        p[0] = 0x45;
+        p[2..4].copy_from_slice(&(total as u16).to_be_bytes());
+        p[8] = 5;
+        p[9] = 17;
+        p[12..16].copy_from_slice(&SENDER_V4.octets());
+        p[16..20].copy_from_slice(&GROUP_V4.octets());
+    }
+    p[hdr..hdr + 2].copy_from_slice(&5000u16.to_be_bytes());
+    p[hdr + 2..hdr + 4].copy_from_slice(&5000u16.to_be_bytes());
+    p[hdr + 4..hdr + 6].copy_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+    p[hdr + 8..].copy_from_slice(payload);
+    p
+}
+
+/// Seed inputs, deterministic: for each fixture SA a plaintext to seal and open (mode 2),
+/// the same with a flipped octet (mode 3), and the sealed packet itself, which opens in a
+/// fresh fixture (mode 0 with its header, mode 1 as ESP with its addresses).
+pub fn seeds() -> Vec<(String, Vec<u8>)> {
+    let now = Instant::now();
+    let Some(f) = fixture(now) else {
+        return Vec::new();
+    };
+    let names = ["gcm", "cbc", "chacha", "gmac"];
+    let mut out = Vec::new();
+    for (i, (name, sa)) in names.iter().zip(&f.outbound).enumerate() {
+        let v6 = *name == "gmac";
+        let plain = udp(v6, format!("seed for {name}").as_bytes());
+        let with = |head: &[u8], body: &[u8]| [head, body].concat();
+        out.push((format!("{name}_seal_open"), with(&[2, i as u8], &plain)));
+        out.push((
+            format!("{name}_flip"),
+            with(&[3, i as u8, 0, 24, 0x40], &plain),
+        ));
+        let mut buf = [0u8; 4096];
+        let Ok(sealed) = f.engine.seal(sa, &plain, &mut buf, now) else {
+            continue;
+        };
+        out.push((format!("{name}_packet"), with(&[0], sealed)));
+        let (hdr, sel) = if v6 { (40, 1) } else { (20, 0) };
+        if let Some(esp) = sealed.get(hdr..) {
+            out.push((format!("{name}_esp"), with(&[1, sel], esp)));
+        }
+    }
+    out.push(("empty".into(), Vec::new()));
+    out.push(("short_ip".into(), vec![0, 0x45, 0, 0, 20]));
+    out
 }
 
 #[cfg(test)]
@@ -243,6 +342,40 @@ mod tests {
             flipped.extend_from_slice(&p);
             fuzz_open(&flipped);
         }
+    }
+
+    #[test]
+    fn sealed_seeds_open_in_a_fresh_fixture() {
+        let seeds = seeds();
+        assert!(seeds.len() >= 14, "{}", seeds.len());
+        for (name, data) in &seeds {
+            let o = run(data);
+            let expect_delivery =
+                name.ends_with("_packet") || name.ends_with("_esp") || name.ends_with("_seal_open");
+            if expect_delivery {
+                assert!(
+                    matches!(o, Outcome::Delivered(n) if n > 28),
+                    "{name}: {o:?}"
+                );
+            }
+            if name.ends_with("_flip") {
+                assert!(!matches!(o, Outcome::Delivered(_)), "{name}: {o:?}");
+            }
+        }
+        // Twice in a row on one engine: the second is a replay (fresh engines per input
+        // make each input deterministic, so try it on one fixture here).
+        let now = Instant::now();
+        let f = fixture(now).unwrap();
+        let (_, pkt) = seeds.iter().find(|(n, _)| n == "gcm_packet").unwrap();
+        let mut out = [0u8; 4096];
+        assert!(matches!(
+            f.engine.open(&pkt[1..], &mut out, now),
+            Verdict::Deliver(_)
+        ));
+        assert_eq!(
+            f.engine.open(&pkt[1..], &mut out, now),
+            Verdict::Drop(crate::sa::DropReason::ReplayDuplicate)
+        );
     }
 
     #[test]
