@@ -6,6 +6,7 @@
 //! - [`config`]: `gm join` arguments, credentials loaded from files.
 //! - [`sag`]: the SAg payload of what this host supports (RFC 9838 2.3.3, 4.3).
 //! - [`install`]: TEK to engine SA, and the [`install::DataPlane`] seam.
+//! - `dataplane` (Linux): the TUN data plane of `gikev2_esp` behind that seam.
 //! - [`agent`]: registrations, rekeys, re-registrations, exclusion (RFC 9838 2.3-2.4).
 //! - [`runtime`]: the tokio driver, the [`runtime::Clock`].
 //! - [`control`]: the framed JSON control protocol and its client (STYLE S6).
@@ -15,6 +16,8 @@
 pub mod agent;
 pub mod config;
 pub mod control;
+#[cfg(target_os = "linux")]
+pub mod dataplane;
 pub mod install;
 pub mod join;
 pub mod runtime;

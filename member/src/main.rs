@@ -17,7 +17,7 @@ use clap::{Args, Parser, Subcommand};
 use gikev2_esp::Engine;
 use gikev2_member::control::{self, Client, ServerMessage};
 use gikev2_member::runtime::{self, RuntimeConfig, SystemClock};
-use gikev2_member::{AgentConfig, GroupStatus, JoinArgs, NoDataPlane, Status};
+use gikev2_member::{AgentConfig, DataPlane, GroupStatus, JoinArgs, NoDataPlane, Status};
 use serde_json::{Value, json};
 
 const DEFAULT_SOCKET: &str = "/run/gm.sock";
@@ -71,6 +71,81 @@ struct DaemonArgs {
     /// Most random delay before a re-registration, in milliseconds (RFC 9838 2.4.3).
     #[arg(long, default_value_t = 5000)]
     reregister_jitter_ms: u64,
+    #[command(flatten)]
+    dp: DataPlaneArgs,
+}
+
+/// Which ESP data plane carries the groups' traffic.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum DataPlaneKind {
+    /// None: SAs live in the engine only.
+    None,
+    /// A TUN interface and raw ESP sockets (Linux; root or CAP_NET_ADMIN + CAP_NET_RAW).
+    Tun,
+}
+
+#[derive(Args, Debug, Clone)]
+struct DataPlaneArgs {
+    /// The ESP data plane: `tun` seals what is routed into the TUN and delivers what opens.
+    #[arg(long, value_enum, default_value = "none")]
+    dataplane: DataPlaneKind,
+    /// Name of the TUN interface.
+    #[arg(long, default_value = "gmtun0")]
+    tun_name: String,
+    /// MTU of the TUN interface (largest plaintext packet).
+    #[arg(long, default_value_t = 1400)]
+    tun_mtu: u16,
+    /// Outer TTL / Hop Limit of ESP packets (default: the inner one, RFC 5374 3.1).
+    #[arg(long)]
+    esp_ttl: Option<u8>,
+    /// Interface for IPv6 group joins and multicast ESP (name).
+    #[arg(long)]
+    multicast_if6: Option<String>,
+}
+
+/// Starts the data plane the flags ask for, around `engine`.
+fn data_plane(
+    a: &DataPlaneArgs,
+    engine: &Arc<Engine>,
+    multicast_if: Option<Ipv4Addr>,
+) -> Result<Arc<dyn DataPlane>, String> {
+    match a.dataplane {
+        DataPlaneKind::None => Ok(Arc::new(NoDataPlane)),
+        #[cfg(target_os = "linux")]
+        DataPlaneKind::Tun => {
+            let multicast_if_v6 = match &a.multicast_if6 {
+                Some(name) => ifindex_of(name)?,
+                None => 0,
+            };
+            let cfg = gikev2_esp::dataplane::Config {
+                tun_name: a.tun_name.clone(),
+                mtu: a.tun_mtu,
+                ttl: a.esp_ttl,
+                multicast_if_v4: multicast_if,
+                multicast_if_v6,
+                ..Default::default()
+            };
+            let dp = gikev2_member::dataplane::TunDataPlane::start(engine.clone(), cfg)
+                .map_err(|e| e.to_string())?;
+            eprintln!(
+                "gm: data plane on {} (index {})",
+                dp.inner().tun_name(),
+                dp.inner().tun_index()
+            );
+            Ok(Arc::new(dp))
+        }
+        #[cfg(not(target_os = "linux"))]
+        DataPlaneKind::Tun => Err("dataplane: tun needs Linux".into()),
+    }
+}
+
+/// An interface's index from sysfs (no ioctl needed).
+#[cfg(target_os = "linux")]
+fn ifindex_of(name: &str) -> Result<u32, String> {
+    std::fs::read_to_string(format!("/sys/class/net/{name}/ifindex"))
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .ok_or_else(|| format!("multicast_if6: no interface {name:?}"))
 }
 
 #[derive(Args, Debug)]
@@ -111,6 +186,13 @@ struct JoinCli {
     /// Run this membership here, without a daemon, until interrupted.
     #[arg(long)]
     foreground: bool,
+    /// With --foreground: IPv4 address of the interface to join multicast groups on (rekey
+    /// and data) and to send multicast ESP from.
+    #[arg(long, requires = "foreground")]
+    multicast_if: Option<Ipv4Addr>,
+    /// With --foreground: the data plane of this process (the daemon has its own).
+    #[command(flatten)]
+    dp: DataPlaneArgs,
     /// Do not wait for the registration outcome.
     #[arg(long)]
     no_wait: bool,
@@ -181,6 +263,9 @@ async fn run(cmd: Cmd) -> Result<(), String> {
     match cmd {
         Cmd::Daemon(d) => daemon(d).await,
         Cmd::Join(j) if j.foreground => foreground(*j).await,
+        Cmd::Join(j) if j.dp.dataplane != DataPlaneKind::None => {
+            Err("dataplane: only with --foreground (the daemon has its own --dataplane)".into())
+        }
         Cmd::Join(j) => {
             let mut args = serde_json::to_value(j.args()).map_err(|e| e.to_string())?;
             let wait_ms = if j.no_wait { 0 } else { j.wait * 1000 };
@@ -332,10 +417,10 @@ async fn daemon(d: DaemonArgs) -> Result<(), String> {
         multicast_v4_interface: d.multicast_if,
         ..RuntimeConfig::default()
     };
-    // The seam of the data plane: it attaches to the same engine (install::DataPlane).
+    // The data plane seals and opens with the engine the agent installs into.
     let engine = Arc::new(Engine::default());
-    let (agent, task) =
-        runtime::spawn(engine, Arc::new(NoDataPlane), config, Arc::new(SystemClock));
+    let dp = data_plane(&d.dp, &engine, d.multicast_if)?;
+    let (agent, task) = runtime::spawn(engine, dp, config, Arc::new(SystemClock));
     let server = tokio::spawn(control::serve(listener, agent.clone()));
     eprintln!("gm: listening on {}", d.socket.display());
     let _ = tokio::signal::ctrl_c().await;
@@ -350,12 +435,12 @@ async fn foreground(j: JoinCli) -> Result<(), String> {
     let cfg = j.args().load().map_err(|e| e.to_string())?;
     let group = cfg.group.clone();
     let engine = Arc::new(Engine::default());
-    let (agent, task) = runtime::spawn(
-        engine,
-        Arc::new(NoDataPlane),
-        RuntimeConfig::default(),
-        Arc::new(SystemClock),
-    );
+    let dp = data_plane(&j.dp, &engine, j.multicast_if)?;
+    let runtime_cfg = RuntimeConfig {
+        multicast_v4_interface: j.multicast_if,
+        ..RuntimeConfig::default()
+    };
+    let (agent, task) = runtime::spawn(engine, dp, runtime_cfg, Arc::new(SystemClock));
     let mut events = agent.subscribe().await.map_err(|e| e.to_string())?;
     agent.join(cfg, None).await.map_err(|e| e.to_string())?;
     eprintln!("gm: joining {group} in the foreground; Ctrl-C leaves");
