@@ -33,6 +33,14 @@ fn err(e: gikev2_policy::StoreError) -> String {
     e.to_string()
 }
 
+/// A unique-constraint failure as `message`, other errors as they are.
+fn exists(message: String) -> impl FnOnce(gikev2_policy::StoreError) -> String {
+    move |e| match e.constraint_kind() {
+        Some(gikev2_policy::ConstraintKind::Unique) => message,
+        _ => e.to_string(),
+    }
+}
+
 async fn group_by_name(store: &Store, name: &str) -> Result<gikev2_policy::Group, String> {
     store
         .group_by_name(name)
@@ -122,7 +130,14 @@ async fn group_create(store: &Store, a: GroupCreateArgs) -> Result<String, Strin
             max_sender_ids_per_member: a.max_sender_ids,
         },
     };
-    let id = store.create_group(&spec, unix_now()).await.map_err(err)?;
+    let id = store
+        .create_group(&spec, unix_now())
+        .await
+        .map_err(exists(format!(
+            "NAME: a group named {:?} or with IDg {} already exists",
+            a.name,
+            show_identity(&idg)
+        )))?;
     let mut out = format!(
         "created group {} (id {id}, IDg {}, rekey {})",
         a.name,
@@ -180,6 +195,10 @@ async fn group_list(store: &Store) -> Result<String, String> {
 }
 
 fn show_selector(s: &gikev2_policy::Selector) -> String {
+    let any = *s == gikev2_policy::Selector::any(s.start.is_ipv6());
+    if any {
+        return "any".into();
+    }
     let addr = if s.start == s.end {
         s.start.to_string()
     } else {
@@ -311,7 +330,10 @@ async fn member_add(store: &Store, a: MemberAddArgs) -> Result<String, String> {
     store
         .add_member(&ident, a.name.as_deref(), &credential, unix_now())
         .await
-        .map_err(err)?;
+        .map_err(exists(format!(
+            "ID: member {} already exists (gcks member delete it first)",
+            show_identity(&ident)
+        )))?;
     Ok(format!("added member {} ({kind})", show_identity(&ident)))
 }
 
@@ -345,7 +367,9 @@ pub async fn signing_key(store: &Store, cmd: SigningKeyCommand) -> Result<String
             let id = store
                 .add_signing_key(&name, scheme, &pkcs8, unix_now())
                 .await
-                .map_err(err)?;
+                .map_err(exists(format!(
+                    "NAME: a signing key named {name:?} already exists"
+                )))?;
             Ok(format!(
                 "generated {} signing key {name} (id {id})",
                 scheme_as_db(scheme)

@@ -214,12 +214,12 @@ pub fn run() -> Result<(), String> {
     println!("audit log ({} events, newest first):", audit.len());
     for r in audit {
         println!(
-            "  {:<10} {:<28} {}",
+            "  {:<10} {:<16} {}",
             r.event.outcome.to_string(),
             r.event
                 .peer
                 .as_ref()
-                .map(|p| p.to_string())
+                .map(super::names::show_identity)
                 .unwrap_or_default(),
             r.event.reason
         );

@@ -74,6 +74,12 @@ pub fn cipher_name(encr: EncrId, bits: Option<u16>, integ: Option<IntegId>) -> S
     if let Some(a) = AEADS.iter().find(|a| a.1 == encr && a.2 == bits) {
         return a.0.to_string();
     }
+    if encr == EncrId::AesCbc
+        && let Some((c, _)) = CBC.iter().find(|x| x.1 == bits)
+        && let Some((i, _)) = INTEGS.iter().find(|x| Some(x.1) == integ)
+    {
+        return format!("{c}+{i}");
+    }
     let mut s = format!("{encr}");
     if let Some(b) = bits {
         s.push_str(&format!("/{b}"));
@@ -194,13 +200,24 @@ pub fn multicast_endpoint(flag: &str, s: &str) -> Result<SocketAddr, String> {
     Ok(a)
 }
 
-/// An identity for people: `fqdn:gm1.example`, `keyid:"video"`, `ipv4:10.0.0.1`.
+/// An identity as the CLI takes it: `gm1.example`, `ops@example.org`, `10.0.0.1`,
+/// `keyid:video`; other types and unprintable values as `TYPE:hex`.
 pub fn show_identity(id: &Identity) -> String {
-    let printable =
-        !id.value.is_empty() && id.value.iter().all(|c| c.is_ascii_graphic() || *c == b' ');
-    match id.id_type {
-        IdType::KeyId if printable => {
-            format!("keyid:{}", String::from_utf8_lossy(&id.value))
+    let text = std::str::from_utf8(&id.value)
+        .ok()
+        .filter(|t| !t.is_empty() && t.chars().all(|c| c.is_ascii_graphic() || c == ' '));
+    match (id.id_type, text) {
+        (IdType::Fqdn | IdType::Rfc822Addr, Some(t)) => t.to_string(),
+        (IdType::KeyId, Some(t)) => format!("keyid:{t}"),
+        (IdType::Ipv4Addr, _) if id.value.len() == 4 => {
+            let mut a = [0u8; 4];
+            a.copy_from_slice(&id.value);
+            std::net::Ipv4Addr::from(a).to_string()
+        }
+        (IdType::Ipv6Addr, _) if id.value.len() == 16 => {
+            let mut a = [0u8; 16];
+            a.copy_from_slice(&id.value);
+            std::net::Ipv6Addr::from(a).to_string()
         }
         _ => id.to_string(),
     }
@@ -216,7 +233,7 @@ mod tests {
         assert_eq!(c.integ, Some(IntegId::HmacSha2_256_128));
         assert_eq!(
             cipher_name(c.encr, c.key_bits, c.integ),
-            "ENCR_AES_CBC/256+sha256"
+            "aes-cbc-256+sha256"
         );
         let g = cipher("--cipher", "aes-gcm-128").unwrap();
         assert_eq!(cipher_name(g.encr, g.key_bits, g.integ), "aes-gcm-128");
@@ -241,7 +258,15 @@ mod tests {
             identity("ID", "keyid:cam").unwrap(),
             Identity::key_id(b"cam")
         );
-        assert_eq!(show_identity(&Identity::key_id(b"video")), "keyid:video");
+        for text in [
+            "keyid:video",
+            "gm1.example",
+            "a@b.example",
+            "10.0.0.1",
+            "fd00::1",
+        ] {
+            assert_eq!(show_identity(&identity("ID", text).unwrap()), text);
+        }
         assert!(identity("MEMBER", "").unwrap_err().starts_with("MEMBER:"));
         assert_eq!(
             selector("--dst", "239.1.1.1:5004", false).unwrap(),

@@ -1,0 +1,414 @@
+//! The store-backed registrar and credential cache on a SQLite store, without namespaces:
+//! decisions called directly (Sender-IDs under concurrency, which IKE SAs stay open), and
+//! raw-key and X.509 members registering over loopback UDP through the cache, including
+//! members added while the server runs and a member deleted after it was cached.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use gikev2_gcks::credentials::{CacheConfig, CredentialCache, StoreLoader};
+use gikev2_gcks::{Registrar, RegistrationContext, ServeConfig, Server, StoreRegistrar};
+use gikev2_member::{JoinError, join};
+use gikev2_policy::{
+    AuditOutcome, EspMode, GroupId, GroupSpec, GroupWidePolicy, Identity, MasterKey, NewCredential,
+    RekeyConfig, RekeyMode, Role, Selector, Store, TekPolicySpec, TekProtocol,
+};
+use gikev2_proto::crypto::{
+    IkeSuite, KeyWrapAlg, KeyWrapKey, SecretBytes, SignatureScheme, SigningKey, SystemRandom,
+};
+use gikev2_proto::ike::{
+    CloseReason, Decision, IkeConfig, LocalAuth, PeerAuth, PeerAuthResolver, RegistrationRequest,
+    SinglePeer,
+};
+use gikev2_proto::registry::{EncrId, GcAuthId, KeId, KwaId, NotifyType, PrfId, SnId};
+use gikev2_proto::wire::{IdPayload, Transform};
+use gikev2_tests::pki::{KeyType, Pki};
+
+const GCKS_PSK: &[u8] = b"the gcks's own psk";
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    url: String,
+    key_path: std::path::PathBuf,
+    store: Arc<Store>,
+    multicast: GroupId,
+}
+
+fn group_spec(name: &str, mode: RekeyMode) -> GroupSpec {
+    GroupSpec {
+        name: name.into(),
+        idg: Identity::key_id(name.as_bytes()),
+        capacity: 100,
+        rekey: RekeyConfig {
+            mode,
+            dst: (mode == RekeyMode::Multicast).then(|| "239.1.2.3:848".parse().unwrap()),
+            src_addr: None,
+            src_port: None,
+            lifetime: 3600,
+            encr: EncrId::AesGcm16,
+            encr_key_bits: Some(256),
+            integ: None,
+            kwa: KwaId::Kw5649_256,
+            gcauth: GcAuthId::Implicit,
+            signing_key: None,
+        },
+        tek_lifetime: 600,
+        policy: GroupWidePolicy {
+            sender_id_bits: Some(8),
+            ..GroupWidePolicy::default()
+        },
+    }
+}
+
+fn tek() -> TekPolicySpec {
+    TekPolicySpec {
+        protocol: TekProtocol::Esp,
+        ip_protocol: 17,
+        src: Selector::any(false),
+        dst: Selector::host_port("239.1.2.4".parse().unwrap(), 5004),
+        encr: EncrId::AesGcm16,
+        encr_key_bits: Some(256),
+        integ: None,
+        sn: SnId::Unspecified32,
+        mode: EspMode::TunnelAddressPreserving,
+    }
+}
+
+async fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}?mode=rwc", dir.path().join("gcks.db").display());
+    let key_path = dir.path().join("gcks.key");
+    let key = MasterKey::load_or_create(&key_path, &mut SystemRandom::new()).unwrap();
+    let store = Arc::new(Store::open(&url, key).await.unwrap());
+    let multicast = store
+        .create_group(&group_spec("g", RekeyMode::Multicast), 0)
+        .await
+        .unwrap();
+    store.add_tek_policy(multicast, &tek()).await.unwrap();
+    let inband = store
+        .create_group(&group_spec("ib", RekeyMode::Inband), 0)
+        .await
+        .unwrap();
+    store.add_tek_policy(inband, &tek()).await.unwrap();
+    Fixture {
+        _dir: dir,
+        url,
+        key_path,
+        store,
+        multicast,
+    }
+}
+
+async fn add_psk_member(store: &Store, id: &str, groups: &[(&str, Role)]) {
+    let m = store
+        .add_member(
+            &Identity::fqdn(id),
+            None,
+            &NewCredential::Psk(SecretBytes::from_slice(id.as_bytes())),
+            0,
+        )
+        .await
+        .unwrap();
+    for (g, role) in groups {
+        let g = store.group_by_name(g).await.unwrap().unwrap();
+        store.authorize(m, g.id, *role, 0).await.unwrap();
+    }
+}
+
+fn ctx(peer: &str, group: &str, sender: Option<u32>) -> RegistrationContext {
+    RegistrationContext {
+        peer_id: IdPayload::fqdn(peer).unwrap(),
+        request: RegistrationRequest {
+            group: IdPayload::key_id(group.as_bytes().to_vec()),
+            sag: None,
+            sender_ids: sender,
+        },
+        remote: "192.0.2.1:500".parse().unwrap(),
+        kwk: KeyWrapKey::new(KeyWrapAlg::Kw5649_256, &[7; 32]).unwrap(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_senders_get_distinct_sender_ids_committed_before_the_answer() {
+    let f = fixture().await;
+    let names: Vec<String> = (0..12).map(|i| format!("s{i}.example")).collect();
+    for n in &names {
+        add_psk_member(&f.store, n, &[("g", Role::Sender)]).await;
+    }
+    let registrar = Arc::new(StoreRegistrar::new(f.store.clone()));
+    let tasks: Vec<_> = names
+        .iter()
+        .map(|n| {
+            let r = registrar.clone();
+            let c = ctx(n, "g", Some(2));
+            tokio::spawn(async move { r.register(c).await })
+        })
+        .collect();
+    let mut ids = Vec::new();
+    let mut teks = std::collections::BTreeSet::new();
+    for t in tasks {
+        let v = t.await.unwrap();
+        let Decision::Accept { gsa, kd, .. } = v.decision else {
+            panic!("refused: {:?}", v.decision)
+        };
+        assert!(!v.keep_ike_sa, "multicast group: the IKE SA may close");
+        ids.extend(kd.member().unwrap().sender_ids.clone());
+        for p in gsa.teks() {
+            teks.insert(p.spi);
+        }
+    }
+    assert_eq!(
+        teks.len(),
+        1,
+        "one TEK created once despite 12 racing first uses"
+    );
+    ids.sort_unstable();
+    assert_eq!(ids, (0..24).collect::<Vec<u32>>(), "two each, none twice");
+    // Committed when the decisions were returned.
+    let stored: Vec<u32> = f
+        .store
+        .sender_ids(f.multicast)
+        .await
+        .unwrap()
+        .iter()
+        .map(|s| s.sender_id)
+        .collect();
+    assert_eq!(stored, ids);
+    let audit = f.store.audit_events(100).await.unwrap();
+    assert_eq!(
+        audit
+            .iter()
+            .filter(|r| r.event.outcome == AuditOutcome::Registered)
+            .count(),
+        12
+    );
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn in_band_groups_keep_the_ike_sa_and_get_no_rekey_sa() {
+    let f = fixture().await;
+    add_psk_member(
+        &f.store,
+        "r.example",
+        &[("g", Role::Receiver), ("ib", Role::Receiver)],
+    )
+    .await;
+    let registrar = StoreRegistrar::new(f.store.clone());
+    let m = registrar.register(ctx("r.example", "g", None)).await;
+    let i = registrar.register(ctx("r.example", "ib", None)).await;
+    assert!(!m.keep_ike_sa);
+    assert!(
+        i.keep_ike_sa,
+        "RFC 9838 2.4.2: in-band rekey uses the IKE SA"
+    );
+    let (
+        Decision::Accept {
+            gsa: gm,
+            transport_mode: tm,
+            ..
+        },
+        Decision::Accept { gsa: gi, .. },
+    ) = (m.decision, i.decision)
+    else {
+        panic!("both accepted");
+    };
+    assert!(gm.kek().is_some() && gi.kek().is_none());
+    assert!(!tm, "tunnel-mode TEK policy: no USE_TRANSPORT_MODE");
+    // A receiver asking to send is refused, and so is an unknown group.
+    assert_eq!(
+        registrar
+            .register(ctx("r.example", "g", Some(1)))
+            .await
+            .decision,
+        Decision::Refuse(NotifyType::AuthorizationFailed)
+    );
+    assert_eq!(
+        registrar
+            .register(ctx("r.example", "nope", None))
+            .await
+            .decision,
+        Decision::Refuse(NotifyType::InvalidGroupId)
+    );
+}
+
+fn suite() -> IkeSuite {
+    IkeSuite::from_transforms(&[
+        Transform::encr(EncrId::AesGcm16, Some(256)),
+        Transform::prf(PrfId::HmacSha2_256),
+        Transform::ke(KeId::Curve25519),
+        Transform::kwa(KwaId::Kw5649_256),
+    ])
+    .unwrap()
+}
+
+fn member_ike(id: &str, auth: LocalAuth) -> IkeConfig {
+    IkeConfig::new(
+        vec![suite()],
+        IdPayload::fqdn(id).unwrap(),
+        auth,
+        Arc::new(SinglePeer {
+            id: None,
+            auth: PeerAuth::Psk(SecretBytes::from_slice(GCKS_PSK)),
+        }),
+    )
+}
+
+async fn join_g(gcks: SocketAddr, ike: IkeConfig) -> Result<(), JoinError> {
+    let req = RegistrationRequest {
+        group: IdPayload::key_id(b"g".to_vec()),
+        sag: None,
+        sender_ids: None,
+    };
+    join(ike, gcks, req, false, Duration::from_secs(10))
+        .await
+        .map(|_| ())
+}
+
+fn signature(pkcs8: &[u8], certs: Vec<Vec<u8>>) -> LocalAuth {
+    LocalAuth::Signature {
+        key: Arc::new(SigningKey::from_pkcs8(SignatureScheme::Ed25519, pkcs8).unwrap()),
+        certs,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn raw_key_and_x509_members_authenticate_through_the_credential_cache() {
+    let f = fixture().await;
+    let loader = StoreLoader::start(f.url.clone(), f.key_path.clone()).unwrap();
+    let cache = Arc::new(CredentialCache::new(
+        Arc::new(loader),
+        CacheConfig::default(),
+    ));
+    assert_eq!(cache.preload(&f.store).await.unwrap(), 0);
+    let resolver: Arc<dyn PeerAuthResolver> = cache.clone();
+    let ike = IkeConfig::new(
+        vec![suite()],
+        IdPayload::fqdn("gcks.example").unwrap(),
+        LocalAuth::Psk(SecretBytes::from_slice(GCKS_PSK)),
+        resolver,
+    );
+    let cfg = ServeConfig {
+        listen: vec!["127.0.0.1:0".parse().unwrap()],
+        init_rate_per_source: 100,
+        ..ServeConfig::default()
+    };
+    let server = Server::bind(ike, cfg, StoreRegistrar::new(f.store.clone())).unwrap();
+    let addr = server.local_addrs()[0];
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(server.run(async {
+        let _ = stopped.await;
+    }));
+
+    // Members added while the server runs: the cache misses and looks them up at once.
+    let pki = Pki::new(KeyType::Ed25519, "members-ca").unwrap();
+    let raw = pki.issue("raw.example").unwrap();
+    let cert = pki.issue("cert.example").unwrap();
+    let g = f.store.group_by_name("g").await.unwrap().unwrap().id;
+    let raw_spki = SigningKey::from_pkcs8(SignatureScheme::Ed25519, &raw.key_pkcs8_der)
+        .unwrap()
+        .public_key()
+        .to_spki()
+        .unwrap();
+    let m = f
+        .store
+        .add_member(
+            &Identity::fqdn("raw.example"),
+            None,
+            &NewCredential::RawPublicKey { spki: raw_spki },
+            0,
+        )
+        .await
+        .unwrap();
+    f.store.authorize(m, g, Role::Receiver, 0).await.unwrap();
+    let anchor = f
+        .store
+        .add_trust_anchor("members-ca", pki.ca_der())
+        .await
+        .unwrap();
+    let m = f
+        .store
+        .add_member(
+            &Identity::fqdn("cert.example"),
+            None,
+            &NewCredential::X509 {
+                trust_anchors: vec![anchor],
+            },
+            0,
+        )
+        .await
+        .unwrap();
+    f.store.authorize(m, g, Role::Receiver, 0).await.unwrap();
+
+    join_g(
+        addr,
+        member_ike("raw.example", signature(&raw.key_pkcs8_der, vec![])),
+    )
+    .await
+    .expect("raw public key member");
+    join_g(
+        addr,
+        member_ike(
+            "cert.example",
+            signature(&cert.key_pkcs8_der, vec![cert.cert_der.clone()]),
+        ),
+    )
+    .await
+    .expect("X.509 member");
+    assert_eq!(cache.len(), 2);
+
+    // A certificate for the same name from another CA is refused, and audited.
+    let rogue = Pki::new(KeyType::Ed25519, "rogue-ca")
+        .unwrap()
+        .issue("cert.example")
+        .unwrap();
+    let r = join_g(
+        addr,
+        member_ike(
+            "cert.example",
+            signature(&rogue.key_pkcs8_der, vec![rogue.cert_der.clone()]),
+        ),
+    )
+    .await;
+    assert!(
+        matches!(r, Err(JoinError::Closed(CloseReason::AuthenticationFailed))),
+        "{r:?}",
+        r = r.err()
+    );
+
+    // Deleted after it was cached: still authenticates within the TTL, but authorization
+    // is read from the store for every registration.
+    assert!(
+        f.store
+            .delete_member(&Identity::fqdn("raw.example"))
+            .await
+            .unwrap()
+    );
+    let r = join_g(
+        addr,
+        member_ike("raw.example", signature(&raw.key_pkcs8_der, vec![])),
+    )
+    .await;
+    assert!(
+        matches!(r, Err(JoinError::Refused(NotifyType::AuthorizationFailed))),
+        "{:?}",
+        r.err()
+    );
+    // The failure is audited just after the answer leaves: a bounded poll.
+    let mut audited = false;
+    for _ in 0..100 {
+        let events = f.store.audit_events(50).await.unwrap();
+        if events.iter().any(|e| {
+            e.event.outcome == AuditOutcome::Refused
+                && e.event.peer == Some(Identity::fqdn("cert.example"))
+                && e.event.reason.contains("certificate was refused")
+        }) {
+            audited = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(audited, "audit row for the rogue certificate");
+    let _ = stop.send(());
+    task.await.unwrap();
+}
