@@ -19,7 +19,8 @@
 //! and 848 (GDOI's port, RFC 9838 2.1.1). The IKE SA behaves the same whichever port it
 //! arrived on (RFC 9838 2.1.1, R003): the port only decides the framing.
 
-use std::collections::{HashMap, HashSet};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
@@ -153,20 +154,29 @@ impl PeerAuthResolver for RecordingResolver {
     }
 }
 
-/// Per-IKE-SA bookkeeping of the runtime: pending decisions and the idle close.
+/// Per-IKE-SA bookkeeping of the runtime: pending decisions and the idle close. Idle
+/// deadlines sit in a heap with lazy invalidation, so many idle SAs cost nothing per
+/// wake-up.
 #[derive(Default)]
 struct SaTracker {
     /// SAs waiting for the registrar; never closed while waiting.
     pending: HashSet<SaHandle>,
     /// SAs the registrar asked to keep open, with the groups that need them.
     kept: HashMap<SaHandle, HashSet<IdPayload>>,
-    /// When each idle SA gets deleted.
+    /// When each idle SA gets deleted (the truth; `heap` may hold stale entries).
     idle_until: HashMap<SaHandle, Instant>,
+    heap: BinaryHeap<Reverse<(Instant, SaHandle)>>,
 }
 
 impl SaTracker {
-    fn next_deadline(&self) -> Option<Instant> {
-        self.idle_until.values().min().copied()
+    fn next_deadline(&mut self) -> Option<Instant> {
+        while let Some(Reverse((t, h))) = self.heap.peek().copied() {
+            if self.idle_until.get(&h) == Some(&t) {
+                return Some(t);
+            }
+            self.heap.pop();
+        }
+        None
     }
 
     /// After an exchange on `h`: (re)arm the idle timer unless the SA must stay.
@@ -175,7 +185,9 @@ impl SaTracker {
         if self.pending.contains(&h) || self.kept.get(&h).is_some_and(|g| !g.is_empty()) {
             self.idle_until.remove(&h);
         } else {
-            self.idle_until.insert(h, now + idle);
+            let t = now + idle;
+            self.idle_until.insert(h, t);
+            self.heap.push(Reverse((t, h)));
         }
     }
 
@@ -187,14 +199,16 @@ impl SaTracker {
 
     /// SAs whose idle time ran out.
     fn due(&mut self, now: Instant) -> Vec<SaHandle> {
-        let due: Vec<SaHandle> = self
-            .idle_until
-            .iter()
-            .filter(|(_, t)| **t <= now)
-            .map(|(h, _)| *h)
-            .collect();
-        for h in &due {
-            self.idle_until.remove(h);
+        let mut due = Vec::new();
+        while let Some(Reverse((t, h))) = self.heap.peek().copied() {
+            if t > now {
+                break;
+            }
+            self.heap.pop();
+            if self.idle_until.get(&h) == Some(&t) {
+                self.idle_until.remove(&h);
+                due.push(h);
+            }
         }
         due
     }
@@ -366,11 +380,13 @@ impl<R: Registrar> Server<R> {
                 Some(d) = dec_rx.recv() => {
                     let now = Instant::now();
                     tracker.pending.remove(&d.handle);
-                    if d.verdict.keep_ike_sa {
+                    if d.verdict.keep_ike_sa && endpoint.sa(d.handle).is_some() {
                         tracker.kept.entry(d.handle).or_default().insert(d.group);
                     }
-                    endpoint.decide(d.handle, d.verdict.decision, now, &mut rng);
-                    tracker.touched(d.handle, now, idle);
+                    if endpoint.sa(d.handle).is_some() {
+                        endpoint.decide(d.handle, d.verdict.decision, now, &mut rng);
+                        tracker.touched(d.handle, now, idle);
+                    }
                 }
                 _ = sleep => {
                     let now = Instant::now();
@@ -560,6 +576,33 @@ mod tests {
             .map(SocketAddr::port)
             .collect();
         assert_eq!(ports, [500, 4500, 848]);
+    }
+
+    #[test]
+    fn idle_deadlines_rearm_and_skip_kept_and_pending_sas() {
+        let mut t = SaTracker::default();
+        let t0 = Instant::now();
+        let idle = Some(Duration::from_secs(5));
+        let (a, b, c) = (SaHandle(1), SaHandle(2), SaHandle(3));
+        t.touched(a, t0, idle);
+        t.touched(b, t0, idle);
+        t.touched(a, t0 + Duration::from_secs(3), idle);
+        t.kept
+            .entry(c)
+            .or_default()
+            .insert(IdPayload::key_id(b"g".to_vec()));
+        t.touched(c, t0, idle);
+        assert_eq!(t.next_deadline(), Some(t0 + Duration::from_secs(5)));
+        assert_eq!(
+            t.due(t0 + Duration::from_secs(5)),
+            vec![b],
+            "a was re-armed"
+        );
+        assert_eq!(t.next_deadline(), Some(t0 + Duration::from_secs(8)));
+        t.pending.insert(a);
+        t.touched(a, t0 + Duration::from_secs(4), idle);
+        assert_eq!(t.next_deadline(), None, "pending SAs are not closed");
+        assert!(t.due(t0 + Duration::from_secs(60)).is_empty());
     }
 
     #[test]

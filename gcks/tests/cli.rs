@@ -1,0 +1,121 @@
+//! The `gcks` binary's command line: default files, error messages that name the argument,
+//! and the demo.
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+const GCKS: &str = env!("CARGO_BIN_EXE_gcks");
+
+fn gcks(dir: &Path, args: &[&str]) -> Output {
+    Command::new(GCKS)
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn serve_without_db_creates_gcks_db_and_a_private_master_key_in_the_working_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("gcks.psk"), b"psk\n").unwrap();
+    let mut child = Command::new(GCKS)
+        .current_dir(dir.path())
+        .args(["serve", "--listen", "127.0.0.1:0", "--psk-file", "gcks.psk"])
+        .args(["--id", "gcks.test"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = BufReader::new(stdout).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    let line = rx.recv_timeout(Duration::from_secs(30));
+    let _ = child.kill();
+    let _ = child.wait();
+    let line = line.expect("a ready line");
+    assert!(line.starts_with("gcks: serving on 127.0.0.1:"), "{line}");
+    assert!(line.contains("as gcks.test (PSK)"), "{line}");
+    assert!(dir.path().join("gcks.db").is_file());
+    let key = std::fs::metadata(dir.path().join("gcks.key")).unwrap();
+    assert_eq!(key.len(), 32);
+    assert_eq!(key.permissions().mode() & 0o777, 0o600);
+}
+
+#[test]
+fn errors_name_the_argument_at_fault() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &["--db", "mysql://h/x", "status"],
+            "--db: unsupported scheme \"mysql\"",
+        ),
+        (
+            &["group", "create", "g"],
+            "--rekey-dst: multicast rekey needs a destination",
+        ),
+        (
+            &["group", "create", "g", "--rekey-dst", "10.0.0.1:848"],
+            "--rekey-dst: 10.0.0.1:848 is not a multicast address",
+        ),
+        (
+            &["group", "add-tek", "nope", "--dst", "239.0.0.1"],
+            "GROUP: no group named \"nope\"",
+        ),
+        (
+            &["authorize", "gm1.example", "g"],
+            "MEMBER: no member gm1.example",
+        ),
+        (
+            &["member", "add", "gm1.example", "--psk-file", "missing.psk"],
+            "--psk-file missing.psk",
+        ),
+        (
+            &["member", "add", "gm1.example"],
+            "one of --psk-file, --raw-key or --x509-identity",
+        ),
+        (&["serve", "--listen", "127.0.0.1:0"], "--psk-file or --key"),
+    ];
+    for (args, want) in cases {
+        let o = gcks(d, args);
+        assert!(!o.status.success(), "{args:?} should fail");
+        let e = stderr(&o);
+        assert!(e.starts_with("gcks: error: "), "{args:?}: {e}");
+        assert!(e.contains(want), "{args:?}: {e}");
+    }
+    // A master key that others can read is refused.
+    std::fs::set_permissions(d.join("gcks.key"), std::fs::Permissions::from_mode(0o644)).unwrap();
+    let e = stderr(&gcks(d, &["status"]));
+    assert!(
+        e.contains("--master-key ./gcks.key") && e.contains("chmod 600"),
+        "{e}"
+    );
+}
+
+#[test]
+fn the_demo_registers_three_members_with_identical_keys() {
+    let o = Command::new(GCKS).arg("demo").output().unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{out}{}", stderr(&o));
+    assert!(
+        out.contains("all hold the same TEK and Rekey SA keys: true"),
+        "{out}"
+    );
+    assert!(
+        out.contains("intruder.demo   refused: AUTHORIZATION_FAILED"),
+        "{out}"
+    );
+    assert_eq!(out.matches("registered: ").count(), 3, "{out}");
+}
