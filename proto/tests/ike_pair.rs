@@ -776,3 +776,54 @@ fn signer_needs_a_hash_the_peer_announced() {
     );
     assert!(!p.member.is_established());
 }
+
+/// A GCKS-side resolver with one PSK per member identity.
+struct PskTable(Vec<(IdPayload, SecretBytes)>);
+
+impl gikev2_proto::ike::PeerAuthResolver for PskTable {
+    fn resolve(
+        &self,
+        peer_id: &IdPayload,
+        _certs: &[gikev2_proto::wire::CertPayload],
+    ) -> Option<PeerAuth> {
+        self.0
+            .iter()
+            .find(|(id, _)| id == peer_id)
+            .map(|(_, k)| PeerAuth::Psk(k.clone()))
+    }
+}
+
+#[test]
+fn gcks_answers_each_member_with_that_members_psk() {
+    // RFC 7296 2.15: the shared key is the pair's; one GCKS serves members with distinct keys.
+    let table = Arc::new(PskTable(vec![
+        (IdPayload::fqdn("a.example").unwrap(), psk("key of a")),
+        (IdPayload::fqdn("b.example").unwrap(), psk("key of b")),
+    ]));
+    for (name, key) in [("a.example", "key of a"), ("b.example", "key of b")] {
+        let mut m = IkeConfig::new(
+            vec![suite(KeId::Curve25519, None)],
+            IdPayload::fqdn(name).unwrap(),
+            LocalAuth::Psk(psk(key)),
+            Arc::new(SinglePeer {
+                id: Some(gcks_id()),
+                auth: PeerAuth::Psk(psk(key)),
+            }),
+        );
+        m.remote_id = Some(gcks_id());
+        let g = IkeConfig::new(
+            vec![suite(KeId::Curve25519, None)],
+            gcks_id(),
+            LocalAuth::Psk(psk("the GCKS's fallback key")),
+            table.clone(),
+        );
+        let mut p = Pair::new(m, g, Goal::GsaAuth(request(None)));
+        p.drive();
+        assert_eq!(
+            registered(&p.member_events).len(),
+            1,
+            "{name}: {:?}",
+            p.member_events
+        );
+    }
+}

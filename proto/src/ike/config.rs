@@ -14,7 +14,9 @@ use super::retransmit::RetransmitPolicy;
 /// How we authenticate ourselves (RFC 7296 2.15; RFC 7427).
 #[derive(Clone)]
 pub enum LocalAuth {
-    /// Shared Key Message Integrity Code (AUTH method 2).
+    /// Shared Key Message Integrity Code (AUTH method 2). A responder answers each peer
+    /// with the PSK its [`PeerAuthResolver`] found for that peer (the pair's shared secret);
+    /// this key is used when the peer authenticated otherwise, and by initiators.
     Psk(SecretBytes),
     /// Digital Signature (AUTH method 14) with this key; `certs` are DER certificates sent
     /// in CERT payloads, end entity first (none for raw public keys known to the peer).

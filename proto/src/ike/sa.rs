@@ -23,7 +23,9 @@ use crate::codec::Codec;
 use crate::crypto::auth::{PaddedPsk, maced_id, sign_auth, signed_octets, verify_auth};
 use crate::crypto::ke::ActiveKe;
 use crate::crypto::keywrap::{KeyWrapAlg, KeyWrapKey};
-use crate::crypto::{CryptoError, IkeKeys, IkeSuite, IntAuth, Random, SkKey, random_array};
+use crate::crypto::{
+    CryptoError, IkeKeys, IkeSuite, IntAuth, Random, SecretBytes, SkKey, random_array,
+};
 use crate::registry::{
     AuthMethod, ExchangeType, HashAlgorithm, NotifyType, PayloadType, ProtocolId, TransformType,
 };
@@ -1327,7 +1329,14 @@ impl IkeSa {
         Ok(signed_octets(real, peer_nonce, &maced, int_auth.as_deref()))
     }
 
-    fn our_auth(&self, mid: u32) -> Result<(Vec<Payload>, AuthPayload), CryptoError> {
+    /// Our AUTH (and CERTs). `pair_psk` is the shared key resolved for the authenticated
+    /// peer: a responder answers each member with that pair's key (RFC 7296 2.15: the
+    /// shared secret of the two peers), so one GCKS can serve members with distinct PSKs.
+    fn our_auth(
+        &self,
+        mid: u32,
+        pair_psk: Option<&SecretBytes>,
+    ) -> Result<(Vec<Payload>, AuthPayload), CryptoError> {
         let prf = self
             .keys
             .as_ref()
@@ -1339,7 +1348,7 @@ impl IkeSa {
         let auth = match &self.config.local_auth {
             LocalAuth::Psk(psk) => AuthPayload::new(
                 AuthMethod::SharedKeyMic,
-                PaddedPsk::new(prf, psk.as_bytes())
+                PaddedPsk::new(prf, pair_psk.unwrap_or(psk).as_bytes())
                     .auth(&octets)
                     .as_bytes()
                     .to_vec(),
@@ -1368,7 +1377,7 @@ impl IkeSa {
         certs: &[CertPayload],
         auth: &AuthPayload,
         mid: u32,
-    ) -> Result<(), CryptoError> {
+    ) -> Result<PeerAuth, CryptoError> {
         let prf = self
             .keys
             .as_ref()
@@ -1378,14 +1387,14 @@ impl IkeSa {
         let cred = self.config.peer_auth.resolve(peer_id, certs).ok_or(
             CryptoError::AuthenticationFailed("no credentials for this identity"),
         )?;
-        match (cred, auth.method) {
+        match (&cred, auth.method) {
             (PeerAuth::Psk(psk), AuthMethod::SharedKeyMic) => {
                 PaddedPsk::new(prf, psk.as_bytes()).verify(&octets, &auth.data)
             }
             (PeerAuth::PublicKey { key, schemes }, AuthMethod::DigitalSignature) => {
                 // The peer must have used a hash we announced (RFC 7427 4).
                 let announced = &self.config.signature_hashes;
-                verify_auth(&key, &auth.data, &octets, |s| {
+                verify_auth(key, &auth.data, &octets, |s| {
                     schemes.contains(&s) && announced.contains(&s.hash_algorithm())
                 })
                 .map(|_| ())
@@ -1393,12 +1402,13 @@ impl IkeSa {
             _ => Err(CryptoError::AuthenticationFailed(
                 "AUTH method does not match the credential",
             )),
-        }
+        }?;
+        Ok(cred)
     }
 
     fn send_auth_request(&mut self, now: Instant, rng: &mut dyn Random) {
         let mid = self.next_mid;
-        let (certs, auth) = match self.our_auth(mid) {
+        let (certs, auth) = match self.our_auth(mid, None) {
             Ok(v) => v,
             Err(e) => {
                 self.close(CloseReason::ProtocolError(e.to_string()));
@@ -1457,7 +1467,7 @@ impl IkeSa {
             return;
         }
         let mid = opened.header.message_id;
-        if let Err(e) = self.verify_peer_auth(&idr, &certs, &auth, mid) {
+        if let Err(e) = self.verify_peer_auth(&idr, &certs, &auth, mid).map(drop) {
             warn!(error = %e, "responder AUTH did not verify");
             self.close(CloseReason::AuthenticationFailed);
             return;
@@ -1507,11 +1517,18 @@ impl IkeSa {
             fail(self, rng, "IDi or AUTH missing");
             return;
         };
-        if let Err(e) = self.verify_peer_auth(&idi, &certs, &auth, mid) {
-            fail(self, rng, &e.to_string());
-            return;
-        }
-        let (our_certs, our_auth) = match self.our_auth(mid) {
+        let cred = match self.verify_peer_auth(&idi, &certs, &auth, mid) {
+            Ok(c) => c,
+            Err(e) => {
+                fail(self, rng, &e.to_string());
+                return;
+            }
+        };
+        let pair_psk = match &cred {
+            PeerAuth::Psk(k) => Some(k),
+            PeerAuth::PublicKey { .. } => None,
+        };
+        let (our_certs, our_auth) = match self.our_auth(mid, pair_psk) {
             Ok(v) => v,
             Err(e) => {
                 fail(self, rng, &e.to_string());
