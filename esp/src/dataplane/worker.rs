@@ -97,6 +97,7 @@ pub(crate) fn tx_loop(sh: &Shared) {
             let (mut read, mut no_sa, mut discard, mut bypass, mut seal_err) = (0, 0, 0, 0, 0);
             let mut used = 0;
             let mut empty = false;
+            let mut fatal = false;
             while used < batch {
                 let n = match sh.tun.recv(&mut input) {
                     Ok(n) => n,
@@ -106,8 +107,9 @@ pub(crate) fn tx_loop(sh: &Shared) {
                     }
                     Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                     Err(e) => {
-                        tracing::warn!("data plane: TUN read: {e}");
-                        empty = true;
+                        // The device is gone (or broken): stop rather than spin on it.
+                        tracing::error!("data plane: TUN read: {e}; TX worker stops");
+                        fatal = true;
                         break;
                     }
                 };
@@ -171,6 +173,9 @@ pub(crate) fn tx_loop(sh: &Shared) {
             add(&c.tx_bypass, bypass);
             add(&c.tx_seal_error, seal_err);
             add(&c.tx_send_error, send_err);
+            if fatal {
+                return;
+            }
             if empty {
                 break;
             }
