@@ -1161,7 +1161,7 @@ impl IkeSa {
             ));
             return;
         }
-        if let Err(e) = self.absorb_int_auth_response(&opened) {
+        if let Err(e) = self.absorb_int_auth(false, &opened.int_auth_a(), &opened.plaintext) {
             self.close(CloseReason::ProtocolError(e.to_string()));
             return;
         }
@@ -1222,17 +1222,22 @@ impl IkeSa {
                 return;
             }
         };
-        if self.absorb_int_auth_request(&opened).is_err() {
+        if self
+            .absorb_int_auth(true, &opened.int_auth_a(), &opened.plaintext)
+            .is_err()
+        {
             return;
         }
         let payloads = [Payload::Ke(KePayload::new(method.id(), ours))];
         // The response is protected with the current keys; IntAuth covers it as sent.
         let (first, plain) = encode_inner(&payloads);
         let a = self.int_auth_a(ExchangeType::IkeIntermediate, mid, true, first);
-        let sk_p = self.keys.as_ref().map(|k| k.sk_pr.clone());
         self.send_response(ExchangeType::IkeIntermediate, mid, &payloads, rng);
-        if let (Some(ia), Some(sk_p)) = (self.int_auth.as_mut(), sk_p) {
-            let _ = ia.absorb(false, sk_p.as_bytes(), &a, &plain);
+        if self.absorb_int_auth(false, &a, &plain).is_err() {
+            self.close(CloseReason::ProtocolError(
+                "IntAuth of our IKE_INTERMEDIATE response".into(),
+            ));
+            return;
         }
         if self.rekey_after_addke(secret.as_bytes()).is_err() {
             self.close(CloseReason::ProtocolError(
@@ -1257,35 +1262,23 @@ impl IkeSa {
         a
     }
 
-    fn absorb_int_auth_request(&mut self, opened: &Opened) -> Result<(), CryptoError> {
-        let sk = self
-            .keys
-            .as_ref()
-            .map(|k| k.sk_pi.clone())
-            .ok_or(CryptoError::Internal("keys"))?;
-        let ia = self
-            .int_auth
-            .as_mut()
-            .ok_or(CryptoError::Internal("IntAuth"))?;
-        ia.absorb(true, sk.as_bytes(), &opened.int_auth_a(), &opened.plaintext)
-    }
-
-    fn absorb_int_auth_response(&mut self, opened: &Opened) -> Result<(), CryptoError> {
-        let sk = self
-            .keys
-            .as_ref()
-            .map(|k| k.sk_pr.clone())
-            .ok_or(CryptoError::Internal("keys"))?;
-        let ia = self
-            .int_auth
-            .as_mut()
-            .ok_or(CryptoError::Internal("IntAuth"))?;
-        ia.absorb(
-            false,
-            sk.as_bytes(),
-            &opened.int_auth_a(),
-            &opened.plaintext,
-        )
+    /// Adds one IKE_INTERMEDIATE message to IntAuth (RFC 9242 3.3.2), with SK_pi or SK_pr of
+    /// the key generation that protected it. `a` and `p` are its A and P chunks.
+    fn absorb_int_auth(
+        &mut self,
+        from_initiator: bool,
+        a: &[u8],
+        p: &[u8],
+    ) -> Result<(), CryptoError> {
+        let (Some(keys), Some(ia)) = (self.keys.as_ref(), self.int_auth.as_mut()) else {
+            return Err(CryptoError::Internal("IntAuth before IKE_SA_INIT keys"));
+        };
+        let sk_p = if from_initiator {
+            &keys.sk_pi
+        } else {
+            &keys.sk_pr
+        };
+        ia.absorb(from_initiator, sk_p.as_bytes(), a, p)
     }
 
     fn rekey_after_addke(&mut self, secret: &[u8]) -> Result<(), CryptoError> {
@@ -1736,9 +1729,9 @@ impl IkeSa {
         if intermediate {
             let (first, plain) = encode_inner(payloads);
             let a = self.int_auth_a(exchange, mid, false, first);
-            let sk = self.keys.as_ref().map(|k| k.sk_pi.clone());
-            if let (Some(ia), Some(sk)) = (self.int_auth.as_mut(), sk) {
-                let _ = ia.absorb(true, sk.as_bytes(), &a, &plain);
+            if let Err(e) = self.absorb_int_auth(true, &a, &plain) {
+                self.close(CloseReason::ProtocolError(e.to_string()));
+                return;
             }
         }
         self.transmits.extend(packets.iter().cloned());
