@@ -369,9 +369,11 @@ fn member_ike(id: &str, psk: &[u8]) -> IkeConfig {
         vec![suite()],
         IdPayload::fqdn(id).unwrap(),
         LocalAuth::Psk(SecretBytes::from_slice(psk)),
+        // The pair's shared key both ways (RFC 7296 2.15): the GCKS answers each member with
+        // the PSK it holds for that member.
         Arc::new(SinglePeer {
             id: Some(IdPayload::fqdn("gcks.gk").unwrap()),
-            auth: PeerAuth::Psk(SecretBytes::from_slice(GCKS_PSK)),
+            auth: PeerAuth::Psk(SecretBytes::from_slice(psk)),
         }),
     );
     c.remote_id = Some(IdPayload::fqdn("gcks.gk").unwrap());
