@@ -78,6 +78,32 @@ fn psk_configs(member_psk: &str, gcks_psk: &str, suites: Vec<IkeSuite>) -> (IkeC
     (m, g)
 }
 
+/// A configuration authenticating with `key` (RFC 7427 Digital Signature) and accepting a
+/// peer that proves `peer_key` with `scheme` (pinned to `peer_id` when given).
+fn sig_config(
+    id: IdPayload,
+    key: SigningKey,
+    peer_id: Option<IdPayload>,
+    peer_key: gikev2_proto::crypto::sign::PublicKey,
+    scheme: SignatureScheme,
+) -> IkeConfig {
+    IkeConfig::new(
+        vec![suite(KeId::Curve25519, None)],
+        id,
+        LocalAuth::Signature {
+            key: Arc::new(key),
+            certs: vec![],
+        },
+        Arc::new(SinglePeer {
+            id: peer_id,
+            auth: PeerAuth::PublicKey {
+                key: peer_key,
+                schemes: vec![scheme],
+            },
+        }),
+    )
+}
+
 fn group() -> IdPayload {
     IdPayload::key_id(b"group-1".to_vec())
 }
@@ -428,37 +454,20 @@ fn refusal_reaches_the_member_with_its_notify() {
 fn ed25519_signatures_authenticate_both_sides() {
     let (mk, _) = SigningKey::generate(SignatureScheme::Ed25519).unwrap();
     let (gk, _) = SigningKey::generate(SignatureScheme::Ed25519).unwrap();
-    let s = vec![suite(KeId::Curve25519, None)];
     let (mk_pub, gk_pub) = (mk.public_key(), gk.public_key());
-    let m = IkeConfig::new(
-        s.clone(),
+    let m = sig_config(
         member_id(),
-        LocalAuth::Signature {
-            key: Arc::new(mk),
-            certs: vec![],
-        },
-        Arc::new(SinglePeer {
-            id: Some(gcks_id()),
-            auth: PeerAuth::PublicKey {
-                key: gk_pub,
-                schemes: vec![SignatureScheme::Ed25519],
-            },
-        }),
+        mk,
+        Some(gcks_id()),
+        gk_pub,
+        SignatureScheme::Ed25519,
     );
-    let g = IkeConfig::new(
-        s,
+    let g = sig_config(
         gcks_id(),
-        LocalAuth::Signature {
-            key: Arc::new(gk),
-            certs: vec![],
-        },
-        Arc::new(SinglePeer {
-            id: Some(member_id()),
-            auth: PeerAuth::PublicKey {
-                key: mk_pub,
-                schemes: vec![SignatureScheme::Ed25519],
-            },
-        }),
+        gk,
+        Some(member_id()),
+        mk_pub,
+        SignatureScheme::Ed25519,
     );
     let mut p = Pair::new(m, g, Goal::GsaAuth(request(None)));
     p.drive();
@@ -470,36 +479,21 @@ fn ml_dsa_65_signature_from_an_unexpected_key_is_refused() {
     let (mk, _) = SigningKey::generate(SignatureScheme::MlDsa65).unwrap();
     let (other, _) = SigningKey::generate(SignatureScheme::MlDsa65).unwrap();
     let (gk, _) = SigningKey::generate(SignatureScheme::EcdsaP256Sha256).unwrap();
-    let s = vec![suite(KeId::Curve25519, None)];
-    let m = IkeConfig::new(
-        s.clone(),
+    let gk_pub = gk.public_key();
+    let m = sig_config(
         member_id(),
-        LocalAuth::Signature {
-            key: Arc::new(mk),
-            certs: vec![],
-        },
-        Arc::new(SinglePeer {
-            id: None,
-            auth: PeerAuth::PublicKey {
-                key: gk.public_key(),
-                schemes: vec![SignatureScheme::EcdsaP256Sha256],
-            },
-        }),
+        mk,
+        None,
+        gk_pub,
+        SignatureScheme::EcdsaP256Sha256,
     );
-    let g = IkeConfig::new(
-        s,
+    // The GCKS expects another ML-DSA key than the one the member signs with.
+    let g = sig_config(
         gcks_id(),
-        LocalAuth::Signature {
-            key: Arc::new(gk),
-            certs: vec![],
-        },
-        Arc::new(SinglePeer {
-            id: None,
-            auth: PeerAuth::PublicKey {
-                key: other.public_key(),
-                schemes: vec![SignatureScheme::MlDsa65],
-            },
-        }),
+        gk,
+        None,
+        other.public_key(),
+        SignatureScheme::MlDsa65,
     );
     let mut p = Pair::new(m, g, Goal::IkeAuth);
     p.drive();
@@ -734,38 +728,9 @@ fn signer_needs_a_hash_the_peer_announced() {
     // (Identity hash). The member must stop, and say so with Event::Closed.
     let (mk, _) = SigningKey::generate(SignatureScheme::Ed25519).unwrap();
     let (gk, _) = SigningKey::generate(SignatureScheme::Ed25519).unwrap();
-    let s = vec![suite(KeId::Curve25519, None)];
     let (mk_pub, gk_pub) = (mk.public_key(), gk.public_key());
-    let m = IkeConfig::new(
-        s.clone(),
-        member_id(),
-        LocalAuth::Signature {
-            key: Arc::new(mk),
-            certs: vec![],
-        },
-        Arc::new(SinglePeer {
-            id: None,
-            auth: PeerAuth::PublicKey {
-                key: gk_pub,
-                schemes: vec![SignatureScheme::Ed25519],
-            },
-        }),
-    );
-    let mut g = IkeConfig::new(
-        s,
-        gcks_id(),
-        LocalAuth::Signature {
-            key: Arc::new(gk),
-            certs: vec![],
-        },
-        Arc::new(SinglePeer {
-            id: None,
-            auth: PeerAuth::PublicKey {
-                key: mk_pub,
-                schemes: vec![SignatureScheme::Ed25519],
-            },
-        }),
-    );
+    let m = sig_config(member_id(), mk, None, gk_pub, SignatureScheme::Ed25519);
+    let mut g = sig_config(gcks_id(), gk, None, mk_pub, SignatureScheme::Ed25519);
     g.signature_hashes = vec![gikev2_proto::registry::HashAlgorithm::Sha2_256];
     let mut p = Pair::new(m, g, Goal::IkeAuth);
     p.drive();
