@@ -610,6 +610,56 @@ pub enum Admission {
     GroupFull { capacity: u32 },
 }
 
+/// One registration's writes, decided and committed with others in one transaction by
+/// [`crate::Store::commit_registrations`] (group commit: one lock, one commit, one audit
+/// insert for the whole batch).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegistrationWrite {
+    pub group: GroupId,
+    /// The authenticated peer.
+    pub member: Identity,
+    /// The member asked to send (GROUP_SENDER, RFC 9838 2.3.1): needs the `sender` role.
+    pub wants_sender: bool,
+    /// Sender-IDs to allocate (RFC 9838 2.5.1): `Some(n)` for a sender of a counter-mode
+    /// TEK (at least one is granted or the registration is refused), `None` otherwise.
+    pub sender_ids: Option<u32>,
+    /// A refusal the caller decided before the store was asked (say, the SAg, RFC 9838
+    /// 2.3.4); applied after the authorization checks so that the order of refusals stays
+    /// the registrar's (an unauthorized member learns nothing about the policy).
+    pub refused_before: Option<String>,
+    pub now: Seconds,
+}
+
+/// What [`crate::Store::commit_registrations`] decided for one [`RegistrationWrite`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RegistrationOutcome {
+    /// Counted against the group's capacity (`newly`: it was not a member before) and
+    /// holding `sender_ids`, all committed.
+    Admitted {
+        member: MemberId,
+        newly: bool,
+        sender_ids: Vec<u32>,
+    },
+    Refused(RegistrationRefusal),
+}
+
+/// Why the store refused a registration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RegistrationRefusal {
+    /// No member has the identity (deleted after it authenticated).
+    UnknownMember,
+    /// The member holds no authorization for the group.
+    NotAuthorized,
+    /// Authorized as receiver, asked to send.
+    NotSender,
+    /// [`RegistrationWrite::refused_before`].
+    Policy(String),
+    /// The group is at capacity.
+    GroupFull { capacity: u32 },
+    /// The Sender-ID space or the member's bound is exhausted (RFC 9838 2.5.1 step 5).
+    SenderIdsExhausted,
+}
+
 /// A rekey-sender lease: one GCKS at a time sends GSA_REKEY messages for a group.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RekeyLease {

@@ -91,6 +91,29 @@ pub(crate) fn lock_state(pg: bool) -> &'static str {
     if pg { " FOR UPDATE OF gs" } else { "" }
 }
 
+/// Inserts audit rows ([`audit_binds`]) inside the transaction `$tx`, a few statements
+/// for any number of rows.
+macro_rules! insert_audit {
+    ($tx:ident, $rows:expr) => {
+        for chunk in $rows.chunks(BATCH_BINDS / 7) {
+            let mut q = sqlx::QueryBuilder::new(
+                "INSERT INTO audit_log (at, peer_id_type, peer_id_value, group_idg_type, \
+                 group_idg_value, outcome, reason) ",
+            );
+            q.push_values(chunk, |mut b, r| {
+                b.push_bind(r.0)
+                    .push_bind(r.1)
+                    .push_bind(r.2.clone())
+                    .push_bind(r.3)
+                    .push_bind(r.4.clone())
+                    .push_bind(r.5)
+                    .push_bind(r.6.clone());
+            });
+            q.build().execute(&mut *$tx).await?;
+        }
+    };
+}
+
 const MASTER_KEY_CHECK: &[u8] = b"gikev2-policy master key check v1";
 const MASTER_KEY_CHECK_NAME: &str = "master_key_check";
 
@@ -773,6 +796,275 @@ impl Store {
         int(n, "memberships")
     }
 
+    /// Authorizations with the `sender` role in `group` (whether a group has several
+    /// senders decides its GWP policy, RFC 9838 4.4.3).
+    pub async fn sender_count(&self, group: GroupId) -> Result<u64, StoreError> {
+        let n: i64 = on_backend!(self, |pool| {
+            sqlx::query_scalar(
+                "SELECT COUNT(*) FROM authorizations WHERE group_id = $1 AND role = 'sender'",
+            )
+            .bind(group.0)
+            .fetch_one(pool)
+            .await?
+        });
+        int(n, "authorizations")
+    }
+
+    // ----- registrations, decided and committed in batches -----
+
+    /// Decides and commits a batch of registrations in one write transaction (group
+    /// commit): for each [`RegistrationWrite`], in order, the member must exist and be
+    /// authorized for the group (with the `sender` role to send), then
+    /// [`RegistrationWrite::refused_before`] applies, then the group's capacity (a member
+    /// already counted is not refused), then the Sender-IDs (as
+    /// [`Self::allocate_sender_ids`] allocates them). The memberships, Sender-IDs and one
+    /// audit event per write (`audit` makes it from the outcome) are committed together
+    /// before this returns, so the caller may reveal what it got. Each group's
+    /// `group_state` row is locked for the batch, as every other state write does.
+    ///
+    /// The work per batch is a fixed number of statements per group touched, not per
+    /// registration: at N registrations in flight the store's cost per registration
+    /// shrinks with the batch (docs/performance.md, "gcks: registration load").
+    pub async fn commit_registrations<F>(
+        &self,
+        batch: &[RegistrationWrite],
+        mut audit: F,
+    ) -> Result<Vec<RegistrationOutcome>, StoreError>
+    where
+        F: FnMut(&RegistrationWrite, &RegistrationOutcome) -> AuditEvent,
+    {
+        use std::collections::{BTreeMap, HashMap, HashSet};
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
+        for w in batch {
+            to_db(w.now, "time")?;
+        }
+        let mut identities: Vec<&Identity> = Vec::new();
+        {
+            let mut seen = HashSet::new();
+            for w in batch {
+                if seen.insert(&w.member) {
+                    identities.push(&w.member);
+                }
+            }
+        }
+        let mut groups: Vec<GroupId> = batch.iter().map(|w| w.group).collect();
+        groups.sort_by_key(|g| g.0);
+        groups.dedup();
+        on_backend!(self, |pool, pg| {
+            let mut tx = pool.begin_write().await?;
+            // 1. The members and every authorization they hold: one statement.
+            let mut rows: Vec<MemberRoleRow> = Vec::new();
+            for chunk in identities.chunks(BATCH_BINDS / 2) {
+                let mut q = sqlx::QueryBuilder::new(
+                    "SELECT m.id, m.id_type, m.id_value, a.group_id, a.role FROM members m \
+                     LEFT JOIN authorizations a ON a.member_id = m.id \
+                     WHERE (m.id_type, m.id_value) IN (VALUES ",
+                );
+                for (i, id) in chunk.iter().enumerate() {
+                    if i > 0 {
+                        q.push(", ");
+                    }
+                    q.push("(")
+                        .push_bind(i64::from(id.id_type.value()))
+                        .push(", ")
+                        .push_bind(id.value.clone())
+                        .push(")");
+                }
+                q.push(")");
+                rows.extend(q.build_query_as().fetch_all(&mut *tx).await?);
+            }
+            let mut members: HashMap<Identity, (MemberId, HashMap<i64, String>)> = HashMap::new();
+            for (id, ty, value, group, role) in rows {
+                let ty: u8 = int(ty, "members.id_type")?;
+                let e = members
+                    .entry(Identity::new(ty.into(), value))
+                    .or_insert_with(|| (MemberId(id), HashMap::new()));
+                if let (Some(g), Some(r)) = (group, role) {
+                    e.1.insert(g, r);
+                }
+            }
+            // 2. Authorization, in the registrar's order.
+            let mut outcome: Vec<Option<RegistrationOutcome>> = Vec::with_capacity(batch.len());
+            for w in batch {
+                let refused = match members.get(&w.member) {
+                    None => Some(RegistrationRefusal::UnknownMember),
+                    Some((_, roles)) => match roles.get(&w.group.0) {
+                        None => Some(RegistrationRefusal::NotAuthorized),
+                        Some(r) => {
+                            let role = Role::from_db(r).ok_or_else(|| {
+                                StoreError::data("authorizations.role", format!("{r:?}"))
+                            })?;
+                            if w.wants_sender && !role.allows(Role::Sender) {
+                                Some(RegistrationRefusal::NotSender)
+                            } else {
+                                w.refused_before.clone().map(RegistrationRefusal::Policy)
+                            }
+                        }
+                    },
+                };
+                outcome.push(refused.map(RegistrationOutcome::Refused));
+            }
+            // 3. Per group: lock its state row, then capacity and Sender-IDs.
+            let mut joins: Vec<(i64, i64, i64)> = Vec::new();
+            let mut allocations: Vec<(i64, i64, i64, i64, i64)> = Vec::new();
+            let mut counters: BTreeMap<i64, i64> = BTreeMap::new();
+            for g in &groups {
+                let wanted: Vec<usize> = (0..batch.len())
+                    .filter(|&i| batch[i].group == *g && outcome[i].is_none())
+                    .collect();
+                if wanted.is_empty() {
+                    continue;
+                }
+                let row: Option<(i64, i64, i64, Option<i64>, i64)> = sqlx::query_as(&format!(
+                    "SELECT g.capacity, gs.next_sender_id, gs.sender_id_epoch, \
+                         g.sender_id_bits, g.max_sender_ids_per_member FROM group_state gs \
+                         JOIN groups g ON g.id = gs.group_id WHERE gs.group_id = $1{}",
+                    lock_state(pg)
+                ))
+                .bind(g.0)
+                .fetch_optional(&mut *tx)
+                .await?;
+                let Some((cap, mut next, epoch, bits, per_member)) = row else {
+                    for &i in &wanted {
+                        outcome[i] = Some(RegistrationOutcome::Refused(
+                            RegistrationRefusal::Policy(format!("group {g} has no state row")),
+                        ));
+                    }
+                    continue;
+                };
+                let mut count: i64 =
+                    sqlx::query_scalar("SELECT COUNT(*) FROM memberships WHERE group_id = $1")
+                        .bind(g.0)
+                        .fetch_one(&mut *tx)
+                        .await?;
+                let mut ids: Vec<i64> = wanted
+                    .iter()
+                    .filter_map(|&i| members.get(&batch[i].member).map(|m| m.0.0))
+                    .collect();
+                ids.sort_unstable();
+                ids.dedup();
+                let mut q =
+                    sqlx::QueryBuilder::new("SELECT member_id FROM memberships WHERE group_id = ");
+                q.push_bind(g.0).push(" AND member_id IN (");
+                for (k, id) in ids.iter().enumerate() {
+                    if k > 0 {
+                        q.push(", ");
+                    }
+                    q.push_bind(*id);
+                }
+                q.push(")");
+                let mut present: HashSet<i64> = q
+                    .build_query_scalar::<i64>()
+                    .fetch_all(&mut *tx)
+                    .await?
+                    .into_iter()
+                    .collect();
+                let space: Option<i64> = match bits {
+                    Some(b) => Some(1i64 << int::<u32>(b, "groups.sender_id_bits")?.min(32)),
+                    None => None,
+                };
+                for &i in &wanted {
+                    let w = &batch[i];
+                    let member = members[&w.member].0;
+                    let newly = !present.contains(&member.0);
+                    if newly && count >= cap {
+                        outcome[i] = Some(RegistrationOutcome::Refused(
+                            RegistrationRefusal::GroupFull {
+                                capacity: int(cap, "groups.capacity")?,
+                            },
+                        ));
+                        continue;
+                    }
+                    let mut granted_ids = Vec::new();
+                    if let Some(n) = w.sender_ids {
+                        let Some(space) = space else {
+                            outcome[i] = Some(RegistrationOutcome::Refused(
+                                RegistrationRefusal::Policy(format!(
+                                    "group {g} has no Sender-ID bits (groups.sender_id_bits)"
+                                )),
+                            ));
+                            continue;
+                        };
+                        let granted = i64::from(n.max(1))
+                            .min(per_member)
+                            .min((space - next).max(0));
+                        if granted == 0 {
+                            outcome[i] = Some(RegistrationOutcome::Refused(
+                                RegistrationRefusal::SenderIdsExhausted,
+                            ));
+                            continue;
+                        }
+                        for id in next..next + granted {
+                            allocations.push((g.0, id, member.0, epoch, to_db(w.now, "time")?));
+                            granted_ids.push(int(id, "sender_ids.sender_id")?);
+                        }
+                        next += granted;
+                        counters.insert(g.0, next);
+                    }
+                    if newly {
+                        count += 1;
+                        present.insert(member.0);
+                        joins.push((g.0, member.0, to_db(w.now, "time")?));
+                    }
+                    outcome[i] = Some(RegistrationOutcome::Admitted {
+                        member,
+                        newly,
+                        sender_ids: granted_ids,
+                    });
+                }
+            }
+            // 4. The writes: a few multi-row statements for the whole batch.
+            for chunk in joins.chunks(BATCH_BINDS / 3) {
+                let mut q = sqlx::QueryBuilder::new(
+                    "INSERT INTO memberships (group_id, member_id, joined_at) ",
+                );
+                q.push_values(chunk, |mut b, (g, m, at)| {
+                    b.push_bind(*g).push_bind(*m).push_bind(*at);
+                });
+                q.build().execute(&mut *tx).await?;
+            }
+            for chunk in allocations.chunks(BATCH_BINDS / 5) {
+                let mut q = sqlx::QueryBuilder::new(
+                    "INSERT INTO sender_ids (group_id, sender_id, member_id, epoch, \
+                     allocated_at) ",
+                );
+                q.push_values(chunk, |mut b, (g, id, m, e, at)| {
+                    b.push_bind(*g)
+                        .push_bind(*id)
+                        .push_bind(*m)
+                        .push_bind(*e)
+                        .push_bind(*at);
+                });
+                q.build().execute(&mut *tx).await?;
+            }
+            for (g, next) in &counters {
+                sqlx::query("UPDATE group_state SET next_sender_id = $2 WHERE group_id = $1")
+                    .bind(*g)
+                    .bind(*next)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            let outcome: Vec<RegistrationOutcome> = outcome
+                .into_iter()
+                .map(|o| {
+                    o.unwrap_or(RegistrationOutcome::Refused(RegistrationRefusal::Policy(
+                        "not decided".into(),
+                    )))
+                })
+                .collect();
+            let events: Vec<AuditRow7> = batch
+                .iter()
+                .zip(&outcome)
+                .map(|(w, o)| audit_binds(&audit(w, o)))
+                .collect::<Result<_, _>>()?;
+            insert_audit!(tx, events);
+            tx.commit().await?;
+            Ok(outcome)
+        })
+    }
+
     // ----- rekey-sender lease -----
 
     /// Takes or renews the right to send GSA_REKEY messages for `group` until
@@ -880,6 +1172,21 @@ impl Store {
         Ok(id)
     }
 
+    /// Appends several events to the audit log in one transaction (reasons longer than
+    /// 1024 octets are clipped).
+    pub async fn record_audits(&self, events: &[AuditEvent]) -> Result<(), StoreError> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let events: Vec<AuditRow7> = events.iter().map(audit_binds).collect::<Result<_, _>>()?;
+        on_backend!(self, |pool| {
+            let mut tx = pool.begin_write().await?;
+            insert_audit!(tx, events);
+            tx.commit().await?;
+        });
+        Ok(())
+    }
+
     /// The newest `limit` audit events, newest first.
     pub async fn audit_events(&self, limit: u32) -> Result<Vec<AuditRecord>, StoreError> {
         let rows: Vec<AuditRow> = on_backend!(self, |pool| {
@@ -893,6 +1200,52 @@ impl Store {
         });
         rows.into_iter().map(AuditRecord::try_from).collect()
     }
+}
+
+/// Bound parameters per multi-row statement (well under SQLite's 32766 and PostgreSQL's
+/// 65535).
+const BATCH_BINDS: usize = 4096;
+
+/// A member (id, identity) and one group it is authorized for, with the role.
+type MemberRoleRow = (i64, i64, Vec<u8>, Option<i64>, Option<String>);
+
+/// The columns of one audit row, ready to bind.
+type AuditRow7 = (
+    i64,
+    Option<i64>,
+    Option<Vec<u8>>,
+    Option<i64>,
+    Option<Vec<u8>>,
+    &'static str,
+    String,
+);
+
+/// An event's audit-row columns; the reason clipped to the column's 1024 octets.
+fn audit_binds(event: &AuditEvent) -> Result<AuditRow7, StoreError> {
+    let split = |i: &Option<Identity>| match i {
+        Some(i) => (Some(i64::from(i.id_type.value())), Some(i.value.clone())),
+        None => (None, None),
+    };
+    let (pt, pv) = split(&event.peer);
+    let (gt, gv) = split(&event.group);
+    let mut reason = event.reason.clone();
+    if reason.len() > 1024 {
+        let mut end = 1021;
+        while !reason.is_char_boundary(end) {
+            end -= 1;
+        }
+        reason.truncate(end);
+        reason.push_str("...");
+    }
+    Ok((
+        to_db(event.at, "time")?,
+        pt,
+        pv,
+        gt,
+        gv,
+        event.outcome.as_db(),
+        reason,
+    ))
 }
 
 /// Where a member's PSK is sealed: bound to its identity, so a ciphertext copied to

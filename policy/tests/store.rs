@@ -27,6 +27,8 @@ on_both_backends!(
     capacity_enforced_under_concurrency,
     deletes_cascade,
     plain_sql_administration,
+    registration_batches_decide_in_order_and_commit_with_their_audit,
+    registration_batches_respect_capacity_across_processes,
 );
 
 const T0: u64 = 1_800_000_000;
@@ -1430,4 +1432,247 @@ async fn plain_sql_administration(db: &TestDb) {
         .unwrap();
     assert_eq!(store.group_state(g2).await.unwrap().unwrap().updated, T0);
     store.close().await;
+}
+
+fn write(group: GroupId, who: &str, sender_ids: Option<u32>) -> RegistrationWrite {
+    RegistrationWrite {
+        group,
+        member: Identity::fqdn(who),
+        wants_sender: sender_ids.is_some(),
+        sender_ids,
+        refused_before: None,
+        now: T0,
+    }
+}
+
+/// The audit event the tests ask the store to write for an outcome.
+fn audit_of(w: &RegistrationWrite, o: &RegistrationOutcome) -> AuditEvent {
+    let (outcome, reason) = match o {
+        RegistrationOutcome::Admitted { sender_ids, .. } => {
+            (AuditOutcome::Registered, format!("ids {sender_ids:?}"))
+        }
+        RegistrationOutcome::Refused(r) => (AuditOutcome::Refused, format!("{r:?}")),
+    };
+    AuditEvent {
+        at: w.now,
+        peer: Some(w.member.clone()),
+        group: None,
+        outcome,
+        reason,
+    }
+}
+
+async fn registration_batches_decide_in_order_and_commit_with_their_audit(db: &TestDb) {
+    let store = db.open(key(21)).await;
+    let mut spec = group_spec("batch", "batch.example");
+    spec.capacity = 3;
+    spec.policy.sender_id_bits = Some(2); // 4 Sender-IDs
+    let g = store.create_group(&spec, T0).await.unwrap();
+    for (name, role) in [
+        ("a.example", Some(Role::Sender)),
+        ("b.example", Some(Role::Receiver)),
+        ("c.example", Some(Role::Receiver)),
+        ("d.example", Some(Role::Receiver)),
+        ("e.example", Some(Role::Receiver)),
+        ("x.example", None),
+    ] {
+        let m = store
+            .add_member(&Identity::fqdn(name), None, &psk("p"), T0)
+            .await
+            .unwrap();
+        if let Some(role) = role {
+            store.authorize(m, g, role, T0).await.unwrap();
+        }
+    }
+    let mut sag = write(g, "b.example", None);
+    sag.refused_before = Some("SAg lacks AES-GCM".into());
+    let mut sag_unauthorized = write(g, "x.example", None);
+    sag_unauthorized.refused_before = Some("SAg lacks AES-GCM".into());
+    let batch = vec![
+        write(g, "nobody.example", None),
+        write(g, "b.example", Some(1)),
+        write(g, "a.example", Some(3)),
+        sag,
+        sag_unauthorized,
+        write(g, "c.example", None),
+        write(g, "c.example", None),
+        write(g, "d.example", None),
+        write(g, "e.example", None),
+    ];
+    let before = store.audit_events(100).await.unwrap().len();
+    let got = store.commit_registrations(&batch, audit_of).await.unwrap();
+    let refused = |r| RegistrationOutcome::Refused(r);
+    let a = store
+        .member(&Identity::fqdn("a.example"))
+        .await
+        .unwrap()
+        .unwrap()
+        .id;
+    let c = store
+        .member(&Identity::fqdn("c.example"))
+        .await
+        .unwrap()
+        .unwrap()
+        .id;
+    let d = store
+        .member(&Identity::fqdn("d.example"))
+        .await
+        .unwrap()
+        .unwrap()
+        .id;
+    assert_eq!(
+        got,
+        vec![
+            refused(RegistrationRefusal::UnknownMember),
+            refused(RegistrationRefusal::NotSender),
+            RegistrationOutcome::Admitted {
+                member: a,
+                newly: true,
+                sender_ids: vec![0, 1, 2]
+            },
+            refused(RegistrationRefusal::Policy("SAg lacks AES-GCM".into())),
+            // Authorization is checked before the caller's own refusal.
+            refused(RegistrationRefusal::NotAuthorized),
+            RegistrationOutcome::Admitted {
+                member: c,
+                newly: true,
+                sender_ids: vec![]
+            },
+            RegistrationOutcome::Admitted {
+                member: c,
+                newly: false,
+                sender_ids: vec![]
+            },
+            RegistrationOutcome::Admitted {
+                member: d,
+                newly: true,
+                sender_ids: vec![]
+            },
+            refused(RegistrationRefusal::GroupFull { capacity: 3 }),
+        ]
+    );
+    assert_eq!(store.member_count(g).await.unwrap(), 3);
+    let ids = store.sender_ids(g).await.unwrap();
+    assert_eq!(
+        ids.iter()
+            .map(|s| (s.sender_id, s.member))
+            .collect::<Vec<_>>(),
+        vec![(0, Some(a)), (1, Some(a)), (2, Some(a))]
+    );
+    assert_eq!(
+        store.group_state(g).await.unwrap().unwrap().next_sender_id,
+        3
+    );
+    // One audit row per write, in order, committed with the batch.
+    let audit = store.audit_events(100).await.unwrap();
+    assert_eq!(audit.len(), before + batch.len());
+    let newest: Vec<String> = audit[..batch.len()]
+        .iter()
+        .rev()
+        .map(|r| r.event.reason.clone())
+        .collect();
+    let expected: Vec<String> = batch
+        .iter()
+        .zip(&got)
+        .map(|(w, o)| audit_of(w, o).reason)
+        .collect();
+    assert_eq!(newest, expected);
+    // A member already counted is admitted at capacity; the last Sender-ID, then none.
+    let again = store
+        .commit_registrations(
+            &[
+                write(g, "a.example", Some(5)),
+                write(g, "a.example", Some(1)),
+            ],
+            audit_of,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        again,
+        vec![
+            RegistrationOutcome::Admitted {
+                member: a,
+                newly: false,
+                sender_ids: vec![3]
+            },
+            refused(RegistrationRefusal::SenderIdsExhausted),
+        ]
+    );
+    assert!(
+        store
+            .commit_registrations(&[], audit_of)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // Long reasons are clipped, not refused, in the batch path.
+    let long = AuditEvent {
+        at: T0,
+        peer: None,
+        group: None,
+        outcome: AuditOutcome::Refused,
+        reason: "x".repeat(2000),
+    };
+    store.record_audits(&[long.clone(), long]).await.unwrap();
+    let last = store.audit_events(2).await.unwrap();
+    assert!(last.iter().all(|r| r.event.reason.len() == 1024));
+    store.close().await;
+}
+
+async fn registration_batches_respect_capacity_across_processes(db: &TestDb) {
+    let a = Arc::new(db.open(key(22)).await);
+    let b = Arc::new(db.open(key(22)).await);
+    let mut spec = group_spec("crowd", "crowd.example");
+    spec.capacity = 25;
+    let g = a.create_group(&spec, T0).await.unwrap();
+    for i in 0..60 {
+        let m = a
+            .add_member(
+                &Identity::fqdn(&format!("m{i}.example")),
+                None,
+                &psk("p"),
+                T0,
+            )
+            .await
+            .unwrap();
+        a.authorize(m, g, Role::Sender, T0).await.unwrap();
+    }
+    // Six batches of ten, from two stores at once; every member also asks for a
+    // Sender-ID.
+    let mut tasks = Vec::new();
+    for k in 0..6 {
+        let s = if k % 2 == 0 { a.clone() } else { b.clone() };
+        tasks.push(tokio::spawn(async move {
+            let batch: Vec<RegistrationWrite> = (k * 10..k * 10 + 10)
+                .map(|i| write(g, &format!("m{i}.example"), Some(1)))
+                .collect();
+            s.commit_registrations(&batch, audit_of).await.unwrap()
+        }));
+    }
+    let mut ids = BTreeSet::new();
+    let mut admitted = 0;
+    for t in tasks {
+        for o in t.await.unwrap() {
+            match o {
+                RegistrationOutcome::Admitted {
+                    newly, sender_ids, ..
+                } => {
+                    assert!(newly);
+                    admitted += 1;
+                    for id in sender_ids {
+                        assert!(ids.insert(id), "Sender-ID {id} handed out twice");
+                    }
+                }
+                RegistrationOutcome::Refused(r) => {
+                    assert_eq!(r, RegistrationRefusal::GroupFull { capacity: 25 })
+                }
+            }
+        }
+    }
+    assert_eq!(admitted, 25);
+    assert_eq!(a.member_count(g).await.unwrap(), 25);
+    assert_eq!(ids, (0..25).collect());
+    a.close().await;
+    b.close().await;
 }
