@@ -7,10 +7,14 @@
 //! - [`registrar`]: the store-backed registrar (authorization, key state, Sender-IDs,
 //!   audit log).
 //! - [`credentials`]: member credentials for the IKE layer, cached from the store.
+//! - [`group_view`]: a group's configuration and key state, read once and shared.
+//! - [`commit_queue`]: registrations' store writes, committed in batches.
 //! - [`state`]: a group's key state, created on first use and committed before use.
 //! - [`sag`]: a member's SAg against the group's policy (NO_PROPOSAL_CHOSEN).
 
+pub mod commit_queue;
 pub mod credentials;
+pub mod group_view;
 pub mod registrar;
 pub mod sag;
 pub mod server;

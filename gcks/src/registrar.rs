@@ -7,7 +7,8 @@
 //! | check | notify |
 //! |---|---|
 //! | the IDg names a group | INVALID_GROUP_ID |
-//! | the member is authorized for it | AUTHORIZATION_FAILED |
+//! | the group's key state can be made current | REGISTRATION_FAILED |
+//! | the member exists and is authorized for the group | AUTHORIZATION_FAILED |
 //! | GROUP_SENDER only with the `sender` role | AUTHORIZATION_FAILED |
 //! | the SAg lets the member use the group's transforms ([`crate::sag`]) | NO_PROPOSAL_CHOSEN |
 //! | the group has room (capacity) | REGISTRATION_FAILED |
@@ -15,24 +16,33 @@
 //! | the payloads can be built; the store answers | REGISTRATION_FAILED |
 //!
 //! Promises are committed before the decision is returned (so before the response is
-//! sent): the group's key state (`ensure_current`), the membership and the Sender-IDs.
+//! sent): the group's key state (`ensure_current`, when the group's view is loaded), the
+//! membership and the Sender-IDs.
+//!
+//! Where the work happens: the group's configuration, key state and signing key come
+//! from a shared view ([`crate::group_view`], reloaded after the policy TTL or when an
+//! SA nears its renew margin); everything that depends on the member (its existence,
+//! authorization and role, the capacity, Sender-IDs, the audit row) is decided by the
+//! store for every registration, in a batch with the others in flight
+//! ([`crate::commit_queue`]).
 
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use gikev2_policy::{
-    Admission, AuditEvent, AuditOutcome, EspMode, GroupConfig, Identity, RekeyMode, Role, Store,
-    StoreError,
+    AuditEvent, AuditOutcome, Identity, RegistrationOutcome, RegistrationRefusal,
+    RegistrationWrite, Store, StoreError,
 };
 use gikev2_proto::group::{BuildContext, MemberGrant, build_registration};
 use gikev2_proto::ike::Decision;
 use gikev2_proto::registry::NotifyType;
-use gikev2_proto::wire::gsa::GsaPolicy;
 use gikev2_proto::wire::id::IdPayload;
 use tracing::{info, warn};
 
+use crate::commit_queue::{AuditFn, CommitQueue};
+use crate::group_view::GroupViews;
 use crate::server::{AuthFailure, Registrar, RegistrationContext, Verdict};
-use crate::state::{StateFailure, ensure_current, group_auth, to_proto};
+use crate::state::StateFailure;
 
 /// Seconds since the Unix epoch (the store's clock).
 pub fn unix_now() -> u64 {
@@ -52,12 +62,24 @@ pub fn identity(id: &IdPayload) -> Identity {
 pub struct Refusal {
     pub notify: NotifyType,
     pub reason: String,
+    /// Already written to the audit log (by the store's batch).
+    pub audited: bool,
 }
 
 fn refuse(notify: NotifyType, reason: impl Into<String>) -> Refusal {
     Refusal {
         notify,
         reason: reason.into(),
+        audited: false,
+    }
+}
+
+impl Refusal {
+    fn audited(self) -> Self {
+        Self {
+            audited: true,
+            ..self
+        }
     }
 }
 
@@ -74,13 +96,6 @@ impl From<StateFailure> for Refusal {
             format!("group key state: {e}"),
         )
     }
-}
-
-/// What an accepted registration produced.
-struct Granted {
-    decision: Decision,
-    keep_ike_sa: bool,
-    summary: String,
 }
 
 fn notify_name(n: NotifyType) -> String {
@@ -102,175 +117,205 @@ fn clip(mut s: String) -> String {
     s
 }
 
+/// The notify and reason of a refusal the store decided.
+fn store_refusal(r: &RegistrationRefusal) -> Refusal {
+    match r {
+        RegistrationRefusal::UnknownMember => refuse(
+            NotifyType::AuthorizationFailed,
+            "no such member (deleted after it authenticated)",
+        ),
+        RegistrationRefusal::NotAuthorized => refuse(
+            NotifyType::AuthorizationFailed,
+            "member not authorized for this group",
+        ),
+        RegistrationRefusal::NotSender => refuse(
+            NotifyType::AuthorizationFailed,
+            "authorized as receiver but asked to send (GROUP_SENDER)",
+        ),
+        // The only refusal decided before the store: the SAg (RFC 9838 2.3.4).
+        RegistrationRefusal::RefusedBefore(why) => refuse(NotifyType::NoProposalChosen, why),
+        RegistrationRefusal::GroupFull { capacity } => refuse(
+            NotifyType::RegistrationFailed,
+            format!("group full (capacity {capacity})"),
+        ),
+        RegistrationRefusal::SenderIdsExhausted => refuse(
+            NotifyType::RegistrationFailed,
+            "Sender-ID space exhausted (RFC 9838 2.5.1 step 5: the group must be \
+             re-keyed with every member excluded first)",
+        ),
+        RegistrationRefusal::Unavailable(why) => refuse(NotifyType::RegistrationFailed, why),
+    }
+}
+
+fn refusal_text(r: &Refusal) -> String {
+    format!("{}: {}", notify_name(r.notify), r.reason)
+}
+
+/// How long a group's view is used before the store is read again (see
+/// [`crate::group_view`]).
+pub const DEFAULT_POLICY_TTL: Duration = Duration::from_secs(1);
+
 /// Registrations decided by the policy store.
 pub struct StoreRegistrar {
     store: Arc<Store>,
+    views: GroupViews,
+    queue: CommitQueue,
     clock: Arc<dyn Fn() -> u64 + Send + Sync>,
 }
 
 impl StoreRegistrar {
     pub fn new(store: Arc<Store>) -> Self {
-        Self {
-            store,
-            clock: Arc::new(unix_now),
-        }
+        Self::with_clock(store, Arc::new(unix_now))
     }
 
     /// With another clock (Unix seconds), for tests.
     pub fn with_clock(store: Arc<Store>, clock: Arc<dyn Fn() -> u64 + Send + Sync>) -> Self {
-        Self { store, clock }
+        Self {
+            views: GroupViews::new(store.clone(), DEFAULT_POLICY_TTL),
+            queue: CommitQueue::new(store.clone()),
+            store,
+            clock,
+        }
+    }
+
+    /// Group policy read from the store is used for `ttl` before it is read again
+    /// (zero: every registration reads it).
+    pub fn with_policy_ttl(mut self, ttl: Duration) -> Self {
+        self.views = GroupViews::new(self.store.clone(), ttl);
+        self
     }
 
     async fn audit(&self, event: AuditEvent) {
-        if let Err(e) = self.store.record_audit(&event).await {
+        if let Err(e) = self.queue.audit(event).await {
             warn!(error = %e, "cannot write the audit log");
         }
     }
 
-    async fn evaluate(&self, ctx: &RegistrationContext) -> Result<Granted, Refusal> {
-        let now = (self.clock)();
-        let store = &*self.store;
-        let peer = identity(&ctx.peer_id);
-        let idg = identity(&ctx.request.group);
-        let cfg = store
-            .group_config(&idg)
-            .await?
-            .ok_or_else(|| refuse(NotifyType::InvalidGroupId, "unknown group"))?;
-        let gid = cfg.group.id;
-        let member = store.member(&peer).await?.ok_or_else(|| {
-            refuse(
-                NotifyType::AuthorizationFailed,
-                "no such member (deleted after it authenticated)",
-            )
-        })?;
-        let role = store.authorization(&peer, gid).await?.ok_or_else(|| {
-            refuse(
-                NotifyType::AuthorizationFailed,
-                "member not authorized for this group",
-            )
-        })?;
-        let wants_sender = ctx.request.sender_ids.is_some();
-        if wants_sender && !role.allows(Role::Sender) {
-            return Err(refuse(
-                NotifyType::AuthorizationFailed,
-                "authorized as receiver but asked to send (GROUP_SENDER)",
-            ));
-        }
-        let stored = ensure_current(store, &cfg, now).await?;
-        let auth = group_auth(store, &cfg).await?;
-        let senders = store
-            .authorizations(gid)
-            .await?
-            .iter()
-            .filter(|a| a.role == Role::Sender)
-            .count();
-        let state = to_proto(&cfg, &stored, auth, senders > 1)
-            .map_err(|e| refuse(NotifyType::RegistrationFailed, e))?;
-        let inband = cfg.group.spec.rekey.mode == RekeyMode::Inband;
-        if let Some(sag) = &ctx.request.sag {
-            let kek = match (&state.rekey, inband) {
-                (Some(k), false) => Some(k.policy(Some(&state.auth), None)),
-                _ => None,
-            };
-            let teks: Vec<GsaPolicy> = state.teks.iter().map(|t| t.policy(None, inband)).collect();
-            let policies: Vec<&GsaPolicy> = kek.iter().chain(teks.iter()).collect();
-            crate::sag::check(sag, &policies)
-                .map_err(|why| refuse(NotifyType::NoProposalChosen, why))?;
-        }
-        let admission = store.admit_member(gid, member.id, now).await?;
-        if let Admission::GroupFull { capacity } = admission {
-            return Err(refuse(
-                NotifyType::RegistrationFailed,
-                format!("group full (capacity {capacity})"),
-            ));
-        }
-        let result = self
-            .grant(ctx, &cfg, &state, member.id, wants_sender, inband, now)
-            .await;
-        if result.is_err() && admission == Admission::Admitted {
-            // Nothing was promised: give the place back.
-            if let Err(e) = store.remove_member_from_group(gid, member.id).await {
-                warn!(error = %e, "cannot undo an admission");
-            }
-        }
-        result
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    async fn grant(
+    /// Decides one registration; the store's part (authorization, capacity, Sender-IDs
+    /// and the audit row) is committed with the others in flight, before the answer.
+    async fn evaluate(
         &self,
         ctx: &RegistrationContext,
-        cfg: &GroupConfig,
-        state: &gikev2_proto::group::GroupState,
-        member: gikev2_policy::MemberId,
-        wants_sender: bool,
-        inband: bool,
-        now: u64,
-    ) -> Result<Granted, Refusal> {
-        let sender_ids = if wants_sender && state.uses_counter_mode() {
-            // RFC 9838 2.5.1: at least one, as many as asked up to the group's bound;
-            // committed before the response reveals them.
-            let wanted = ctx.request.sender_ids.unwrap_or(1).max(1);
-            let ids = self
-                .store
-                .allocate_sender_ids(cfg.group.id, member, wanted, now)
-                .await?;
-            if ids.is_empty() {
-                return Err(refuse(
-                    NotifyType::RegistrationFailed,
-                    "Sender-ID space exhausted (RFC 9838 2.5.1 step 5: the group must be \
-                     re-keyed with every member excluded first)",
-                ));
+        peer: &Identity,
+        idg: &Identity,
+    ) -> Result<Verdict, Refusal> {
+        let now = (self.clock)();
+        let view = self
+            .views
+            .get(idg, now)
+            .await?
+            .ok_or_else(|| refuse(NotifyType::InvalidGroupId, "unknown group"))?;
+        let wants_sender = ctx.request.sender_ids.is_some();
+        let refused_before = ctx
+            .request
+            .sag
+            .as_ref()
+            .and_then(|sag| view.check_sag(sag).err());
+        // RFC 9838 2.5.1: at least one, as many as asked up to the group's bound;
+        // committed before the response reveals them.
+        let sender_ids = (wants_sender && view.state.uses_counter_mode())
+            .then(|| ctx.request.sender_ids.unwrap_or(1).max(1));
+        let write = RegistrationWrite {
+            group: view.cfg.group.id,
+            member: peer.clone(),
+            wants_sender,
+            sender_ids,
+            refused_before,
+            now,
+        };
+        // What the audit log says of a granted registration (the Sender-IDs are known
+        // only once the store allocated them).
+        let role = if wants_sender { "sender" } else { "receiver" };
+        let mut tail = format!(", TEK SPIs [{}]", view.tek_spis());
+        if view.state.rekey.is_some() && !view.inband {
+            tail.push_str(", Rekey SA");
+        }
+        let (audit_peer, audit_group) = (peer.clone(), idg.clone());
+        let audit: AuditFn = Box::new(move |w, o| {
+            let (outcome, reason) = match o {
+                RegistrationOutcome::Admitted { sender_ids, .. } => (
+                    AuditOutcome::Registered,
+                    granted_text(role, sender_ids, &tail),
+                ),
+                RegistrationOutcome::Refused(r) => {
+                    (AuditOutcome::Refused, refusal_text(&store_refusal(r)))
+                }
+            };
+            AuditEvent {
+                at: w.now,
+                peer: Some(audit_peer.clone()),
+                group: Some(audit_group.clone()),
+                outcome,
+                reason: clip(reason),
             }
-            ids
-        } else {
-            Vec::new()
+        });
+        let outcome = self
+            .queue
+            .register(write, audit)
+            .await
+            .map_err(|e| refuse(NotifyType::RegistrationFailed, format!("store: {e}")))?;
+        let (member, newly, sender_ids) = match outcome {
+            RegistrationOutcome::Admitted {
+                member,
+                newly,
+                sender_ids,
+            } => (member, newly, sender_ids),
+            // Already in the audit log, with the batch.
+            RegistrationOutcome::Refused(r) => return Err(Refusal::audited(store_refusal(&r))),
         };
         let grant = MemberGrant {
             sender: wants_sender,
             sender_ids: sender_ids.clone(),
             wrap_keys: Vec::new(),
-            inband,
+            inband: view.inband,
         };
-        let (gsa, kd) = build_registration(state, &grant, &ctx.kwk, &BuildContext { now })
-            .map_err(|e| {
-                refuse(
+        match build_registration(&view.state, &grant, &ctx.kwk, &BuildContext { now }) {
+            Ok((gsa, kd)) => {
+                info!(
+                    peer = %peer, group = %idg, remote = %ctx.remote,
+                    "registered: {}",
+                    granted_text(role, &sender_ids, "")
+                );
+                Ok(Verdict {
+                    decision: Decision::Accept {
+                        gsa,
+                        kd,
+                        transport_mode: view.transport_mode,
+                    },
+                    // RFC 9838 2.3.3: a member without GIKE_UPDATE policy must consider
+                    // itself excluded when its IKE SA closes; in-band rekey needs the
+                    // IKE SA (2.4.2).
+                    keep_ike_sa: view.inband || view.state.rekey.is_none(),
+                })
+            }
+            Err(e) => {
+                // Nothing was revealed: give the place back (the Sender-IDs stay taken
+                // until the epoch ends, as for a member that leaves).
+                if newly
+                    && let Err(e) = self
+                        .store
+                        .remove_member_from_group(view.cfg.group.id, member)
+                        .await
+                {
+                    warn!(error = %e, "cannot undo an admission");
+                }
+                Err(refuse(
                     NotifyType::RegistrationFailed,
                     format!("cannot build GSA/KD: {e}"),
-                )
-            })?;
-        // RFC 9838 2.3.4: one mode for every SA of the registration.
-        let transport_mode =
-            !cfg.teks.is_empty() && cfg.teks.iter().all(|p| p.spec.mode == EspMode::Transport);
-        let spis: Vec<String> = state
-            .teks
-            .iter()
-            .map(|t| format!("{:#010x}", t.spi))
-            .collect();
-        let mut summary = if wants_sender {
-            "sender".to_string()
-        } else {
-            "receiver".to_string()
-        };
-        if !sender_ids.is_empty() {
-            summary.push_str(&format!(", Sender-IDs {sender_ids:?}"));
+                ))
+            }
         }
-        summary.push_str(&format!(", TEK SPIs [{}]", spis.join(", ")));
-        if state.rekey.is_some() && !inband {
-            summary.push_str(", Rekey SA");
-        }
-        Ok(Granted {
-            decision: Decision::Accept {
-                gsa,
-                kd,
-                transport_mode,
-            },
-            // RFC 9838 2.3.3: a member without GIKE_UPDATE policy must consider itself
-            // excluded when its IKE SA closes; in-band rekey needs the IKE SA (2.4.2).
-            keep_ike_sa: inband || state.rekey.is_none(),
-            summary,
-        })
     }
+}
+
+/// The audit reason of a granted registration.
+fn granted_text(role: &str, sender_ids: &[u32], tail: &str) -> String {
+    let mut s = role.to_string();
+    if !sender_ids.is_empty() {
+        s.push_str(&format!(", Sender-IDs {sender_ids:?}"));
+    }
+    s.push_str(tail);
+    s
 }
 
 impl Registrar for StoreRegistrar {
@@ -281,39 +326,27 @@ impl Registrar for StoreRegistrar {
     async fn register(&self, ctx: RegistrationContext) -> Verdict {
         let peer = identity(&ctx.peer_id);
         let group = identity(&ctx.request.group);
-        let outcome = self.evaluate(&ctx).await;
-        let (verdict, event) = match outcome {
-            Ok(g) => {
-                info!(peer = %peer, group = %group, remote = %ctx.remote, "registered: {}", g.summary);
-                (
-                    Verdict {
-                        decision: g.decision,
-                        keep_ike_sa: g.keep_ike_sa,
-                    },
-                    (AuditOutcome::Registered, g.summary),
-                )
-            }
+        match self.evaluate(&ctx, &peer, &group).await {
+            Ok(v) => v,
             Err(r) => {
-                let reason = format!("{}: {}", notify_name(r.notify), r.reason);
+                let reason = refusal_text(&r);
                 warn!(peer = %peer, group = %group, remote = %ctx.remote, "registration refused: {reason}");
-                (
-                    Verdict {
-                        decision: Decision::Refuse(r.notify),
-                        keep_ike_sa: false,
-                    },
-                    (AuditOutcome::Refused, reason),
-                )
+                if !r.audited {
+                    self.audit(AuditEvent {
+                        at: (self.clock)(),
+                        peer: Some(peer),
+                        group: Some(group),
+                        outcome: AuditOutcome::Refused,
+                        reason: clip(reason),
+                    })
+                    .await;
+                }
+                Verdict {
+                    decision: Decision::Refuse(r.notify),
+                    keep_ike_sa: false,
+                }
             }
-        };
-        self.audit(AuditEvent {
-            at: (self.clock)(),
-            peer: Some(peer),
-            group: Some(group),
-            outcome: event.0,
-            reason: clip(event.1),
-        })
-        .await;
-        verdict
+        }
     }
 
     async fn left(&self, peer_id: IdPayload, group: IdPayload) {

@@ -232,6 +232,69 @@ async fn in_band_groups_keep_the_ike_sa_and_get_no_rekey_sa() {
     );
 }
 
+/// The group's view is shared between registrations (policy TTL), but an SA reaching its
+/// renew margin is renewed at once, and what depends on the member (authorization,
+/// capacity) is read from the store every time.
+#[tokio::test(flavor = "current_thread")]
+async fn group_views_renew_at_the_margin_and_never_cache_authorizations() {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let f = fixture().await;
+    add_psk_member(&f.store, "a.example", &[("g", Role::Receiver)]).await;
+    add_psk_member(&f.store, "b.example", &[("g", Role::Receiver)]).await;
+    let now = Arc::new(AtomicU64::new(1_000));
+    let clock = {
+        let now = now.clone();
+        Arc::new(move || now.load(Ordering::SeqCst))
+    };
+    let registrar = StoreRegistrar::with_clock(f.store.clone(), clock)
+        .with_policy_ttl(Duration::from_secs(3600));
+    let tek_spi = |v: &gikev2_gcks::Verdict| match &v.decision {
+        Decision::Accept { gsa, .. } => gsa.teks().next().unwrap().spi,
+        other => panic!("refused: {other:?}"),
+    };
+    let first = tek_spi(&registrar.register(ctx("a.example", "g", None)).await);
+    now.store(1_500, Ordering::SeqCst); // 100 s of the TEK's 600 left: still handed out
+    assert_eq!(
+        tek_spi(&registrar.register(ctx("b.example", "g", None)).await),
+        first
+    );
+    now.store(1_541, Ordering::SeqCst); // 59 s left, inside the 60 s margin
+    let renewed = tek_spi(&registrar.register(ctx("a.example", "g", None)).await);
+    assert_ne!(
+        renewed, first,
+        "renewed although the policy TTL has not run out"
+    );
+    let stored = f.store.group_state(f.multicast).await.unwrap().unwrap();
+    assert_eq!(stored.teks.len(), 1);
+    assert_eq!(
+        gikev2_proto::wire::gsa::Spi::Ipsec(stored.teks[0].spi),
+        renewed,
+        "committed before it was handed out"
+    );
+    // Revoked in SQL: refused at once, whatever the TTL.
+    let b = f
+        .store
+        .member(&Identity::fqdn("b.example"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(f.store.deauthorize(b.id, f.multicast).await.unwrap());
+    assert_eq!(
+        registrar
+            .register(ctx("b.example", "g", None))
+            .await
+            .decision,
+        Decision::Refuse(NotifyType::AuthorizationFailed)
+    );
+    let last = f.store.audit_events(1).await.unwrap();
+    assert_eq!(last[0].event.outcome, AuditOutcome::Refused);
+    assert!(
+        last[0].event.reason.contains("not authorized"),
+        "{}",
+        last[0].event.reason
+    );
+}
+
 fn suite() -> IkeSuite {
     IkeSuite::from_transforms(&[
         Transform::encr(EncrId::AesGcm16, Some(256)),

@@ -653,7 +653,10 @@ pub enum RegistrationRefusal {
     /// Authorized as receiver, asked to send.
     NotSender,
     /// [`RegistrationWrite::refused_before`].
-    Policy(String),
+    RefusedBefore(String),
+    /// The group cannot take registrations as configured (no state row, a counter-mode
+    /// sender but no `groups.sender_id_bits`).
+    Unavailable(String),
     /// The group is at capacity.
     GroupFull { capacity: u32 },
     /// The Sender-ID space or the member's bound is exhausted (RFC 9838 2.5.1 step 5).

@@ -818,7 +818,7 @@ impl Store {
     /// [`RegistrationWrite::refused_before`] applies, then the group's capacity (a member
     /// already counted is not refused), then the Sender-IDs (as
     /// [`Self::allocate_sender_ids`] allocates them). The memberships, Sender-IDs and one
-    /// audit event per write (`audit` makes it from the outcome) are committed together
+    /// audit event per write (`audit` makes it from the write's index and outcome) are committed together
     /// before this returns, so the caller may reveal what it got. Each group's
     /// `group_state` row is locked for the batch, as every other state write does.
     ///
@@ -831,7 +831,7 @@ impl Store {
         mut audit: F,
     ) -> Result<Vec<RegistrationOutcome>, StoreError>
     where
-        F: FnMut(&RegistrationWrite, &RegistrationOutcome) -> AuditEvent,
+        F: FnMut(usize, &RegistrationWrite, &RegistrationOutcome) -> AuditEvent,
     {
         use std::collections::{BTreeMap, HashMap, HashSet};
         if batch.is_empty() {
@@ -899,7 +899,9 @@ impl Store {
                             if w.wants_sender && !role.allows(Role::Sender) {
                                 Some(RegistrationRefusal::NotSender)
                             } else {
-                                w.refused_before.clone().map(RegistrationRefusal::Policy)
+                                w.refused_before
+                                    .clone()
+                                    .map(RegistrationRefusal::RefusedBefore)
                             }
                         }
                     },
@@ -929,7 +931,7 @@ impl Store {
                 let Some((cap, mut next, epoch, bits, per_member)) = row else {
                     for &i in &wanted {
                         outcome[i] = Some(RegistrationOutcome::Refused(
-                            RegistrationRefusal::Policy(format!("group {g} has no state row")),
+                            RegistrationRefusal::Unavailable(format!("group {g} has no state row")),
                         ));
                     }
                     continue;
@@ -981,7 +983,7 @@ impl Store {
                     if let Some(n) = w.sender_ids {
                         let Some(space) = space else {
                             outcome[i] = Some(RegistrationOutcome::Refused(
-                                RegistrationRefusal::Policy(format!(
+                                RegistrationRefusal::Unavailable(format!(
                                     "group {g} has no Sender-ID bits (groups.sender_id_bits)"
                                 )),
                             ));
@@ -1049,15 +1051,16 @@ impl Store {
             let outcome: Vec<RegistrationOutcome> = outcome
                 .into_iter()
                 .map(|o| {
-                    o.unwrap_or(RegistrationOutcome::Refused(RegistrationRefusal::Policy(
-                        "not decided".into(),
-                    )))
+                    o.unwrap_or(RegistrationOutcome::Refused(
+                        RegistrationRefusal::Unavailable("not decided".into()),
+                    ))
                 })
                 .collect();
             let events: Vec<AuditRow7> = batch
                 .iter()
                 .zip(&outcome)
-                .map(|(w, o)| audit_binds(&audit(w, o)))
+                .enumerate()
+                .map(|(i, (w, o))| audit_binds(&audit(i, w, o)))
                 .collect::<Result<_, _>>()?;
             insert_audit!(tx, events);
             tx.commit().await?;

@@ -1446,7 +1446,7 @@ fn write(group: GroupId, who: &str, sender_ids: Option<u32>) -> RegistrationWrit
 }
 
 /// The audit event the tests ask the store to write for an outcome.
-fn audit_of(w: &RegistrationWrite, o: &RegistrationOutcome) -> AuditEvent {
+fn audit_of(_: usize, w: &RegistrationWrite, o: &RegistrationOutcome) -> AuditEvent {
     let (outcome, reason) = match o {
         RegistrationOutcome::Admitted { sender_ids, .. } => {
             (AuditOutcome::Registered, format!("ids {sender_ids:?}"))
@@ -1530,7 +1530,9 @@ async fn registration_batches_decide_in_order_and_commit_with_their_audit(db: &T
                 newly: true,
                 sender_ids: vec![0, 1, 2]
             },
-            refused(RegistrationRefusal::Policy("SAg lacks AES-GCM".into())),
+            refused(RegistrationRefusal::RefusedBefore(
+                "SAg lacks AES-GCM".into()
+            )),
             // Authorization is checked before the caller's own refusal.
             refused(RegistrationRefusal::NotAuthorized),
             RegistrationOutcome::Admitted {
@@ -1574,7 +1576,8 @@ async fn registration_batches_decide_in_order_and_commit_with_their_audit(db: &T
     let expected: Vec<String> = batch
         .iter()
         .zip(&got)
-        .map(|(w, o)| audit_of(w, o).reason)
+        .enumerate()
+        .map(|(i, (w, o))| audit_of(i, w, o).reason)
         .collect();
     assert_eq!(newest, expected);
     // A member already counted is admitted at capacity; the last Sender-ID, then none.

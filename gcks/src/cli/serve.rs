@@ -43,6 +43,11 @@ pub struct ServeArgs {
     /// Seconds a cached member credential is used before it is read again.
     #[arg(long, default_value_t = 10)]
     pub credential_ttl: u64,
+    /// Milliseconds a group's configuration and key state are used before the store is
+    /// read again (0: every registration reads them). Authorizations, capacity and
+    /// Sender-IDs are always decided by the store.
+    #[arg(long, default_value_t = 1000)]
+    pub policy_ttl_ms: u64,
     /// New IKE_SA_INIT requests per second from one address (burst twice that).
     #[arg(long, default_value_t = 20)]
     pub init_rate: u32,
@@ -188,8 +193,10 @@ pub fn run(url: String, key_path: PathBuf, a: ServeArgs) -> Result<(), String> {
         ike_idle_close: Some(Duration::from_secs(a.ike_idle)),
     };
     rt.block_on(async move {
-        let server = Server::bind(ike, cfg, StoreRegistrar::new(store.clone()))
-            .map_err(|e| format!("--listen: {e}"))?;
+        let registrar = StoreRegistrar::new(store.clone())
+            .with_policy_ttl(Duration::from_millis(a.policy_ttl_ms));
+        let server =
+            Server::bind(ike, cfg, registrar).map_err(|e| format!("--listen: {e}"))?;
         let addrs: Vec<String> = server.local_addrs().iter().map(|a| a.to_string()).collect();
         info!(
             store = %redacted(&url),
