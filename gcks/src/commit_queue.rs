@@ -10,6 +10,7 @@
 //! A batch that fails as a whole (a constraint error, a lost connection) is retried one
 //! write at a time, so one bad registration does not fail the others.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use gikev2_policy::{AuditEvent, RegistrationOutcome, RegistrationWrite, Store, StoreError};
@@ -40,6 +41,36 @@ enum Job {
 pub struct CommitQueue {
     store: Arc<Store>,
     tx: OnceLock<mpsc::UnboundedSender<Job>>,
+    stats: Arc<Counters>,
+}
+
+/// Batches committed and what they held, since the queue started.
+#[derive(Debug, Default)]
+struct Counters {
+    batches: AtomicU64,
+    registrations: AtomicU64,
+}
+
+/// Reads the queue's counters ([`CommitQueue::stats`]).
+#[derive(Debug, Clone)]
+pub struct StatsHandle(Arc<Counters>);
+
+impl StatsHandle {
+    pub fn get(&self) -> QueueStats {
+        QueueStats {
+            batches: self.0.batches.load(Ordering::Relaxed),
+            registrations: self.0.registrations.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// A snapshot of the queue's counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct QueueStats {
+    /// Transactions committed (batches holding at least one registration).
+    pub batches: u64,
+    /// Registrations decided in them.
+    pub registrations: u64,
 }
 
 impl CommitQueue {
@@ -47,13 +78,20 @@ impl CommitQueue {
         Self {
             store,
             tx: OnceLock::new(),
+            stats: Arc::default(),
         }
+    }
+
+    /// How many batches and registrations the writer committed so far; the handle
+    /// stays valid after the queue moved into a server.
+    pub fn stats(&self) -> StatsHandle {
+        StatsHandle(self.stats.clone())
     }
 
     fn sender(&self) -> &mpsc::UnboundedSender<Job> {
         self.tx.get_or_init(|| {
             let (tx, rx) = mpsc::unbounded_channel();
-            tokio::spawn(writer(self.store.clone(), rx));
+            tokio::spawn(writer(self.store.clone(), rx, self.stats.clone()));
             tx
         })
     }
@@ -87,7 +125,7 @@ impl CommitQueue {
     }
 }
 
-async fn writer(store: Arc<Store>, mut rx: mpsc::UnboundedReceiver<Job>) {
+async fn writer(store: Arc<Store>, mut rx: mpsc::UnboundedReceiver<Job>, stats: Arc<Counters>) {
     while let Some(first) = rx.recv().await {
         let mut jobs = vec![first];
         while jobs.len() < MAX_BATCH {
@@ -96,7 +134,17 @@ async fn writer(store: Arc<Store>, mut rx: mpsc::UnboundedReceiver<Job>) {
                 Err(_) => break,
             }
         }
+        let registrations = jobs
+            .iter()
+            .filter(|j| matches!(j, Job::Register { .. }))
+            .count() as u64;
         commit(&store, jobs).await;
+        if registrations > 0 {
+            stats.batches.fetch_add(1, Ordering::Relaxed);
+            stats
+                .registrations
+                .fetch_add(registrations, Ordering::Relaxed);
+        }
     }
 }
 

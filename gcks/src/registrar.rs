@@ -185,6 +185,11 @@ impl StoreRegistrar {
         self
     }
 
+    /// The registration queue's counters (batches committed, registrations in them).
+    pub fn queue_stats(&self) -> crate::commit_queue::StatsHandle {
+        self.queue.stats()
+    }
+
     async fn audit(&self, event: AuditEvent) {
         if let Err(e) = self.queue.audit(event).await {
             warn!(error = %e, "cannot write the audit log");

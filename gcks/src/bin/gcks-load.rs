@@ -24,6 +24,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
+use gikev2_gcks::commit_queue::StatsHandle;
 use gikev2_gcks::credentials::{CacheConfig, CredentialCache, StoreLoader};
 use gikev2_gcks::registrar::unix_now;
 use gikev2_gcks::{ServeConfig, Server, StoreRegistrar};
@@ -398,6 +399,8 @@ struct Outcome {
     by_thread: Vec<(String, u64)>,
     /// CPU of the PostgreSQL backends serving the store (another process).
     pg_cpu_ns: u64,
+    /// Store transactions that committed the registrations, and registrations in them.
+    batches: (u64, u64),
 }
 
 /// The GCKS's address, its stop switch and its thread.
@@ -405,6 +408,7 @@ type RunningGcks = (
     SocketAddr,
     tokio::sync::oneshot::Sender<()>,
     std::thread::JoinHandle<Result<(), String>>,
+    StatsHandle,
 );
 
 /// Runs the GCKS on its own runtime (threads `gcks-srv`) until `stop` fires.
@@ -415,7 +419,8 @@ fn start_gcks(
     psk_any: Option<SecretBytes>,
     threads: usize,
 ) -> Result<RunningGcks, String> {
-    let (addr_tx, addr_rx) = std::sync::mpsc::channel::<Result<SocketAddr, String>>();
+    let (addr_tx, addr_rx) =
+        std::sync::mpsc::channel::<Result<(SocketAddr, StatsHandle), String>>();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let handle = std::thread::Builder::new()
         .name("gcks-main".into())
@@ -468,13 +473,14 @@ fn start_gcks(
                 ike_idle_close: Some(Duration::from_secs(1)),
             };
             rt.block_on(async move {
-                let server = Server::bind(ike, cfg, StoreRegistrar::new(store.clone()))
-                    .map_err(|e| fail(e.to_string()))?;
+                let registrar = StoreRegistrar::new(store.clone());
+                let stats = registrar.queue_stats();
+                let server = Server::bind(ike, cfg, registrar).map_err(|e| fail(e.to_string()))?;
                 let addr = *server
                     .local_addrs()
                     .first()
                     .ok_or_else(|| fail("no socket".into()))?;
-                let _ = ready.send(Ok(addr));
+                let _ = ready.send(Ok((addr, stats)));
                 server
                     .run(async {
                         let _ = stop_rx.await;
@@ -486,7 +492,7 @@ fn start_gcks(
         })
         .map_err(|e| e.to_string())?;
     match addr_rx.recv() {
-        Ok(Ok(addr)) => Ok((addr, stop_tx, handle)),
+        Ok(Ok((addr, stats))) => Ok((addr, stop_tx, handle, stats)),
         Ok(Err(e)) => {
             let _ = handle.join();
             Err(e)
@@ -519,7 +525,7 @@ fn run_case(
         Some((_, MemberCred::Psk(p))) => Some(p.clone()),
         _ => None,
     };
-    let (gcks, stop, handle) = start_gcks(
+    let (gcks, stop, handle, batches) = start_gcks(
         url.to_string(),
         key_path,
         creds.gcks_key.clone(),
@@ -538,6 +544,7 @@ fn run_case(
     let next = Arc::new(AtomicUsize::new(0));
     let pg0 = pg.map(|(s, d)| pg_backend_cpu(s, d)).unwrap_or_default();
     let cpu0 = thread_cpu();
+    let batches0 = batches.get();
     let proc0 = process_cpu_ns();
     let main0 = own_cpu_ns();
     let start = Instant::now();
@@ -581,6 +588,7 @@ fn run_case(
     // The GCKS deletes each idle IKE SA 1 s after its registration: part of the cost.
     std::thread::sleep(Duration::from_millis(1_500));
     let cpu1 = thread_cpu();
+    let batches1 = batches.get();
     let proc1 = process_cpu_ns();
     let main1 = own_cpu_ns();
     let pg1 = pg.map(|(s, d)| pg_backend_cpu(s, d)).unwrap_or_default();
@@ -622,6 +630,10 @@ fn run_case(
         vanished,
         by_thread,
         pg_cpu_ns,
+        batches: (
+            batches1.batches - batches0.batches,
+            batches1.registrations - batches0.registrations,
+        ),
     })
 }
 
@@ -792,9 +804,13 @@ fn run(a: Args) -> Result<(), String> {
                 .map(|(k, v)| format!("{k} {:.0}%", *v as f64 * 100.0 / total))
                 .collect();
             println!(
-                "{store}/{}: GCKS CPU by thread: {}",
+                "{store}/{}: GCKS CPU by thread: {}; {} registrations committed in {} store \
+                 transactions ({:.1} per batch)",
                 auth.name(),
-                parts.join(", ")
+                parts.join(", "),
+                o.batches.1,
+                o.batches.0,
+                o.batches.1 as f64 / o.batches.0.max(1) as f64
             );
             rows.push((store, auth, o));
         }
