@@ -27,7 +27,7 @@ use arc_swap::ArcSwap;
 
 use crate::cipher::{CipherFactory, ESP_HEADER_LEN};
 use crate::ip::{self, OuterParams, proto};
-use crate::packet::{self, DEFAULT_TTL, NEXT_HEADER_DUMMY};
+use crate::packet::{self, DEFAULT_TTL, NEXT_HEADER_DUMMY, SealPlan};
 use crate::replay::{ReplayError, ReplayStateError, Sender, SenderKey};
 use crate::sa::{
     Accounting, Direction, DropCounters, DropReason, Event, InstallError, Mode, STATE_ACTIVE,
@@ -395,15 +395,10 @@ impl Engine {
             .map(|sa| SaHandle(sa.clone()))
     }
 
-    fn seal_common<'o>(
-        &self,
-        sa: &SaHandle,
-        input: SealInput<'_>,
-        out: &'o mut [u8],
-        now: Instant,
-        with_outer: bool,
-    ) -> Result<(&'o mut [u8], IpAddr, IpAddr), SealError> {
-        let sa = &*sa.0;
+    /// The checks every packet of a `seal` call passes first: direction, state, ATD
+    /// (RFC 5374 4.2.1) and the time lifetimes (RFC 4301 4.4.2.1). One step per batch.
+    #[inline]
+    fn seal_admit(&self, sa: &Sa, now: Instant) -> Result<(), SealError> {
         if sa.direction != Direction::Outbound {
             return Err(SealError::NotOutbound);
         }
@@ -413,11 +408,69 @@ impl Engine {
         if now < sa.active_from {
             return Err(SealError::NotYetActive);
         }
-        let a = sa.check_time(now);
+        let a = sa.admit_time(now);
         self.emit(sa, a);
         if !a.allowed {
             return Err(SealError::Expired);
         }
+        Ok(())
+    }
+
+    /// Counts one packet against the lifetimes (RFC 4301 4.4.2.1), then takes its SN and IV.
+    #[inline]
+    fn seal_number(&self, sa: &Sa, len: usize) -> Result<(u32, [u8; 8]), SealError> {
+        let a = sa.account(len);
+        self.emit(sa, a);
+        if !a.allowed {
+            return Err(SealError::Expired);
+        }
+        let sn = sa.next_sn()?;
+        Ok((sn, self.iv_for(sa, sn)?))
+    }
+
+    /// The IV of one packet: RFC 8750 implicit IV (0 | SN, not on the wire), or the next
+    /// counter-based IV (RFC 6054 3).
+    #[inline]
+    fn iv_for(&self, sa: &Sa, sn: u32) -> Result<[u8; 8], SealError> {
+        match &sa.ivgen {
+            _ if sa.implicit_iv => Ok(implicit_iv(sn)),
+            Some(g) => g.next(),
+            None => Err(SealError::NotOutbound),
+        }
+    }
+
+    /// The size checks of one planned packet whose output starts at `start` in a buffer of
+    /// `len` octets.
+    #[inline]
+    fn seal_fits(
+        plan: &SealPlan,
+        start: usize,
+        len: usize,
+        with_outer: bool,
+    ) -> Result<(), SealError> {
+        if start + plan.total() > len {
+            return Err(SealError::BufferTooSmall {
+                needed: start + plan.total(),
+            });
+        }
+        if with_outer && plan.total() > usize::from(u16::MAX) + if plan.v6 { 40 } else { 0 } {
+            return Err(SealError::TooLarge);
+        }
+        Ok(())
+    }
+
+    /// `seal`, `seal_esp`, `seal_dummy`: the input is copied (or, for a dummy, zeroed) into
+    /// `out`, then sealed there.
+    fn seal_copy<'o>(
+        &self,
+        sa: &SaHandle,
+        input: SealInput<'_>,
+        out: &'o mut [u8],
+        now: Instant,
+        with_outer: bool,
+    ) -> Result<(&'o mut [u8], IpAddr, IpAddr), SealError> {
+        let sa = &*sa.0;
+        self.seal_admit(sa, now)?;
         let (packet, plan) = match input {
             SealInput::Packet(packet) => {
                 let info = ip::parse(packet).map_err(|_| SealError::BadPacket)?;
@@ -426,32 +479,76 @@ impl Engine {
             }
             SealInput::Dummy { len, src, dst } => (&[][..], packet::plan_dummy(sa, len, src, dst)),
         };
-        if plan.total() > out.len() {
-            return Err(SealError::BufferTooSmall {
+        Self::seal_fits(&plan, 0, out.len(), with_outer)?;
+        let (sn, iv) = self.seal_number(sa, if plan.dummy { 0 } else { packet.len() })?;
+        let out = out
+            .get_mut(..plan.total())
+            .ok_or(SealError::BufferTooSmall {
                 needed: plan.total(),
-            });
-        }
-        if with_outer && plan.total() > usize::from(u16::MAX) + if plan.v6 { 40 } else { 0 } {
-            return Err(SealError::TooLarge);
-        }
-        let a = sa.account(if plan.dummy { 0 } else { packet.len() });
-        self.emit(sa, a);
-        if !a.allowed {
-            return Err(SealError::Expired);
-        }
-        let sn = sa.next_sn()?;
-        let iv = match &sa.ivgen {
-            _ if sa.algorithm.implicit_iv() => {
-                let mut iv = [0u8; 8];
-                iv[4..].copy_from_slice(&sn.to_be_bytes());
-                iv
+            })?;
+        let at = plan.payload_at(usize::from(sa.iv_len));
+        let data = out
+            .get_mut(at..at + plan.payload_len)
+            .ok_or(SealError::BadPacket)?;
+        if plan.dummy {
+            data.fill(0);
+        } else {
+            data.copy_from_slice(packet.get(plan.inner_hdr..).ok_or(SealError::BadPacket)?);
+            if !plan.tunnel && plan.outer_len > 0 {
+                out.get_mut(..plan.outer_len)
+                    .ok_or(SealError::BadPacket)?
+                    .copy_from_slice(packet.get(..plan.outer_len).ok_or(SealError::BadPacket)?);
             }
-            Some(g) => g.next()?,
-            None => return Err(SealError::NotOutbound),
-        };
-        let (src, dst) = (plan.src, plan.dst);
-        let out = packet::write_sealed(sa, &plan, packet, out, sn, &iv)?;
-        Ok((out, src, dst))
+        }
+        packet::seal_placed(sa, &plan, out, sn, &iv)?;
+        Ok((out, plan.src, plan.dst))
+    }
+
+    /// Plans sealing the IP packet at `buf[at..]` in place: where the output starts, and the
+    /// plan. Moves nothing yet.
+    #[inline]
+    fn plan_in_place(
+        sa: &Sa,
+        buf: &[u8],
+        at: usize,
+        with_outer: bool,
+    ) -> Result<(usize, SealPlan), SealError> {
+        let packet = buf.get(at..).ok_or(SealError::BadPacket)?;
+        let info = ip::parse(packet).map_err(|_| SealError::BadPacket)?;
+        let packet = packet.get(..info.total_len).ok_or(SealError::BadPacket)?;
+        let plan = packet::plan(sa, packet, &info, with_outer)?;
+        // The payload stays where it is; everything before it is written in front.
+        let start = (at + plan.inner_hdr)
+            .checked_sub(plan.payload_at(usize::from(sa.iv_len)))
+            .ok_or(SealError::Headroom {
+                needed: plan.payload_at(usize::from(sa.iv_len)) - plan.inner_hdr,
+            })?;
+        Self::seal_fits(&plan, start, buf.len(), with_outer)?;
+        Ok((start, plan))
+    }
+
+    /// Seals one planned packet in place: moves a transport-mode header forward (it is a few
+    /// octets; the payload never moves), frames, seals, writes the outer header.
+    #[inline]
+    fn seal_planned<'b>(
+        sa: &Sa,
+        buf: &'b mut [u8],
+        at: usize,
+        start: usize,
+        plan: &SealPlan,
+        sn: u32,
+        iv: &[u8; 8],
+    ) -> Result<&'b mut [u8], SealError> {
+        if !plan.tunnel && plan.outer_len > 0 {
+            buf.copy_within(at..at + plan.outer_len, start);
+        }
+        let out = buf
+            .get_mut(start..start + plan.total())
+            .ok_or(SealError::BufferTooSmall {
+                needed: start + plan.total(),
+            })?;
+        packet::seal_placed(sa, plan, out, sn, iv)?;
+        Ok(out)
     }
 
     /// Seals an IP packet on an outbound SA and writes the complete outer IP packet (tunnel:
@@ -464,7 +561,7 @@ impl Engine {
         out: &'o mut [u8],
         now: Instant,
     ) -> Result<&'o mut [u8], SealError> {
-        self.seal_common(sa, SealInput::Packet(packet), out, now, true)
+        self.seal_copy(sa, SealInput::Packet(packet), out, now, true)
             .map(|(o, _, _)| o)
     }
 
@@ -477,7 +574,7 @@ impl Engine {
         out: &'o mut [u8],
         now: Instant,
     ) -> Result<EspPacket<'o>, SealError> {
-        self.seal_common(sa, SealInput::Packet(packet), out, now, false)
+        self.seal_copy(sa, SealInput::Packet(packet), out, now, false)
             .map(|(esp, src, dst)| EspPacket { esp, src, dst })
     }
 
@@ -493,8 +590,119 @@ impl Engine {
         out: &'o mut [u8],
         now: Instant,
     ) -> Result<EspPacket<'o>, SealError> {
-        self.seal_common(sa, SealInput::Dummy { len, src, dst }, out, now, false)
+        self.seal_copy(sa, SealInput::Dummy { len, src, dst }, out, now, false)
             .map(|(esp, src, dst)| EspPacket { esp, src, dst })
+    }
+
+    /// [`Engine::seal`] without copying the packet: the IP packet sits at `buf[at..]` (its
+    /// own header gives its length) and is sealed where it is. The engine writes up to
+    /// [`SEAL_HEADROOM`] octets in front of it (outer header, ESP header, IV; in transport mode
+    /// the IP header moves forward to make room for the ESP header) and up to
+    /// [`SEAL_TAILROOM`] after it (padding, trailer, ICV). Returns the complete outer IP
+    /// packet, a sub-slice of `buf` starting at or after `at - SEAL_HEADROOM`. The same
+    /// checks, counters and formats as `seal`.
+    pub fn seal_in_place<'b>(
+        &self,
+        sa: &SaHandle,
+        buf: &'b mut [u8],
+        at: usize,
+        now: Instant,
+    ) -> Result<&'b mut [u8], SealError> {
+        let sa = &*sa.0;
+        self.seal_admit(sa, now)?;
+        let (start, plan) = Self::plan_in_place(sa, buf, at, true)?;
+        let (sn, iv) = self.seal_number(sa, plan.inner_hdr + plan.payload_len)?;
+        Self::seal_planned(sa, buf, at, start, &plan, sn, &iv)
+    }
+
+    /// [`Engine::seal_in_place`] for a batch of packets on one SA, as the data plane sends
+    /// them: packet `i` sits at `bufs[i][at..]`. The SA's state, ATD and time lifetimes are
+    /// checked once for the batch (`now` is the same for every packet); sequence numbers and
+    /// IVs are reserved with one atomic step each; on an SA without byte or packet lifetimes
+    /// the traffic counters are updated once (with byte or packet lifetimes, per packet, so
+    /// that the packet that reaches a limit is the last one, as with single calls). `f` gets
+    /// each packet's index and its result (the sealed packet's offset in `bufs[i]` and the
+    /// packet), in order. What goes on the wire is the same as with `seal_in_place` called
+    /// for each packet in turn.
+    pub fn seal_batch<B: AsMut<[u8]>>(
+        &self,
+        sa: &SaHandle,
+        bufs: &mut [B],
+        at: usize,
+        now: Instant,
+        mut f: impl FnMut(usize, Result<(usize, &mut [u8]), SealError>),
+    ) {
+        let sa = &*sa.0;
+        if let Err(e) = self.seal_admit(sa, now) {
+            for (i, _) in bufs.iter_mut().enumerate() {
+                f(i, Err(e.clone()));
+            }
+            return;
+        }
+        let mut base = 0;
+        for chunk in bufs.chunks_mut(SEAL_BATCH) {
+            self.seal_chunk(sa, chunk, at, base, &mut f);
+            base += chunk.len();
+        }
+    }
+
+    fn seal_chunk<B: AsMut<[u8]>>(
+        &self,
+        sa: &Sa,
+        bufs: &mut [B],
+        at: usize,
+        base: usize,
+        f: &mut impl FnMut(usize, Result<(usize, &mut [u8]), SealError>),
+    ) {
+        let mut plans: [Result<(usize, SealPlan), SealError>; SEAL_BATCH] =
+            std::array::from_fn(|_| Err(SealError::BadPacket));
+        let (mut ok, mut bytes) = (0u64, 0u64);
+        for (buf, slot) in bufs.iter_mut().zip(plans.iter_mut()) {
+            *slot = Self::plan_in_place(sa, buf.as_mut(), at, true);
+            if let Ok((_, p)) = slot {
+                // Byte lifetimes count the IP packets protected (RFC 4301 4.4.2.1).
+                let len = p.inner_hdr + p.payload_len;
+                if sa.volume_limited {
+                    // Once a packet has reached a hard limit, the rest are refused before
+                    // they are counted, as `seal_admit` refuses later single calls.
+                    if sa.hard_expired() {
+                        *slot = Err(SealError::Expired);
+                        continue;
+                    }
+                    let a = sa.account(len);
+                    self.emit(sa, a);
+                    if !a.allowed {
+                        *slot = Err(SealError::Expired);
+                        continue;
+                    }
+                }
+                ok += 1;
+                bytes += len as u64;
+            }
+        }
+        if !sa.volume_limited {
+            sa.account_unlimited(ok, bytes);
+        }
+        // Sequence numbers and IVs for the packets that go out, in order.
+        let sn_base = sa.reserve_sn(ok);
+        let mut ivs = IvRun::default();
+        let mut j = 0u64;
+        for (i, (buf, slot)) in bufs.iter_mut().zip(plans.iter()).enumerate() {
+            let r = match slot {
+                Err(e) => Err(e.clone()),
+                Ok((start, plan)) => {
+                    let k = j;
+                    j += 1;
+                    sa.sn_after(sn_base, k)
+                        .and_then(|sn| Ok((sn, ivs.next(sa, sn, ok - k)?)))
+                        .and_then(|(sn, iv)| {
+                            Self::seal_planned(sa, buf.as_mut(), at, *start, plan, sn, &iv)
+                                .map(|p| (*start, p))
+                        })
+                }
+            };
+            f(base + i, r);
+        }
     }
 
     // ---- inbound ----
@@ -503,24 +711,18 @@ impl Engine {
     /// skipped). The result is the inner packet (tunnel) or the reconstructed packet
     /// (transport), written into `out`.
     pub fn open<'o>(&self, packet: &[u8], out: &'o mut [u8], now: Instant) -> Verdict<'o> {
-        let Ok(info) = ip::parse(packet) else {
-            return self.drop_no_sa(DropReason::Malformed);
+        let (outer, esp_at, end) = match outer_of(packet) {
+            Ok(o) => o,
+            Err(r) => return self.drop_no_sa(r),
         };
-        if info.protocol != proto::ESP {
-            return self.drop_no_sa(DropReason::Malformed);
-        }
-        let (Some(header), Some(esp)) = (
-            packet.get(..info.payload_offset),
-            packet.get(info.payload_offset..info.total_len),
-        ) else {
+        let (Some(header), Some(esp)) = (packet.get(..esp_at), packet.get(esp_at..end)) else {
             return self.drop_no_sa(DropReason::Malformed);
         };
         let outer = Outer {
-            src: info.src,
-            dst: info.dst,
-            header: Some((header, info.protocol_field)),
+            header: Header::Slice(header, outer.header_proto_field()),
+            ..outer
         };
-        self.open_inner(outer, esp, out, now)
+        self.open_one(&outer, out, EspSrc::Copy(esp), now)
     }
 
     /// Opens an ESP packet (SPI to ICV) whose outer addresses the caller read separately
@@ -537,9 +739,124 @@ impl Engine {
         let outer = Outer {
             src,
             dst,
-            header: None,
+            header: Header::None,
         };
-        self.open_inner(outer, esp, out, now)
+        self.open_one(&outer, out, EspSrc::Copy(esp), now)
+    }
+
+    /// [`Engine::open`] without copying: verifies and decrypts the packet where it is, in
+    /// `packet` (which then holds unspecified octets if the packet is dropped). The delivered
+    /// packet is a sub-slice of `packet`; in transport mode the IP header moves forward over
+    /// the ESP header (a few octets; the payload never moves). Same checks, counters and
+    /// formats as `open`.
+    pub fn open_in_place<'b>(&self, packet: &'b mut [u8], now: Instant) -> Verdict<'b> {
+        let (outer, esp_at, end) = match outer_of(packet) {
+            Ok(o) => o,
+            Err(r) => return self.drop_no_sa(r),
+        };
+        let Some(buf) = packet.get_mut(..end) else {
+            return self.drop_no_sa(DropReason::Malformed);
+        };
+        self.open_one(
+            &outer,
+            buf,
+            EspSrc::InBuf {
+                at: esp_at,
+                len: end - esp_at,
+            },
+            now,
+        )
+    }
+
+    /// [`Engine::open_esp`] without copying: the ESP packet is `buf[esp_at..]`. In transport
+    /// mode the rebuilt IP header is written in front of the payload, which needs
+    /// `esp_at + 8 + IV length` to be at least the header's length (20 or 40 octets); with
+    /// less room the packet is dropped with [`DropReason::BufferTooSmall`].
+    pub fn open_esp_in_place<'b>(
+        &self,
+        src: IpAddr,
+        dst: IpAddr,
+        buf: &'b mut [u8],
+        esp_at: usize,
+        now: Instant,
+    ) -> Verdict<'b> {
+        let outer = Outer {
+            src,
+            dst,
+            header: Header::None,
+        };
+        let len = buf.len().saturating_sub(esp_at);
+        self.open_one(&outer, buf, EspSrc::InBuf { at: esp_at, len }, now)
+    }
+
+    /// [`Engine::open_in_place`] for a batch of received packets, as the data plane gets them
+    /// from `recvmmsg`: packet `i` is `bufs[i][..lens[i]]`. Consecutive packets with the same
+    /// SPI and outer addresses share one SAD lookup, one state and time lifetime check
+    /// (`now` is the same for the batch) and, on SAs without byte or packet lifetimes, one
+    /// update of the traffic counters; replay checks and everything else stay per packet, in
+    /// order. `f` gets each packet's index and verdict, in order.
+    pub fn open_batch<B: AsMut<[u8]>>(
+        &self,
+        bufs: &mut [B],
+        lens: &[usize],
+        now: Instant,
+        mut f: impl FnMut(usize, Verdict<'_>),
+    ) {
+        let mut run = Run::default();
+        for (i, (buf, &len)) in bufs.iter_mut().zip(lens).enumerate() {
+            let packet = buf.as_mut();
+            let parsed = packet
+                .get(..len)
+                .ok_or(DropReason::Malformed)
+                .and_then(outer_of);
+            let v = match parsed {
+                Err(r) => self.drop_no_sa(r),
+                Ok((outer, esp_at, end)) => match packet.get_mut(..end) {
+                    None => self.drop_no_sa(DropReason::Malformed),
+                    Some(b) => self.open_run(
+                        &mut run,
+                        &outer,
+                        b,
+                        EspSrc::InBuf {
+                            at: esp_at,
+                            len: end - esp_at,
+                        },
+                        now,
+                    ),
+                },
+            };
+            f(i, v);
+        }
+        run.flush();
+    }
+
+    /// [`Engine::open_esp_in_place`] for a batch (the IPv6 raw socket): packet `i` is the
+    /// ESP packet `bufs[i][esp_at..esp_at + meta[i].0]`, received from `meta[i].1` for
+    /// `meta[i].2`. Shares work between consecutive packets as [`Engine::open_batch`] does.
+    pub fn open_esp_batch<B: AsMut<[u8]>>(
+        &self,
+        bufs: &mut [B],
+        meta: &[(usize, IpAddr, IpAddr)],
+        esp_at: usize,
+        now: Instant,
+        mut f: impl FnMut(usize, Verdict<'_>),
+    ) {
+        let mut run = Run::default();
+        for (i, (buf, &(len, src, dst))) in bufs.iter_mut().zip(meta).enumerate() {
+            let outer = Outer {
+                src,
+                dst,
+                header: Header::None,
+            };
+            let v = match buf.as_mut().get_mut(..esp_at + len) {
+                None => self.drop_no_sa(DropReason::Malformed),
+                Some(b) => {
+                    self.open_run(&mut run, &outer, b, EspSrc::InBuf { at: esp_at, len }, now)
+                }
+            };
+            f(i, v);
+        }
+        run.flush();
     }
 
     fn drop_no_sa<'o>(&self, r: DropReason) -> Verdict<'o> {
@@ -547,25 +864,35 @@ impl Engine {
         Verdict::Drop(r)
     }
 
-    fn open_inner<'o>(
+    fn drop_on<'o>(&self, sa: &Sa, r: DropReason) -> Verdict<'o> {
+        sa.drops.bump(r);
+        self.drop_no_sa(r)
+    }
+
+    /// One packet: SAD lookup (under the reader's epoch guard, no reference count traffic),
+    /// checks, processing, accounting.
+    fn open_one<'o>(
         &self,
-        outer: Outer<'_>,
-        esp: &[u8],
-        out: &'o mut [u8],
+        outer: &Outer<'_>,
+        buf: &'o mut [u8],
+        esp: EspSrc<'_>,
         now: Instant,
     ) -> Verdict<'o> {
-        let Some((spi, sn)) = packet::esp_header(esp) else {
+        let Some((spi, sn)) = esp.bytes(buf).and_then(packet::esp_header) else {
             return self.drop_no_sa(DropReason::Malformed);
         };
         let r = self.sad.lookup_with(spi, outer.dst, outer.src, |sa| {
-            let r = self.process(sa, &outer, sn, esp, out, now);
+            let r = self
+                .open_admit(sa, now)
+                .and_then(|()| self.process(sa, outer, sn, buf, esp))
+                .and_then(|range| self.finish(sa, range));
             if let Err(reason) = r {
                 sa.drops.bump(reason);
             }
             r
         });
         match r {
-            Some(Ok(range)) => match out.get_mut(range) {
+            Some(Ok(range)) => match buf.get_mut(range) {
                 Some(p) => Verdict::Deliver(p),
                 None => self.drop_no_sa(DropReason::BufferTooSmall),
             },
@@ -574,27 +901,86 @@ impl Engine {
         }
     }
 
-    /// Inbound processing on one SA; returns where the delivered packet sits in `out`.
+    /// One packet of a batch: the SA and its admission are shared with the previous packet
+    /// when the lookup key is the same.
+    fn open_run<'o>(
+        &self,
+        run: &mut Run,
+        outer: &Outer<'_>,
+        buf: &'o mut [u8],
+        esp: EspSrc<'_>,
+        now: Instant,
+    ) -> Verdict<'o> {
+        let Some((spi, sn)) = esp.bytes(buf).and_then(packet::esp_header) else {
+            return self.drop_no_sa(DropReason::Malformed);
+        };
+        let key = (spi, outer.dst, outer.src);
+        if run.key != Some(key) {
+            run.flush();
+            run.key = Some(key);
+            run.sa = self.sad.lookup(spi, outer.dst, outer.src);
+            run.admitted = run.sa.as_ref().map(|sa| self.open_admit(sa, now));
+        }
+        let (Some(sa), Some(admitted)) = (run.sa.as_ref(), run.admitted) else {
+            return self.drop_no_sa(DropReason::NoSa);
+        };
+        if let Err(r) = admitted {
+            return self.drop_on(sa, r);
+        }
+        // A byte or packet limit reached earlier in the run expires the SA for the packets
+        // after it, as `open_admit` does for single calls.
+        if sa.volume_limited && sa.hard_expired() {
+            return self.drop_on(sa, DropReason::Expired);
+        }
+        let r = self.process(sa, outer, sn, buf, esp).and_then(|range| {
+            if sa.volume_limited {
+                self.finish(sa, range)
+            } else {
+                run.packets += 1;
+                run.bytes += range.len() as u64;
+                Ok(range)
+            }
+        });
+        match r {
+            Ok(range) => match buf.get_mut(range) {
+                Some(p) => Verdict::Deliver(p),
+                None => self.drop_on(sa, DropReason::BufferTooSmall),
+            },
+            Err(reason) => self.drop_on(sa, reason),
+        }
+    }
+
+    /// State and time lifetime of an inbound SA (RFC 4301 4.4.2.1), before any packet work.
+    #[inline]
+    fn open_admit(&self, sa: &Sa, now: Instant) -> Result<(), DropReason> {
+        if sa.state() == STATE_DEAD {
+            return Err(DropReason::NoSa);
+        }
+        let a = sa.admit_time(now);
+        self.emit(sa, a);
+        if !a.allowed {
+            return Err(DropReason::Expired);
+        }
+        Ok(())
+    }
+
+    /// Inbound processing of one packet on one SA (RFC 4303 3.4); returns where the
+    /// delivered packet sits in `buf`. Lifetime accounting is the caller's.
     fn process(
         &self,
         sa: &Sa,
         outer: &Outer<'_>,
         sn: u32,
-        esp: &[u8],
-        out: &mut [u8],
-        now: Instant,
+        buf: &mut [u8],
+        esp: EspSrc<'_>,
     ) -> Result<std::ops::Range<usize>, DropReason> {
-        if sa.state() == STATE_DEAD {
-            return Err(DropReason::NoSa);
-        }
-        let a = sa.check_time(now);
-        self.emit(sa, a);
-        if !a.allowed {
-            return Err(DropReason::Expired);
-        }
-        let (iv_len, icv_len, align) = (sa.cipher.iv_len(), sa.cipher.icv_len(), sa.cipher.align());
-        let body_len = esp
-            .len()
+        let (iv_len, icv_len, align) = (
+            usize::from(sa.iv_len),
+            usize::from(sa.icv_len),
+            usize::from(sa.align),
+        );
+        let esp_len = esp.len();
+        let body_len = esp_len
             .checked_sub(ESP_HEADER_LEN + iv_len + icv_len)
             .ok_or(DropReason::Malformed)?;
         if body_len < 2 || body_len % align.max(1) != 0 {
@@ -606,7 +992,8 @@ impl Engine {
             Some(SenderKey::SourceAddress) => Sender::Address(outer.src),
             Some(SenderKey::SenderId) => {
                 let iv = esp
-                    .get(ESP_HEADER_LEN..ESP_HEADER_LEN + 8)
+                    .bytes(buf)
+                    .and_then(|e| e.get(ESP_HEADER_LEN..ESP_HEADER_LEN + 8))
                     .and_then(|s| <[u8; 8]>::try_from(s).ok())
                     .ok_or(DropReason::Malformed)?;
                 let bits = u32::from(sa.sender_id_bits).clamp(1, 63);
@@ -614,21 +1001,35 @@ impl Engine {
             }
         };
         sa.replay.check(sender, sn).map_err(replay_reason)?;
-        // Room for a header in front (transport mode) and the whole ESP packet.
+        // Room for a header in front of the payload (transport mode).
         let front = match (sa.mode, outer.header) {
             (Mode::Tunnel(_), _) => 0,
-            (Mode::Transport, Some((h, _))) => h.len(),
-            (Mode::Transport, None) => ip::outer_len(outer.dst.is_ipv6()),
+            (Mode::Transport, Header::Slice(h, _)) => h.len(),
+            (Mode::Transport, Header::InBuf(len, _)) => len,
+            (Mode::Transport, Header::None) => ip::outer_len(outer.dst.is_ipv6()),
         };
-        let esp_out = out
-            .get_mut(front..front + esp.len())
+        let esp_at = match esp {
+            EspSrc::InBuf { at, .. } => {
+                if at + ESP_HEADER_LEN + iv_len < front {
+                    return Err(DropReason::BufferTooSmall);
+                }
+                at
+            }
+            EspSrc::Copy(bytes) => {
+                buf.get_mut(front..front + esp_len)
+                    .ok_or(DropReason::BufferTooSmall)?
+                    .copy_from_slice(bytes);
+                front
+            }
+        };
+        let esp_buf = buf
+            .get_mut(esp_at..esp_at + esp_len)
             .ok_or(DropReason::BufferTooSmall)?;
-        esp_out.copy_from_slice(esp);
-        sa.cipher.open(esp_out).map_err(|_| DropReason::Integrity)?;
+        sa.cipher.open(esp_buf).map_err(|_| DropReason::Integrity)?;
         // Only authenticated packets move the window.
         sa.replay.commit(sender, sn).map_err(replay_reason)?;
-        let body_start = front + ESP_HEADER_LEN + iv_len;
-        let body = out
+        let body_start = esp_at + ESP_HEADER_LEN + iv_len;
+        let body = buf
             .get(body_start..body_start + body_len)
             .ok_or(DropReason::Malformed)?;
         let (payload_len, next_header) = packet::strip_trailer(body)?;
@@ -638,7 +1039,7 @@ impl Engine {
         let payload = body_start..body_start + payload_len;
         match sa.mode {
             Mode::Tunnel(t) => {
-                let inner = out.get(payload.clone()).ok_or(DropReason::Malformed)?;
+                let inner = buf.get(payload.clone()).ok_or(DropReason::Malformed)?;
                 let info = ip::parse(inner).map_err(|_| DropReason::BadInner)?;
                 let expect = if info.is_v6() {
                     proto::IPV6
@@ -658,50 +1059,81 @@ impl Engine {
                     return Err(DropReason::PolicyMismatch);
                 }
                 // Anything after the inner packet is TFC padding (RFC 4303 2.4).
-                self.finish(sa, payload.start..payload.start + info.total_len)
+                Ok(payload.start..payload.start + info.total_len)
             }
             Mode::Transport => {
-                out.copy_within(payload, front);
-                let total = front + payload_len;
-                let head = out.get_mut(..total).ok_or(DropReason::Malformed)?;
-                match outer.header {
-                    Some((h, proto_field)) => {
-                        head.get_mut(..front)
-                            .ok_or(DropReason::Malformed)?
-                            .copy_from_slice(h);
-                        ip::fix_transport_header(
-                            head,
-                            outer.dst.is_ipv6(),
-                            front,
-                            proto_field,
-                            next_header,
-                            total,
-                        )
-                        .ok_or(DropReason::Malformed)?;
-                    }
-                    None => {
-                        let p = OuterParams {
-                            src: outer.src,
-                            dst: outer.dst,
-                            tos: 0,
-                            ttl: DEFAULT_TTL,
-                            dont_fragment: false,
-                            ident: sn as u16,
-                        };
-                        let hdr = head.get_mut(..front).ok_or(DropReason::Malformed)?;
-                        ip::write_outer(hdr, &p, next_header, payload_len)
-                            .ok_or(DropReason::Malformed)?;
-                    }
-                }
-                let info = ip::parse(head).map_err(|_| DropReason::BadInner)?;
-                if !sa.selectors.is_empty() && !sa.selectors.iter().any(|s| s.matches(&info)) {
-                    return Err(DropReason::PolicyMismatch);
-                }
-                self.finish(sa, 0..total)
+                // The IP header goes right in front of the payload (RFC 4303 3.4.4.1: the
+                // original header with the next header restored).
+                let start = payload.start - front;
+                self.transport_header(sa, outer, sn, buf, esp_at, start, payload, next_header)
             }
         }
     }
 
+    /// Transport mode: writes the delivered packet's IP header at `start` (right in front of
+    /// the payload), fixes its length, protocol and checksum, and checks the selectors.
+    #[allow(clippy::too_many_arguments)]
+    fn transport_header(
+        &self,
+        sa: &Sa,
+        outer: &Outer<'_>,
+        sn: u32,
+        buf: &mut [u8],
+        esp_at: usize,
+        start: usize,
+        payload: std::ops::Range<usize>,
+        next_header: u8,
+    ) -> Result<std::ops::Range<usize>, DropReason> {
+        let front = payload.start - start;
+        let total = front + payload.len();
+        let proto_field = match outer.header {
+            Header::Slice(h, pf) => {
+                buf.get_mut(start..payload.start)
+                    .ok_or(DropReason::Malformed)?
+                    .copy_from_slice(h);
+                Some(pf)
+            }
+            Header::InBuf(len, pf) => {
+                let from = esp_at.checked_sub(len).ok_or(DropReason::Malformed)?;
+                if from + len > buf.len() {
+                    return Err(DropReason::Malformed);
+                }
+                buf.copy_within(from..esp_at, start);
+                Some(pf)
+            }
+            Header::None => None,
+        };
+        let head = buf
+            .get_mut(start..payload.end)
+            .ok_or(DropReason::Malformed)?;
+        match proto_field {
+            Some(pf) => {
+                ip::fix_transport_header(head, outer.dst.is_ipv6(), front, pf, next_header, total)
+                    .ok_or(DropReason::Malformed)?;
+            }
+            None => {
+                let p = OuterParams {
+                    src: outer.src,
+                    dst: outer.dst,
+                    tos: 0,
+                    ttl: DEFAULT_TTL,
+                    dont_fragment: false,
+                    ident: sn as u16,
+                };
+                let hdr = head.get_mut(..front).ok_or(DropReason::Malformed)?;
+                ip::write_outer(hdr, &p, next_header, payload.len())
+                    .ok_or(DropReason::Malformed)?;
+            }
+        }
+        let info = ip::parse(head).map_err(|_| DropReason::BadInner)?;
+        if !sa.selectors.is_empty() && !sa.selectors.iter().any(|s| s.matches(&info)) {
+            return Err(DropReason::PolicyMismatch);
+        }
+        Ok(start..payload.end)
+    }
+
+    /// Byte and packet lifetimes of one delivered packet (RFC 4301 4.4.2.1).
+    #[inline]
     fn finish(
         &self,
         sa: &Sa,
@@ -717,7 +1149,52 @@ impl Engine {
     }
 }
 
-/// What `seal_common` protects.
+/// Most packets `seal_batch` plans at once (its stack array); longer batches are taken in
+/// chunks of this size.
+const SEAL_BATCH: usize = 64;
+
+/// Most octets `seal_in_place` writes in front of the packet: an IPv6 outer header (40), the
+/// ESP header (8) and a CBC IV (16).
+pub const SEAL_HEADROOM: usize = 64;
+/// Most octets `seal_in_place` writes after the packet: padding (at most 15 with a 16-octet
+/// block, RFC 4303 2.4), pad length and next header (2), ICV (16).
+pub const SEAL_TAILROOM: usize = 33;
+
+/// The RFC 8750 4 implicit IV: four zero octets, then the SN.
+#[inline]
+fn implicit_iv(sn: u32) -> [u8; 8] {
+    let mut iv = [0u8; 8];
+    iv[4..].copy_from_slice(&sn.to_be_bytes());
+    iv
+}
+
+/// IVs reserved for a batch: `left` consecutive counter values from `next`.
+#[derive(Default)]
+struct IvRun {
+    next: u64,
+    left: u64,
+}
+
+impl IvRun {
+    /// The IV for one packet; `want` is how many packets of the batch still need one.
+    #[inline]
+    fn next(&mut self, sa: &Sa, sn: u32, want: u64) -> Result<[u8; 8], SealError> {
+        let g = match &sa.ivgen {
+            _ if sa.implicit_iv => return Ok(implicit_iv(sn)),
+            Some(g) => g,
+            None => return Err(SealError::NotOutbound),
+        };
+        if self.left == 0 {
+            (self.next, self.left) = g.reserve(want.max(1))?;
+        }
+        let iv = self.next;
+        self.next = self.next.wrapping_add(1);
+        self.left -= 1;
+        Ok(iv.to_be_bytes())
+    }
+}
+
+/// What `seal_copy` protects.
 enum SealInput<'a> {
     Packet(&'a [u8]),
     Dummy {
@@ -728,11 +1205,97 @@ enum SealInput<'a> {
 }
 
 /// What the receive path knows of the outer header.
+#[derive(Clone, Copy)]
 struct Outer<'a> {
     src: IpAddr,
     dst: IpAddr,
-    /// The header bytes up to ESP, and where its protocol field is (transport mode keeps it).
-    header: Option<(&'a [u8], usize)>,
+    header: Header<'a>,
+}
+
+impl Outer<'_> {
+    fn header_proto_field(&self) -> usize {
+        match self.header {
+            Header::Slice(_, pf) | Header::InBuf(_, pf) => pf,
+            Header::None => 0,
+        }
+    }
+}
+
+/// The outer IP header up to ESP, which transport mode keeps, and where its protocol field
+/// is.
+#[derive(Clone, Copy)]
+enum Header<'a> {
+    /// Not received (raw IPv6 sockets strip it).
+    None,
+    /// In the caller's input, apart from the buffer the packet is opened in.
+    Slice(&'a [u8], usize),
+    /// The `len` octets right before the ESP packet in the buffer it is opened in.
+    InBuf(usize, usize),
+}
+
+/// Where the ESP packet is.
+#[derive(Clone, Copy)]
+enum EspSrc<'a> {
+    /// Already in the buffer it is opened in, at `at`.
+    InBuf { at: usize, len: usize },
+    /// In the caller's input: copied into the output buffer once the SA is known.
+    Copy(&'a [u8]),
+}
+
+impl EspSrc<'_> {
+    fn len(&self) -> usize {
+        match self {
+            Self::InBuf { len, .. } => *len,
+            Self::Copy(b) => b.len(),
+        }
+    }
+
+    fn bytes<'s>(&'s self, buf: &'s [u8]) -> Option<&'s [u8]> {
+        match *self {
+            Self::InBuf { at, len } => buf.get(at..at + len),
+            Self::Copy(b) => Some(b),
+        }
+    }
+}
+
+/// The outer header of a received packet: addresses, header (in the buffer), where ESP
+/// starts and where the packet ends.
+fn outer_of(packet: &[u8]) -> Result<(Outer<'static>, usize, usize), DropReason> {
+    let info = ip::parse(packet).map_err(|_| DropReason::Malformed)?;
+    if info.protocol != proto::ESP {
+        return Err(DropReason::Malformed);
+    }
+    Ok((
+        Outer {
+            src: info.src,
+            dst: info.dst,
+            header: Header::InBuf(info.payload_offset, info.protocol_field),
+        },
+        info.payload_offset,
+        info.total_len,
+    ))
+}
+
+/// A run of consecutive packets with the same lookup key in `open_batch`.
+#[derive(Default)]
+struct Run {
+    key: Option<(u32, IpAddr, IpAddr)>,
+    sa: Option<Arc<Sa>>,
+    admitted: Option<Result<(), DropReason>>,
+    /// Delivered and not yet counted (SAs without byte or packet lifetimes).
+    packets: u64,
+    bytes: u64,
+}
+
+impl Run {
+    /// Counts the run's delivered packets (RFC 4301 4.4.2.1 byte/packet counters).
+    fn flush(&mut self) {
+        if let Some(sa) = &self.sa {
+            sa.account_unlimited(self.packets, self.bytes);
+        }
+        self.packets = 0;
+        self.bytes = 0;
+    }
 }
 
 fn replay_reason(e: ReplayStateError) -> DropReason {

@@ -26,7 +26,9 @@ pub mod spd;
 
 pub use backend::new_cipher;
 pub use cipher::{CipherError, CipherFactory, SaCipher};
-pub use engine::{Decision, Engine, EngineConfig, EspPacket, Verdict};
+pub use engine::{
+    Decision, Engine, EngineConfig, EspPacket, SEAL_HEADROOM, SEAL_TAILROOM, Verdict,
+};
 pub use replay::{ReplayPolicy, SenderKey};
 pub use sa::{
     Direction, DropReason, EspAlgorithm, Event, InstallError, KeyMaterial, Lifetimes, Limits, Mode,

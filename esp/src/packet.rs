@@ -16,14 +16,16 @@ pub const NEXT_HEADER_DUMMY: u8 = proto::NO_NEXT;
 /// TTL / Hop Limit of headers we build when the inner header gives none to copy.
 pub const DEFAULT_TTL: u8 = 64;
 
-/// How `seal` lays out its output.
+/// How `seal` lays out its output: `outer_len` octets of IP header (tunnel: the new outer
+/// header; transport: the original header; none when the caller asked for the ESP packet
+/// alone), then the ESP packet of `esp_len` octets.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct SealPlan {
-    /// Octets before the ESP header: the outer (tunnel) or original (transport) IP header;
-    /// 0 when the caller asked for the ESP packet alone.
     pub outer_len: usize,
-    /// Start and end of what ESP protects in the input packet.
-    pub payload: (usize, usize),
+    /// Transport mode: length of the original IP header, which the payload follows in the
+    /// input; 0 in tunnel mode (the whole packet is the payload).
+    pub inner_hdr: usize,
+    pub payload_len: usize,
     pub pad_len: usize,
     pub next_header: u8,
     pub esp_len: usize,
@@ -36,7 +38,7 @@ pub(crate) struct SealPlan {
     /// Transport mode: where the protocol field sits in the copied header.
     pub protocol_field: usize,
     pub tunnel: bool,
-    /// RFC 4303 2.6 dummy packet: the payload is `payload.1` zero octets, not copied.
+    /// RFC 4303 2.6 dummy packet: the payload is `payload_len` zero octets.
     pub dummy: bool,
 }
 
@@ -44,16 +46,23 @@ impl SealPlan {
     pub fn total(&self) -> usize {
         self.outer_len + self.esp_len
     }
+
+    /// Offset of the payload from the start of the output.
+    pub fn payload_at(&self, iv_len: usize) -> usize {
+        self.outer_len + ESP_HEADER_LEN + iv_len
+    }
 }
 
 /// RFC 4303 2.4: pad so that payload + pad + 2 is a multiple of `align` (and of 4).
+#[inline]
 pub(crate) fn pad_len(payload_len: usize, align: usize) -> usize {
     let align = align.max(4);
     let rem = (payload_len + 2) % align;
     if rem == 0 { 0 } else { align - rem }
 }
 
-/// Plans the output of sealing `packet` (a full IP packet) on `sa`.
+/// Plans the output of sealing `packet` (a full IP packet, `info` its parsed header) on `sa`.
+#[inline]
 pub(crate) fn plan(
     sa: &Sa,
     packet: &[u8],
@@ -62,8 +71,7 @@ pub(crate) fn plan(
 ) -> Result<SealPlan, SealError> {
     let v6 = info.is_v6();
     let (tos, inner_ttl, df) = ip::inner_params(packet, v6);
-    let cipher = &sa.cipher;
-    let (payload, next_header, src, dst, outer_len, tunnel, ttl) = match sa.mode {
+    let (inner_hdr, next_header, src, dst, outer_len, tunnel, ttl) = match sa.mode {
         Mode::Tunnel(t) => {
             // RFC 5374 5.1: preserved addresses are copied from the inner header; the others
             // are the tunnel endpoints. RFC 5374 4.1.2: never with mixed IP versions.
@@ -88,12 +96,12 @@ pub(crate) fn plan(
             // the inner one (our reading; RFC 5374 3.1 is silent, RFC 4301 5.1.2.1 leaves the
             // outer TTL to the encapsulator).
             let ttl = if preserving { inner_ttl } else { DEFAULT_TTL };
-            ((0, info.total_len), nh, src, dst, outer, true, ttl)
+            (0, nh, src, dst, outer, true, ttl)
         }
         Mode::Transport => {
             let outer = if with_outer { info.payload_offset } else { 0 };
             (
-                (info.payload_offset, info.total_len),
+                info.payload_offset,
                 info.protocol,
                 info.src,
                 info.dst,
@@ -103,12 +111,14 @@ pub(crate) fn plan(
             )
         }
     };
-    let payload_len = payload.1 - payload.0;
-    let pad = pad_len(payload_len, cipher.align());
-    let esp_len = ESP_HEADER_LEN + cipher.iv_len() + payload_len + pad + 2 + cipher.icv_len();
+    let payload_len = info.total_len - inner_hdr;
+    let (iv_len, icv_len) = (usize::from(sa.iv_len), usize::from(sa.icv_len));
+    let pad = pad_len(payload_len, usize::from(sa.align));
+    let esp_len = ESP_HEADER_LEN + iv_len + payload_len + pad + 2 + icv_len;
     Ok(SealPlan {
         outer_len,
-        payload,
+        inner_hdr,
+        payload_len,
         pad_len: pad,
         next_header,
         esp_len,
@@ -127,14 +137,14 @@ pub(crate) fn plan(
 /// Plans a dummy packet (RFC 4303 2.6: Next Header 59, all other fields present) with
 /// `len` payload octets, ESP only (the caller addresses it like the SA's traffic).
 pub(crate) fn plan_dummy(sa: &Sa, len: usize, src: IpAddr, dst: IpAddr) -> SealPlan {
-    let cipher = &sa.cipher;
-    let pad = pad_len(len, cipher.align());
+    let pad = pad_len(len, usize::from(sa.align));
     SealPlan {
         outer_len: 0,
-        payload: (0, len),
+        inner_hdr: 0,
+        payload_len: len,
         pad_len: pad,
         next_header: NEXT_HEADER_DUMMY,
-        esp_len: ESP_HEADER_LEN + cipher.iv_len() + len + pad + 2 + cipher.icv_len(),
+        esp_len: ESP_HEADER_LEN + usize::from(sa.iv_len) + len + pad + 2 + usize::from(sa.icv_len),
         src,
         dst,
         v6: dst.is_ipv6(),
@@ -147,52 +157,36 @@ pub(crate) fn plan_dummy(sa: &Sa, len: usize, src: IpAddr, dst: IpAddr) -> SealP
     }
 }
 
-/// Writes the packet planned by `plan` into `out` and seals it. Returns the bytes written.
-pub(crate) fn write_sealed<'o>(
+/// Frames and seals the packet planned by `plan` in `out` (exactly `plan.total()` octets).
+/// The payload is already in place at `plan.payload_at(iv_len)` and, in transport mode with
+/// a header, the original IP header at the front: this writes the ESP header (RFC 4303 2.1,
+/// 2.2), the padding 1, 2, 3, ... (RFC 4303 2.4), pad length and next header, seals, and
+/// writes or fixes the IP header.
+#[inline]
+pub(crate) fn seal_placed(
     sa: &Sa,
     plan: &SealPlan,
-    packet: &[u8],
-    out: &'o mut [u8],
+    out: &mut [u8],
     sn: u32,
     iv: &[u8; 8],
-) -> Result<&'o mut [u8], SealError> {
+) -> Result<(), SealError> {
     let total = plan.total();
-    let out = out
-        .get_mut(..total)
-        .ok_or(SealError::BufferTooSmall { needed: total })?;
-    let too_small = SealError::BufferTooSmall { needed: total };
+    let too_small = || SealError::BufferTooSmall { needed: total };
     let (head, esp) = out
         .split_at_mut_checked(plan.outer_len)
-        .ok_or(too_small.clone())?;
-    let iv_len = sa.cipher.iv_len();
-    // ESP header (RFC 4303 2.1, 2.2).
-    let (hdr, rest) = esp
-        .split_at_mut_checked(ESP_HEADER_LEN)
-        .ok_or(too_small.clone())?;
+        .ok_or_else(too_small)?;
+    let esp = esp.get_mut(..plan.esp_len).ok_or_else(too_small)?;
     let mut spi_sn = [0u8; ESP_HEADER_LEN];
     spi_sn[..4].copy_from_slice(&sa.spi.to_be_bytes());
     spi_sn[4..].copy_from_slice(&sn.to_be_bytes());
-    hdr.copy_from_slice(&spi_sn);
-    // Payload, padding 1, 2, 3, ... (RFC 4303 2.4), pad length, next header.
-    let payload_len = plan.payload.1.saturating_sub(plan.payload.0);
-    let body_start = iv_len;
-    let body = rest
-        .get_mut(body_start..body_start + payload_len + plan.pad_len + 2)
-        .ok_or(too_small.clone())?;
-    let (data, trailer) = body
-        .split_at_mut_checked(payload_len)
-        .ok_or(too_small.clone())?;
-    if plan.dummy {
-        data.fill(0);
-    } else {
-        let payload = packet
-            .get(plan.payload.0..plan.payload.1)
-            .ok_or(SealError::BadPacket)?;
-        data.copy_from_slice(payload);
-    }
-    let (pad, tail) = trailer
-        .split_at_mut_checked(plan.pad_len)
-        .ok_or(too_small)?;
+    esp.get_mut(..ESP_HEADER_LEN)
+        .ok_or_else(too_small)?
+        .copy_from_slice(&spi_sn);
+    let trailer_at = ESP_HEADER_LEN + usize::from(sa.iv_len) + plan.payload_len;
+    let trailer = esp
+        .get_mut(trailer_at..trailer_at + plan.pad_len + 2)
+        .ok_or_else(too_small)?;
+    let (pad, tail) = trailer.split_at_mut(plan.pad_len);
     for (i, b) in pad.iter_mut().enumerate() {
         *b = (i + 1) as u8;
     }
@@ -213,7 +207,6 @@ pub(crate) fn write_sealed<'o>(
             };
             ip::write_outer(head, &p, proto::ESP, plan.esp_len).ok_or(SealError::TooLarge)?;
         } else {
-            head.copy_from_slice(packet.get(..plan.outer_len).ok_or(SealError::BadPacket)?);
             ip::fix_transport_header(
                 head,
                 plan.v6,
@@ -225,7 +218,7 @@ pub(crate) fn write_sealed<'o>(
             .ok_or(SealError::TooLarge)?;
         }
     }
-    Ok(out)
+    Ok(())
 }
 
 /// Reads SPI and sequence number (RFC 4303 2.1, 2.2).

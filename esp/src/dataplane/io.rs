@@ -81,21 +81,25 @@ pub(crate) struct Received {
     pub dst: Option<IpAddr>,
 }
 
-/// Preallocated `recvmmsg` state for one socket: `batch` buffers of `buf_len` octets.
+/// Preallocated `recvmmsg` state for one socket: `batch` buffers of `headroom + buf_len`
+/// octets; each datagram lands at `headroom` (room for `open_esp_in_place` to write a
+/// transport-mode header in front of the payload).
 pub(crate) struct RecvBatch<S: SockaddrLike + Copy> {
     headers: MultiHeaders<S>,
     pub bufs: Vec<Box<[u8]>>,
     pub got: [Received; MAX_BATCH],
+    pub headroom: usize,
 }
 
 impl<S: SockaddrLike + Copy> RecvBatch<S> {
-    pub fn new(batch: usize, buf_len: usize, cmsg: Option<Vec<u8>>) -> Self {
+    pub fn new(batch: usize, buf_len: usize, headroom: usize, cmsg: Option<Vec<u8>>) -> Self {
         Self {
             headers: MultiHeaders::preallocate(batch, cmsg),
             bufs: (0..batch)
-                .map(|_| vec![0u8; buf_len].into_boxed_slice())
+                .map(|_| vec![0u8; headroom + buf_len].into_boxed_slice())
                 .collect(),
             got: [Received::default(); MAX_BATCH],
+            headroom,
         }
     }
 }
@@ -122,12 +126,19 @@ fn recv_batch<S: SockaddrLike + Copy>(
     b: &mut RecvBatch<S>,
     addrs: impl Fn(Option<S>, Option<Ipv6Addr>) -> (Option<IpAddr>, Option<IpAddr>),
 ) -> std::io::Result<usize> {
-    let RecvBatch { headers, bufs, got } = b;
+    let RecvBatch {
+        headers,
+        bufs,
+        got,
+        headroom,
+    } = b;
     let n = bufs.len().min(MAX_BATCH);
     let mut iovs: [[IoSliceMut<'_>; 1]; MAX_BATCH] =
         std::array::from_fn(|_| [IoSliceMut::new(&mut [])]);
     for (iov, buf) in iovs.iter_mut().zip(bufs.iter_mut()) {
-        *iov = [IoSliceMut::new(buf)];
+        *iov = [IoSliceMut::new(
+            buf.get_mut(*headroom..).unwrap_or_default(),
+        )];
     }
     let res = recvmmsg(
         sock.as_raw_fd(),
@@ -168,8 +179,9 @@ fn recv_batch<S: SockaddrLike + Copy>(
 pub(crate) struct SendBatch<S: SockaddrLike + Copy> {
     headers: MultiHeaders<S>,
     pub addrs: [Option<S>; MAX_BATCH],
-    /// Index into the caller's buffers and length of each queued packet.
-    pub slots: [(usize, usize); MAX_BATCH],
+    /// Index into the caller's buffers, offset in that buffer and length of each queued
+    /// packet.
+    pub slots: [(usize, usize, usize); MAX_BATCH],
     pub len: usize,
 }
 
@@ -178,15 +190,15 @@ impl<S: SockaddrLike + Copy> SendBatch<S> {
         Self {
             headers: MultiHeaders::preallocate(batch, None),
             addrs: [None; MAX_BATCH],
-            slots: [(0, 0); MAX_BATCH],
+            slots: [(0, 0, 0); MAX_BATCH],
             len: 0,
         }
     }
 
-    pub fn push(&mut self, addr: S, buf: usize, len: usize) {
+    pub fn push(&mut self, addr: S, buf: usize, offset: usize, len: usize) {
         if let (Some(a), Some(s)) = (self.addrs.get_mut(self.len), self.slots.get_mut(self.len)) {
             *a = Some(addr);
-            *s = (buf, len);
+            *s = (buf, offset, len);
             self.len += 1;
         }
     }
@@ -215,9 +227,11 @@ pub(crate) fn flush<S: SockaddrLike + Copy>(
     while start < n {
         let mut iovs: [[IoSlice<'_>; 1]; MAX_BATCH] = std::array::from_fn(|_| [IoSlice::new(&[])]);
         let mut k = 0;
-        for (iov, &(buf, len)) in iovs.iter_mut().zip(q.slots.get(start..n).unwrap_or(&[])) {
+        for (iov, &(buf, at, len)) in iovs.iter_mut().zip(q.slots.get(start..n).unwrap_or(&[])) {
             *iov = [IoSlice::new(
-                bufs.get(buf).and_then(|b| b.get(..len)).unwrap_or(&[]),
+                bufs.get(buf)
+                    .and_then(|b| b.get(at..at + len))
+                    .unwrap_or(&[]),
             )];
             k += 1;
         }

@@ -11,15 +11,14 @@ use nix::sys::socket::{SockaddrIn, SockaddrIn6};
 
 use super::io::{self, RecvBatch, SendBatch};
 use super::{Shared, add};
-use crate::engine::{Decision, Verdict};
+use crate::engine::{Decision, SEAL_HEADROOM, SEAL_TAILROOM, Verdict};
+use crate::sa::SaHandle;
 
-/// Room for what `seal` adds to a plaintext packet of MTU size: outer IPv6 header, ESP
-/// header, IV, padding, trailer and ICV (well under this).
-const SEAL_HEADROOM: usize = 256;
+/// Headroom of IPv6 receive buffers: the header `open_esp_in_place` writes in front of a
+/// transport-mode payload.
+const RX_V6_HEADROOM: usize = 40;
 /// Smallest receive buffer: a 9000-octet jumbo frame from a peer with a larger MTU fits.
 const MIN_RECV_BUFFER: usize = 9216 + 512;
-/// Most plaintext octets a TUN read returns (without offloads: the MTU; sized for any).
-const TUN_READ_BUFFER: usize = 65536;
 
 /// The outer destination of a complete packet written by `seal`.
 fn outer_dst(p: &[u8]) -> Option<IpAddr> {
@@ -64,13 +63,19 @@ fn ready(fd: &PollFd<'_>) -> bool {
         .is_some_and(|r| r.intersects(PollFlags::POLLIN | PollFlags::POLLERR))
 }
 
-/// TUN -> classify -> seal -> `sendmmsg`, until stopped.
+/// TUN -> classify -> seal -> `sendmmsg`, until stopped. Each packet is read from the TUN
+/// straight into its send buffer at [`SEAL_HEADROOM`] and sealed there
+/// ([`Engine::seal_batch`](crate::Engine::seal_batch): no copy, one state/time/counter step
+/// per run of packets on the same SA).
 pub(crate) fn tx_loop(sh: &Shared) {
     let batch = sh.batch;
-    let mut input = vec![0u8; TUN_READ_BUFFER];
+    // Room to read any packet up to the MTU with some to spare (a read that fills the room
+    // may have been cut short and is not sent), plus the engine's head- and tailroom.
+    let read_room = sh.mtu + 256;
     let mut bufs: Vec<Box<[u8]>> = (0..batch)
-        .map(|_| vec![0u8; sh.mtu + SEAL_HEADROOM].into_boxed_slice())
+        .map(|_| vec![0u8; SEAL_HEADROOM + read_room + SEAL_TAILROOM].into_boxed_slice())
         .collect();
+    let mut sas: Vec<Option<SaHandle>> = vec![None; batch];
     let mut q4 = SendBatch::<SockaddrIn>::new(batch);
     let mut q6 = SendBatch::<SockaddrIn6>::new(batch);
     let c = &sh.counters;
@@ -99,7 +104,13 @@ pub(crate) fn tx_loop(sh: &Shared) {
             let mut empty = false;
             let mut fatal = false;
             while used < batch {
-                let n = match sh.tun.recv(&mut input) {
+                let (Some(buf), Some(sa_slot)) = (bufs.get_mut(used), sas.get_mut(used)) else {
+                    break;
+                };
+                let Some(room) = buf.get_mut(SEAL_HEADROOM..SEAL_HEADROOM + read_room) else {
+                    break;
+                };
+                let n = match sh.tun.recv(room) {
                     Ok(n) => n,
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                         empty = true;
@@ -114,11 +125,16 @@ pub(crate) fn tx_loop(sh: &Shared) {
                     }
                 };
                 read += 1;
-                let Some(pkt) = input.get(..n) else {
+                if n >= read_room {
+                    // Possibly truncated: never seal part of a packet.
+                    seal_err += 1;
+                    continue;
+                }
+                let Some(pkt) = room.get(..n) else {
                     continue;
                 };
-                let sa = match sh.engine.classify(pkt, now) {
-                    Decision::Protect(sa) => sa,
+                match sh.engine.classify(pkt, now) {
+                    Decision::Protect(sa) => *sa_slot = Some(sa),
                     Decision::NoActiveSa(_) => {
                         no_sa += 1;
                         continue;
@@ -131,31 +147,50 @@ pub(crate) fn tx_loop(sh: &Shared) {
                         bypass += 1;
                         continue;
                     }
-                };
-                let Some(buf) = bufs.get_mut(used) else {
-                    break;
-                };
-                let sealed = match sh.engine.seal(&sa, pkt, buf, now) {
-                    Ok(s) => s,
-                    Err(e) => {
-                        tracing::trace!("data plane: seal: {e}");
-                        seal_err += 1;
-                        continue;
-                    }
-                };
-                if let Some(ttl) = sh.ttl {
-                    set_ttl(sealed, ttl);
-                }
-                let len = sealed.len();
-                match outer_dst(sealed) {
-                    Some(IpAddr::V4(d)) => q4.push(io::sockaddr_v4(d), used, len),
-                    Some(IpAddr::V6(d)) => q6.push(io::sockaddr_v6(d), used, len),
-                    None => {
-                        seal_err += 1;
-                        continue;
-                    }
                 }
                 used += 1;
+            }
+            // Seal each run of packets on the same SA in one call.
+            let mut i = 0;
+            while i < used {
+                let Some(sa) = sas.get_mut(i).and_then(Option::take) else {
+                    i += 1;
+                    continue;
+                };
+                let mut j = i + 1;
+                while j < used
+                    && sas
+                        .get(j)
+                        .and_then(Option::as_ref)
+                        .is_some_and(|s| s.id() == sa.id())
+                {
+                    if let Some(s) = sas.get_mut(j) {
+                        *s = None;
+                    }
+                    j += 1;
+                }
+                let Some(run) = bufs.get_mut(i..j) else {
+                    break;
+                };
+                sh.engine
+                    .seal_batch(&sa, run, SEAL_HEADROOM, now, |k, r| match r {
+                        Ok((at, sealed)) => {
+                            if let Some(ttl) = sh.ttl {
+                                set_ttl(sealed, ttl);
+                            }
+                            let len = sealed.len();
+                            match outer_dst(sealed) {
+                                Some(IpAddr::V4(d)) => q4.push(io::sockaddr_v4(d), i + k, at, len),
+                                Some(IpAddr::V6(d)) => q6.push(io::sockaddr_v6(d), i + k, at, len),
+                                None => seal_err += 1,
+                            }
+                        }
+                        Err(e) => {
+                            tracing::trace!("data plane: seal: {e}");
+                            seal_err += 1;
+                        }
+                    });
+                i = j;
             }
             let mut send_err = 0;
             for sent in [
@@ -229,19 +264,27 @@ fn poll_fd<'a>(s: Option<&'a socket2::Socket>, stop: BorrowedFd<'a>) -> PollFd<'
 pub(crate) fn rx_loop(sh: &Shared) {
     let batch = sh.batch;
     let buf_len = (sh.mtu + 512).max(MIN_RECV_BUFFER);
+    // IPv4 datagrams carry their header, which transport mode moves forward over the ESP
+    // header: no headroom needed. IPv6 ones arrive without it, and transport mode writes a
+    // fresh 40-octet header in front of the payload.
     let mut r4 = sh
         .v4
         .as_ref()
-        .map(|_| RecvBatch::<SockaddrIn>::new(batch, buf_len, None));
+        .map(|_| RecvBatch::<SockaddrIn>::new(batch, buf_len, 0, None));
     let mut r6 = sh.v6.as_ref().map(|_| {
         RecvBatch::<SockaddrIn6>::new(
             batch,
             buf_len,
+            RX_V6_HEADROOM,
             Some(nix::cmsg_space!(nix::libc::in6_pktinfo)),
         )
     });
-    // Transport mode writes a header in front of the payload: room for it.
-    let mut out = vec![0u8; buf_len + 128];
+    let mut lens = [0usize; super::MAX_BATCH];
+    let mut meta = [(
+        0usize,
+        IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+    ); super::MAX_BATCH];
     loop {
         let (v4_ready, v6_ready) = {
             let stop = sh.stop.as_fd();
@@ -269,16 +312,30 @@ pub(crate) fn rx_loop(sh: &Shared) {
                     }
                 };
                 let now = (sh.clock)();
-                for (got, buf) in b.got.iter().zip(&b.bufs).take(n) {
-                    k.received += 1;
-                    k.bytes += got.len as u64;
-                    if got.truncated {
-                        k.truncated += 1;
-                        continue;
+                // Runs of untruncated datagrams, opened in place, a run per call.
+                let mut i = 0;
+                while i < n {
+                    let mut j = i;
+                    while let Some(got) = b.got.get(j).filter(|g| j < n && !g.truncated) {
+                        k.received += 1;
+                        k.bytes += got.len as u64;
+                        if let Some(l) = lens.get_mut(j - i) {
+                            *l = got.len;
+                        }
+                        j += 1;
                     }
-                    let pkt = buf.get(..got.len).unwrap_or(&[]);
-                    let v = sh.engine.open(pkt, &mut out, now);
-                    deliver(sh, v, k);
+                    if let (Some(run), Some(run_lens)) = (b.bufs.get_mut(i..j), lens.get(..j - i)) {
+                        sh.engine
+                            .open_batch(run, run_lens, now, |_, v| deliver(sh, v, k));
+                    }
+                    if j < n {
+                        // A truncated datagram is not opened.
+                        k.received += 1;
+                        k.bytes += b.got.get(j).map_or(0, |g| g.len as u64);
+                        k.truncated += 1;
+                        j += 1;
+                    }
+                    i = j;
                 }
                 n
             });
@@ -293,20 +350,40 @@ pub(crate) fn rx_loop(sh: &Shared) {
                     }
                 };
                 let now = (sh.clock)();
-                for (got, buf) in b.got.iter().zip(&b.bufs).take(n) {
-                    k.received += 1;
-                    k.bytes += got.len as u64;
-                    if got.truncated {
-                        k.truncated += 1;
-                        continue;
+                let at = b.headroom;
+                let mut i = 0;
+                while i < n {
+                    let mut j = i;
+                    while let Some(got) = b.got.get(j).filter(|g| j < n && !g.truncated) {
+                        k.received += 1;
+                        k.bytes += got.len as u64;
+                        let (Some(src), Some(dst)) = (got.src, got.dst) else {
+                            break;
+                        };
+                        if let Some(m) = meta.get_mut(j - i) {
+                            *m = (got.len, src, dst);
+                        }
+                        j += 1;
                     }
-                    let (Some(src), Some(dst)) = (got.src, got.dst) else {
-                        k.dropped += 1;
-                        continue;
-                    };
-                    let esp = buf.get(..got.len).unwrap_or(&[]);
-                    let v = sh.engine.open_esp(src, dst, esp, &mut out, now);
-                    deliver(sh, v, k);
+                    if let (Some(run), Some(run_meta)) = (b.bufs.get_mut(i..j), meta.get(..j - i)) {
+                        sh.engine
+                            .open_esp_batch(run, run_meta, at, now, |_, v| deliver(sh, v, k));
+                    }
+                    if j < n {
+                        // Truncated, or without addresses: not opened (already counted as
+                        // received when it has no addresses).
+                        if let Some(g) = b.got.get(j) {
+                            if g.truncated {
+                                k.received += 1;
+                                k.bytes += g.len as u64;
+                                k.truncated += 1;
+                            } else {
+                                k.dropped += 1;
+                            }
+                        }
+                        j += 1;
+                    }
+                    i = j;
                 }
                 n
             });

@@ -7,7 +7,9 @@ use proptest::prelude::*;
 use super::*;
 use crate::ip::test_packets::{udp4, udp6};
 use crate::replay::ReplayPolicy;
-use crate::sa::{EspAlgorithm, KeyMaterial, Lifetimes, Limits, SenderIds, SnTransform, Tunnel};
+use crate::sa::{
+    EspAlgorithm, KeyMaterial, Lifetimes, Limits, SaStats, SenderIds, SnTransform, Tunnel,
+};
 use crate::sad::SadKey;
 use crate::spd::{AddrRange, PolicyId, Selector, SpdEntry};
 
@@ -841,4 +843,394 @@ proptest! {
         }
         prop_assert!(open_vec(&rx, &bad, t).is_err());
     }
+}
+
+// ---- in-place and batch paths: the same bytes, verdicts and counters as the copying calls ----
+
+/// Two engines with the same outbound SA, so that the n-th packet of each gets the same SN
+/// and IV: one sealed through `seal`, the other through the in-place or batch path.
+fn twins(cfg: &SaConfig, t: Instant) -> ((Engine, SaHandle), (Engine, SaHandle)) {
+    let mut out = cfg.clone();
+    out.direction = Direction::Outbound;
+    let a = Engine::default();
+    let ha = a.install(out.clone(), t).unwrap();
+    let b = Engine::default();
+    let hb = b.install(out, t).unwrap();
+    ((a, ha), (b, hb))
+}
+
+/// The packet at `SEAL_HEADROOM` in a buffer with tailroom.
+fn placed(p: &[u8]) -> Vec<u8> {
+    let mut buf = vec![0u8; SEAL_HEADROOM + p.len() + SEAL_TAILROOM];
+    buf[SEAL_HEADROOM..SEAL_HEADROOM + p.len()].copy_from_slice(p);
+    buf
+}
+
+/// The configurations the in-place paths must agree on: tunnel v4 and v6, transport v4 and
+/// v6 (with an extension header), for every algorithm.
+fn in_place_cases() -> Vec<(SaConfig, Vec<u8>)> {
+    let g6: IpAddr = "ff3e::1".parse().unwrap();
+    let s6: Ipv6Addr = "2001:db8::5".parse().unwrap();
+    let mut v6_ext = udp6(s6, "ff3e::1".parse().unwrap(), 9, 10, b"six with options");
+    let tail = v6_ext.split_off(40);
+    v6_ext[6] = proto::DSTOPTS;
+    v6_ext.extend_from_slice(&[proto::UDP, 0, 1, 4, 0, 0, 0, 0]);
+    v6_ext.extend_from_slice(&tail);
+    let plen = (v6_ext.len() - 40) as u16;
+    v6_ext[4..6].copy_from_slice(&plen.to_be_bytes());
+    let mut out = Vec::new();
+    for alg in [
+        GCM128,
+        EspAlgorithm::AesGcm16Iiv { key_bits: 256 },
+        EspAlgorithm::AesGmac { key_bits: 128 },
+        EspAlgorithm::ChaCha20Poly1305,
+        EspAlgorithm::AesCbcHmacSha256 { key_bits: 128 },
+    ] {
+        for (transport, v6) in [(false, false), (false, true), (true, false), (true, true)] {
+            let mut c = group_sa(0x77, Direction::Outbound, 3);
+            c.algorithm = alg;
+            c.keys = keys(alg, 3);
+            if transport {
+                c.mode = Mode::Transport;
+            }
+            if v6 {
+                c.lookup = SadKey::SpiDst { spi: 0x77, dst: g6 };
+                if !transport {
+                    c.mode = Mode::Tunnel(Tunnel::preserving(true));
+                }
+            }
+            let p = if v6 {
+                v6_ext.clone()
+            } else {
+                udp4(S1, GROUP, 7, 8, b"in place, same bytes")
+            };
+            out.push((c, p));
+        }
+    }
+    out
+}
+
+#[test]
+fn in_place_seal_and_open_match_the_copying_calls() {
+    let t = Instant::now();
+    for (cfg, p) in in_place_cases() {
+        let what = format!("{:?} {:?} v6={}", cfg.algorithm, cfg.mode, p[0] >> 4 == 6);
+        let ((a, ha), (b, hb)) = twins(&cfg, t);
+        let rx = Engine::default();
+        let mut inb = cfg.clone();
+        inb.direction = Direction::Inbound;
+        rx.install(inb, t).unwrap();
+        for _ in 0..3 {
+            let want = seal_vec(&a, &ha, &p, t).unwrap();
+            let mut buf = placed(&p);
+            let got = b.seal_in_place(&hb, &mut buf, SEAL_HEADROOM, t).unwrap();
+            assert_eq!(got, &want[..], "{what}");
+            // Open in place: the same packet `open` delivers.
+            let mut copy = want.clone();
+            let Verdict::Deliver(d) = rx.open_in_place(&mut copy, t) else {
+                panic!("{what}")
+            };
+            assert_eq!(d, &p[..], "{what}");
+        }
+        let sb = b.stats(hb.id()).map(|s| SaStats { id: ha.id(), ..s });
+        assert_eq!(a.stats(ha.id()), sb, "{what}");
+        // The ESP-only form through `open_esp_in_place`, with room for a rebuilt header.
+        let mut esp_buf = [0u8; 2048];
+        let esp = a.seal_esp(&ha, &p, &mut esp_buf, t).unwrap();
+        let (src, dst, esp) = (esp.src, esp.dst, esp.esp.to_vec());
+        let mut out = [0u8; 2048];
+        let want = match rx.open_esp(src, dst, &esp, &mut out, t) {
+            Verdict::Deliver(d) => d.to_vec(),
+            Verdict::Drop(r) => panic!("{what}: {r:?}"),
+        };
+        let mut buf = vec![0u8; 40 + esp.len()];
+        buf[40..].copy_from_slice(&esp);
+        // Replay protection refuses the same packet twice: a second receiver.
+        let rx2 = Engine::default();
+        let mut inb = cfg.clone();
+        inb.direction = Direction::Inbound;
+        rx2.install(inb, t).unwrap();
+        match rx2.open_esp_in_place(src, dst, &mut buf, 40, t) {
+            Verdict::Deliver(d) => assert_eq!(d, &want[..], "{what}"),
+            Verdict::Drop(r) => panic!("{what}: {r:?}"),
+        }
+    }
+}
+
+#[test]
+fn in_place_refuses_missing_room() {
+    let t = Instant::now();
+    let (tx, h, rx) = pair(&group_sa(0x78, Direction::Outbound, 1), t);
+    let p = udp4(S1, GROUP, 1, 2, b"room");
+    // 20 outer + 8 ESP + 8 IV in front of the packet.
+    let mut buf = vec![0u8; 35 + p.len() + SEAL_TAILROOM];
+    buf[35..35 + p.len()].copy_from_slice(&p);
+    assert_eq!(
+        tx.seal_in_place(&h, &mut buf, 35, t).err(),
+        Some(SealError::Headroom { needed: 36 })
+    );
+    let mut buf = vec![0u8; 36 + p.len() + 2];
+    buf[36..36 + p.len()].copy_from_slice(&p);
+    assert!(matches!(
+        tx.seal_in_place(&h, &mut buf, 36, t),
+        Err(SealError::BufferTooSmall { .. })
+    ));
+    // Nothing was counted or numbered for the refused packets.
+    assert_eq!(h.stats().packets, 0);
+    let mut buf = placed(&p);
+    let sealed = tx
+        .seal_in_place(&h, &mut buf, SEAL_HEADROOM, t)
+        .unwrap()
+        .to_vec();
+    assert_eq!(&sealed[24..28], &1u32.to_be_bytes());
+    // Transport mode over a raw IPv6 socket needs room in front of the ESP packet.
+    let mut c = group_sa(0x79, Direction::Outbound, 1);
+    c.mode = Mode::Transport;
+    let (tx, h, rx6) = pair(&c, t);
+    let mut b = [0u8; 2048];
+    let esp = tx.seal_esp(&h, &p, &mut b, t).unwrap().esp.to_vec();
+    let mut buf = esp.clone();
+    assert_eq!(
+        rx6.open_esp_in_place(ip(S1), ip(GROUP), &mut buf, 0, t),
+        Verdict::Drop(DropReason::BufferTooSmall)
+    );
+    assert_eq!(open_vec(&rx, &sealed, t), Ok(p));
+}
+
+/// Seals `n` packets through `seal_batch` on one engine and one by one through
+/// `seal_in_place` on its twin; the results, events and counters must agree.
+fn batch_matches_singles(
+    cfg: &SaConfig,
+    packets: &[Vec<u8>],
+    t: Instant,
+) -> Vec<Result<Vec<u8>, SealError>> {
+    let ((a, ha), (b, hb)) = twins(cfg, t);
+    let singles: Vec<Result<Vec<u8>, SealError>> = packets
+        .iter()
+        .map(|p| {
+            let mut buf = placed(p);
+            a.seal_in_place(&ha, &mut buf, SEAL_HEADROOM, t)
+                .map(|s| s.to_vec())
+        })
+        .collect();
+    let mut bufs: Vec<Vec<u8>> = packets.iter().map(|p| placed(p)).collect();
+    let mut batch = Vec::new();
+    b.seal_batch(&hb, &mut bufs, SEAL_HEADROOM, t, |i, r| {
+        assert_eq!(i, batch.len());
+        batch.push(r.map(|(_, s)| s.to_vec()));
+    });
+    assert_eq!(batch, singles);
+    let (sa, sb) = (a.stats(ha.id()).unwrap(), b.stats(hb.id()).unwrap());
+    assert_eq!(
+        (sa.packets, sa.bytes, sa.soft_expired, sa.hard_expired),
+        (sb.packets, sb.bytes, sb.soft_expired, sb.hard_expired)
+    );
+    let (mut ea, mut eb) = (Vec::new(), Vec::new());
+    while let Some(e) = a.poll_event() {
+        ea.push(e);
+    }
+    while let Some(e) = b.poll_event() {
+        eb.push(e);
+    }
+    assert_eq!(ea.len(), eb.len());
+    singles
+}
+
+#[test]
+fn seal_batch_matches_single_calls() {
+    let t = Instant::now();
+    let p = udp4(S1, GROUP, 1, 2, b"batch");
+    let bad = vec![0x45, 0, 0, 1];
+    let v6 = udp6(
+        "2001:db8::1".parse().unwrap(),
+        "ff3e::1".parse().unwrap(),
+        1,
+        2,
+        b"x",
+    );
+    // Plain: every packet goes out; a malformed one and a wrong-family one in the middle.
+    let mixed = vec![p.clone(), bad, p.clone(), v6, p.clone()];
+    let r = batch_matches_singles(&group_sa(0x80, Direction::Outbound, 1), &mixed, t);
+    assert_eq!(r.iter().filter(|r| r.is_ok()).count(), 3);
+    for (cfg, _) in in_place_cases() {
+        let ps = vec![p.clone(); 5];
+        if cfg.lookup.spi() == 0x77
+            && matches!(cfg.lookup, SadKey::SpiDst { dst, .. } if dst.is_ipv4())
+        {
+            batch_matches_singles(&cfg, &ps, t);
+        }
+    }
+    // A hard packet limit reached inside the batch: the packet that reaches it is the last.
+    let mut c = group_sa(0x81, Direction::Outbound, 1);
+    c.lifetimes = Lifetimes {
+        soft: Limits {
+            packets: Some(3),
+            ..Limits::default()
+        },
+        hard: Limits {
+            packets: Some(5),
+            ..Limits::default()
+        },
+    };
+    let r = batch_matches_singles(&c, &vec![p.clone(); 8], t);
+    assert_eq!(r.iter().filter(|r| r.is_ok()).count(), 5);
+    assert_eq!(r[5], Err(SealError::Expired));
+    // IV space of the first Sender-ID (4 counter bits: 16 IVs) ends inside the batch; the
+    // batch moves on to the second and then runs out, as single calls do (RFC 6054 5).
+    let mut c = group_sa(0x82, Direction::Outbound, 1);
+    c.sn = SnTransform::Unspecified32;
+    c.sender_ids = Some(SenderIds {
+        bits: 60,
+        ids: vec![5, 6],
+    });
+    let r = batch_matches_singles(&c, &vec![p.clone(); 40], t);
+    assert_eq!(r.iter().filter(|r| r.is_ok()).count(), 32);
+    assert_eq!(r[32], Err(SealError::IvExhausted));
+    let ivs: HashSet<Vec<u8>> = r.iter().flatten().map(|s| s[28..36].to_vec()).collect();
+    assert_eq!(ivs.len(), 32, "no IV twice");
+    // "32-bit Sequential Numbers" run out inside the batch (RFC 4303 3.3.3).
+    let c = group_sa(0x83, Direction::Outbound, 1);
+    let ((a, ha), (b, hb)) = twins(&c, t);
+    ha.0.seq.store(u64::from(u32::MAX) - 2, Ordering::Relaxed);
+    hb.0.seq.store(u64::from(u32::MAX) - 2, Ordering::Relaxed);
+    let singles: Vec<_> = (0..4)
+        .map(|_| {
+            a.seal_in_place(&ha, &mut placed(&p), SEAL_HEADROOM, t)
+                .map(|s| s[24..28].to_vec())
+        })
+        .collect();
+    let mut bufs = vec![placed(&p); 4];
+    let mut batch = Vec::new();
+    b.seal_batch(&hb, &mut bufs, SEAL_HEADROOM, t, |_, r| {
+        batch.push(r.map(|(_, s)| s[24..28].to_vec()))
+    });
+    assert_eq!(batch, singles);
+    assert_eq!(batch[1], Ok(u32::MAX.to_be_bytes().to_vec()));
+    assert_eq!(batch[2], Err(SealError::SequenceExhausted));
+    // Refusals for the whole batch: not yet active (ATD).
+    let mut c = group_sa(0x84, Direction::Outbound, 1);
+    c.atd = Duration::from_secs(5);
+    let r = batch_matches_singles(&c, &vec![p.clone(); 2], t);
+    assert_eq!(r, vec![Err(SealError::NotYetActive); 2]);
+}
+
+#[test]
+fn open_batch_matches_single_calls() {
+    let t = Instant::now();
+    let c1 = group_sa(0x90, Direction::Outbound, 1);
+    let c2 = group_sa(0x91, Direction::Outbound, 2);
+    let (tx1, h1, _) = pair(&c1, t);
+    let (tx2, h2, _) = pair(&c2, t);
+    let p = udp4(S1, GROUP, 1, 2, b"open batch");
+    let s1: Vec<Vec<u8>> = (0..5)
+        .map(|_| seal_vec(&tx1, &h1, &p, t).unwrap())
+        .collect();
+    let s2: Vec<Vec<u8>> = (0..4)
+        .map(|_| seal_vec(&tx2, &h2, &p, t).unwrap())
+        .collect();
+    let mut tampered = s2[3].clone();
+    let at = tampered.len() - 1;
+    tampered[at] ^= 1;
+    // Runs of one SA, a switch, a duplicate inside a run, a forgery, an unknown SPI, junk.
+    let mut unknown = s2[0].clone();
+    unknown[20..24].copy_from_slice(&0xdead_u32.to_be_bytes());
+    let inputs = vec![
+        s1[0].clone(),
+        s1[1].clone(),
+        s1[1].clone(),
+        s2[0].clone(),
+        s2[1].clone(),
+        tampered,
+        s1[2].clone(),
+        unknown,
+        vec![0x45, 1, 2],
+        s1[3].clone(),
+        s1[4].clone(),
+        s2[2].clone(),
+        s1[3].clone(),
+    ];
+    let mk = || {
+        let e = Engine::default();
+        for c in [&c1, &c2] {
+            let mut inb = c.clone();
+            inb.direction = Direction::Inbound;
+            if inb.spi == 0x90 {
+                inb.lifetimes.hard.packets = Some(3);
+            }
+            e.install(inb, t).unwrap();
+        }
+        e
+    };
+    let (a, b) = (mk(), mk());
+    let singles: Vec<Result<Vec<u8>, DropReason>> = inputs
+        .iter()
+        .map(|s| {
+            let mut buf = s.clone();
+            match a.open_in_place(&mut buf, t) {
+                Verdict::Deliver(d) => Ok(d.to_vec()),
+                Verdict::Drop(r) => Err(r),
+            }
+        })
+        .collect();
+    let mut bufs: Vec<Vec<u8>> = inputs
+        .iter()
+        .map(|s| {
+            let mut b = s.clone();
+            b.resize(s.len() + 100, 0xee);
+            b
+        })
+        .collect();
+    let lens: Vec<usize> = inputs.iter().map(Vec::len).collect();
+    let mut batch = Vec::new();
+    b.open_batch(&mut bufs, &lens, t, |i, v| {
+        assert_eq!(i, batch.len());
+        batch.push(match v {
+            Verdict::Deliver(d) => Ok(d.to_vec()),
+            Verdict::Drop(r) => Err(r),
+        });
+    });
+    assert_eq!(batch, singles);
+    assert_eq!(singles[2], Err(DropReason::ReplayDuplicate));
+    assert_eq!(singles[5], Err(DropReason::Integrity));
+    assert_eq!(singles[7], Err(DropReason::NoSa));
+    // SA 0x90 delivers three packets, then its hard packet limit expires it.
+    assert_eq!(singles[9], Err(DropReason::Expired));
+    assert_eq!(singles.iter().filter(|r| r.is_ok()).count(), 6);
+    for r in DropReason::ALL {
+        assert_eq!(a.drops(r), b.drops(r), "{r:?}");
+    }
+    let mut ka: Vec<SadKey> = a.sad().keys();
+    ka.sort_by_key(|k| k.spi());
+    for k in ka {
+        let (sa, sb) = (
+            a.sad().get(k).unwrap().stats(),
+            b.sad().get(k).unwrap().stats(),
+        );
+        assert_eq!(
+            (sa.packets, sa.bytes, sa.drops),
+            (sb.packets, sb.bytes, sb.drops),
+            "{k:?}"
+        );
+    }
+    // The ESP-only batch (IPv6 raw socket path) agrees with `open_esp`.
+    let (tx, h, _) = pair(&c2, t);
+    let esps: Vec<Vec<u8>> = (0..3)
+        .map(|_| {
+            let mut b = [0u8; 2048];
+            tx.seal_esp(&h, &p, &mut b, t).unwrap().esp.to_vec()
+        })
+        .collect();
+    let e = mk();
+    let mut bufs: Vec<Vec<u8>> = esps
+        .iter()
+        .map(|s| [vec![0u8; 40], s.clone()].concat())
+        .collect();
+    let meta: Vec<(usize, IpAddr, IpAddr)> =
+        esps.iter().map(|s| (s.len(), ip(S1), ip(GROUP))).collect();
+    let mut n = 0;
+    e.open_esp_batch(&mut bufs, &meta, 40, t, |_, v| {
+        assert_eq!(v, Verdict::Deliver(&mut p.clone()[..]));
+        n += 1;
+    });
+    assert_eq!(n, 3);
 }
