@@ -1,7 +1,7 @@
 //! `gcks-load`: registration load against one GCKS on loopback (issue 3).
 //!
 //! For each store (SQLite, PostgreSQL) and each member credential (PSK, ECDSA P-256 raw
-//! public keys) it provisions a throw-away store (a group with a TEK, N members with their
+//! public keys, ECDSA P-256 certificates issued by one CA) it provisions a throw-away store (a group with a TEK, N members with their
 //! credentials, each authorized as receiver), starts the GCKS runtime in-process on its own
 //! threads (the same parts `gcks serve` uses: `Store`, `StoreLoader` + `CredentialCache`,
 //! `StoreRegistrar`, `Server`), and registers the N members with `gikev2_member::join`, C at
@@ -11,8 +11,9 @@
 //! except the main thread and the client runtime's `load-gm` threads counts as GCKS
 //! (runtime workers, `gcks-credentials`, sqlx SQLite workers). The same run measures the
 //! responder's bare public-key cost of one registration with `gikev2_proto::crypto`
-//! (X25519 key generation + agreement; ECDSA: plus one signature and one verification)
-//! and prints the ratio.
+//! (X25519 key generation + agreement; ECDSA: plus one signature and one verification;
+//! certificates: plus one more verification, the CA's signature on the member's
+//! certificate) and prints the ratio.
 //!
 //! Bounded: N registrations, each with a 10 s deadline; loopback only.
 
@@ -56,8 +57,9 @@ struct Args {
     /// Registrations in flight at once.
     #[arg(long, default_value_t = 32)]
     concurrency: usize,
-    /// Member credentials to test: psk, ecdsa (comma-separated).
-    #[arg(long, default_value = "psk,ecdsa")]
+    /// Member credentials to test: psk, ecdsa (raw P-256 keys), cert (P-256 X.509
+    /// certificates from one CA, the member's trust anchor) (comma-separated).
+    #[arg(long, default_value = "psk,ecdsa,cert")]
     auth: String,
     /// Stores to test: sqlite, postgres (comma-separated).
     #[arg(long, default_value = "sqlite,postgres")]
@@ -65,8 +67,9 @@ struct Args {
     /// PostgreSQL server (trust auth); a uniquely named database is created and dropped.
     #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432")]
     pg: String,
-    /// GCKS runtime worker threads (`gcks serve` uses 2).
-    #[arg(long, default_value_t = 2)]
+    /// GCKS runtime worker threads; 0 (the default, as `gcks serve` runs) is a
+    /// current-thread runtime.
+    #[arg(long, default_value_t = 0)]
     gcks_threads: usize,
     /// Iterations of the bare public-key measurement.
     #[arg(long, default_value_t = 300)]
@@ -77,6 +80,7 @@ struct Args {
 enum Auth {
     Psk,
     Ecdsa,
+    Cert,
 }
 
 impl Auth {
@@ -84,6 +88,7 @@ impl Auth {
         match self {
             Self::Psk => "PSK",
             Self::Ecdsa => "ECDSA P-256 (raw key)",
+            Self::Cert => "ECDSA P-256 (certificate)",
         }
     }
 }
@@ -92,11 +97,58 @@ impl Auth {
 struct Creds {
     gcks_key: Option<Arc<SigningKey>>,
     members: Vec<(String, MemberCred)>,
+    /// The CA (DER) that issued the members' certificates.
+    ca: Option<Vec<u8>>,
 }
 
 enum MemberCred {
     Psk(SecretBytes),
     Key(Arc<SigningKey>),
+    /// A key and its certificate (DER).
+    Cert(Arc<SigningKey>, Vec<u8>),
+}
+
+/// A P-256 CA for the certificate case (rcgen).
+struct LoadCa {
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+    der: Vec<u8>,
+}
+
+impl LoadCa {
+    fn new() -> Result<Self, String> {
+        let e = |e: rcgen::Error| format!("rcgen: {e}");
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(e)?;
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).map_err(e)?;
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "gcks-load CA");
+        params.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::DigitalSignature,
+        ];
+        let der = params.self_signed(&key).map_err(e)?.der().to_vec();
+        Ok(Self {
+            issuer: rcgen::Issuer::new(params, key),
+            der,
+        })
+    }
+
+    /// A P-256 key and a certificate naming `fqdn` (subjectAltName dNSName).
+    fn issue(&self, fqdn: &str) -> Result<(SigningKey, Vec<u8>), String> {
+        let e = |e: rcgen::Error| format!("rcgen: {e}");
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(e)?;
+        let mut params = rcgen::CertificateParams::new(vec![fqdn.to_string()]).map_err(e)?;
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, fqdn);
+        params.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
+        let cert = params.signed_by(&key, &self.issuer).map_err(e)?;
+        let signing =
+            SigningKey::from_pkcs8(SignatureScheme::EcdsaP256Sha256, &key.serialize_der())
+                .map_err(|e| e.to_string())?;
+        Ok((signing, cert.der().to_vec()))
+    }
 }
 
 fn suite() -> IkeSuite {
@@ -113,12 +165,13 @@ fn make_creds(auth: Auth, n: usize) -> Result<Creds, String> {
     let e = |e: gikev2_proto::crypto::CryptoError| e.to_string();
     let gcks_key = match auth {
         Auth::Psk => None,
-        Auth::Ecdsa => Some(Arc::new(
+        Auth::Ecdsa | Auth::Cert => Some(Arc::new(
             SigningKey::generate(SignatureScheme::EcdsaP256Sha256)
                 .map_err(e)?
                 .0,
         )),
     };
+    let ca = (auth == Auth::Cert).then(LoadCa::new).transpose()?;
     let mut members = Vec::with_capacity(n);
     for i in 0..n {
         let name = format!("m{i}.load");
@@ -131,10 +184,19 @@ fn make_creds(auth: Auth, n: usize) -> Result<Creds, String> {
                     .map_err(e)?
                     .0,
             )),
+            Auth::Cert => {
+                let ca = ca.as_ref().ok_or("no CA")?;
+                let (key, cert) = ca.issue(&name)?;
+                MemberCred::Cert(Arc::new(key), cert)
+            }
         };
         members.push((name, cred));
     }
-    Ok(Creds { gcks_key, members })
+    Ok(Creds {
+        gcks_key,
+        members,
+        ca: ca.map(|c| c.der),
+    })
 }
 
 async fn open_store(url: &str, key_path: &Path) -> Result<Store, String> {
@@ -195,11 +257,18 @@ async fn provision(store: &Store, creds: &Creds) -> Result<(), String> {
         )
         .await
         .map_err(e)?;
+    let anchor = match &creds.ca {
+        Some(der) => Some(store.add_trust_anchor("load-ca", der).await.map_err(e)?),
+        None => None,
+    };
     for (name, cred) in &creds.members {
         let c = match cred {
             MemberCred::Psk(p) => NewCredential::Psk(p.clone()),
             MemberCred::Key(k) => NewCredential::RawPublicKey {
                 spki: k.public_key().to_spki().map_err(|e| e.to_string())?,
+            },
+            MemberCred::Cert(..) => NewCredential::X509 {
+                trust_anchors: anchor.into_iter().collect(),
             },
         };
         let m = store
@@ -228,7 +297,19 @@ fn member_config(name: &str, cred: &MemberCred, gcks_key: Option<&SigningKey>) -
                 schemes: vec![SignatureScheme::EcdsaP256Sha256],
             },
         ),
-        (MemberCred::Key(_), None) => unreachable!("ECDSA cases have a GCKS key"),
+        (MemberCred::Cert(k, cert), Some(g)) => (
+            LocalAuth::Signature {
+                key: k.clone(),
+                certs: vec![cert.clone()],
+            },
+            PeerAuth::PublicKey {
+                key: g.public_key(),
+                schemes: vec![SignatureScheme::EcdsaP256Sha256],
+            },
+        ),
+        (MemberCred::Key(_) | MemberCred::Cert(..), None) => {
+            unreachable!("ECDSA cases have a GCKS key")
+        }
     };
     IkeConfig::new(
         vec![suite()],
@@ -365,9 +446,16 @@ fn bare_pk_ns(auth: Auth, iterations: usize) -> Result<f64, String> {
             .start_and_complete(rng, &peer_pub)
             .map_err(e)?;
         std::hint::black_box((ours, secret));
-        if auth == Auth::Ecdsa {
+        if auth != Auth::Psk {
             let sig = gcks.sign(&octets).map_err(e)?;
             std::hint::black_box(sig);
+            member_pub
+                .verify(SignatureScheme::EcdsaP256Sha256, &octets, &member_sig)
+                .map_err(e)?;
+        }
+        if auth == Auth::Cert {
+            // The certificate's signature by the CA: one more P-256 verification (the
+            // to-be-signed part of a certificate is about as long as the AUTH input).
             member_pub
                 .verify(SignatureScheme::EcdsaP256Sha256, &octets, &member_sig)
                 .map_err(e)?;
@@ -430,12 +518,20 @@ fn start_gcks(
                 let _ = addr_tx.send(Err(m.clone()));
                 m
             };
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(threads.max(1))
-                .thread_name("gcks-srv")
-                .enable_all()
-                .build()
-                .map_err(|e| fail(e.to_string()))?;
+            // 0 worker threads: a current-thread runtime, everything on `gcks-main`
+            // (as `gcks serve` runs).
+            let rt = if threads == 0 {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+            } else {
+                tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(threads)
+                    .thread_name("gcks-srv")
+                    .enable_all()
+                    .build()
+            }
+            .map_err(|e| fail(e.to_string()))?;
             let store = Arc::new(rt.block_on(open_store(&url, &key_path)).map_err(&fail)?);
             let loader = StoreLoader::start(url.clone(), key_path.clone()).map_err(&fail)?;
             let cache = Arc::new(CredentialCache::new(
@@ -736,7 +832,8 @@ fn run(a: Args) -> Result<(), String> {
         .map(|s| match s.trim() {
             "psk" => Ok(Auth::Psk),
             "ecdsa" => Ok(Auth::Ecdsa),
-            o => Err(format!("--auth: {o:?} (psk, ecdsa)")),
+            "cert" => Ok(Auth::Cert),
+            o => Err(format!("--auth: {o:?} (psk, ecdsa, cert)")),
         })
         .collect::<Result<_, _>>()?;
     let stores: Vec<&str> = a
@@ -773,7 +870,11 @@ fn run(a: Args) -> Result<(), String> {
             continue;
         }
         for &auth in &auths {
-            let tag = if auth == Auth::Psk { "psk" } else { "ecdsa" };
+            let tag = match auth {
+                Auth::Psk => "psk",
+                Auth::Ecdsa => "ecdsa",
+                Auth::Cert => "cert",
+            };
             let dir = TempDir::new(tag)?;
             let pg_db = if store == "postgres" {
                 Some(PgDb::create(&a.pg, tag)?)

@@ -163,8 +163,12 @@ pub fn run(url: String, key_path: PathBuf, a: ServeArgs) -> Result<(), String> {
     } else {
         a.listen.clone()
     };
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    // One thread runs the endpoint, the sockets, the registrar and the store's queue: the
+    // endpoint is one task (its public-key work is serial anyway), and keeping the rest on
+    // its thread saves a cross-thread wake-up per datagram and per decision (measured:
+    // docs/performance.md, "gcks: registration load"). SQLite runs on sqlx's own worker
+    // thread, the credential loader on its own.
+    let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| format!("runtime: {e}"))?;
