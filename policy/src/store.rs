@@ -854,12 +854,50 @@ impl Store {
         groups.dedup();
         on_backend!(self, |pool, pg| {
             let mut tx = pool.begin_write().await?;
-            // 1. The members and every authorization they hold: one statement.
+            // 1. Lock the groups' state rows (as every state write does), with what the
+            // batch needs of each: capacity and the Sender-ID counter (a locked row is
+            // read in its newest version).
+            let in_groups = |q: &mut String| {
+                for (i, g) in groups.iter().enumerate() {
+                    if i > 0 {
+                        q.push_str(", ");
+                    }
+                    q.push_str(&g.0.to_string());
+                }
+                q.push(')');
+            };
+            let mut sql = String::from(
+                "SELECT gs.group_id, g.capacity, gs.next_sender_id, gs.sender_id_epoch, \
+                 g.sender_id_bits, g.max_sender_ids_per_member \
+                 FROM group_state gs JOIN groups g ON g.id = gs.group_id \
+                 WHERE gs.group_id IN (",
+            );
+            in_groups(&mut sql);
+            sql.push_str(lock_state(pg));
+            let locked: Vec<GroupLockRow> = sqlx::query_as(&sql).fetch_all(&mut *tx).await?;
+            let locked: HashMap<i64, GroupLockRow> = locked.into_iter().map(|r| (r.0, r)).collect();
+            // The members counted, in a statement of its own: on PostgreSQL a statement
+            // that waited for the lock still reads other tables as of its start, and a
+            // count taken in the locking statement would miss what the previous holder
+            // committed.
+            let mut sql =
+                String::from("SELECT group_id, COUNT(*) FROM memberships WHERE group_id IN (");
+            in_groups(&mut sql);
+            sql.push_str(" GROUP BY group_id");
+            let counted: HashMap<i64, i64> = sqlx::query_as::<_, (i64, i64)>(&sql)
+                .fetch_all(&mut *tx)
+                .await?
+                .into_iter()
+                .collect();
+            // 2. The members, every authorization they hold, and whether they are already
+            // counted in that group: one statement.
             let mut rows: Vec<MemberRoleRow> = Vec::new();
             for chunk in identities.chunks(BATCH_BINDS / 2) {
                 let mut q = sqlx::QueryBuilder::new(
-                    "SELECT m.id, m.id_type, m.id_value, a.group_id, a.role FROM members m \
+                    "SELECT m.id, m.id_type, m.id_value, a.group_id, a.role, \
+                     ms.member_id IS NOT NULL FROM members m \
                      LEFT JOIN authorizations a ON a.member_id = m.id \
+                     LEFT JOIN memberships ms ON ms.member_id = m.id AND ms.group_id = a.group_id \
                      WHERE (m.id_type, m.id_value) IN (VALUES ",
                 );
                 for (i, id) in chunk.iter().enumerate() {
@@ -876,16 +914,21 @@ impl Store {
                 rows.extend(q.build_query_as().fetch_all(&mut *tx).await?);
             }
             let mut members: HashMap<Identity, (MemberId, HashMap<i64, String>)> = HashMap::new();
-            for (id, ty, value, group, role) in rows {
+            // (group, member) pairs counted against the group's capacity.
+            let mut present: HashSet<(i64, i64)> = HashSet::new();
+            for (id, ty, value, group, role, counted) in rows {
                 let ty: u8 = int(ty, "members.id_type")?;
                 let e = members
                     .entry(Identity::new(ty.into(), value))
                     .or_insert_with(|| (MemberId(id), HashMap::new()));
                 if let (Some(g), Some(r)) = (group, role) {
                     e.1.insert(g, r);
+                    if counted == Some(true) {
+                        present.insert((g, id));
+                    }
                 }
             }
-            // 2. Authorization, in the registrar's order.
+            // 3. Authorization, in the registrar's order.
             let mut outcome: Vec<Option<RegistrationOutcome>> = Vec::with_capacity(batch.len());
             for w in batch {
                 let refused = match members.get(&w.member) {
@@ -908,7 +951,7 @@ impl Store {
                 };
                 outcome.push(refused.map(RegistrationOutcome::Refused));
             }
-            // 3. Per group: lock its state row, then capacity and Sender-IDs.
+            // 4. Per group: capacity and Sender-IDs.
             let mut joins: Vec<(i64, i64, i64)> = Vec::new();
             let mut allocations: Vec<(i64, i64, i64, i64, i64)> = Vec::new();
             let mut counters: BTreeMap<i64, i64> = BTreeMap::new();
@@ -919,16 +962,7 @@ impl Store {
                 if wanted.is_empty() {
                     continue;
                 }
-                let row: Option<(i64, i64, i64, Option<i64>, i64)> = sqlx::query_as(&format!(
-                    "SELECT g.capacity, gs.next_sender_id, gs.sender_id_epoch, \
-                         g.sender_id_bits, g.max_sender_ids_per_member FROM group_state gs \
-                         JOIN groups g ON g.id = gs.group_id WHERE gs.group_id = $1{}",
-                    lock_state(pg)
-                ))
-                .bind(g.0)
-                .fetch_optional(&mut *tx)
-                .await?;
-                let Some((cap, mut next, epoch, bits, per_member)) = row else {
+                let Some(&(_, cap, mut next, epoch, bits, per_member)) = locked.get(&g.0) else {
                     for &i in &wanted {
                         outcome[i] = Some(RegistrationOutcome::Refused(
                             RegistrationRefusal::Unavailable(format!("group {g} has no state row")),
@@ -936,33 +970,7 @@ impl Store {
                     }
                     continue;
                 };
-                let mut count: i64 =
-                    sqlx::query_scalar("SELECT COUNT(*) FROM memberships WHERE group_id = $1")
-                        .bind(g.0)
-                        .fetch_one(&mut *tx)
-                        .await?;
-                let mut ids: Vec<i64> = wanted
-                    .iter()
-                    .filter_map(|&i| members.get(&batch[i].member).map(|m| m.0.0))
-                    .collect();
-                ids.sort_unstable();
-                ids.dedup();
-                let mut q =
-                    sqlx::QueryBuilder::new("SELECT member_id FROM memberships WHERE group_id = ");
-                q.push_bind(g.0).push(" AND member_id IN (");
-                for (k, id) in ids.iter().enumerate() {
-                    if k > 0 {
-                        q.push(", ");
-                    }
-                    q.push_bind(*id);
-                }
-                q.push(")");
-                let mut present: HashSet<i64> = q
-                    .build_query_scalar::<i64>()
-                    .fetch_all(&mut *tx)
-                    .await?
-                    .into_iter()
-                    .collect();
+                let mut count = counted.get(&g.0).copied().unwrap_or(0);
                 let space: Option<i64> = match bits {
                     Some(b) => Some(1i64 << int::<u32>(b, "groups.sender_id_bits")?.min(32)),
                     None => None,
@@ -970,7 +978,7 @@ impl Store {
                 for &i in &wanted {
                     let w = &batch[i];
                     let member = members[&w.member].0;
-                    let newly = !present.contains(&member.0);
+                    let newly = !present.contains(&(g.0, member.0));
                     if newly && count >= cap {
                         outcome[i] = Some(RegistrationOutcome::Refused(
                             RegistrationRefusal::GroupFull {
@@ -1007,7 +1015,7 @@ impl Store {
                     }
                     if newly {
                         count += 1;
-                        present.insert(member.0);
+                        present.insert((g.0, member.0));
                         joins.push((g.0, member.0, to_db(w.now, "time")?));
                     }
                     outcome[i] = Some(RegistrationOutcome::Admitted {
@@ -1209,8 +1217,13 @@ impl Store {
 /// 65535).
 const BATCH_BINDS: usize = 4096;
 
-/// A member (id, identity) and one group it is authorized for, with the role.
-type MemberRoleRow = (i64, i64, Vec<u8>, Option<i64>, Option<String>);
+/// A member (id, identity) and one group it is authorized for, with the role and whether
+/// it is counted in that group.
+type MemberRoleRow = (i64, i64, Vec<u8>, Option<i64>, Option<String>, Option<bool>);
+
+/// A group's state row as a registration batch locks it: group, capacity, next
+/// Sender-ID, Sender-ID epoch, Sender-ID bits, per-member bound.
+type GroupLockRow = (i64, i64, i64, i64, Option<i64>, i64);
 
 /// The columns of one audit row, ready to bind.
 type AuditRow7 = (

@@ -27,8 +27,9 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use gikev2_gcks::commit_queue::StatsHandle;
 use gikev2_gcks::credentials::{CacheConfig, CredentialCache, StoreLoader};
+use gikev2_gcks::group_view::GroupViews;
 use gikev2_gcks::registrar::unix_now;
-use gikev2_gcks::{ServeConfig, Server, StoreRegistrar};
+use gikev2_gcks::{Registrar, RegistrationContext, ServeConfig, Server, StoreRegistrar};
 use gikev2_member::join;
 use gikev2_policy::{
     EspMode, GroupSpec, GroupWidePolicy, Identity, MasterKey, NewCredential, RekeyConfig,
@@ -37,10 +38,13 @@ use gikev2_policy::{
 use gikev2_proto::crypto::{
     IkeSuite, KeMethod, PublicKey, SecretBytes, SignatureScheme, SigningKey, SystemRandom,
 };
+use gikev2_proto::group::{BuildContext, MemberGrant, build_registration};
+use gikev2_proto::ike::Decision;
 use gikev2_proto::ike::{
     EndpointConfig, IkeConfig, LocalAuth, PeerAuth, PeerAuthResolver, RegistrationRequest,
     SinglePeer,
 };
+use gikev2_proto::registry::NotifyType;
 use gikev2_proto::registry::{EncrId, GcAuthId, KeId, KwaId, PrfId, SnId};
 use gikev2_proto::wire::{IdPayload, Transform};
 
@@ -61,7 +65,9 @@ struct Args {
     /// certificates from one CA, the member's trust anchor) (comma-separated).
     #[arg(long, default_value = "psk,ecdsa,cert")]
     auth: String,
-    /// Stores to test: sqlite, postgres (comma-separated).
+    /// Stores to test: sqlite, postgres (comma-separated); `memory` is the floor: the
+    /// group is read from SQLite once, then every registration is decided in memory
+    /// (no authorization, capacity, Sender-ID or audit writes).
     #[arg(long, default_value = "sqlite,postgres")]
     store: String,
     /// PostgreSQL server (trust auth); a uniquely named database is created and dropped.
@@ -89,6 +95,34 @@ impl Auth {
             Self::Psk => "PSK",
             Self::Ecdsa => "ECDSA P-256 (raw key)",
             Self::Cert => "ECDSA P-256 (certificate)",
+        }
+    }
+}
+
+/// The floor of the measurement: the same server and group view as `StoreRegistrar`,
+/// every registration accepted from memory without touching the store.
+struct InMemory(GroupViews);
+
+impl Registrar for InMemory {
+    async fn decide(&self, ctx: RegistrationContext) -> Decision {
+        let now = unix_now();
+        let idg = Identity::new(ctx.request.group.ty, ctx.request.group.data.clone());
+        let Ok(Some(view)) = self.0.get(&idg, now).await else {
+            return Decision::Refuse(NotifyType::InvalidGroupId);
+        };
+        let grant = MemberGrant {
+            sender: false,
+            sender_ids: Vec::new(),
+            wrap_keys: Vec::new(),
+            inband: view.inband,
+        };
+        match build_registration(&view.state, &grant, &ctx.kwk, &BuildContext { now }) {
+            Ok((gsa, kd)) => Decision::Accept {
+                gsa,
+                kd,
+                transport_mode: view.transport_mode,
+            },
+            Err(_) => Decision::Refuse(NotifyType::RegistrationFailed),
         }
     }
 }
@@ -356,6 +390,35 @@ fn own_cpu_ns() -> u64 {
         .unwrap_or(0)
 }
 
+/// The kernel's bare cost of the GCKS's datagrams in one registration, CPU ns: it sends
+/// three (IKE_SA_INIT, GSA_AUTH and Delete; on loopback the sender's CPU also delivers
+/// them) and receives three, so three `send_to` + `recv_from` pairs of 300 octets
+/// between two blocking loopback sockets on this thread. No runtime, no readiness
+/// polling: a lower bound of what any UDP server pays.
+fn bare_udp_ns(iterations: usize) -> Result<f64, String> {
+    let e = |e: std::io::Error| e.to_string();
+    let a = std::net::UdpSocket::bind("127.0.0.1:0").map_err(e)?;
+    let b = std::net::UdpSocket::bind("127.0.0.1:0").map_err(e)?;
+    let to = b.local_addr().map_err(e)?;
+    let out = [0x5au8; 300];
+    let mut buf = [0u8; 2048];
+    let mut once = || -> Result<(), String> {
+        for _ in 0..3 {
+            a.send_to(&out, to).map_err(e)?;
+            b.recv_from(&mut buf).map_err(e)?;
+        }
+        Ok(())
+    };
+    for _ in 0..iterations / 10 + 1 {
+        once()?;
+    }
+    let t0 = own_cpu_ns();
+    for _ in 0..iterations {
+        once()?;
+    }
+    Ok((own_cpu_ns() - t0) as f64 / iterations.max(1) as f64)
+}
+
 /// Whole-process user+system CPU (ns), dead threads included (clock ticks, 100 Hz).
 fn process_cpu_ns() -> u64 {
     let Ok(s) = std::fs::read_to_string("/proc/self/stat") else {
@@ -506,6 +569,7 @@ fn start_gcks(
     creds_gcks: Option<Arc<SigningKey>>,
     psk_any: Option<SecretBytes>,
     threads: usize,
+    in_memory: bool,
 ) -> Result<RunningGcks, String> {
     let (addr_tx, addr_rx) =
         std::sync::mpsc::channel::<Result<(SocketAddr, StatsHandle), String>>();
@@ -569,19 +633,25 @@ fn start_gcks(
                 ike_idle_close: Some(Duration::from_secs(1)),
             };
             rt.block_on(async move {
-                let registrar = StoreRegistrar::new(store.clone());
-                let stats = registrar.queue_stats();
-                let server = Server::bind(ike, cfg, registrar).map_err(|e| fail(e.to_string()))?;
-                let addr = *server
-                    .local_addrs()
-                    .first()
-                    .ok_or_else(|| fail("no socket".into()))?;
-                let _ = ready.send(Ok((addr, stats)));
-                server
-                    .run(async {
-                        let _ = stop_rx.await;
-                    })
-                    .await;
+                let stop = async {
+                    let _ = stop_rx.await;
+                };
+                if in_memory {
+                    let registrar = InMemory(GroupViews::new(store.clone(), Duration::MAX));
+                    let server =
+                        Server::bind(ike, cfg, registrar).map_err(|e| fail(e.to_string()))?;
+                    let addr = *server.local_addrs().first().ok_or("no socket")?;
+                    let _ = ready.send(Ok((addr, StatsHandle::default())));
+                    server.run(stop).await;
+                } else {
+                    let registrar = StoreRegistrar::new(store.clone());
+                    let stats = registrar.queue_stats();
+                    let server =
+                        Server::bind(ike, cfg, registrar).map_err(|e| fail(e.to_string()))?;
+                    let addr = *server.local_addrs().first().ok_or("no socket")?;
+                    let _ = ready.send(Ok((addr, stats)));
+                    server.run(stop).await;
+                }
                 store.close().await;
                 Ok(())
             })
@@ -598,6 +668,7 @@ fn start_gcks(
 }
 
 fn run_case(
+    in_memory: bool,
     url: &str,
     pg: Option<(&str, &str)>,
     dir: &Path,
@@ -627,6 +698,7 @@ fn run_case(
         creds.gcks_key.clone(),
         psk_any,
         a.gcks_threads,
+        in_memory,
     )?;
     let clients = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -840,8 +912,8 @@ fn run(a: Args) -> Result<(), String> {
         .store
         .split(',')
         .map(|s| match s.trim() {
-            s @ ("sqlite" | "postgres") => Ok(s),
-            o => Err(format!("--store: {o:?} (sqlite, postgres)")),
+            s @ ("sqlite" | "postgres" | "memory") => Ok(s),
+            o => Err(format!("--store: {o:?} (sqlite, postgres, memory)")),
         })
         .collect::<Result<_, _>>()?;
     println!(
@@ -849,10 +921,6 @@ fn run(a: Args) -> Result<(), String> {
          members on 1 client thread; X25519, AES-GCM-256, KW-256",
         a.registrations, a.concurrency, a.gcks_threads
     );
-    let mut pk = HashMap::new();
-    for &auth in &auths {
-        pk.insert(auth, bare_pk_ns(auth, a.pk_iterations)?);
-    }
     let mut rows = Vec::new();
     for &store in &stores {
         let pg_ok = if store == "postgres" {
@@ -886,7 +954,12 @@ fn run(a: Args) -> Result<(), String> {
                 None => format!("sqlite://{}?mode=rwc", dir.0.join("gcks.db").display()),
             };
             let pg_ref = pg_db.as_ref().map(|p| (a.pg.as_str(), p.name.as_str()));
-            let o = run_case(&url, pg_ref, &dir.0, auth, &a)?;
+            // The bare cost just before and just after the case, so that both see the
+            // machine as the case did (it is shared).
+            let pk_before = bare_pk_ns(auth, a.pk_iterations)?;
+            let o = run_case(store == "memory", &url, pg_ref, &dir.0, auth, &a)?;
+            let pk = (pk_before + bare_pk_ns(auth, a.pk_iterations)?) / 2.0;
+            let udp = bare_udp_ns(a.pk_iterations * 20)?;
             if let Some(e) = &o.first_error {
                 println!("{store}/{}: {} failed, first: {e}", auth.name(), o.failed);
             }
@@ -913,23 +986,23 @@ fn run(a: Args) -> Result<(), String> {
                 o.batches.0,
                 o.batches.1 as f64 / o.batches.0.max(1) as f64
             );
-            rows.push((store, auth, o));
+            rows.push((store, auth, o, pk, udp));
         }
     }
     println!();
     println!(
         "| store | member auth | ok/total | reg/s | p50 ms | p99 ms | GCKS CPU/reg ms (threads) | \
          same (process - clients) | PG backend CPU/reg ms | clients CPU/reg ms | bare PK ms | \
-         ratio | ratio incl. PG backend |"
+         ratio | ratio incl. PG backend | bare UDP ms | ratio to PK + UDP |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
-    for (store, auth, o) in &rows {
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    for (store, auth, o, pk, udp) in &rows {
         let n = o.ok.max(1) as f64;
         let per = o.gcks_cpu_ns as f64 / n / 1e6;
-        let bare = pk[auth] / 1e6;
+        let bare = pk / 1e6;
         let pg_per = o.pg_cpu_ns as f64 / n / 1e6;
         println!(
-            "| {store} | {} | {}/{} | {:.0} | {:.2} | {:.2} | {:.3} | {:.3} | {} | {:.3} | {:.3} | {:.1} | {} |",
+            "| {store} | {} | {}/{} | {:.0} | {:.2} | {:.2} | {:.3} | {:.3} | {} | {:.3} | {:.3} | {:.1} | {} | {:.3} | {:.2} |",
             auth.name(),
             o.ok,
             o.ok + o.failed,
@@ -951,6 +1024,8 @@ fn run(a: Args) -> Result<(), String> {
             } else {
                 "-".into()
             },
+            udp / 1e6,
+            per / (bare + udp / 1e6),
         );
     }
     Ok(())
