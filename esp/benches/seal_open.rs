@@ -434,11 +434,17 @@ fn bench_seal_open(c: &mut Criterion) {
 /// stay in a 48 KiB L1 cache the way one buffer does); the single in-place calls and the
 /// copying `seal` / `open` follow, compared with the bare call on one buffer.
 fn paired_report() {
-    const ROUNDS: usize = 300;
+    // `GIKEV2_BENCH_ROUNDS` (default 300) and `GIKEV2_BENCH_FILTER` (a substring of
+    // "algorithm/size", e.g. `aes-gcm-16-128/1400`) narrow the report, e.g. for a profiler.
+    let rounds: usize = std::env::var("GIKEV2_BENCH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(300);
+    let filter = std::env::var("GIKEV2_BENCH_FILTER").unwrap_or_default();
     const BATCH: u32 = 256;
     let now = Instant::now();
     eprintln!(
-        "\npaired ({ROUNDS} rounds of {BATCH}-packet batches; ns per packet, medians; ratio = \
+        "\npaired ({rounds} rounds of {BATCH}-packet batches; ns per packet, medians; ratio = \
          bare / engine): algorithm | size | bare_seal x32 | seal_batch32 | ratio | bare_open x32 \
          | open_batch32 | ratio || bare_seal | seal_in_place | ratio | bare_open | open_in_place \
          | ratio || seal (copy) | ratio | open (copy) | ratio"
@@ -453,9 +459,12 @@ fn paired_report() {
     let b32 = DP_BATCH as u32;
     for (name, alg) in ALGS {
         for len in SIZES {
+            if !format!("{name}/{len}").contains(&filter) {
+                continue;
+            }
             let (mut e, mut b) = setup(alg, len, now);
             let mut t: [Vec<f64>; 10] = Default::default();
-            for _ in 0..ROUNDS {
+            for _ in 0..rounds {
                 t[0].push(time(BATCH, 1, &mut || b.seal()));
                 t[1].push(time(BATCH / b32, b32, &mut || {
                     black_box(e.seal_batch());

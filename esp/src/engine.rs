@@ -983,7 +983,7 @@ impl Engine {
         let body_len = esp_len
             .checked_sub(ESP_HEADER_LEN + iv_len + icv_len)
             .ok_or(DropReason::Malformed)?;
-        if body_len < 2 || body_len % align.max(1) != 0 {
+        if body_len < 2 || packet::rem(body_len, align.max(1)) != 0 {
             return Err(DropReason::Malformed);
         }
         // Preliminary replay check, before any cryptographic work (RFC 4303 3.4.3).

@@ -99,6 +99,7 @@ fn arr<const N: usize>(b: &[u8], i: usize) -> Result<[u8; N], IpError> {
 
 /// Reads an IPv4 or IPv6 header. Trailing bytes beyond the header's total length are
 /// ignored (`total_len` tells where the packet ends).
+#[inline]
 pub fn parse(packet: &[u8]) -> Result<IpInfo, IpError> {
     match byte(packet, 0)? >> 4 {
         4 => parse_v4(packet),
@@ -107,23 +108,26 @@ pub fn parse(packet: &[u8]) -> Result<IpInfo, IpError> {
     }
 }
 
+/// The IPv4 header (RFC 791 3.1): one bounds check for the fixed 20 octets, then fixed
+/// offsets.
+#[inline]
 fn parse_v4(p: &[u8]) -> Result<IpInfo, IpError> {
     let ihl = usize::from(byte(p, 0)? & 0x0f) * 4;
     if ihl < IPV4_MIN_HEADER {
         return Err(IpError::BadHeaderLength);
     }
+    let h: &[u8; IPV4_MIN_HEADER] = p.first_chunk().ok_or(IpError::Truncated)?;
     if p.len() < ihl {
         return Err(IpError::Truncated);
     }
-    let total_len = usize::from(u16_at(p, 2)?);
+    let total_len = usize::from(u16::from_be_bytes([h[2], h[3]]));
     if total_len < ihl || total_len > p.len() {
         return Err(IpError::BadTotalLength);
     }
-    let frag = u16_at(p, 6)?;
-    let non_initial_fragment = frag & 0x1fff != 0;
-    let protocol = byte(p, 9)?;
-    let src = IpAddr::V4(Ipv4Addr::from(arr::<4>(p, 12)?));
-    let dst = IpAddr::V4(Ipv4Addr::from(arr::<4>(p, 16)?));
+    let non_initial_fragment = u16::from_be_bytes([h[6], h[7]]) & 0x1fff != 0;
+    let protocol = h[9];
+    let src = IpAddr::V4(Ipv4Addr::new(h[12], h[13], h[14], h[15]));
+    let dst = IpAddr::V4(Ipv4Addr::new(h[16], h[17], h[18], h[19]));
     let body = p.get(ihl..total_len).ok_or(IpError::Truncated)?;
     let ports = ports_of(protocol, body, non_initial_fragment);
     Ok(IpInfo {
@@ -190,6 +194,7 @@ fn parse_v6(p: &[u8]) -> Result<IpInfo, IpError> {
     })
 }
 
+#[inline]
 fn ports_of(protocol: u8, body: &[u8], non_initial_fragment: bool) -> Ports {
     let two_ports = matches!(
         protocol,
@@ -215,8 +220,14 @@ fn ports_of(protocol: u8, body: &[u8], non_initial_fragment: bool) -> Ports {
     }
 }
 
-/// The Internet checksum of an IPv4 header (RFC 791), with the checksum field as stored.
+/// The Internet checksum of an IPv4 header (RFC 791 3.1, RFC 1071), with the checksum field
+/// as stored. The 20-octet header without options, which every header we build is, takes a
+/// straight-line sum of its ten words.
+#[inline]
 pub(crate) fn ipv4_checksum(header: &[u8]) -> u16 {
+    if let Ok(h) = <&[u8; IPV4_MIN_HEADER]>::try_from(header) {
+        return ipv4_checksum_20(h);
+    }
     let mut sum: u32 = 0;
     for pair in header.chunks(2) {
         let word = match pair {
@@ -226,6 +237,20 @@ pub(crate) fn ipv4_checksum(header: &[u8]) -> u16 {
         };
         sum += u32::from(word);
     }
+    fold(sum)
+}
+
+/// [`ipv4_checksum`] of a header without options.
+#[inline]
+fn ipv4_checksum_20(h: &[u8; IPV4_MIN_HEADER]) -> u16 {
+    let w = |i: usize| u32::from(u16::from_be_bytes([h[i], h[i + 1]]));
+    let sum = w(0) + w(2) + w(4) + w(6) + w(8) + w(10) + w(12) + w(14) + w(16) + w(18);
+    fold(sum)
+}
+
+/// One's complement of the one's complement sum (RFC 1071 4.1: fold the carries back in).
+#[inline]
+fn fold(mut sum: u32) -> u16 {
     while sum > 0xffff {
         sum = (sum & 0xffff) + (sum >> 16);
     }
@@ -246,6 +271,7 @@ pub(crate) struct OuterParams {
 }
 
 /// Length of the outer header `write_outer` produces for this address family.
+#[inline]
 pub(crate) fn outer_len(v6: bool) -> usize {
     if v6 { IPV6_HEADER } else { IPV4_MIN_HEADER }
 }
@@ -254,6 +280,7 @@ pub(crate) fn outer_len(v6: bool) -> usize {
 /// the outer header of tunnel mode (`protocol` ESP), or a rebuilt transport-mode header.
 /// `payload_len` is everything after the header. Returns `None` if the sizes do not fit the
 /// header's length field or the addresses are of mixed families.
+#[inline]
 pub(crate) fn write_outer(
     out: &mut [u8],
     p: &OuterParams,
@@ -296,6 +323,7 @@ pub(crate) fn write_outer(
 }
 
 /// Reads TOS/Traffic Class, TTL/Hop Limit and DF from a header already validated by `parse`.
+#[inline]
 pub(crate) fn inner_params(packet: &[u8], v6: bool) -> (u8, u8, bool) {
     if v6 {
         let b0 = packet.first().copied().unwrap_or(0);
@@ -421,6 +449,44 @@ mod tests {
         assert_eq!(i.payload_offset, 48);
         assert_eq!(i.protocol_field, 40);
         assert_eq!(i.ports, Ports::Known { src: 5, dst: 6 });
+    }
+
+    /// RFC 1071 the long way: every 16-bit word, summed, folded, complemented.
+    fn checksum_reference(h: &[u8]) -> u16 {
+        let mut sum: u64 = 0;
+        for (i, b) in h.iter().enumerate() {
+            sum += u64::from(*b) << if i % 2 == 0 { 8 } else { 0 };
+        }
+        while sum > 0xffff {
+            sum = (sum & 0xffff) + (sum >> 16);
+        }
+        !(sum as u16)
+    }
+
+    proptest::proptest! {
+        /// The straight-line sum of a 20-octet header and the loop over headers with
+        /// options give the reference checksum.
+        #[test]
+        fn checksum_matches_reference(h in proptest::collection::vec(proptest::num::u8::ANY, 20..=60)) {
+            proptest::prop_assert_eq!(ipv4_checksum(&h), checksum_reference(&h));
+            proptest::prop_assert_eq!(ipv4_checksum(&h[..20]), checksum_reference(&h[..20]));
+        }
+
+        /// `parse` never panics on arbitrary octets, and what it reads of an IPv4 header
+        /// agrees with the fixed offsets of RFC 791 3.1.
+        #[test]
+        fn parse_v4_reads_fixed_offsets(mut p in proptest::collection::vec(proptest::num::u8::ANY, 0..80)) {
+            if let Some(b) = p.first_mut() {
+                *b = 0x40 | (*b & 0x0f);
+            }
+            if let Ok(i) = parse(&p) {
+                proptest::prop_assert_eq!(i.payload_offset, usize::from(p[0] & 0x0f) * 4);
+                proptest::prop_assert_eq!(i.total_len, usize::from(u16::from_be_bytes([p[2], p[3]])));
+                proptest::prop_assert_eq!(i.protocol, p[9]);
+                proptest::prop_assert_eq!(i.src, IpAddr::from([p[12], p[13], p[14], p[15]]));
+                proptest::prop_assert_eq!(i.dst, IpAddr::from([p[16], p[17], p[18], p[19]]));
+            }
+        }
     }
 
     #[test]
