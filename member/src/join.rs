@@ -23,6 +23,9 @@ pub struct Joined {
     pub kwk: KeyWrapKey,
     /// The IKE SA, still open: the GCKS closes it by convention (RFC 9838 2.3.3).
     pub sa: IkeSa,
+    /// The socket the IKE SA runs on (connected to the GCKS), to answer what the GCKS
+    /// sends next, such as its Delete.
+    pub socket: UdpSocket,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -81,6 +84,7 @@ pub async fn join(
                         transport_mode,
                         kwk,
                         sa,
+                        socket: sock,
                     });
                 }
                 Event::RegistrationRefused { notify, .. } => {

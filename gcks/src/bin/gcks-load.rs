@@ -30,7 +30,7 @@ use gikev2_gcks::credentials::{CacheConfig, CredentialCache, StoreLoader};
 use gikev2_gcks::group_view::GroupViews;
 use gikev2_gcks::registrar::unix_now;
 use gikev2_gcks::{Registrar, RegistrationContext, ServeConfig, Server, StoreRegistrar};
-use gikev2_member::join;
+use gikev2_member::join::{Joined, join};
 use gikev2_policy::{
     EspMode, GroupSpec, GroupWidePolicy, Identity, MasterKey, NewCredential, RekeyConfig,
     RekeyMode, Role, Selector, Store, TekPolicySpec, TekProtocol,
@@ -39,7 +39,7 @@ use gikev2_proto::crypto::{
     IkeSuite, KeMethod, PublicKey, SecretBytes, SignatureScheme, SigningKey, SystemRandom,
 };
 use gikev2_proto::group::{BuildContext, MemberGrant, build_registration};
-use gikev2_proto::ike::Decision;
+use gikev2_proto::ike::{Decision, Event};
 use gikev2_proto::ike::{
     EndpointConfig, IkeConfig, LocalAuth, PeerAuth, PeerAuthResolver, RegistrationRequest,
     SinglePeer,
@@ -758,7 +758,11 @@ fn run_case(
                     let t = Instant::now();
                     let r = join(ike, gcks, request, false, Duration::from_secs(10)).await;
                     out.push(match r {
-                        Ok(_) => Ok(t.elapsed()),
+                        Ok(joined) => {
+                            let latency = t.elapsed();
+                            tokio::spawn(stay_until_closed(joined));
+                            Ok(latency)
+                        }
                         Err(e) => Err(format!("{name}: {e}")),
                     });
                 }
@@ -824,6 +828,30 @@ fn run_case(
             batches1.registrations - batches0.registrations,
         ),
     })
+}
+
+/// Plays the member after its registration, as `gm` does: answers what the GCKS sends on
+/// the IKE SA (its Delete when it closes the idle SA, RFC 9838 2.3.4) until the SA closes
+/// or 10 s pass. Without it the GCKS's Delete meets a closed port and is retransmitted.
+async fn stay_until_closed(joined: Joined) {
+    let Joined { mut sa, socket, .. } = joined;
+    let mut rng = SystemRandom::new();
+    let mut buf = vec![0u8; 65_535];
+    let end = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let Ok(Ok(n)) = tokio::time::timeout_at(end, socket.recv(&mut buf)).await else {
+            return;
+        };
+        sa.handle(&buf[..n], Instant::now(), &mut rng);
+        while let Some(d) = sa.poll_transmit() {
+            let _ = socket.send(&d).await;
+        }
+        while let Some(e) = sa.poll_event() {
+            if matches!(e, Event::Closed(_)) {
+                return;
+            }
+        }
+    }
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> f64 {
