@@ -163,12 +163,14 @@ pub fn run(url: String, key_path: PathBuf, a: ServeArgs) -> Result<(), String> {
     } else {
         a.listen.clone()
     };
-    // One thread runs the endpoint, the sockets, the registrar and the store's queue: the
-    // endpoint is one task (its public-key work is serial anyway), and keeping the rest on
-    // its thread saves a cross-thread wake-up per datagram and per decision (measured:
-    // docs/performance.md, "gcks: registration load"). SQLite runs on sqlx's own worker
-    // thread, the credential loader on its own.
-    let rt = tokio::runtime::Builder::new_current_thread()
+    // Two workers: the socket readers keep draining the sockets while the endpoint task
+    // does public-key work, which matters under an IKE_SA_INIT flood (a one-thread runtime
+    // was measured to let the sockets overflow on a loaded 2-CPU host, so that a real
+    // member's requests were lost and it registered only after retransmissions; CPU per
+    // registration was the same within the noise: docs/performance.md, "gcks:
+    // registration load").
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
         .enable_all()
         .build()
         .map_err(|e| format!("runtime: {e}"))?;
