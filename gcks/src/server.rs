@@ -1,5 +1,7 @@
 //! The GCKS runtime: UDP sockets around the sans-IO [`Endpoint`] (STYLE Q6: the runtime only
-//! drives). One task owns the endpoint; one task per socket receives; registration decisions
+//! drives). One task owns the endpoint; one task per socket receives (stripping the non-ESP
+//! marker and applying the per-source IKE_SA_INIT limit, so a flood is shed before it queues
+//! for the endpoint); registration decisions
 //! run as their own tasks so a slow policy lookup never stalls the endpoint.
 //!
 //! Registration decisions come back as a [`Verdict`]: the [`Decision`] for the member and
@@ -291,16 +293,47 @@ impl<R: Registrar> Server<R> {
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         let (dg_tx, mut dg_rx) = mpsc::channel::<(usize, SocketAddr, Vec<u8>)>(1024);
         let (dec_tx, mut dec_rx) = mpsc::channel::<Decided>(256);
+        let ports: Vec<u16> = self
+            .sockets
+            .iter()
+            .map(|s| s.local_addr().map(|a| a.port()).unwrap_or(0))
+            .collect();
+        // The per-source IKE_SA_INIT limit is applied by the readers, so that a flood is
+        // shed before it queues for the endpoint (which does the public-key work).
+        let limiter = Arc::new(Mutex::new(RateLimiter::new(
+            self.config.init_rate_per_source,
+        )));
         let mut readers = Vec::new();
         for (i, s) in self.sockets.iter().enumerate() {
             let s = s.clone();
             let tx = dg_tx.clone();
+            let limiter = limiter.clone();
+            let nat_t = ports[i] == NAT_T_PORT;
             readers.push(tokio::spawn(async move {
                 let mut buf = vec![0u8; MAX_DATAGRAM];
                 loop {
                     match s.recv_from(&mut buf).await {
                         Ok((n, from)) => {
-                            if tx.send((i, from, buf[..n].to_vec())).await.is_err() {
+                            let data = &buf[..n];
+                            let ike = if nat_t {
+                                match classify_port_4500(data) {
+                                    Ok(Port4500::Ike(m)) => m,
+                                    _ => continue, // ESP or keepalive: not ours
+                                }
+                            } else {
+                                data
+                            };
+                            if Endpoint::is_init_request(ike) {
+                                let allowed = limiter
+                                    .lock()
+                                    .map(|mut l| l.allow(from.ip(), Instant::now()))
+                                    .unwrap_or(true);
+                                if !allowed {
+                                    debug!(%from, "IKE_SA_INIT rate limit");
+                                    continue;
+                                }
+                            }
+                            if tx.send((i, from, ike.to_vec())).await.is_err() {
                                 return;
                             }
                         }
@@ -323,14 +356,8 @@ impl<R: Registrar> Server<R> {
             Instant::now(),
             &mut rng,
         );
-        let ports: Vec<u16> = self
-            .sockets
-            .iter()
-            .map(|s| s.local_addr().map(|a| a.port()).unwrap_or(0))
-            .collect();
         // Which socket a peer talks to us on, so answers leave from the same port.
         let mut route: HashMap<SocketAddr, usize> = HashMap::new();
-        let mut limiter = RateLimiter::new(self.config.init_rate_per_source);
         let mut tracker = SaTracker::default();
         let idle = self.config.ike_idle_close;
         tokio::pin!(shutdown);
@@ -356,19 +383,8 @@ impl<R: Registrar> Server<R> {
                             Err(_) => break,
                         }
                     }
-                    for (i, from, data) in batch {
-                        let ike = if ports[i] == NAT_T_PORT {
-                            match classify_port_4500(&data) {
-                                Ok(Port4500::Ike(m)) => m.to_vec(),
-                                _ => continue, // ESP or keepalive: not ours
-                            }
-                        } else {
-                            data
-                        };
-                        if Endpoint::is_init_request(&ike) && !limiter.allow(from.ip(), now) {
-                            debug!(%from, "IKE_SA_INIT rate limit");
-                            continue;
-                        }
+                    // The readers stripped the non-ESP marker and applied the rate limit.
+                    for (i, from, ike) in batch {
                         route.insert(from, i);
                         endpoint.handle(&ike, from, now, &mut rng);
                         let claimed = self.claimed.lock().ok().and_then(|mut c| c.take());
@@ -412,7 +428,9 @@ impl<R: Registrar> Server<R> {
                     debug!(error = %e, %to, "send_to");
                 }
             }
-            limiter.prune(Instant::now());
+            if let Ok(mut l) = limiter.lock() {
+                l.prune(Instant::now());
+            }
             if route.len() > MAX_ROUTES {
                 // Routes are only hints (the socket to answer from); forget them all
                 // rather than grow without bound under a flood of sources.

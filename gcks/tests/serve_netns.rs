@@ -418,7 +418,9 @@ fn join_in(
             .enable_all()
             .build()
             .unwrap();
-        let j = rt.block_on(join(ike, gcks, req, false, Duration::from_secs(15)))?;
+        // Generous: a member competing with the IKE_SA_INIT flood test on a loaded CI host
+        // may need several retransmissions (RFC 7296 2.1); answers come in milliseconds.
+        let j = rt.block_on(join(ike, gcks, req, false, Duration::from_secs(40)))?;
         let keys = read_registration(&j.gsa, &j.kd, &j.kwk, role).expect("valid GSA/KD");
         Ok(Registered {
             keys,
