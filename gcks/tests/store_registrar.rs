@@ -232,6 +232,63 @@ async fn in_band_groups_keep_the_ike_sa_and_get_no_rekey_sa() {
     );
 }
 
+/// Registrations in flight share store transactions (group commit), and each still gets
+/// its own audit row and answer.
+#[tokio::test(flavor = "current_thread")]
+async fn registrations_in_flight_share_one_store_transaction() {
+    let f = fixture().await;
+    let names: Vec<String> = (0..12).map(|i| format!("r{i}.example")).collect();
+    for n in &names {
+        add_psk_member(&f.store, n, &[("g", Role::Receiver)]).await;
+    }
+    add_psk_member(&f.store, "outsider.example", &[("ib", Role::Receiver)]).await;
+    let registrar = Arc::new(StoreRegistrar::new(f.store.clone()));
+    let stats = registrar.queue_stats();
+    let mut tasks: Vec<_> = names
+        .iter()
+        .map(|n| {
+            let r = registrar.clone();
+            let c = ctx(n, "g", None);
+            tokio::spawn(async move { r.register(c).await })
+        })
+        .collect();
+    {
+        let r = registrar.clone();
+        tasks.push(tokio::spawn(async move {
+            r.register(ctx("outsider.example", "g", None)).await
+        }));
+    }
+    let mut accepted = 0;
+    for t in tasks {
+        match t.await.unwrap().decision {
+            Decision::Accept { .. } => accepted += 1,
+            Decision::Refuse(n) => assert_eq!(n, NotifyType::AuthorizationFailed),
+        }
+    }
+    assert_eq!(accepted, 12);
+    let s = stats.get();
+    assert_eq!(
+        s.registrations, 13,
+        "every registration went through the queue"
+    );
+    assert!(
+        s.batches < s.registrations,
+        "{} batches for {} registrations",
+        s.batches,
+        s.registrations
+    );
+    let audit = f.store.audit_events(100).await.unwrap();
+    assert_eq!(audit.len(), 13, "one audit row each");
+    assert_eq!(
+        audit
+            .iter()
+            .filter(|r| r.event.outcome == AuditOutcome::Refused)
+            .count(),
+        1
+    );
+    assert_eq!(f.store.member_count(f.multicast).await.unwrap(), 12);
+}
+
 /// The group's view is shared between registrations (policy TTL), but an SA reaching its
 /// renew margin is renewed at once, and what depends on the member (authorization,
 /// capacity) is read from the store every time.
