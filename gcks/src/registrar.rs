@@ -354,7 +354,7 @@ impl Registrar for StoreRegistrar {
         }
     }
 
-    async fn left(&self, peer_id: IdPayload, group: IdPayload) {
+    async fn left(&self, peer_id: IdPayload, group: IdPayload, notify: NotifyType) {
         let peer = identity(&peer_id);
         let idg = identity(&group);
         let removed = async {
@@ -369,10 +369,16 @@ impl Registrar for StoreRegistrar {
                 .await
         }
         .await;
+        // RFC 9838 2.3.3: NO_PROPOSAL_CHOSEN is a member that cannot accept the policy it
+        // was given; any other error notify is a member leaving (2.3.2).
+        let why = match notify {
+            NotifyType::NoProposalChosen => "rejected the group's policy".to_string(),
+            n => format!("left the group ({})", notify_name(n)),
+        };
         let reason = match removed {
-            Ok(true) => "left the group (GSA_REGISTRATION with IDg and an error notify)".into(),
-            Ok(false) => "asked to leave a group it was not in".into(),
-            Err(e) => format!("leave not recorded in memberships: {e}"),
+            Ok(true) => why,
+            Ok(false) => format!("{why}, but was not counted in it"),
+            Err(e) => format!("{why}; not recorded in memberships: {e}"),
         };
         info!(peer = %peer, group = %idg, "{reason}");
         self.audit(AuditEvent {

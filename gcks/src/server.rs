@@ -124,8 +124,14 @@ pub trait Registrar: Send + Sync + 'static {
         }
     }
 
-    /// A member left a group (RFC 9838 2.3.2, Figure 8).
-    fn left(&self, _peer_id: IdPayload, _group: IdPayload) -> impl Future<Output = ()> + Send {
+    /// A member left a group, or rejected its policy, with GSA_REGISTRATION carrying IDg
+    /// and the error notify `notify` (RFC 9838 2.3.2, Figure 8; 2.3.3).
+    fn left(
+        &self,
+        _peer_id: IdPayload,
+        _group: IdPayload,
+        _notify: gikev2_proto::registry::NotifyType,
+    ) -> impl Future<Output = ()> + Send {
         async {}
     }
 
@@ -502,13 +508,17 @@ impl<R: Registrar> Server<R> {
                             .await;
                     });
                 }
-                Event::LeaveRequested { peer_id, group, .. } => {
+                Event::LeaveRequested {
+                    peer_id,
+                    group,
+                    notify,
+                } => {
                     if let Some(g) = tracker.kept.get_mut(&h) {
                         g.remove(&group);
                     }
                     tracker.touched(h, now, idle);
                     let registrar = self.registrar.clone();
-                    tokio::spawn(async move { registrar.left(peer_id, group).await });
+                    tokio::spawn(async move { registrar.left(peer_id, group, notify).await });
                 }
                 Event::Established { peer_id } => info!(?peer_id, "member authenticated"),
                 Event::Closed(reason) => {

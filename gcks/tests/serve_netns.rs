@@ -756,7 +756,12 @@ fn registration_scenario(postgres: bool) {
         (w.rt.block_on(store.member_count(group.id)).unwrap() == 2).then_some(())
     })
     .unwrap();
-    let left = audit_row(&w, &store, "recv2.gk", "left the group");
+    let left = audit_row(
+        &w,
+        &store,
+        "recv2.gk",
+        "left the group (REGISTRATION_FAILED)",
+    );
     assert_eq!(left.event.outcome, AuditOutcome::Left);
     let extra = join_in(
         h2,

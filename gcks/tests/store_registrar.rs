@@ -232,6 +232,38 @@ async fn in_band_groups_keep_the_ike_sa_and_get_no_rekey_sa() {
     );
 }
 
+/// A member that rejects the group's policy (RFC 9838 2.3.3: GSA_REGISTRATION with IDg and
+/// NO_PROPOSAL_CHOSEN) is told apart from one that leaves (2.3.2) in the audit log; both
+/// free their place.
+#[tokio::test(flavor = "current_thread")]
+async fn leaving_and_rejecting_the_policy_are_audited_apart() {
+    let f = fixture().await;
+    add_psk_member(&f.store, "a.example", &[("g", Role::Receiver)]).await;
+    add_psk_member(&f.store, "b.example", &[("g", Role::Receiver)]).await;
+    let registrar = StoreRegistrar::new(f.store.clone());
+    for who in ["a.example", "b.example"] {
+        let v = registrar.register(ctx(who, "g", None)).await;
+        assert!(matches!(v.decision, Decision::Accept { .. }));
+    }
+    assert_eq!(f.store.member_count(f.multicast).await.unwrap(), 2);
+    let peer = |id: &str| IdPayload::fqdn(id).unwrap();
+    let g = IdPayload::key_id(b"g".to_vec());
+    registrar
+        .left(peer("a.example"), g.clone(), NotifyType::NoProposalChosen)
+        .await;
+    registrar
+        .left(peer("b.example"), g, NotifyType::RegistrationFailed)
+        .await;
+    assert_eq!(f.store.member_count(f.multicast).await.unwrap(), 0);
+    let audit = f.store.audit_events(2).await.unwrap();
+    assert_eq!(audit[1].event.reason, "rejected the group's policy");
+    assert_eq!(
+        audit[0].event.reason,
+        "left the group (REGISTRATION_FAILED)"
+    );
+    assert!(audit.iter().all(|r| r.event.outcome == AuditOutcome::Left));
+}
+
 /// Registrations in flight share store transactions (group commit), and each still gets
 /// its own audit row and answer.
 #[tokio::test(flavor = "current_thread")]

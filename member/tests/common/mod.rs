@@ -212,7 +212,12 @@ impl Registrar for Shared {
         }
     }
 
-    async fn left(&self, peer_id: IdPayload, group: IdPayload) {
+    async fn left(
+        &self,
+        peer_id: IdPayload,
+        group: IdPayload,
+        _notify: gikev2_proto::registry::NotifyType,
+    ) {
         self.0.left.lock().unwrap().push((peer_id, group));
         self.0.left_notify.notify_waiters();
         self.0.left_notify.notify_one();
