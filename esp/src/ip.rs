@@ -322,6 +322,134 @@ pub(crate) fn write_outer(
     }
 }
 
+/// The outer IPv4 header of a tunnel-mode SA with IPv4 endpoints, prepared once per batch
+/// (RFC 4301 5.1.2.1, RFC 5374 5.1): what is the same for every packet (version and IHL,
+/// protocol ESP, the endpoint addresses that are not preserved, the TTL when no address is
+/// preserved) is summed once for the header checksum (RFC 1071: the one's complement sum
+/// does not depend on the order of the words), and per packet only TOS, total length,
+/// identification, DF, a copied TTL and the preserved addresses are added. The header is the
+/// one [`write_outer`] writes for the same values (tested).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct OuterV4 {
+    local: [u8; 4],
+    remote: [u8; 4],
+    preserve_src: bool,
+    preserve_dst: bool,
+    /// RFC 5374 3.1 as the engine reads it: with any address preserved the TTL is the
+    /// inner one; otherwise [`crate::packet::DEFAULT_TTL`].
+    copy_ttl: bool,
+    fixed_ttl: u8,
+    /// Sum of the 16-bit words that do not change from packet to packet.
+    fixed_sum: u32,
+}
+
+#[inline]
+fn addr_sum(a: [u8; 4]) -> u32 {
+    u32::from(u16::from_be_bytes([a[0], a[1]])) + u32::from(u16::from_be_bytes([a[2], a[3]]))
+}
+
+impl OuterV4 {
+    pub(crate) fn new(
+        local: Ipv4Addr,
+        remote: Ipv4Addr,
+        preserve_src: bool,
+        preserve_dst: bool,
+        fixed_ttl: u8,
+    ) -> Self {
+        let (local, remote) = (local.octets(), remote.octets());
+        let copy_ttl = preserve_src || preserve_dst;
+        let mut fixed_sum = 0x4500 + u32::from(proto::ESP);
+        if !copy_ttl {
+            fixed_sum += u32::from(fixed_ttl) << 8;
+        }
+        if !preserve_src {
+            fixed_sum += addr_sum(local);
+        }
+        if !preserve_dst {
+            fixed_sum += addr_sum(remote);
+        }
+        Self {
+            local,
+            remote,
+            preserve_src,
+            preserve_dst,
+            copy_ttl,
+            fixed_ttl,
+            fixed_sum,
+        }
+    }
+
+    /// Writes the outer header in front of an IPv4 packet whose header is `inner`: TOS and
+    /// DF copied (RFC 4301 5.1.2.1, 8.1), `total` the outer packet's length, `ident` the
+    /// identification.
+    #[inline]
+    pub(crate) fn write(
+        &self,
+        h: &mut [u8; IPV4_MIN_HEADER],
+        inner: &[u8; IPV4_MIN_HEADER],
+        total: u16,
+        ident: u16,
+    ) {
+        let tos = inner[1];
+        let flags: u16 = if inner[6] & 0x40 != 0 { 0x4000 } else { 0 };
+        let ttl = if self.copy_ttl {
+            inner[8]
+        } else {
+            self.fixed_ttl
+        };
+        let src: [u8; 4] = if self.preserve_src {
+            [inner[12], inner[13], inner[14], inner[15]]
+        } else {
+            self.local
+        };
+        let dst: [u8; 4] = if self.preserve_dst {
+            [inner[16], inner[17], inner[18], inner[19]]
+        } else {
+            self.remote
+        };
+        let mut sum = self.fixed_sum
+            + u32::from(tos)
+            + u32::from(total)
+            + u32::from(ident)
+            + u32::from(flags);
+        if self.copy_ttl {
+            sum += u32::from(ttl) << 8;
+        }
+        if self.preserve_src {
+            sum += addr_sum(src);
+        }
+        if self.preserve_dst {
+            sum += addr_sum(dst);
+        }
+        let c = fold(sum).to_be_bytes();
+        let t = total.to_be_bytes();
+        let id = ident.to_be_bytes();
+        let f = flags.to_be_bytes();
+        *h = [
+            0x45,
+            tos,
+            t[0],
+            t[1],
+            id[0],
+            id[1],
+            f[0],
+            f[1],
+            ttl,
+            proto::ESP,
+            c[0],
+            c[1],
+            src[0],
+            src[1],
+            src[2],
+            src[3],
+            dst[0],
+            dst[1],
+            dst[2],
+            dst[3],
+        ];
+    }
+}
+
 /// Reads TOS/Traffic Class, TTL/Hop Limit and DF from a header already validated by `parse`.
 #[inline]
 pub(crate) fn inner_params(packet: &[u8], v6: bool) -> (u8, u8, bool) {
@@ -486,6 +614,35 @@ mod tests {
                 proptest::prop_assert_eq!(i.src, IpAddr::from([p[12], p[13], p[14], p[15]]));
                 proptest::prop_assert_eq!(i.dst, IpAddr::from([p[16], p[17], p[18], p[19]]));
             }
+        }
+
+        /// The per-batch template writes the same header as `write_outer` with the values
+        /// `packet::plan` derives from the inner header (tunnel mode, IPv4 endpoints).
+        #[test]
+        fn outer_v4_template_matches_write_outer(
+            inner in proptest::array::uniform20(proptest::num::u8::ANY),
+            local in proptest::array::uniform4(proptest::num::u8::ANY),
+            remote in proptest::array::uniform4(proptest::num::u8::ANY),
+            preserve_src in proptest::bool::ANY,
+            preserve_dst in proptest::bool::ANY,
+            payload_len in 0usize..=(65535 - 20),
+            ident in proptest::num::u16::ANY,
+        ) {
+            let t = OuterV4::new(local.into(), remote.into(), preserve_src, preserve_dst, 64);
+            let mut got = [0u8; 20];
+            t.write(&mut got, &inner, (20 + payload_len) as u16, ident);
+            let preserving = preserve_src || preserve_dst;
+            let p = OuterParams {
+                src: IpAddr::from(if preserve_src { [inner[12], inner[13], inner[14], inner[15]] } else { local }),
+                dst: IpAddr::from(if preserve_dst { [inner[16], inner[17], inner[18], inner[19]] } else { remote }),
+                tos: inner[1],
+                ttl: if preserving { inner[8] } else { 64 },
+                dont_fragment: inner[6] & 0x40 != 0,
+                ident,
+            };
+            let mut want = [0u8; 20];
+            proptest::prop_assert!(write_outer(&mut want, &p, proto::ESP, payload_len).is_some());
+            proptest::prop_assert_eq!(got, want);
         }
     }
 

@@ -1060,6 +1060,131 @@ fn seal_batch_matches_single_calls() {
             batch_matches_singles(&cfg, &ps, t);
         }
     }
+    // The one-pass IPv4 tunnel plan and the outer header template against the general path:
+    // TOS, DF, TTL, IPv4 options, octets after the packet's total length, every combination
+    // of preserved and configured endpoint addresses; IPv6 and malformed packets, and
+    // packets without head- or tailroom, in between (planned by the general path or
+    // refused with the same error).
+    let mut dscp_df = udp4(S2, GROUP, 3, 4, b"tos, df and ttl copied");
+    dscp_df[1] = 0xb8;
+    dscp_df[6] = 0x40;
+    dscp_df[8] = 1;
+    let c = crate::ip::ipv4_checksum(&{
+        let mut h = dscp_df[..20].to_vec();
+        h[10..12].fill(0);
+        h
+    });
+    dscp_df[10..12].copy_from_slice(&c.to_be_bytes());
+    let mut options = udp4(S1, GROUP, 5, 6, b"with options");
+    options.splice(20..20, [1u8, 1, 1, 0]);
+    options[0] = 0x46;
+    let total = options.len() as u16;
+    options[2..4].copy_from_slice(&total.to_be_bytes());
+    let mut trailing = udp4(S1, GROUP, 5, 6, b"trailing octets after the packet");
+    trailing.extend_from_slice(&[0xaa; 7]);
+    let mut bad_total = p.clone();
+    bad_total[2..4].copy_from_slice(&0xffffu16.to_be_bytes());
+    let mut bad_ihl = p.clone();
+    bad_ihl[0] = 0x44;
+    let v6 = udp6(
+        "2001:db8::1".parse().unwrap(),
+        "ff3e::1".parse().unwrap(),
+        1,
+        2,
+        b"x",
+    );
+    let mixed = vec![
+        p.clone(),
+        dscp_df,
+        options,
+        trailing,
+        bad_total,
+        p.clone(),
+        bad_ihl,
+        v6,
+        vec![0x45],
+        p.clone(),
+    ];
+    let (local, remote) = (ip([192, 0, 2, 1]), ip([198, 51, 100, 7]));
+    for (preserve_src, preserve_dst) in [(true, true), (true, false), (false, true), (false, false)]
+    {
+        for alg in [
+            GCM128,
+            EspAlgorithm::AesGcm16Iiv { key_bits: 128 },
+            EspAlgorithm::AesGmac { key_bits: 256 },
+            EspAlgorithm::ChaCha20Poly1305,
+            EspAlgorithm::AesCbcHmacSha256 { key_bits: 256 },
+        ] {
+            let mut c = group_sa(0x85, Direction::Outbound, 1);
+            c.algorithm = alg;
+            c.keys = keys(alg, 1);
+            c.mode = Mode::Tunnel(Tunnel {
+                local,
+                remote,
+                preserve_src,
+                preserve_dst,
+            });
+            let r = batch_matches_singles(&c, &mixed, t);
+            // IPv6 in an IPv4 tunnel only without address preservation (RFC 5374 4.1.2).
+            let v6_ok = !(preserve_src || preserve_dst);
+            assert_eq!(
+                r.iter().filter(|r| r.is_ok()).count(),
+                6 + usize::from(v6_ok),
+                "{alg:?} {preserve_src} {preserve_dst}"
+            );
+            // Room: a packet too close to the front of its buffer, and one without tailroom.
+            let ((a, ha), (b, hb)) = twins(&c, t);
+            let q = udp4(S1, GROUP, 1, 2, b"room");
+            let mut bufs = vec![placed(&q), placed(&q), placed(&q)];
+            let mut short_front = vec![0u8; 25 + q.len() + SEAL_TAILROOM];
+            short_front[25..25 + q.len()].copy_from_slice(&q);
+            let no_tail = bufs[1][..SEAL_HEADROOM + q.len()].to_vec();
+            bufs[1] = no_tail;
+            let mut singles = Vec::new();
+            for (k, buf) in bufs.iter().enumerate() {
+                let mut buf = buf.clone();
+                singles.push(
+                    a.seal_in_place(&ha, &mut buf, SEAL_HEADROOM, t)
+                        .map(|s| s.to_vec()),
+                );
+                if k == 0 {
+                    let mut f = short_front.clone();
+                    assert!(matches!(
+                        a.seal_in_place(&ha, &mut f, 25, t),
+                        Err(SealError::Headroom { .. })
+                    ));
+                }
+            }
+            let mut batch = Vec::new();
+            b.seal_batch(&hb, &mut bufs, SEAL_HEADROOM, t, |_, r| {
+                batch.push(r.map(|(_, s)| s.to_vec()))
+            });
+            assert_eq!(batch, singles);
+            assert!(matches!(batch[1], Err(SealError::BufferTooSmall { .. })));
+            let mut fronts = vec![short_front.clone()];
+            let mut batch = Vec::new();
+            b.seal_batch(&hb, &mut fronts, 25, t, |_, r| {
+                batch.push(r.map(|(_, s)| s.to_vec()))
+            });
+            assert!(matches!(batch[0], Err(SealError::Headroom { .. })));
+            assert_eq!(
+                a.stats(ha.id()).unwrap().packets,
+                b.stats(hb.id()).unwrap().packets
+            );
+        }
+    }
+    // A byte limit reached inside a batch that mixes the fast and the general plans.
+    let mut c = group_sa(0x86, Direction::Outbound, 1);
+    c.mode = Mode::Tunnel(Tunnel {
+        local: ip([192, 0, 2, 1]),
+        remote: ip([198, 51, 100, 7]),
+        preserve_src: false,
+        preserve_dst: false,
+    });
+    c.lifetimes.soft.bytes = Some(60);
+    c.lifetimes.hard.bytes = Some(150);
+    let r = batch_matches_singles(&c, &mixed, t);
+    assert!(r.contains(&Err(SealError::Expired)));
     // A hard packet limit reached inside the batch: the packet that reaches it is the last.
     let mut c = group_sa(0x81, Direction::Outbound, 1);
     c.lifetimes = Lifetimes {
