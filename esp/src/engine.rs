@@ -1073,7 +1073,13 @@ impl Engine {
         match sa.mode {
             Mode::Tunnel(t) => {
                 let inner = buf.get(payload.clone()).ok_or(DropReason::Malformed)?;
-                let info = ip::parse(inner).map_err(|_| DropReason::BadInner)?;
+                // Ports are read only when there are selectors to check them against.
+                let info = if sa.selectors.is_empty() {
+                    ip::parse_no_ports(inner)
+                } else {
+                    ip::parse(inner)
+                }
+                .map_err(|_| DropReason::BadInner)?;
                 let expect = if info.is_v6() {
                     proto::IPV6
                 } else {
@@ -1418,7 +1424,8 @@ impl EspSrc<'_> {
 /// The outer header of a received packet: addresses, header (in the buffer), where ESP
 /// starts and where the packet ends.
 fn outer_of(packet: &[u8]) -> Result<(Outer<'static>, usize, usize), DropReason> {
-    let info = ip::parse(packet).map_err(|_| DropReason::Malformed)?;
+    // The outer header's ports are never looked at (its next layer is ESP).
+    let info = ip::parse_no_ports(packet).map_err(|_| DropReason::Malformed)?;
     if info.protocol != proto::ESP {
         return Err(DropReason::Malformed);
     }

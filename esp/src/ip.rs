@@ -102,16 +102,28 @@ fn arr<const N: usize>(b: &[u8], i: usize) -> Result<[u8; N], IpError> {
 #[inline]
 pub fn parse(packet: &[u8]) -> Result<IpInfo, IpError> {
     match byte(packet, 0)? >> 4 {
-        4 => parse_v4(packet),
+        4 => parse_v4::<true>(packet),
+        6 => parse_v6(packet),
+        _ => Err(IpError::BadVersion),
+    }
+}
+
+/// [`parse`] for callers that do not look at the ports (no selectors to check, or the outer
+/// header of an ESP packet): the same result and the same errors, except that an IPv4
+/// header's `ports` are [`Ports::Opaque`] without reading the next-layer header.
+#[inline]
+pub(crate) fn parse_no_ports(packet: &[u8]) -> Result<IpInfo, IpError> {
+    match byte(packet, 0)? >> 4 {
+        4 => parse_v4::<false>(packet),
         6 => parse_v6(packet),
         _ => Err(IpError::BadVersion),
     }
 }
 
 /// The IPv4 header (RFC 791 3.1): one bounds check for the fixed 20 octets, then fixed
-/// offsets.
+/// offsets. `PORTS`: read the ports (RFC 4301 4.4.1.1) too.
 #[inline]
-fn parse_v4(p: &[u8]) -> Result<IpInfo, IpError> {
+fn parse_v4<const PORTS: bool>(p: &[u8]) -> Result<IpInfo, IpError> {
     let ihl = usize::from(byte(p, 0)? & 0x0f) * 4;
     if ihl < IPV4_MIN_HEADER {
         return Err(IpError::BadHeaderLength);
@@ -128,8 +140,12 @@ fn parse_v4(p: &[u8]) -> Result<IpInfo, IpError> {
     let protocol = h[9];
     let src = IpAddr::V4(Ipv4Addr::new(h[12], h[13], h[14], h[15]));
     let dst = IpAddr::V4(Ipv4Addr::new(h[16], h[17], h[18], h[19]));
-    let body = p.get(ihl..total_len).ok_or(IpError::Truncated)?;
-    let ports = ports_of(protocol, body, non_initial_fragment);
+    let ports = if PORTS {
+        let body = p.get(ihl..total_len).ok_or(IpError::Truncated)?;
+        ports_of(protocol, body, non_initial_fragment)
+    } else {
+        Ports::Opaque
+    };
     Ok(IpInfo {
         src,
         dst,
@@ -613,6 +629,19 @@ mod tests {
                 proptest::prop_assert_eq!(i.protocol, p[9]);
                 proptest::prop_assert_eq!(i.src, IpAddr::from([p[12], p[13], p[14], p[15]]));
                 proptest::prop_assert_eq!(i.dst, IpAddr::from([p[16], p[17], p[18], p[19]]));
+            }
+        }
+
+        /// `parse_no_ports` gives what `parse` gives, but for the ports of IPv4 packets.
+        #[test]
+        fn parse_no_ports_agrees(mut p in proptest::collection::vec(proptest::num::u8::ANY, 0..80), v6 in proptest::bool::ANY) {
+            if let Some(b) = p.first_mut() {
+                *b = if v6 { 0x60 } else { 0x40 | (*b & 0x0f) };
+            }
+            let (full, lean) = (parse(&p), parse_no_ports(&p));
+            match (full, lean) {
+                (Ok(f), Ok(l)) if !v6 => proptest::prop_assert_eq!(IpInfo { ports: Ports::Opaque, ..f }, l),
+                (f, l) => proptest::prop_assert_eq!(f, l),
             }
         }
 
