@@ -31,7 +31,7 @@ use crate::packet::{self, DEFAULT_TTL, NEXT_HEADER_DUMMY, SealPlan};
 use crate::replay::{ReplayError, ReplayStateError, Sender, SenderKey};
 use crate::sa::{
     Accounting, Direction, DropCounters, DropReason, Event, InstallError, Mode, STATE_ACTIVE,
-    STATE_DEAD, STATE_LINGERING, Sa, SaConfig, SaHandle, SaId, SaStats, SealError,
+    STATE_DEAD, STATE_LINGERING, Sa, SaConfig, SaHandle, SaId, SaStats, SealError, Tunnel,
 };
 use crate::sad::Sad;
 use crate::spd::{Action, PolicyId, Spd};
@@ -836,12 +836,28 @@ impl Engine {
         mut f: impl FnMut(usize, Verdict<'_>),
     ) {
         let mut run = Run::default();
+        // The outer IPv4 header of the previous packet, when it had no options: a packet
+        // whose header has the same version/IHL, protocol and addresses has the same
+        // `Outer`; only its total length is read and checked.
+        let mut prev: Option<([u8; 8], Outer<'static>)> = None;
         for (i, (buf, &len)) in bufs.iter_mut().zip(lens).enumerate() {
             let packet = buf.as_mut();
-            let parsed = packet
-                .get(..len)
-                .ok_or(DropReason::Malformed)
-                .and_then(outer_of);
+            let parsed = match packet.get(..len) {
+                None => Err(DropReason::Malformed),
+                Some(p) => match (same_outer_v4(p, prev.as_ref()), p.first_chunk::<20>()) {
+                    (Some(r), _) => r,
+                    (None, h) => {
+                        let r = outer_of(p);
+                        prev = match (&r, h) {
+                            (Ok((o, 20, _)), Some(h)) if h[0] == 0x45 => {
+                                Some(([h[12], h[13], h[14], h[15], h[16], h[17], h[18], h[19]], *o))
+                            }
+                            _ => None,
+                        };
+                        r
+                    }
+                },
+            };
             let v = match parsed {
                 Err(r) => self.drop_no_sa(r),
                 Ok((outer, esp_at, end)) => match packet.get_mut(..end) {
@@ -965,7 +981,13 @@ impl Engine {
         if sa.volume_limited && sa.hard_expired() {
             return self.drop_on(sa, DropReason::Expired);
         }
-        let r = self.process(sa, outer, sn, buf, esp).and_then(|range| {
+        let r = match (sa.mode, esp) {
+            (Mode::Tunnel(t), EspSrc::InBuf { at, len }) => {
+                self.process_tunnel(sa, t, outer, sn, buf, at, len)
+            }
+            _ => self.process(sa, outer, sn, buf, esp),
+        };
+        let r = r.and_then(|range| {
             if sa.volume_limited {
                 self.finish(sa, range)
             } else {
@@ -1020,19 +1042,7 @@ impl Engine {
             return Err(DropReason::Malformed);
         }
         // Preliminary replay check, before any cryptographic work (RFC 4303 3.4.3).
-        let sender = match sa.replay.sender_key() {
-            None => Sender::Sa,
-            Some(SenderKey::SourceAddress) => Sender::Address(outer.src),
-            Some(SenderKey::SenderId) => {
-                let iv = esp
-                    .bytes(buf)
-                    .and_then(|e| e.get(ESP_HEADER_LEN..ESP_HEADER_LEN + 8))
-                    .and_then(|s| <[u8; 8]>::try_from(s).ok())
-                    .ok_or(DropReason::Malformed)?;
-                let bits = u32::from(sa.sender_id_bits).clamp(1, 63);
-                Sender::Id((u64::from_be_bytes(iv) >> (64 - bits)) as u32)
-            }
-        };
+        let sender = replay_sender(sa, outer, esp.bytes(buf))?;
         sa.replay.check(sender, sn).map_err(replay_reason)?;
         // Room for a header in front of the payload (transport mode).
         let front = match (sa.mode, outer.header) {
@@ -1071,35 +1081,7 @@ impl Engine {
         }
         let payload = body_start..body_start + payload_len;
         match sa.mode {
-            Mode::Tunnel(t) => {
-                let inner = buf.get(payload.clone()).ok_or(DropReason::Malformed)?;
-                // Ports are read only when there are selectors to check them against.
-                let info = if sa.selectors.is_empty() {
-                    ip::parse_no_ports(inner)
-                } else {
-                    ip::parse(inner)
-                }
-                .map_err(|_| DropReason::BadInner)?;
-                let expect = if info.is_v6() {
-                    proto::IPV6
-                } else {
-                    proto::IPV4
-                };
-                if next_header != expect {
-                    return Err(DropReason::BadInner);
-                }
-                // RFC 5374 5.2 item 6: preserved addresses must agree.
-                if (t.preserve_src && info.src != outer.src)
-                    || (t.preserve_dst && info.dst != outer.dst)
-                {
-                    return Err(DropReason::AddressMismatch);
-                }
-                if !sa.selectors.is_empty() && !sa.selectors.iter().any(|s| s.matches(&info)) {
-                    return Err(DropReason::PolicyMismatch);
-                }
-                // Anything after the inner packet is TFC padding (RFC 4303 2.4).
-                Ok(payload.start..payload.start + info.total_len)
-            }
+            Mode::Tunnel(t) => tunnel_inner(sa, t, outer, buf, payload, next_header),
             Mode::Transport => {
                 // The IP header goes right in front of the payload (RFC 4303 3.4.4.1: the
                 // original header with the next header restored).
@@ -1107,6 +1089,54 @@ impl Engine {
                 self.transport_header(sa, outer, sn, buf, esp_at, start, payload, next_header)
             }
         }
+    }
+
+    /// [`Engine::process`] for a tunnel-mode SA and a packet in the buffer it is opened in
+    /// (the batch paths): the same steps in the same order with the same results (RFC 4303
+    /// 3.4), without the cases of transport mode and of copied input.
+    #[allow(clippy::too_many_arguments)]
+    #[inline]
+    fn process_tunnel(
+        &self,
+        sa: &Sa,
+        t: Tunnel,
+        outer: &Outer<'_>,
+        sn: u32,
+        buf: &mut [u8],
+        at: usize,
+        esp_len: usize,
+    ) -> Result<std::ops::Range<usize>, DropReason> {
+        let (iv_len, icv_len) = (usize::from(sa.iv_len), usize::from(sa.icv_len));
+        let body_len = esp_len
+            .checked_sub(ESP_HEADER_LEN + iv_len + icv_len)
+            .ok_or(DropReason::Malformed)?;
+        if body_len < 2 || packet::rem(body_len, usize::from(sa.align).max(1)) != 0 {
+            return Err(DropReason::Malformed);
+        }
+        let esp_buf = buf.get_mut(at..at + esp_len);
+        // Preliminary replay check, before any cryptographic work (RFC 4303 3.4.3).
+        let sender = replay_sender(sa, outer, esp_buf.as_deref())?;
+        sa.replay.check(sender, sn).map_err(replay_reason)?;
+        let esp_buf = esp_buf.ok_or(DropReason::BufferTooSmall)?;
+        sa.cipher.open(esp_buf).map_err(|_| DropReason::Integrity)?;
+        // Only authenticated packets move the window.
+        sa.replay.commit(sender, sn).map_err(replay_reason)?;
+        let body_start = at + ESP_HEADER_LEN + iv_len;
+        let body = buf
+            .get(body_start..body_start + body_len)
+            .ok_or(DropReason::Malformed)?;
+        let (payload_len, next_header) = packet::strip_trailer(body)?;
+        if next_header == NEXT_HEADER_DUMMY {
+            return Err(DropReason::Dummy);
+        }
+        tunnel_inner(
+            sa,
+            t,
+            outer,
+            buf,
+            body_start..body_start + payload_len,
+            next_header,
+        )
     }
 
     /// Transport mode: writes the delivered packet's IP header at `start` (right in front of
@@ -1438,6 +1468,86 @@ fn outer_of(packet: &[u8]) -> Result<(Outer<'static>, usize, usize), DropReason>
         info.payload_offset,
         info.total_len,
     ))
+}
+
+/// `outer_of` for an IPv4 header without options whose protocol and addresses are those of
+/// the previous packet's (`prev`: its addresses and `Outer`): the same checks of the total
+/// length (RFC 791 3.1: at least the header, at most what was received) and the same result,
+/// without reading the header again. `None` when the header differs (or there is no previous
+/// one): the caller parses it.
+#[inline]
+fn same_outer_v4(
+    p: &[u8],
+    prev: Option<&([u8; 8], Outer<'static>)>,
+) -> Option<Result<(Outer<'static>, usize, usize), DropReason>> {
+    let (addrs, outer) = prev?;
+    let h: &[u8; ip::IPV4_MIN_HEADER] = p.first_chunk()?;
+    if h[0] != 0x45 || h[9] != proto::ESP || h[12..20] != addrs[..] {
+        return None;
+    }
+    let total = usize::from(u16::from_be_bytes([h[2], h[3]]));
+    Some(if total < ip::IPV4_MIN_HEADER || total > p.len() {
+        Err(DropReason::Malformed)
+    } else {
+        Ok((*outer, ip::IPV4_MIN_HEADER, total))
+    })
+}
+
+/// Whose replay window a packet is checked against (RFC 4303 3.4.3; RFC 9838 2.6: per SA,
+/// or per sender by source address or by the Sender-ID in the IV's leading bits).
+#[inline]
+fn replay_sender(sa: &Sa, outer: &Outer<'_>, esp: Option<&[u8]>) -> Result<Sender, DropReason> {
+    Ok(match sa.replay.sender_key() {
+        None => Sender::Sa,
+        Some(SenderKey::SourceAddress) => Sender::Address(outer.src),
+        Some(SenderKey::SenderId) => {
+            let iv = esp
+                .and_then(|e| e.get(ESP_HEADER_LEN..ESP_HEADER_LEN + 8))
+                .and_then(|s| <[u8; 8]>::try_from(s).ok())
+                .ok_or(DropReason::Malformed)?;
+            let bits = u32::from(sa.sender_id_bits).clamp(1, 63);
+            Sender::Id((u64::from_be_bytes(iv) >> (64 - bits)) as u32)
+        }
+    })
+}
+
+/// Tunnel mode: checks the decrypted inner packet at `payload` in `buf` (its header, the
+/// next header value, RFC 5374 5.2 item 6 address preservation, the SA's selectors, RFC
+/// 4301 5.2 step 4) and returns where it sits; anything after its total length is TFC
+/// padding (RFC 4303 2.4).
+#[inline]
+fn tunnel_inner(
+    sa: &Sa,
+    t: Tunnel,
+    outer: &Outer<'_>,
+    buf: &[u8],
+    payload: std::ops::Range<usize>,
+    next_header: u8,
+) -> Result<std::ops::Range<usize>, DropReason> {
+    let inner = buf.get(payload.clone()).ok_or(DropReason::Malformed)?;
+    // Ports are read only when there are selectors to check them against.
+    let info = if sa.selectors.is_empty() {
+        ip::parse_no_ports(inner)
+    } else {
+        ip::parse(inner)
+    }
+    .map_err(|_| DropReason::BadInner)?;
+    let expect = if info.is_v6() {
+        proto::IPV6
+    } else {
+        proto::IPV4
+    };
+    if next_header != expect {
+        return Err(DropReason::BadInner);
+    }
+    // RFC 5374 5.2 item 6: preserved addresses must agree.
+    if (t.preserve_src && info.src != outer.src) || (t.preserve_dst && info.dst != outer.dst) {
+        return Err(DropReason::AddressMismatch);
+    }
+    if !sa.selectors.is_empty() && !sa.selectors.iter().any(|s| s.matches(&info)) {
+        return Err(DropReason::PolicyMismatch);
+    }
+    Ok(payload.start..payload.start + info.total_len)
 }
 
 /// A run of consecutive packets with the same lookup key in `open_batch`.

@@ -1259,11 +1259,39 @@ fn open_batch_matches_single_calls() {
     // Runs of one SA, a switch, a duplicate inside a run, a forgery, an unknown SPI, junk.
     let mut unknown = s2[0].clone();
     unknown[20..24].copy_from_slice(&0xdead_u32.to_be_bytes());
+    // Outer headers that share the previous packet's addresses but not the rest: a total
+    // length beyond what was received, one shorter than the header, another protocol, an
+    // IPv4 option (IHL 6); and a packet from another source (same SPI).
+    let mut too_long = s1[0].clone();
+    too_long[2..4].copy_from_slice(&((s1[0].len() + 1) as u16).to_be_bytes());
+    let mut too_short = s1[0].clone();
+    too_short[2..4].copy_from_slice(&19u16.to_be_bytes());
+    let mut not_esp = s1[0].clone();
+    not_esp[9] = proto::UDP;
+    let mut with_option = s1[2].clone();
+    with_option.splice(20..20, [1u8, 1, 1, 0]);
+    with_option[0] = 0x46;
+    let total = with_option.len() as u16;
+    with_option[2..4].copy_from_slice(&total.to_be_bytes());
+    // RFC 5374 5.2 item 6: an outer source that is not the inner one; an ESP packet too
+    // short for IV and ICV.
+    let mut mismatch = seal_vec(&tx2, &h2, &p, t).unwrap();
+    mismatch[12..16].copy_from_slice(&S2);
+    let mut short_esp = s2[0][..20 + 8 + 8 + 16].to_vec();
+    let short_len = short_esp.len() as u16;
+    short_esp[2..4].copy_from_slice(&short_len.to_be_bytes());
+    let other_src = seal_vec(&tx1, &h1, &udp4(S2, GROUP, 1, 2, b"from S2"), t).unwrap();
     let inputs = vec![
         s1[0].clone(),
+        too_long,
+        too_short,
+        not_esp,
+        other_src,
+        with_option,
         s1[1].clone(),
         s1[1].clone(),
         s2[0].clone(),
+        s2[1].clone(),
         s2[1].clone(),
         tampered,
         s1[2].clone(),
@@ -1273,6 +1301,8 @@ fn open_batch_matches_single_calls() {
         s1[4].clone(),
         s2[2].clone(),
         s1[3].clone(),
+        mismatch,
+        short_esp,
     ];
     let mk = || {
         let e = Engine::default();
@@ -1315,11 +1345,16 @@ fn open_batch_matches_single_calls() {
         });
     });
     assert_eq!(batch, singles);
-    assert_eq!(singles[2], Err(DropReason::ReplayDuplicate));
-    assert_eq!(singles[5], Err(DropReason::Integrity));
-    assert_eq!(singles[7], Err(DropReason::NoSa));
-    // SA 0x90 delivers three packets, then its hard packet limit expires it.
-    assert_eq!(singles[9], Err(DropReason::Expired));
+    assert_eq!(singles[1..4], [const { Err(DropReason::Malformed) }; 3]);
+    assert_eq!(singles[10], Err(DropReason::ReplayDuplicate));
+    assert_eq!(singles[11], Err(DropReason::Integrity));
+    assert_eq!(singles[13], Err(DropReason::NoSa));
+    // SA 0x90 delivers three packets (the first, the one from S2 and the one with an IPv4
+    // option), then its hard packet limit expires it.
+    assert_eq!(singles[6..8], [const { Err(DropReason::Expired) }; 2]);
+    assert_eq!(singles[15], Err(DropReason::Expired));
+    assert_eq!(singles[19], Err(DropReason::AddressMismatch));
+    assert_eq!(singles[20], Err(DropReason::Malformed));
     assert_eq!(singles.iter().filter(|r| r.is_ok()).count(), 6);
     for r in DropReason::ALL {
         assert_eq!(a.drops(r), b.drops(r), "{r:?}");
