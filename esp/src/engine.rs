@@ -1525,6 +1525,26 @@ fn tunnel_inner(
     next_header: u8,
 ) -> Result<std::ops::Range<usize>, DropReason> {
     let inner = buf.get(payload.clone()).ok_or(DropReason::Malformed)?;
+    // The common case without selectors: an IPv4 packet, Next Header 4. The checks of
+    // `ip::parse` on the fixed 20 octets (RFC 791 3.1), then the addresses.
+    if sa.selectors.is_empty()
+        && next_header == proto::IPV4
+        && let Some(h) = inner.first_chunk::<{ ip::IPV4_MIN_HEADER }>()
+        && h[0] >> 4 == 4
+    {
+        let ihl = usize::from(h[0] & 0x0f) * 4;
+        let total = usize::from(u16::from_be_bytes([h[2], h[3]]));
+        if ihl < ip::IPV4_MIN_HEADER || inner.len() < ihl || total < ihl || total > inner.len() {
+            return Err(DropReason::BadInner);
+        }
+        let src = IpAddr::from([h[12], h[13], h[14], h[15]]);
+        let dst = IpAddr::from([h[16], h[17], h[18], h[19]]);
+        // RFC 5374 5.2 item 6: preserved addresses must agree.
+        if (t.preserve_src && src != outer.src) || (t.preserve_dst && dst != outer.dst) {
+            return Err(DropReason::AddressMismatch);
+        }
+        return Ok(payload.start..payload.start + total);
+    }
     // Ports are read only when there are selectors to check them against.
     let info = if sa.selectors.is_empty() {
         ip::parse_no_ports(inner)

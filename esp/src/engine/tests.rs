@@ -1394,3 +1394,71 @@ fn open_batch_matches_single_calls() {
     });
     assert_eq!(n, 3);
 }
+
+/// The reference for `tunnel_inner`: `ip::parse` and the checks in their RFC order.
+fn tunnel_inner_reference(
+    sa: &Sa,
+    t: Tunnel,
+    outer: &Outer<'_>,
+    inner: &[u8],
+    next_header: u8,
+) -> Result<usize, DropReason> {
+    let info = ip::parse(inner).map_err(|_| DropReason::BadInner)?;
+    let expect = if info.is_v6() {
+        proto::IPV6
+    } else {
+        proto::IPV4
+    };
+    if next_header != expect {
+        return Err(DropReason::BadInner);
+    }
+    if (t.preserve_src && info.src != outer.src) || (t.preserve_dst && info.dst != outer.dst) {
+        return Err(DropReason::AddressMismatch);
+    }
+    if !sa.selectors.is_empty() && !sa.selectors.iter().any(|s| s.matches(&info)) {
+        return Err(DropReason::PolicyMismatch);
+    }
+    Ok(info.total_len)
+}
+
+proptest! {
+    /// The IPv4 shortcut of `tunnel_inner` (no selectors, Next Header 4) gives what the
+    /// general checks give, for arbitrary inner headers and both address preservations.
+    #[test]
+    fn tunnel_inner_shortcut_matches_parse(
+        mut inner in prop::collection::vec(any::<u8>(), 0..64),
+        version in prop::sample::select(vec![4u8, 6, 5]),
+        next_header in prop::sample::select(vec![proto::IPV4, proto::IPV6, proto::UDP]),
+        preserve_src in any::<bool>(),
+        preserve_dst in any::<bool>(),
+        same_addrs in any::<bool>(),
+        len_ok in any::<bool>(),
+    ) {
+        if let Some(b) = inner.first_mut() {
+            *b = (version << 4) | (*b & 0x0f);
+        }
+        if inner.len() >= 20 {
+            if len_ok {
+                inner[0] = (version << 4) | 5;
+                let n = inner.len() as u16;
+                inner[2..4].copy_from_slice(&(n - (n % 3)).max(20).to_be_bytes());
+            }
+            if same_addrs {
+                inner[12..16].copy_from_slice(&S1);
+                inner[16..20].copy_from_slice(&GROUP);
+            }
+        }
+        let t0 = Instant::now();
+        let mut c = group_sa(0x99, Direction::Inbound, 1);
+        let tun = Tunnel { preserve_src, preserve_dst, ..Tunnel::preserving(false) };
+        c.mode = Mode::Tunnel(tun);
+        let e = Engine::default();
+        let h = e.install(c, t0).unwrap();
+        let outer = Outer { src: ip(S1), dst: ip(GROUP), header: Header::None };
+        let mut buf = vec![0u8; 8];
+        buf.extend_from_slice(&inner);
+        let got = tunnel_inner(&h.0, tun, &outer, &buf, 8..buf.len(), next_header);
+        let want = tunnel_inner_reference(&h.0, tun, &outer, &inner, next_header);
+        prop_assert_eq!(got.map(|r| (r.start, r.len())), want.map(|n| (8, n)));
+    }
+}
