@@ -836,38 +836,45 @@ impl Engine {
         mut f: impl FnMut(usize, Verdict<'_>),
     ) {
         let mut run = Run::default();
-        // The outer IPv4 header of the previous packet, when it had no options: a packet
-        // whose header has the same version/IHL, protocol and addresses has the same
-        // `Outer`; only its total length is read and checked.
-        let mut prev: Option<([u8; 8], Outer<'static>)> = None;
+        // The outer header of the run of packets being opened: parsed once (RFC 791 3.1 /
+        // RFC 8200 3), then, while the next packets' IPv4 headers have the same version/IHL
+        // (no options), protocol and addresses, taken again with only their total length
+        // read and checked.
+        let mut cur: Option<(Outer<'static>, usize)> = None;
+        let mut cur_addrs: Option<[u8; 8]> = None;
         for (i, (buf, &len)) in bufs.iter_mut().zip(lens).enumerate() {
             let packet = buf.as_mut();
-            let parsed = match packet.get(..len) {
+            let end = match packet.get(..len) {
                 None => Err(DropReason::Malformed),
-                Some(p) => match (same_outer_v4(p, prev.as_ref()), p.first_chunk::<20>()) {
-                    (Some(r), _) => r,
-                    (None, h) => {
-                        let r = outer_of(p);
-                        prev = match (&r, h) {
-                            (Ok((o, 20, _)), Some(h)) if h[0] == 0x45 => {
-                                Some(([h[12], h[13], h[14], h[15], h[16], h[17], h[18], h[19]], *o))
+                Some(p) => match same_outer_v4(p, cur_addrs.as_ref()) {
+                    Some(r) => r,
+                    None => {
+                        // Another header: the run's key must be compared in full again.
+                        run.addrs_current = false;
+                        cur_addrs = None;
+                        cur = None;
+                        outer_of(p).map(|(o, esp_at, end)| {
+                            if let (IpAddr::V4(s), IpAddr::V4(d), 20) = (o.src, o.dst, esp_at) {
+                                let (s, d) = (s.octets(), d.octets());
+                                cur_addrs = Some([s[0], s[1], s[2], s[3], d[0], d[1], d[2], d[3]]);
                             }
-                            _ => None,
-                        };
-                        r
+                            cur = Some((o, esp_at));
+                            end
+                        })
                     }
                 },
             };
-            let v = match parsed {
-                Err(r) => self.drop_no_sa(r),
-                Ok((outer, esp_at, end)) => match packet.get_mut(..end) {
+            let v = match (end, &cur) {
+                (Err(r), _) => self.drop_no_sa(r),
+                (Ok(_), None) => self.drop_no_sa(DropReason::Malformed),
+                (Ok(end), Some((outer, esp_at))) => match packet.get_mut(..end) {
                     None => self.drop_no_sa(DropReason::Malformed),
                     Some(b) => self.open_run(
                         &mut run,
-                        &outer,
+                        outer,
                         b,
                         EspSrc::InBuf {
-                            at: esp_at,
+                            at: *esp_at,
                             len: end - esp_at,
                         },
                         now,
@@ -897,6 +904,8 @@ impl Engine {
                 dst,
                 header: Header::None,
             };
+            // Addresses come with each packet: the run's key is compared in full.
+            run.addrs_current = false;
             let v = match buf.as_mut().get_mut(..esp_at + len) {
                 None => self.drop_no_sa(DropReason::Malformed),
                 Some(b) => {
@@ -965,10 +974,17 @@ impl Engine {
         let Some((spi, sn)) = esp.bytes(buf).and_then(packet::esp_header) else {
             return self.drop_no_sa(DropReason::Malformed);
         };
-        let key = (spi, outer.dst, outer.src);
-        if run.key != Some(key) {
+        // While the outer header is the run's (`addrs_current`), only the SPI can differ.
+        let same = if run.addrs_current {
+            run.key.is_some_and(|k| k.0 == spi)
+        } else {
+            run.key == Some((spi, outer.dst, outer.src))
+        };
+        if !same {
+            let key = (spi, outer.dst, outer.src);
             run.flush();
             run.key = Some(key);
+            run.addrs_current = true;
             run.sa = self.sad.lookup(spi, outer.dst, outer.src);
             run.admitted = run.sa.as_ref().map(|sa| self.open_admit(sa, now));
         }
@@ -1472,17 +1488,14 @@ fn outer_of(packet: &[u8]) -> Result<(Outer<'static>, usize, usize), DropReason>
     ))
 }
 
-/// `outer_of` for an IPv4 header without options whose protocol and addresses are those of
-/// the previous packet's (`prev`: its addresses and `Outer`): the same checks of the total
-/// length (RFC 791 3.1: at least the header, at most what was received) and the same result,
-/// without reading the header again. `None` when the header differs (or there is no previous
-/// one): the caller parses it.
-#[inline]
-fn same_outer_v4(
-    p: &[u8],
-    prev: Option<&([u8; 8], Outer<'static>)>,
-) -> Option<Result<(Outer<'static>, usize, usize), DropReason>> {
-    let (addrs, outer) = prev?;
+/// For an IPv4 header without options, protocol ESP and the addresses `addrs` (source,
+/// destination) of the current run's outer header, which `outer_of` parsed: the same checks
+/// of the total length (RFC 791 3.1: at least the header, at most what was received) and
+/// the same result as `outer_of` (where the packet ends), without reading the header again.
+/// `None` when the header differs (or there is no current one): the caller parses it.
+#[inline(always)]
+fn same_outer_v4(p: &[u8], addrs: Option<&[u8; 8]>) -> Option<Result<usize, DropReason>> {
+    let addrs = addrs?;
     let h: &[u8; ip::IPV4_MIN_HEADER] = p.first_chunk()?;
     if h[0] != 0x45 || h[9] != proto::ESP || h[12..20] != addrs[..] {
         return None;
@@ -1491,7 +1504,7 @@ fn same_outer_v4(
     Some(if total < ip::IPV4_MIN_HEADER || total > p.len() {
         Err(DropReason::Malformed)
     } else {
-        Ok((*outer, ip::IPV4_MIN_HEADER, total))
+        Ok(total)
     })
 }
 
@@ -1576,6 +1589,9 @@ fn tunnel_inner(
 #[derive(Default)]
 struct Run {
     key: Option<(u32, IpAddr, IpAddr)>,
+    /// The addresses of `key` are those of the outer header `open_batch` is using (it
+    /// clears this whenever it parses another header).
+    addrs_current: bool,
     sa: Option<Arc<Sa>>,
     admitted: Option<Result<(), DropReason>>,
     /// Delivered and not yet counted (SAs without byte or packet lifetimes).

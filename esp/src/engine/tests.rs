@@ -1280,6 +1280,12 @@ fn open_batch_matches_single_calls() {
     let mut short_esp = s2[0][..20 + 8 + 8 + 16].to_vec();
     let short_len = short_esp.len() as u16;
     short_esp[2..4].copy_from_slice(&short_len.to_be_bytes());
+    // A header with other addresses whose ESP header is cut short, then a packet with the
+    // same addresses: its lookup key is compared in full (no SA for that destination).
+    let mut other_dst = s2[2].clone();
+    other_dst[16..20].copy_from_slice(&[239, 9, 9, 9]);
+    let mut other_dst_truncated = other_dst[..24].to_vec();
+    other_dst_truncated[2..4].copy_from_slice(&24u16.to_be_bytes());
     let other_src = seal_vec(&tx1, &h1, &udp4(S2, GROUP, 1, 2, b"from S2"), t).unwrap();
     let inputs = vec![
         s1[0].clone(),
@@ -1303,6 +1309,9 @@ fn open_batch_matches_single_calls() {
         s1[3].clone(),
         mismatch,
         short_esp,
+        s2[3].clone(),
+        other_dst_truncated,
+        other_dst,
     ];
     let mk = || {
         let e = Engine::default();
@@ -1353,9 +1362,14 @@ fn open_batch_matches_single_calls() {
     // option), then its hard packet limit expires it.
     assert_eq!(singles[6..8], [const { Err(DropReason::Expired) }; 2]);
     assert_eq!(singles[15], Err(DropReason::Expired));
+    assert_eq!(
+        singles[22..],
+        [Err(DropReason::Malformed), Err(DropReason::NoSa)]
+    );
     assert_eq!(singles[19], Err(DropReason::AddressMismatch));
     assert_eq!(singles[20], Err(DropReason::Malformed));
-    assert_eq!(singles.iter().filter(|r| r.is_ok()).count(), 6);
+    // s2[3] (index 21) is delivered too.
+    assert_eq!(singles.iter().filter(|r| r.is_ok()).count(), 7);
     for r in DropReason::ALL {
         assert_eq!(a.drops(r), b.drops(r), "{r:?}");
     }
