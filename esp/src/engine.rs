@@ -673,7 +673,13 @@ impl Engine {
             let planned = fast
                 .as_ref()
                 .and_then(|_| fast_plan(sa, buf, at))
-                .map(|(start, len)| (Slot::Fast { start, len }, len))
+                .and_then(|(start, len)| {
+                    let slot = Slot::Fast {
+                        start: u32::try_from(start).ok()?,
+                        len: u16::try_from(len).ok()?,
+                    };
+                    Some((slot, len))
+                })
                 .or_else(|| {
                     Self::plan_in_place(sa, buf, at, true)
                         .ok()
@@ -713,6 +719,7 @@ impl Engine {
                     Ok(_) => Err(SealError::BadPacket),
                 },
                 Slot::Fast { start, len } => {
+                    let (start, len) = (start as usize, usize::from(len));
                     let k = j;
                     j += 1;
                     match (&fast, sa.sn_after(sn_base, k)) {
@@ -1245,7 +1252,8 @@ enum Slot {
     Expired,
     /// Planned by `fast_plan`: the output starts at `start`, the inner packet has `len`
     /// octets.
-    Fast { start: usize, len: usize },
+    /// (Kept small: the chunk's array of slots is initialised for every chunk.)
+    Fast { start: u32, len: u16 },
     /// Planned by `plan_in_place` (planned again in the second pass).
     General,
 }
