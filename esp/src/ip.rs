@@ -347,21 +347,23 @@ pub(crate) fn write_outer(
 /// one [`write_outer`] writes for the same values (tested).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct OuterV4 {
-    local: [u8; 4],
-    remote: [u8; 4],
+    /// The header with the fixed fields set: version and IHL, TTL (when not copied),
+    /// protocol ESP, the endpoint addresses that are not preserved; zeros elsewhere.
+    template: [u8; IPV4_MIN_HEADER],
     preserve_src: bool,
     preserve_dst: bool,
     /// RFC 5374 3.1 as the engine reads it: with any address preserved the TTL is the
-    /// inner one; otherwise [`crate::packet::DEFAULT_TTL`].
+    /// inner one; otherwise the template's.
     copy_ttl: bool,
-    fixed_ttl: u8,
-    /// Sum of the 16-bit words that do not change from packet to packet.
+    /// Sum of the template's 16-bit words (RFC 1071).
     fixed_sum: u32,
 }
 
+/// The sum of the two 16-bit words of four octets.
 #[inline]
 fn addr_sum(a: [u8; 4]) -> u32 {
-    u32::from(u16::from_be_bytes([a[0], a[1]])) + u32::from(u16::from_be_bytes([a[2], a[3]]))
+    let v = u32::from_be_bytes(a);
+    (v >> 16) + (v & 0xffff)
 }
 
 impl OuterV4 {
@@ -372,32 +374,36 @@ impl OuterV4 {
         preserve_dst: bool,
         fixed_ttl: u8,
     ) -> Self {
-        let (local, remote) = (local.octets(), remote.octets());
         let copy_ttl = preserve_src || preserve_dst;
-        let mut fixed_sum = 0x4500 + u32::from(proto::ESP);
+        let mut t = [0u8; IPV4_MIN_HEADER];
+        t[0] = 0x45;
         if !copy_ttl {
-            fixed_sum += u32::from(fixed_ttl) << 8;
+            t[8] = fixed_ttl;
         }
+        t[9] = proto::ESP;
         if !preserve_src {
-            fixed_sum += addr_sum(local);
+            t[12..16].copy_from_slice(&local.octets());
         }
         if !preserve_dst {
-            fixed_sum += addr_sum(remote);
+            t[16..20].copy_from_slice(&remote.octets());
         }
+        let fixed_sum = t
+            .chunks_exact(2)
+            .map(|w| u32::from(u16::from_be_bytes([w[0], w[1]])))
+            .sum();
         Self {
-            local,
-            remote,
+            template: t,
             preserve_src,
             preserve_dst,
             copy_ttl,
-            fixed_ttl,
             fixed_sum,
         }
     }
 
     /// Writes the outer header in front of an IPv4 packet whose header is `inner`: TOS and
     /// DF copied (RFC 4301 5.1.2.1, 8.1), `total` the outer packet's length, `ident` the
-    /// identification.
+    /// identification. The template, then only the per-packet fields, each added to the
+    /// template's sum for the checksum.
     #[inline]
     pub(crate) fn write(
         &self,
@@ -406,63 +412,34 @@ impl OuterV4 {
         total: u16,
         ident: u16,
     ) {
+        let mut out = self.template;
         let tos = inner[1];
-        let flags: u16 = if inner[6] & 0x40 != 0 { 0x4000 } else { 0 };
-        let ttl = if self.copy_ttl {
-            inner[8]
-        } else {
-            self.fixed_ttl
-        };
-        let src: [u8; 4] = if self.preserve_src {
-            [inner[12], inner[13], inner[14], inner[15]]
-        } else {
-            self.local
-        };
-        let dst: [u8; 4] = if self.preserve_dst {
-            [inner[16], inner[17], inner[18], inner[19]]
-        } else {
-            self.remote
-        };
+        let df = inner[6] & 0x40;
+        out[1] = tos;
+        out[2..4].copy_from_slice(&total.to_be_bytes());
+        out[4..6].copy_from_slice(&ident.to_be_bytes());
+        out[6] = df;
         let mut sum = self.fixed_sum
             + u32::from(tos)
             + u32::from(total)
             + u32::from(ident)
-            + u32::from(flags);
+            + (u32::from(df) << 8);
         if self.copy_ttl {
-            sum += u32::from(ttl) << 8;
+            out[8] = inner[8];
+            sum += u32::from(inner[8]) << 8;
         }
         if self.preserve_src {
-            sum += addr_sum(src);
+            let a = [inner[12], inner[13], inner[14], inner[15]];
+            out[12..16].copy_from_slice(&a);
+            sum += addr_sum(a);
         }
         if self.preserve_dst {
-            sum += addr_sum(dst);
+            let a = [inner[16], inner[17], inner[18], inner[19]];
+            out[16..20].copy_from_slice(&a);
+            sum += addr_sum(a);
         }
-        let c = fold(sum).to_be_bytes();
-        let t = total.to_be_bytes();
-        let id = ident.to_be_bytes();
-        let f = flags.to_be_bytes();
-        *h = [
-            0x45,
-            tos,
-            t[0],
-            t[1],
-            id[0],
-            id[1],
-            f[0],
-            f[1],
-            ttl,
-            proto::ESP,
-            c[0],
-            c[1],
-            src[0],
-            src[1],
-            src[2],
-            src[3],
-            dst[0],
-            dst[1],
-            dst[2],
-            dst[3],
-        ];
+        out[10..12].copy_from_slice(&fold(sum).to_be_bytes());
+        *h = out;
     }
 }
 
