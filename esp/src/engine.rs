@@ -658,7 +658,7 @@ impl Engine {
         // IPv4 packet on a tunnel-mode SA with IPv4 endpoints. Everything else (IPv6 inner
         // packets, transport mode, malformed packets, missing room) takes `plan_in_place`,
         // which the fast plan agrees with (tests: `seal_batch_matches_single_calls`).
-        let fast = tunnel_v4(sa);
+        let fast = FastSeal::new(sa);
         let mut slots = [Slot::Failed; SEAL_BATCH];
         let (mut ok, mut bytes) = (0u64, 0u64);
         for (buf, slot) in bufs.iter_mut().zip(slots.iter_mut()) {
@@ -672,7 +672,7 @@ impl Engine {
             let buf = buf.as_mut();
             let planned = fast
                 .as_ref()
-                .and_then(|_| fast_plan(sa, buf, at))
+                .and_then(|f| f.plan(buf, at))
                 .and_then(|(start, len)| {
                     let slot = Slot::Fast {
                         start: u32::try_from(start).ok()?,
@@ -725,7 +725,7 @@ impl Engine {
                     match (&fast, sa.sn_after(sn_base, k)) {
                         (Some(t), Ok(sn)) => ivs
                             .next(sa, sn, ok - k)
-                            .and_then(|iv| seal_fast(sa, t, buf, at, start, len, sn, &iv))
+                            .and_then(|iv| t.seal(sa, buf, start, len, sn, &iv))
                             .map(|p| (start, p)),
                         (_, Err(e)) => Err(e),
                         (None, _) => Err(SealError::BadPacket),
@@ -1250,7 +1250,7 @@ enum Slot {
     Failed,
     /// Refused by a byte or packet lifetime.
     Expired,
-    /// Planned by `fast_plan`: the output starts at `start`, the inner packet has `len`
+    /// Planned by `FastSeal::plan`: the output starts at `start`, the inner packet has `len`
     /// octets.
     /// (Kept small: the chunk's array of slots is initialised for every chunk.)
     Fast { start: u32, len: u16 },
@@ -1258,114 +1258,134 @@ enum Slot {
     General,
 }
 
-/// The outer header template of a tunnel-mode SA whose endpoints are both IPv4.
-#[inline]
-fn tunnel_v4(sa: &Sa) -> Option<ip::OuterV4> {
-    match sa.mode {
-        Mode::Tunnel(t) => match (t.local, t.remote) {
-            (IpAddr::V4(l), IpAddr::V4(r)) => Some(ip::OuterV4::new(
-                l,
-                r,
-                t.preserve_src,
-                t.preserve_dst,
-                DEFAULT_TTL,
-            )),
-            _ => None,
-        },
-        Mode::Transport => None,
-    }
+/// What the one-pass plan of a tunnel-mode SA with IPv4 endpoints needs, read once per
+/// chunk: the outer header template, the SA's lengths, and the padding mask (RFC 4303 2.4:
+/// the alignment, at least 4, is a power of two for every cipher; otherwise no shortcut).
+struct FastSeal {
+    outer: ip::OuterV4,
+    /// Alignment - 1.
+    mask: usize,
+    iv_len: usize,
+    icv_len: usize,
+    /// Outer header, ESP header and IV: what goes in front of the inner packet.
+    front: usize,
 }
 
-/// Plans sealing the IPv4 packet at `buf[at..]` on a tunnel-mode SA with IPv4 endpoints
-/// (`tunnel_v4`) in place: the checks of `ip::parse` that decide whether the packet is
-/// usable (RFC 791 3.1: version 4, IHL at least 5 and within the buffer, total length at
-/// least the header and within the buffer; ports are not needed) and the size checks of
-/// `plan_in_place`. Returns where the output starts and the inner packet's length; `None`
-/// for anything else (another version, a malformed header, missing room), which
-/// `plan_in_place` then plans or refuses.
-#[inline]
-fn fast_plan(sa: &Sa, buf: &[u8], at: usize) -> Option<(usize, usize)> {
-    let p = buf.get(at..)?;
-    let h: &[u8; ip::IPV4_MIN_HEADER] = p.first_chunk()?;
-    let ihl = usize::from(h[0] & 0x0f) * 4;
-    if h[0] >> 4 != 4 || ihl < ip::IPV4_MIN_HEADER || p.len() < ihl {
-        return None;
+impl FastSeal {
+    #[inline]
+    fn new(sa: &Sa) -> Option<Self> {
+        let Mode::Tunnel(t) = sa.mode else {
+            return None;
+        };
+        let (IpAddr::V4(l), IpAddr::V4(r)) = (t.local, t.remote) else {
+            return None;
+        };
+        let align = usize::from(sa.align).max(4);
+        if !align.is_power_of_two() {
+            return None;
+        }
+        let iv_len = usize::from(sa.iv_len);
+        Some(Self {
+            outer: ip::OuterV4::new(l, r, t.preserve_src, t.preserve_dst, DEFAULT_TTL),
+            mask: align - 1,
+            iv_len,
+            icv_len: usize::from(sa.icv_len),
+            front: ip::IPV4_MIN_HEADER + ESP_HEADER_LEN + iv_len,
+        })
     }
-    let len = usize::from(u16::from_be_bytes([h[2], h[3]]));
-    if len < ihl || len > p.len() {
-        return None;
-    }
-    let esp_len = fast_esp_len(sa, len);
-    let front = ip::IPV4_MIN_HEADER + ESP_HEADER_LEN + usize::from(sa.iv_len);
-    let start = at.checked_sub(front)?;
-    let total = ip::IPV4_MIN_HEADER + esp_len;
-    // RFC 791 3.1: the outer total length is 16 bits.
-    if start + total > buf.len() || total > usize::from(u16::MAX) {
-        return None;
-    }
-    Some((start, len))
-}
 
-/// The ESP packet's length for a payload of `len` octets (RFC 4303 2: header, IV, payload,
-/// padding per 2.4, pad length, next header, ICV).
-#[inline]
-fn fast_esp_len(sa: &Sa, len: usize) -> usize {
-    let pad = packet::pad_len(len, usize::from(sa.align));
-    ESP_HEADER_LEN + usize::from(sa.iv_len) + len + pad + 2 + usize::from(sa.icv_len)
-}
+    /// `packet::pad_len` with the mask.
+    #[inline]
+    fn pad(&self, len: usize) -> usize {
+        (self.mask + 1 - ((len + 2) & self.mask)) & self.mask
+    }
 
-/// Seals one packet planned by `fast_plan`: the outer header from the template (TOS, DF,
-/// TTL and preserved addresses read from the inner header before it is encrypted), the ESP
-/// header (RFC 4303 2.1, 2.2), padding 1, 2, 3, ... (2.4), pad length, next header 4
-/// (IPv4), then the cipher. The same octets as `seal_planned` with `packet::plan`.
-#[allow(clippy::too_many_arguments)]
-#[inline]
-fn seal_fast<'b>(
-    sa: &Sa,
-    t: &ip::OuterV4,
-    buf: &'b mut [u8],
-    at: usize,
-    start: usize,
-    len: usize,
-    sn: u32,
-    iv: &[u8; 8],
-) -> Result<&'b mut [u8], SealError> {
-    let pad = packet::pad_len(len, usize::from(sa.align));
-    let esp_len = fast_esp_len(sa, len);
-    let total = ip::IPV4_MIN_HEADER + esp_len;
-    let too_small = || SealError::BufferTooSmall {
-        needed: start + total,
-    };
-    let out = buf.get_mut(start..start + total).ok_or_else(too_small)?;
-    let (head, esp) = out
-        .split_first_chunk_mut::<{ ip::IPV4_MIN_HEADER }>()
-        .ok_or_else(too_small)?;
-    let payload_at = at - start - ip::IPV4_MIN_HEADER;
-    let inner: &[u8; ip::IPV4_MIN_HEADER] = esp
-        .get(payload_at..)
-        .and_then(|p| p.first_chunk())
-        .ok_or_else(too_small)?;
-    t.write(head, inner, total as u16, sn as u16);
-    let (hdr, rest) = esp
-        .split_first_chunk_mut::<ESP_HEADER_LEN>()
-        .ok_or_else(too_small)?;
-    let s = sa.spi.to_be_bytes();
-    let n = sn.to_be_bytes();
-    *hdr = [s[0], s[1], s[2], s[3], n[0], n[1], n[2], n[3]];
-    let trailer_at = usize::from(sa.iv_len) + len;
-    let trailer = rest
-        .get_mut(trailer_at..trailer_at + pad + 2)
-        .ok_or_else(too_small)?;
-    let (padding, tail) = trailer.split_at_mut(pad);
-    for (i, b) in padding.iter_mut().enumerate() {
-        *b = (i + 1) as u8;
+    /// The ESP packet's length for a payload of `len` octets (RFC 4303 2: header, IV,
+    /// payload, padding, pad length, next header, ICV).
+    #[inline]
+    fn esp_len(&self, len: usize) -> usize {
+        ESP_HEADER_LEN + self.iv_len + len + self.pad(len) + 2 + self.icv_len
     }
-    if let [pl, nh] = tail {
-        *pl = pad as u8;
-        *nh = proto::IPV4;
+
+    /// Plans sealing the IPv4 packet at `buf[at..]` in place: the checks of `ip::parse` that
+    /// decide whether the packet is usable (RFC 791 3.1: version 4, IHL at least 5 and
+    /// within the buffer, total length at least the header and within the buffer; ports
+    /// are not needed) and the size checks of `plan_in_place`. Returns where the output
+    /// starts and the inner packet's length; `None` for anything else (another version, a
+    /// malformed header, missing room), which `plan_in_place` then plans or refuses.
+    #[inline]
+    fn plan(&self, buf: &[u8], at: usize) -> Option<(usize, usize)> {
+        let p = buf.get(at..)?;
+        let h: &[u8; ip::IPV4_MIN_HEADER] = p.first_chunk()?;
+        let ihl = usize::from(h[0] & 0x0f) * 4;
+        if h[0] >> 4 != 4 || ihl < ip::IPV4_MIN_HEADER || p.len() < ihl {
+            return None;
+        }
+        let len = usize::from(u16::from_be_bytes([h[2], h[3]]));
+        if len < ihl || len > p.len() {
+            return None;
+        }
+        let start = at.checked_sub(self.front)?;
+        let total = ip::IPV4_MIN_HEADER + self.esp_len(len);
+        // RFC 791 3.1: the outer total length is 16 bits.
+        if start + total > buf.len() || total > usize::from(u16::MAX) {
+            return None;
+        }
+        Some((start, len))
     }
-    sa.cipher.seal(esp, iv)?;
-    Ok(out)
+
+    /// Seals one packet planned by `plan`: the outer header from the template (TOS, DF, TTL
+    /// and preserved addresses read from the inner header before it is encrypted), the ESP
+    /// header (RFC 4303 2.1, 2.2), padding 1, 2, 3, ... (2.4), pad length, next header 4
+    /// (IPv4), then the cipher. The same octets as `seal_planned` with `packet::plan`.
+    #[allow(clippy::too_many_arguments)]
+    #[inline]
+    fn seal<'b>(
+        &self,
+        sa: &Sa,
+        buf: &'b mut [u8],
+        start: usize,
+        len: usize,
+        sn: u32,
+        iv: &[u8; 8],
+    ) -> Result<&'b mut [u8], SealError> {
+        let pad = self.pad(len);
+        let esp_len = ESP_HEADER_LEN + self.iv_len + len + pad + 2 + self.icv_len;
+        let total = ip::IPV4_MIN_HEADER + esp_len;
+        let too_small = || SealError::BufferTooSmall {
+            needed: start + total,
+        };
+        let out = buf.get_mut(start..start + total).ok_or_else(too_small)?;
+        let (head, esp) = out
+            .split_first_chunk_mut::<{ ip::IPV4_MIN_HEADER }>()
+            .ok_or_else(too_small)?;
+        let payload_at = ESP_HEADER_LEN + self.iv_len;
+        let inner: &[u8; ip::IPV4_MIN_HEADER] = esp
+            .get(payload_at..)
+            .and_then(|p| p.first_chunk())
+            .ok_or_else(too_small)?;
+        self.outer.write(head, inner, total as u16, sn as u16);
+        let (hdr, rest) = esp
+            .split_first_chunk_mut::<ESP_HEADER_LEN>()
+            .ok_or_else(too_small)?;
+        let s = sa.spi.to_be_bytes();
+        let n = sn.to_be_bytes();
+        *hdr = [s[0], s[1], s[2], s[3], n[0], n[1], n[2], n[3]];
+        let trailer_at = self.iv_len + len;
+        let trailer = rest
+            .get_mut(trailer_at..trailer_at + pad + 2)
+            .ok_or_else(too_small)?;
+        let (padding, tail) = trailer.split_at_mut(pad);
+        for (i, b) in padding.iter_mut().enumerate() {
+            *b = (i + 1) as u8;
+        }
+        if let [pl, nh] = tail {
+            *pl = pad as u8;
+            *nh = proto::IPV4;
+        }
+        sa.cipher.seal(esp, iv)?;
+        Ok(out)
+    }
 }
 
 /// Most packets `seal_batch` plans at once (its stack array); longer batches are taken in

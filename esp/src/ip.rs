@@ -412,34 +412,33 @@ impl OuterV4 {
         total: u16,
         ident: u16,
     ) {
-        let mut out = self.template;
+        *h = self.template;
         let tos = inner[1];
         let df = inner[6] & 0x40;
-        out[1] = tos;
-        out[2..4].copy_from_slice(&total.to_be_bytes());
-        out[4..6].copy_from_slice(&ident.to_be_bytes());
-        out[6] = df;
+        h[1] = tos;
+        h[2..4].copy_from_slice(&total.to_be_bytes());
+        h[4..6].copy_from_slice(&ident.to_be_bytes());
+        h[6] = df;
         let mut sum = self.fixed_sum
             + u32::from(tos)
             + u32::from(total)
             + u32::from(ident)
             + (u32::from(df) << 8);
         if self.copy_ttl {
-            out[8] = inner[8];
+            h[8] = inner[8];
             sum += u32::from(inner[8]) << 8;
         }
         if self.preserve_src {
             let a = [inner[12], inner[13], inner[14], inner[15]];
-            out[12..16].copy_from_slice(&a);
+            h[12..16].copy_from_slice(&a);
             sum += addr_sum(a);
         }
         if self.preserve_dst {
             let a = [inner[16], inner[17], inner[18], inner[19]];
-            out[16..20].copy_from_slice(&a);
+            h[16..20].copy_from_slice(&a);
             sum += addr_sum(a);
         }
-        out[10..12].copy_from_slice(&fold(sum).to_be_bytes());
-        *h = out;
+        h[10..12].copy_from_slice(&fold(sum).to_be_bytes());
     }
 }
 
