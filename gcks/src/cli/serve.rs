@@ -54,6 +54,12 @@ pub struct ServeArgs {
     /// Half-open IKE SAs before every new IKE_SA_INIT must return a COOKIE.
     #[arg(long, default_value_t = 30)]
     pub cookie_threshold: usize,
+    /// Runtime threads: 1 runs the sockets, the endpoint, the registrar and the store's
+    /// queue on one thread (the least CPU per registration); 2 or more lets the socket
+    /// readers drain the sockets while the endpoint does public-key work (the better
+    /// choice under an IKE_SA_INIT flood). See docs/performance.md.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub threads: u16,
     /// Log level: error, warn, info, debug, trace.
     #[arg(long, default_value = "info")]
     pub log: String,
@@ -163,17 +169,22 @@ pub fn run(url: String, key_path: PathBuf, a: ServeArgs) -> Result<(), String> {
     } else {
         a.listen.clone()
     };
-    // Two workers: the socket readers keep draining the sockets while the endpoint task
-    // does public-key work, which matters under an IKE_SA_INIT flood (a one-thread runtime
-    // was measured to let the sockets overflow on a loaded 2-CPU host, so that a real
-    // member's requests were lost and it registered only after retransmissions; CPU per
-    // registration was the same within the noise: docs/performance.md, "gcks:
-    // registration load").
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .map_err(|e| format!("runtime: {e}"))?;
+    // One thread: everything on it, no cross-thread wake-ups (measured cheaper per
+    // registration). Several: the socket readers keep draining the sockets while the
+    // endpoint task does public-key work (a one-thread runtime was measured to let the
+    // sockets overflow under the IKE_SA_INIT flood test on a loaded host, so that a real
+    // member needed retransmissions). docs/performance.md, "gcks: registration load".
+    let rt = if a.threads <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(usize::from(a.threads))
+            .enable_all()
+            .build()
+    }
+    .map_err(|e| format!("runtime: {e}"))?;
     // The master key file is created (0600) and the schema migrated by this first open.
     let store = Arc::new(rt.block_on(admin::open_store(&url, &key_path))?);
     let loader = StoreLoader::start(url.clone(), key_path.clone())?;
