@@ -1054,18 +1054,9 @@ impl Engine {
         buf: &mut [u8],
         esp: EspSrc<'_>,
     ) -> Result<std::ops::Range<usize>, DropReason> {
-        let (iv_len, icv_len, align) = (
-            usize::from(sa.iv_len),
-            usize::from(sa.icv_len),
-            usize::from(sa.align),
-        );
+        let iv_len = usize::from(sa.iv_len);
         let esp_len = esp.len();
-        let body_len = esp_len
-            .checked_sub(ESP_HEADER_LEN + iv_len + icv_len)
-            .ok_or(DropReason::Malformed)?;
-        if body_len < 2 || packet::rem(body_len, align.max(1)) != 0 {
-            return Err(DropReason::Malformed);
-        }
+        let body_len = body_len(sa, esp_len)?;
         // Preliminary replay check, before any cryptographic work (RFC 4303 3.4.3).
         let sender = replay_sender(sa, outer, esp.bytes(buf))?;
         sa.replay.check(sender, sn).map_err(replay_reason)?;
@@ -1090,21 +1081,7 @@ impl Engine {
                 front
             }
         };
-        let esp_buf = buf
-            .get_mut(esp_at..esp_at + esp_len)
-            .ok_or(DropReason::BufferTooSmall)?;
-        sa.cipher.open(esp_buf).map_err(|_| DropReason::Integrity)?;
-        // Only authenticated packets move the window.
-        sa.replay.commit(sender, sn).map_err(replay_reason)?;
-        let body_start = esp_at + ESP_HEADER_LEN + iv_len;
-        let body = buf
-            .get(body_start..body_start + body_len)
-            .ok_or(DropReason::Malformed)?;
-        let (payload_len, next_header) = packet::strip_trailer(body)?;
-        if next_header == NEXT_HEADER_DUMMY {
-            return Err(DropReason::Dummy);
-        }
-        let payload = body_start..body_start + payload_len;
+        let (payload, next_header) = open_body(sa, sender, sn, buf, esp_at, esp_len, body_len)?;
         match sa.mode {
             Mode::Tunnel(t) => tunnel_inner(sa, t, outer, buf, payload, next_header),
             Mode::Transport => {
@@ -1131,37 +1108,12 @@ impl Engine {
         at: usize,
         esp_len: usize,
     ) -> Result<std::ops::Range<usize>, DropReason> {
-        let (iv_len, icv_len) = (usize::from(sa.iv_len), usize::from(sa.icv_len));
-        let body_len = esp_len
-            .checked_sub(ESP_HEADER_LEN + iv_len + icv_len)
-            .ok_or(DropReason::Malformed)?;
-        if body_len < 2 || packet::rem(body_len, usize::from(sa.align).max(1)) != 0 {
-            return Err(DropReason::Malformed);
-        }
-        let esp_buf = buf.get_mut(at..at + esp_len);
+        let body_len = body_len(sa, esp_len)?;
         // Preliminary replay check, before any cryptographic work (RFC 4303 3.4.3).
-        let sender = replay_sender(sa, outer, esp_buf.as_deref())?;
+        let sender = replay_sender(sa, outer, buf.get(at..at + esp_len))?;
         sa.replay.check(sender, sn).map_err(replay_reason)?;
-        let esp_buf = esp_buf.ok_or(DropReason::BufferTooSmall)?;
-        sa.cipher.open(esp_buf).map_err(|_| DropReason::Integrity)?;
-        // Only authenticated packets move the window.
-        sa.replay.commit(sender, sn).map_err(replay_reason)?;
-        let body_start = at + ESP_HEADER_LEN + iv_len;
-        let body = buf
-            .get(body_start..body_start + body_len)
-            .ok_or(DropReason::Malformed)?;
-        let (payload_len, next_header) = packet::strip_trailer(body)?;
-        if next_header == NEXT_HEADER_DUMMY {
-            return Err(DropReason::Dummy);
-        }
-        tunnel_inner(
-            sa,
-            t,
-            outer,
-            buf,
-            body_start..body_start + payload_len,
-            next_header,
-        )
+        let (payload, next_header) = open_body(sa, sender, sn, buf, at, esp_len, body_len)?;
+        tunnel_inner(sa, t, outer, buf, payload, next_header)
     }
 
     /// Transport mode: writes the delivered packet's IP header at `start` (right in front of
@@ -1558,6 +1510,50 @@ fn replay_sender(sa: &Sa, outer: &Outer<'_>, esp: Option<&[u8]>) -> Result<Sende
 /// next header value, RFC 5374 5.2 item 6 address preservation, the SA's selectors, RFC
 /// 4301 5.2 step 4) and returns where it sits; anything after its total length is TFC
 /// padding (RFC 4303 2.4).
+/// The length of the body (payload, padding, Pad Length, Next Header) of an `esp_len`-octet
+/// ESP packet on `sa`: what is left after the header, IV and ICV, at least the two trailer
+/// octets and a multiple of the cipher's block (RFC 4303 2.4, 3.4.2).
+#[inline(always)]
+fn body_len(sa: &Sa, esp_len: usize) -> Result<usize, DropReason> {
+    let body_len = esp_len
+        .checked_sub(ESP_HEADER_LEN + usize::from(sa.iv_len) + usize::from(sa.icv_len))
+        .ok_or(DropReason::Malformed)?;
+    if body_len < 2 || packet::rem(body_len, usize::from(sa.align).max(1)) != 0 {
+        return Err(DropReason::Malformed);
+    }
+    Ok(body_len)
+}
+
+/// Verifies and decrypts the ESP packet at `esp_at` in place, then moves the replay window
+/// (only authenticated packets do, RFC 4303 3.4.3) and strips the trailer (3.4.4.1):
+/// where the payload sits and its Next Header. A dummy packet (Next Header 59, 2.6) is
+/// dropped.
+#[inline(always)]
+fn open_body(
+    sa: &Sa,
+    sender: Sender,
+    sn: u32,
+    buf: &mut [u8],
+    esp_at: usize,
+    esp_len: usize,
+    body_len: usize,
+) -> Result<(std::ops::Range<usize>, u8), DropReason> {
+    let esp_buf = buf
+        .get_mut(esp_at..esp_at + esp_len)
+        .ok_or(DropReason::BufferTooSmall)?;
+    sa.cipher.open(esp_buf).map_err(|_| DropReason::Integrity)?;
+    sa.replay.commit(sender, sn).map_err(replay_reason)?;
+    let body_start = esp_at + ESP_HEADER_LEN + usize::from(sa.iv_len);
+    let body = buf
+        .get(body_start..body_start + body_len)
+        .ok_or(DropReason::Malformed)?;
+    let (payload_len, next_header) = packet::strip_trailer(body)?;
+    if next_header == NEXT_HEADER_DUMMY {
+        return Err(DropReason::Dummy);
+    }
+    Ok((body_start..body_start + payload_len, next_header))
+}
+
 #[inline(always)]
 fn tunnel_inner(
     sa: &Sa,
