@@ -367,6 +367,30 @@ mod tests {
         assert!(proto.rekey.is_some() && proto.uses_counter_mode());
     }
 
+    /// RFC 9838 2.5.1 (R044): every Data-Security SA gets its own key, so that no key and
+    /// nonce pair repeats across SAs; a renewed SA gets a new one too.
+    #[test]
+    fn every_tek_and_every_renewal_gets_its_own_key() {
+        let mut c = cfg(RekeyMode::Multicast);
+        let mut second = c.teks[0].clone();
+        second.id = TekPolicyId(8);
+        second.spec.dst = Selector::host_port("239.1.1.3".parse().unwrap(), 5004);
+        c.teks.push(second);
+        let mut rng = SeededRandom::new([9; 32]);
+        let first = plan(&c, &empty(), 1000, &mut rng).unwrap().unwrap();
+        assert_eq!(first.teks.len(), 2);
+        assert_ne!(first.teks[0].spi, first.teks[1].spi);
+        assert_ne!(first.teks[0].keymat, first.teks[1].keymat);
+        let s = applied(&empty(), first);
+        let renewed = plan(&c, &s, 1095, &mut rng)
+            .unwrap()
+            .expect("margin reached");
+        for (old, new) in s.teks.iter().zip(&renewed.teks) {
+            assert_ne!(old.keymat, new.keymat, "renewal draws a new key");
+            assert_ne!(old.spi, new.spi);
+        }
+    }
+
     #[test]
     fn inband_groups_have_no_rekey_sa() {
         let c = cfg(RekeyMode::Inband);
