@@ -211,6 +211,29 @@ mod tests {
         assert_eq!(check(&only_esp, &[&k, &t]), Ok(()));
     }
 
+    /// RFC 9838 2.3.3 (R011): the GCKS does not use the SPI Size and SPI fields of the SAg:
+    /// the same proposals with SPIs get the same answers.
+    #[test]
+    fn sag_spis_are_ignored() {
+        let (t, k) = (tek(), kek());
+        let with_spi =
+            |p: Proposal, spi: &[u8]| Proposal::new(p.num, p.protocol, spi.to_vec(), p.transforms);
+        let good = vec![
+            esp(1, vec![Transform::encr(EncrId::AesGcm16, Some(256))]),
+            full_gike(1),
+        ];
+        let bad = vec![esp(1, vec![Transform::encr(EncrId::AesGcm16, Some(128))])];
+        for (proposals, acceptable) in [(good, true), (bad, false)] {
+            let plain = check(&SaPayload::new(proposals.clone()), &[&k, &t]);
+            assert_eq!(plain.is_ok(), acceptable, "{plain:?}");
+            let spied: Vec<Proposal> = proposals
+                .into_iter()
+                .map(|p| with_spi(p, &[0xde, 0xad, 0xbe, 0xef]))
+                .collect();
+            assert_eq!(check(&SaPayload::new(spied), &[&k, &t]), plain);
+        }
+    }
+
     #[test]
     fn a_missing_cipher_or_key_length_is_named() {
         let t = tek();
