@@ -73,8 +73,9 @@ struct Args {
     /// PostgreSQL server (trust auth); a uniquely named database is created and dropped.
     #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432")]
     pg: String,
-    /// GCKS runtime worker threads (`gcks serve` uses 2); 0 is a current-thread runtime.
-    #[arg(long, default_value_t = 2)]
+    /// GCKS runtime worker threads; 0 (the default, as `gcks serve --threads 1` runs) is a
+    /// current-thread runtime.
+    #[arg(long, default_value_t = 0)]
     gcks_threads: usize,
     /// Rounds per case (a fresh store each); the table shows the round with the median
     /// ratio.
