@@ -29,12 +29,10 @@ use gikev2_gcks::commit_queue::StatsHandle;
 use gikev2_gcks::credentials::{CacheConfig, CredentialCache, StoreLoader};
 use gikev2_gcks::group_view::GroupViews;
 use gikev2_gcks::registrar::unix_now;
+use gikev2_gcks::sample_group;
 use gikev2_gcks::{Registrar, RegistrationContext, ServeConfig, Server, StoreRegistrar};
 use gikev2_member::join::{Joined, join};
-use gikev2_policy::{
-    EspMode, GroupSpec, GroupWidePolicy, Identity, MasterKey, NewCredential, RekeyConfig,
-    RekeyMode, Role, Selector, Store, TekPolicySpec, TekProtocol,
-};
+use gikev2_policy::{GroupWidePolicy, Identity, MasterKey, NewCredential, Role, Store};
 use gikev2_proto::crypto::{
     IkeSuite, KeMethod, PublicKey, SecretBytes, SignatureScheme, SigningKey, SystemRandom,
 };
@@ -45,7 +43,7 @@ use gikev2_proto::ike::{
     SinglePeer,
 };
 use gikev2_proto::registry::NotifyType;
-use gikev2_proto::registry::{EncrId, GcAuthId, KeId, KwaId, PrfId, SnId};
+use gikev2_proto::registry::{EncrId, KeId, KwaId, PrfId};
 use gikev2_proto::wire::{IdPayload, Transform};
 
 const GROUP: &str = "load-group";
@@ -251,54 +249,15 @@ async fn open_store(url: &str, key_path: &Path) -> Result<Store, String> {
 async fn provision(store: &Store, creds: &Creds) -> Result<(), String> {
     let now = unix_now();
     let e = |e: gikev2_policy::StoreError| e.to_string();
-    let (_, pkcs8) = SigningKey::generate(SignatureScheme::Ed25519).map_err(|e| e.to_string())?;
-    let key = store
-        .add_signing_key("load-rekey", SignatureScheme::Ed25519, &pkcs8, now)
-        .await
-        .map_err(e)?;
-    let group = store
-        .create_group(
-            &GroupSpec {
-                name: GROUP.into(),
-                idg: Identity::key_id(GROUP.as_bytes()),
-                capacity: u32::try_from(creds.members.len() + 10).unwrap_or(u32::MAX),
-                rekey: RekeyConfig {
-                    mode: RekeyMode::Multicast,
-                    dst: Some("239.192.0.9:848".parse().map_err(|_| "address")?),
-                    src_addr: None,
-                    src_port: None,
-                    lifetime: 86_400,
-                    encr: EncrId::AesGcm16,
-                    encr_key_bits: Some(256),
-                    integ: None,
-                    kwa: KwaId::Kw5649_256,
-                    gcauth: GcAuthId::DigitalSignature,
-                    signing_key: Some(key),
-                },
-                tek_lifetime: 3_600,
-                policy: GroupWidePolicy::default(),
-            },
-            now,
-        )
-        .await
-        .map_err(e)?;
-    store
-        .add_tek_policy(
-            group,
-            &TekPolicySpec {
-                protocol: TekProtocol::Esp,
-                ip_protocol: 17,
-                src: Selector::any(false),
-                dst: Selector::host_port("239.192.0.1".parse().map_err(|_| "address")?, 5004),
-                encr: EncrId::AesGcm16,
-                encr_key_bits: Some(256),
-                integ: None,
-                sn: SnId::Unspecified32,
-                mode: EspMode::Transport,
-            },
-        )
-        .await
-        .map_err(e)?;
+    let group = sample_group::create(
+        store,
+        GROUP,
+        "load-rekey",
+        u32::try_from(creds.members.len() + 10).unwrap_or(u32::MAX),
+        GroupWidePolicy::default(),
+        now,
+    )
+    .await?;
     let anchor = match &creds.ca {
         Some(der) => Some(store.add_trust_anchor("load-ca", der).await.map_err(e)?),
         None => None,

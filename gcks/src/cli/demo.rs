@@ -9,18 +9,16 @@ use std::time::{Duration, Instant};
 
 use gikev2_gcks::credentials::{CacheConfig, CredentialCache, StoreLoader};
 use gikev2_gcks::registrar::unix_now;
+use gikev2_gcks::sample_group;
 use gikev2_gcks::{ServeConfig, Server, StoreRegistrar};
 use gikev2_member::{JoinError, join};
-use gikev2_policy::{
-    EspMode, GroupSpec, GroupWidePolicy, Identity, NewCredential, RekeyConfig, RekeyMode, Role,
-    Selector, Store, TekPolicySpec, TekProtocol,
-};
-use gikev2_proto::crypto::{IkeSuite, SecretBytes, SignatureScheme, SigningKey};
+use gikev2_policy::{GroupWidePolicy, Identity, NewCredential, Role, Store};
+use gikev2_proto::crypto::{IkeSuite, SecretBytes};
 use gikev2_proto::group::{GroupKeys, Role as KeyRole, read_registration};
 use gikev2_proto::ike::{
     IkeConfig, LocalAuth, PeerAuth, PeerAuthResolver, RegistrationRequest, SinglePeer,
 };
-use gikev2_proto::registry::{EncrId, GcAuthId, KeId, KwaId, NotifyType, PrfId, SnId};
+use gikev2_proto::registry::{EncrId, KeId, KwaId, NotifyType, PrfId};
 use gikev2_proto::wire::{IdPayload, Transform};
 
 use super::admin::open_store;
@@ -76,57 +74,18 @@ fn member_config(id: &str) -> Result<IkeConfig, String> {
 async fn provision(store: &Store) -> Result<(), String> {
     let now = unix_now();
     let e = |e: gikev2_policy::StoreError| e.to_string();
-    let (_, pkcs8) = SigningKey::generate(SignatureScheme::Ed25519).map_err(|e| e.to_string())?;
-    let key = store
-        .add_signing_key("demo-rekey", SignatureScheme::Ed25519, &pkcs8, now)
-        .await
-        .map_err(e)?;
-    let group = store
-        .create_group(
-            &GroupSpec {
-                name: GROUP.into(),
-                idg: Identity::key_id(GROUP.as_bytes()),
-                capacity: 10,
-                rekey: RekeyConfig {
-                    mode: RekeyMode::Multicast,
-                    dst: Some("239.192.0.9:848".parse().map_err(|_| "address")?),
-                    src_addr: None,
-                    src_port: None,
-                    lifetime: 86_400,
-                    encr: EncrId::AesGcm16,
-                    encr_key_bits: Some(256),
-                    integ: None,
-                    kwa: KwaId::Kw5649_256,
-                    gcauth: GcAuthId::DigitalSignature,
-                    signing_key: Some(key),
-                },
-                tek_lifetime: 3_600,
-                policy: GroupWidePolicy {
-                    sender_id_bits: Some(8),
-                    ..GroupWidePolicy::default()
-                },
-            },
-            now,
-        )
-        .await
-        .map_err(e)?;
-    store
-        .add_tek_policy(
-            group,
-            &TekPolicySpec {
-                protocol: TekProtocol::Esp,
-                ip_protocol: 17,
-                src: Selector::any(false),
-                dst: Selector::host_port("239.192.0.1".parse().map_err(|_| "address")?, 5004),
-                encr: EncrId::AesGcm16,
-                encr_key_bits: Some(256),
-                integ: None,
-                sn: SnId::Unspecified32,
-                mode: EspMode::Transport,
-            },
-        )
-        .await
-        .map_err(e)?;
+    let group = sample_group::create(
+        store,
+        GROUP,
+        "demo-rekey",
+        10,
+        GroupWidePolicy {
+            sender_id_bits: Some(8),
+            ..GroupWidePolicy::default()
+        },
+        now,
+    )
+    .await?;
     for (name, role) in [
         ("sender.demo", Some(Role::Sender)),
         ("receiver1.demo", Some(Role::Receiver)),
