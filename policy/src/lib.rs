@@ -14,15 +14,29 @@
 /// Runs `$body` once per backend with `$pool` bound to the concrete pool type, so one
 /// source text serves both drivers (the SQL is shared: `$n` placeholders work in both).
 macro_rules! on_backend {
+    // On SQLite, the store's own writer connection (see `Backend`); only for a single
+    // write transaction that calls no other store method (the writer has one connection).
+    ($store:expr, writer |$pool:ident, $pg:ident| $body:block) => {
+        match &$store.backend {
+            $crate::store::Backend::Sqlite { writer: $pool, .. } => {
+                let $pg = false;
+                $body
+            }
+            $crate::store::Backend::Postgres($pool) => {
+                let $pg = true;
+                $body
+            }
+        }
+    };
     ($store:expr, |$pool:ident| $body:block) => {
         match &$store.backend {
-            $crate::store::Backend::Sqlite($pool) => $body,
+            $crate::store::Backend::Sqlite { pool: $pool, .. } => $body,
             $crate::store::Backend::Postgres($pool) => $body,
         }
     };
     ($store:expr, |$pool:ident, $pg:ident| $body:block) => {
         match &$store.backend {
-            $crate::store::Backend::Sqlite($pool) => {
+            $crate::store::Backend::Sqlite { pool: $pool, .. } => {
                 let $pg = false;
                 $body
             }

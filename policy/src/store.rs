@@ -25,7 +25,15 @@ use crate::secrets::{MasterKey, RowRef};
 
 /// The two backends, each with its own typed pool.
 pub(crate) enum Backend {
-    Sqlite(SqlitePool),
+    /// `writer` is one more connection, kept for registration batches (the hot write
+    /// path, [`Store::commit_registrations`]): SQLite has one writer at a time anyway, and
+    /// a connection that no other connection writes behind keeps its page cache, where
+    /// one taken from the pool in turn finds the database changed and reads its pages
+    /// again (docs/performance.md).
+    Sqlite {
+        pool: SqlitePool,
+        writer: SqlitePool,
+    },
     Postgres(PgPool),
 }
 
@@ -170,10 +178,15 @@ impl Store {
                 let pool = SqlitePoolOptions::new()
                     .max_connections(opts.max_connections)
                     .acquire_timeout(opts.busy_timeout)
-                    .connect_with(co)
+                    .connect_with(co.clone())
                     .await?;
                 sqlx::migrate!("../migrations/sqlite").run(&pool).await?;
-                Backend::Sqlite(pool)
+                let writer = SqlitePoolOptions::new()
+                    .max_connections(1)
+                    .acquire_timeout(opts.busy_timeout)
+                    .connect_with(co)
+                    .await?;
+                Backend::Sqlite { pool, writer }
             }
             "postgres" | "postgresql" => {
                 let co = PgConnectOptions::from_str(url)?;
@@ -202,13 +215,16 @@ impl Store {
 
     pub fn kind(&self) -> BackendKind {
         match self.backend {
-            Backend::Sqlite(_) => BackendKind::Sqlite,
+            Backend::Sqlite { .. } => BackendKind::Sqlite,
             Backend::Postgres(_) => BackendKind::Postgres,
         }
     }
 
     /// Closes every pooled connection.
     pub async fn close(&self) {
+        if let Backend::Sqlite { writer, .. } = &self.backend {
+            writer.close().await;
+        }
         on_backend!(self, |pool| { pool.close().await })
     }
 
@@ -722,15 +738,17 @@ impl Store {
         let now_db = to_db(now, "time")?;
         on_backend!(self, |pool, pg| {
             let mut tx = pool.begin_write().await?;
-            let cap: Option<i64> = sqlx::query_scalar(&format!(
-                "SELECT g.capacity FROM group_state gs JOIN groups g ON g.id = gs.group_id \
-                 WHERE gs.group_id = $1{}",
+            // The count is kept in the locked row (migrations 0003), read in its newest
+            // version.
+            let row: Option<(i64, i64)> = sqlx::query_as(&format!(
+                "SELECT g.capacity, gs.member_count FROM group_state gs \
+                 JOIN groups g ON g.id = gs.group_id WHERE gs.group_id = $1{}",
                 lock_state(pg)
             ))
             .bind(group.0)
             .fetch_optional(&mut *tx)
             .await?;
-            let Some(cap) = cap else {
+            let Some((cap, n)) = row else {
                 return Err(StoreError::NotFound(format!("group {group}")));
             };
             let already: Option<i64> = sqlx::query_scalar(
@@ -744,10 +762,6 @@ impl Store {
                 tx.commit().await?;
                 return Ok(Admission::AlreadyMember);
             }
-            let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM memberships WHERE group_id = $1")
-                .bind(group.0)
-                .fetch_one(&mut *tx)
-                .await?;
             if n >= cap {
                 tx.commit().await?;
                 return Ok(Admission::GroupFull {
@@ -852,228 +866,227 @@ impl Store {
         let mut groups: Vec<GroupId> = batch.iter().map(|w| w.group).collect();
         groups.sort_by_key(|g| g.0);
         groups.dedup();
-        on_backend!(self, |pool, pg| {
-            let mut tx = pool.begin_write().await?;
-            // 1. Lock the groups' state rows (as every state write does), with what the
-            // batch needs of each: capacity and the Sender-ID counter (a locked row is
-            // read in its newest version).
-            let in_groups = |q: &mut String| {
-                for (i, g) in groups.iter().enumerate() {
-                    if i > 0 {
-                        q.push_str(", ");
-                    }
-                    q.push_str(&g.0.to_string());
-                }
-                q.push(')');
-            };
-            let mut sql = String::from(
-                "SELECT gs.group_id, g.capacity, gs.next_sender_id, gs.sender_id_epoch, \
-                 g.sender_id_bits, g.max_sender_ids_per_member \
+        on_backend!(
+            self,
+            writer | pool,
+            pg | {
+                let mut tx = pool.begin_write().await?;
+                // 1. Lock the groups' state rows (as every state write does), with what the
+                // batch needs of each: capacity, the members counted (kept in the row by
+                // triggers, migrations 0003) and the Sender-ID counter. A locked row is read in
+                // its newest version, also on PostgreSQL after waiting for the lock, so the
+                // count is current; counting memberships here instead would read them as of
+                // the statement's start there, and costs a scan as long as the group.
+                let mut sql = String::from(
+                    "SELECT gs.group_id, g.capacity, gs.member_count, gs.next_sender_id, \
+                 gs.sender_id_epoch, g.sender_id_bits, g.max_sender_ids_per_member \
                  FROM group_state gs JOIN groups g ON g.id = gs.group_id \
                  WHERE gs.group_id IN (",
-            );
-            in_groups(&mut sql);
-            sql.push_str(lock_state(pg));
-            let locked: Vec<GroupLockRow> = sqlx::query_as(&sql).fetch_all(&mut *tx).await?;
-            let locked: HashMap<i64, GroupLockRow> = locked.into_iter().map(|r| (r.0, r)).collect();
-            // The members counted, in a statement of its own: on PostgreSQL a statement
-            // that waited for the lock still reads other tables as of its start, and a
-            // count taken in the locking statement would miss what the previous holder
-            // committed.
-            let mut sql =
-                String::from("SELECT group_id, COUNT(*) FROM memberships WHERE group_id IN (");
-            in_groups(&mut sql);
-            sql.push_str(" GROUP BY group_id");
-            let counted: HashMap<i64, i64> = sqlx::query_as::<_, (i64, i64)>(&sql)
-                .fetch_all(&mut *tx)
-                .await?
-                .into_iter()
-                .collect();
-            // 2. The members, every authorization they hold, and whether they are already
-            // counted in that group: one statement.
-            let mut rows: Vec<MemberRoleRow> = Vec::new();
-            for chunk in identities.chunks(BATCH_BINDS / 2) {
-                let mut q = sqlx::QueryBuilder::new(
-                    "SELECT m.id, m.id_type, m.id_value, a.group_id, a.role, \
-                     ms.member_id IS NOT NULL FROM members m \
-                     LEFT JOIN authorizations a ON a.member_id = m.id \
-                     LEFT JOIN memberships ms ON ms.member_id = m.id AND ms.group_id = a.group_id \
-                     WHERE (m.id_type, m.id_value) IN (VALUES ",
                 );
-                for (i, id) in chunk.iter().enumerate() {
+                for (i, g) in groups.iter().enumerate() {
                     if i > 0 {
-                        q.push(", ");
+                        sql.push_str(", ");
                     }
-                    q.push("(")
-                        .push_bind(i64::from(id.id_type.value()))
-                        .push(", ")
-                        .push_bind(id.value.clone())
-                        .push(")");
+                    sql.push_str(&g.0.to_string());
                 }
-                q.push(")");
-                rows.extend(q.build_query_as().fetch_all(&mut *tx).await?);
-            }
-            let mut members: HashMap<Identity, (MemberId, HashMap<i64, String>)> = HashMap::new();
-            // (group, member) pairs counted against the group's capacity.
-            let mut present: HashSet<(i64, i64)> = HashSet::new();
-            for (id, ty, value, group, role, counted) in rows {
-                let ty: u8 = int(ty, "members.id_type")?;
-                let e = members
-                    .entry(Identity::new(ty.into(), value))
-                    .or_insert_with(|| (MemberId(id), HashMap::new()));
-                if let (Some(g), Some(r)) = (group, role) {
-                    e.1.insert(g, r);
-                    if counted == Some(true) {
-                        present.insert((g, id));
-                    }
-                }
-            }
-            // 3. Authorization, in the registrar's order.
-            let mut outcome: Vec<Option<RegistrationOutcome>> = Vec::with_capacity(batch.len());
-            for w in batch {
-                let refused = match members.get(&w.member) {
-                    None => Some(RegistrationRefusal::UnknownMember),
-                    Some((_, roles)) => match roles.get(&w.group.0) {
-                        None => Some(RegistrationRefusal::NotAuthorized),
-                        Some(r) => {
-                            let role = Role::from_db(r).ok_or_else(|| {
-                                StoreError::data("authorizations.role", format!("{r:?}"))
-                            })?;
-                            if w.wants_sender && !role.allows(Role::Sender) {
-                                Some(RegistrationRefusal::NotSender)
-                            } else {
-                                w.refused_before
-                                    .clone()
-                                    .map(RegistrationRefusal::RefusedBefore)
-                            }
+                sql.push(')');
+                sql.push_str(lock_state(pg));
+                let locked: Vec<GroupLockRow> = sqlx::query_as(&sql).fetch_all(&mut *tx).await?;
+                let locked: HashMap<i64, GroupLockRow> =
+                    locked.into_iter().map(|r| (r.0, r)).collect();
+                // 2. The members, every authorization they hold, and whether they are already
+                // counted in that group: one statement.
+                let mut rows: Vec<MemberRoleRow> = Vec::new();
+                for chunk in identities.chunks(BATCH_BINDS / 2) {
+                    // The identities as a table joined to `members`: one index lookup each.
+                    // (`(id_type, id_value) IN (VALUES ...)` made SQLite scan every member.)
+                    let mut q =
+                        sqlx::QueryBuilder::new("WITH wanted (id_type, id_value) AS (VALUES ");
+                    for (i, id) in chunk.iter().enumerate() {
+                        if i > 0 {
+                            q.push(", ");
                         }
-                    },
-                };
-                outcome.push(refused.map(RegistrationOutcome::Refused));
-            }
-            // 4. Per group: capacity and Sender-IDs.
-            let mut joins: Vec<(i64, i64, i64)> = Vec::new();
-            let mut allocations: Vec<(i64, i64, i64, i64, i64)> = Vec::new();
-            let mut counters: BTreeMap<i64, i64> = BTreeMap::new();
-            for g in &groups {
-                let wanted: Vec<usize> = (0..batch.len())
-                    .filter(|&i| batch[i].group == *g && outcome[i].is_none())
-                    .collect();
-                if wanted.is_empty() {
-                    continue;
-                }
-                let Some(&(_, cap, mut next, epoch, bits, per_member)) = locked.get(&g.0) else {
-                    for &i in &wanted {
-                        outcome[i] = Some(RegistrationOutcome::Refused(
-                            RegistrationRefusal::Unavailable(format!("group {g} has no state row")),
-                        ));
+                        q.push("(")
+                            .push_bind(i64::from(id.id_type.value()))
+                            .push(", ")
+                            .push_bind(id.value.clone())
+                            .push(")");
                     }
-                    continue;
-                };
-                let mut count = counted.get(&g.0).copied().unwrap_or(0);
-                let space: Option<i64> = match bits {
-                    Some(b) => Some(1i64 << int::<u32>(b, "groups.sender_id_bits")?.min(32)),
-                    None => None,
-                };
-                for &i in &wanted {
-                    let w = &batch[i];
-                    let member = members[&w.member].0;
-                    let newly = !present.contains(&(g.0, member.0));
-                    if newly && count >= cap {
-                        outcome[i] = Some(RegistrationOutcome::Refused(
-                            RegistrationRefusal::GroupFull {
-                                capacity: int(cap, "groups.capacity")?,
-                            },
-                        ));
+                    q.push(
+                        ") SELECT m.id, m.id_type, m.id_value, a.group_id, a.role, \
+                     ms.member_id IS NOT NULL FROM wanted w \
+                     JOIN members m ON m.id_type = w.id_type AND m.id_value = w.id_value \
+                     LEFT JOIN authorizations a ON a.member_id = m.id \
+                     LEFT JOIN memberships ms ON ms.member_id = m.id AND ms.group_id = a.group_id",
+                    );
+                    rows.extend(q.build_query_as().fetch_all(&mut *tx).await?);
+                }
+                let mut members: HashMap<Identity, (MemberId, HashMap<i64, String>)> =
+                    HashMap::new();
+                // (group, member) pairs counted against the group's capacity.
+                let mut present: HashSet<(i64, i64)> = HashSet::new();
+                for (id, ty, value, group, role, counted) in rows {
+                    let ty: u8 = int(ty, "members.id_type")?;
+                    let e = members
+                        .entry(Identity::new(ty.into(), value))
+                        .or_insert_with(|| (MemberId(id), HashMap::new()));
+                    if let (Some(g), Some(r)) = (group, role) {
+                        e.1.insert(g, r);
+                        if counted == Some(true) {
+                            present.insert((g, id));
+                        }
+                    }
+                }
+                // 3. Authorization, in the registrar's order.
+                let mut outcome: Vec<Option<RegistrationOutcome>> = Vec::with_capacity(batch.len());
+                for w in batch {
+                    let refused = match members.get(&w.member) {
+                        None => Some(RegistrationRefusal::UnknownMember),
+                        Some((_, roles)) => match roles.get(&w.group.0) {
+                            None => Some(RegistrationRefusal::NotAuthorized),
+                            Some(r) => {
+                                let role = Role::from_db(r).ok_or_else(|| {
+                                    StoreError::data("authorizations.role", format!("{r:?}"))
+                                })?;
+                                if w.wants_sender && !role.allows(Role::Sender) {
+                                    Some(RegistrationRefusal::NotSender)
+                                } else {
+                                    w.refused_before
+                                        .clone()
+                                        .map(RegistrationRefusal::RefusedBefore)
+                                }
+                            }
+                        },
+                    };
+                    outcome.push(refused.map(RegistrationOutcome::Refused));
+                }
+                // 4. Per group: capacity and Sender-IDs.
+                let mut joins: Vec<(i64, i64, i64)> = Vec::new();
+                let mut allocations: Vec<(i64, i64, i64, i64, i64)> = Vec::new();
+                let mut counters: BTreeMap<i64, i64> = BTreeMap::new();
+                for g in &groups {
+                    let wanted: Vec<usize> = (0..batch.len())
+                        .filter(|&i| batch[i].group == *g && outcome[i].is_none())
+                        .collect();
+                    if wanted.is_empty() {
                         continue;
                     }
-                    let mut granted_ids = Vec::new();
-                    if let Some(n) = w.sender_ids {
-                        let Some(space) = space else {
+                    let Some(&(_, cap, mut count, mut next, epoch, bits, per_member)) =
+                        locked.get(&g.0)
+                    else {
+                        for &i in &wanted {
                             outcome[i] = Some(RegistrationOutcome::Refused(
                                 RegistrationRefusal::Unavailable(format!(
-                                    "group {g} has no Sender-ID bits (groups.sender_id_bits)"
+                                    "group {g} has no state row"
                                 )),
                             ));
-                            continue;
-                        };
-                        let granted = i64::from(n.max(1))
-                            .min(per_member)
-                            .min((space - next).max(0));
-                        if granted == 0 {
+                        }
+                        continue;
+                    };
+                    let space: Option<i64> = match bits {
+                        Some(b) => Some(1i64 << int::<u32>(b, "groups.sender_id_bits")?.min(32)),
+                        None => None,
+                    };
+                    for &i in &wanted {
+                        let w = &batch[i];
+                        let member = members[&w.member].0;
+                        let newly = !present.contains(&(g.0, member.0));
+                        if newly && count >= cap {
                             outcome[i] = Some(RegistrationOutcome::Refused(
-                                RegistrationRefusal::SenderIdsExhausted,
+                                RegistrationRefusal::GroupFull {
+                                    capacity: int(cap, "groups.capacity")?,
+                                },
                             ));
                             continue;
                         }
-                        for id in next..next + granted {
-                            allocations.push((g.0, id, member.0, epoch, to_db(w.now, "time")?));
-                            granted_ids.push(int(id, "sender_ids.sender_id")?);
+                        let mut granted_ids = Vec::new();
+                        if let Some(n) = w.sender_ids {
+                            let Some(space) = space else {
+                                outcome[i] = Some(RegistrationOutcome::Refused(
+                                    RegistrationRefusal::Unavailable(format!(
+                                        "group {g} has no Sender-ID bits (groups.sender_id_bits)"
+                                    )),
+                                ));
+                                continue;
+                            };
+                            let granted = i64::from(n.max(1))
+                                .min(per_member)
+                                .min((space - next).max(0));
+                            if granted == 0 {
+                                outcome[i] = Some(RegistrationOutcome::Refused(
+                                    RegistrationRefusal::SenderIdsExhausted,
+                                ));
+                                continue;
+                            }
+                            for id in next..next + granted {
+                                allocations.push((g.0, id, member.0, epoch, to_db(w.now, "time")?));
+                                granted_ids.push(int(id, "sender_ids.sender_id")?);
+                            }
+                            next += granted;
+                            counters.insert(g.0, next);
                         }
-                        next += granted;
-                        counters.insert(g.0, next);
+                        if newly {
+                            count += 1;
+                            present.insert((g.0, member.0));
+                            joins.push((g.0, member.0, to_db(w.now, "time")?));
+                        }
+                        outcome[i] = Some(RegistrationOutcome::Admitted {
+                            member,
+                            newly,
+                            sender_ids: granted_ids,
+                        });
                     }
-                    if newly {
-                        count += 1;
-                        present.insert((g.0, member.0));
-                        joins.push((g.0, member.0, to_db(w.now, "time")?));
-                    }
-                    outcome[i] = Some(RegistrationOutcome::Admitted {
-                        member,
-                        newly,
-                        sender_ids: granted_ids,
-                    });
                 }
-            }
-            // 4. The writes: a few multi-row statements for the whole batch.
-            for chunk in joins.chunks(BATCH_BINDS / 3) {
-                let mut q = sqlx::QueryBuilder::new(
-                    "INSERT INTO memberships (group_id, member_id, joined_at) ",
-                );
-                q.push_values(chunk, |mut b, (g, m, at)| {
-                    b.push_bind(*g).push_bind(*m).push_bind(*at);
-                });
-                q.build().execute(&mut *tx).await?;
-            }
-            for chunk in allocations.chunks(BATCH_BINDS / 5) {
-                let mut q = sqlx::QueryBuilder::new(
-                    "INSERT INTO sender_ids (group_id, sender_id, member_id, epoch, \
+                // 4. The writes: a few multi-row statements for the whole batch.
+                for chunk in joins.chunks(BATCH_BINDS / 3) {
+                    let mut q = sqlx::QueryBuilder::new(
+                        "INSERT INTO memberships (group_id, member_id, joined_at) ",
+                    );
+                    q.push_values(chunk, |mut b, (g, m, at)| {
+                        b.push_bind(*g).push_bind(*m).push_bind(*at);
+                    });
+                    q.build().execute(&mut *tx).await?;
+                }
+                for chunk in allocations.chunks(BATCH_BINDS / 5) {
+                    let mut q = sqlx::QueryBuilder::new(
+                        "INSERT INTO sender_ids (group_id, sender_id, member_id, epoch, \
                      allocated_at) ",
-                );
-                q.push_values(chunk, |mut b, (g, id, m, e, at)| {
-                    b.push_bind(*g)
-                        .push_bind(*id)
-                        .push_bind(*m)
-                        .push_bind(*e)
-                        .push_bind(*at);
-                });
-                q.build().execute(&mut *tx).await?;
+                    );
+                    q.push_values(chunk, |mut b, (g, id, m, e, at)| {
+                        b.push_bind(*g)
+                            .push_bind(*id)
+                            .push_bind(*m)
+                            .push_bind(*e)
+                            .push_bind(*at);
+                    });
+                    q.build().execute(&mut *tx).await?;
+                }
+                for (g, next) in &counters {
+                    sqlx::query("UPDATE group_state SET next_sender_id = $2 WHERE group_id = $1")
+                        .bind(*g)
+                        .bind(*next)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                let outcome: Vec<RegistrationOutcome> = outcome
+                    .into_iter()
+                    .map(|o| {
+                        o.unwrap_or(RegistrationOutcome::Refused(
+                            RegistrationRefusal::Unavailable("not decided".into()),
+                        ))
+                    })
+                    .collect();
+                let events: Vec<AuditRow7> = batch
+                    .iter()
+                    .zip(&outcome)
+                    .enumerate()
+                    .map(|(i, (w, o))| audit_binds(&audit(i, w, o)))
+                    .collect::<Result<_, _>>()?;
+                insert_audit!(tx, events);
+                tx.commit().await?;
+                Ok(outcome)
             }
-            for (g, next) in &counters {
-                sqlx::query("UPDATE group_state SET next_sender_id = $2 WHERE group_id = $1")
-                    .bind(*g)
-                    .bind(*next)
-                    .execute(&mut *tx)
-                    .await?;
-            }
-            let outcome: Vec<RegistrationOutcome> = outcome
-                .into_iter()
-                .map(|o| {
-                    o.unwrap_or(RegistrationOutcome::Refused(
-                        RegistrationRefusal::Unavailable("not decided".into()),
-                    ))
-                })
-                .collect();
-            let events: Vec<AuditRow7> = batch
-                .iter()
-                .zip(&outcome)
-                .enumerate()
-                .map(|(i, (w, o))| audit_binds(&audit(i, w, o)))
-                .collect::<Result<_, _>>()?;
-            insert_audit!(tx, events);
-            tx.commit().await?;
-            Ok(outcome)
-        })
+        )
     }
 
     // ----- rekey-sender lease -----
@@ -1190,11 +1203,15 @@ impl Store {
             return Ok(());
         }
         let events: Vec<AuditRow7> = events.iter().map(audit_binds).collect::<Result<_, _>>()?;
-        on_backend!(self, |pool| {
-            let mut tx = pool.begin_write().await?;
-            insert_audit!(tx, events);
-            tx.commit().await?;
-        });
+        on_backend!(
+            self,
+            writer | pool,
+            _pg | {
+                let mut tx = pool.begin_write().await?;
+                insert_audit!(tx, events);
+                tx.commit().await?;
+            }
+        );
         Ok(())
     }
 
@@ -1221,9 +1238,9 @@ const BATCH_BINDS: usize = 4096;
 /// it is counted in that group.
 type MemberRoleRow = (i64, i64, Vec<u8>, Option<i64>, Option<String>, Option<bool>);
 
-/// A group's state row as a registration batch locks it: group, capacity, next
-/// Sender-ID, Sender-ID epoch, Sender-ID bits, per-member bound.
-type GroupLockRow = (i64, i64, i64, i64, Option<i64>, i64);
+/// A group's state row as a registration batch locks it: group, capacity, members
+/// counted, next Sender-ID, Sender-ID epoch, Sender-ID bits, per-member bound.
+type GroupLockRow = (i64, i64, i64, i64, i64, Option<i64>, i64);
 
 /// The columns of one audit row, ready to bind.
 type AuditRow7 = (

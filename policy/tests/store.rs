@@ -29,6 +29,7 @@ on_both_backends!(
     plain_sql_administration,
     registration_batches_decide_in_order_and_commit_with_their_audit,
     registration_batches_respect_capacity_across_processes,
+    member_count_follows_every_membership_change,
 );
 
 const T0: u64 = 1_800_000_000;
@@ -1678,4 +1679,146 @@ async fn registration_batches_respect_capacity_across_processes(db: &TestDb) {
     assert_eq!(ids, (0..25).collect());
     a.close().await;
     b.close().await;
+}
+
+/// The members counted against capacity live in `group_state.member_count`, kept by
+/// triggers (migrations 0003) so that a registration batch need not count the group's
+/// memberships. Every way memberships change, through the store or plain SQL, keeps it
+/// equal to the count, and capacity is enforced from it.
+async fn member_count_follows_every_membership_change(db: &TestDb) {
+    let store = db.open(key(23)).await;
+    let mut spec = group_spec("counted", "counted.example");
+    spec.capacity = 6;
+    let g = store.create_group(&spec, T0).await.unwrap();
+    let g2 = store
+        .create_group(&group_spec("other", "other.example"), T0)
+        .await
+        .unwrap();
+    let mut ids = Vec::new();
+    for i in 0..8 {
+        let m = store
+            .add_member(
+                &Identity::fqdn(&format!("c{i}.example")),
+                None,
+                &psk("p"),
+                T0,
+            )
+            .await
+            .unwrap();
+        store.authorize(m, g, Role::Receiver, T0).await.unwrap();
+        store.authorize(m, g2, Role::Receiver, T0).await.unwrap();
+        ids.push(m.0);
+    }
+    let check = async |what: &str, expected: i64| {
+        for group in [g, g2] {
+            let kept = db
+                .raw_int(&format!(
+                    "SELECT member_count FROM group_state WHERE group_id = {}",
+                    group.0
+                ))
+                .await;
+            let counted = db
+                .raw_int(&format!(
+                    "SELECT COUNT(*) FROM memberships WHERE group_id = {}",
+                    group.0
+                ))
+                .await;
+            assert_eq!(kept, counted, "{what}: group {group}");
+        }
+        assert_eq!(
+            store.member_count(g).await.unwrap(),
+            expected as u64,
+            "{what}"
+        );
+    };
+    check("no members", 0).await;
+    // Through the store: a batch of three (one twice) and a single admission.
+    let batch: Vec<RegistrationWrite> = ["c0", "c1", "c2", "c0"]
+        .iter()
+        .map(|n| write(g, &format!("{n}.example"), None))
+        .collect();
+    store.commit_registrations(&batch, audit_of).await.unwrap();
+    check("batch", 3).await;
+    assert_eq!(
+        store.admit_member(g, MemberId(ids[3]), T0).await.unwrap(),
+        Admission::Admitted
+    );
+    check("admit_member", 4).await;
+    // Plain SQL: a multi-row insert, a move to another group, a delete.
+    store
+        .execute_admin_sql(&format!(
+            "INSERT INTO memberships (group_id, member_id, joined_at) VALUES \
+             ({g}, {a}, 0), ({g}, {b}, 0), ({g2}, {c}, 0)",
+            g = g.0,
+            g2 = g2.0,
+            a = ids[4],
+            b = ids[5],
+            c = ids[6],
+        ))
+        .await
+        .unwrap();
+    check("SQL insert", 6).await;
+    // The group is full by the kept count: the next registration is refused.
+    let full = store
+        .commit_registrations(&[write(g, "c7.example", None)], audit_of)
+        .await
+        .unwrap();
+    assert_eq!(
+        full,
+        vec![RegistrationOutcome::Refused(
+            RegistrationRefusal::GroupFull { capacity: 6 }
+        )]
+    );
+    store
+        .execute_admin_sql(&format!(
+            "UPDATE memberships SET group_id = {g2} WHERE group_id = {g} AND member_id = {m}",
+            g = g.0,
+            g2 = g2.0,
+            m = ids[5],
+        ))
+        .await
+        .unwrap();
+    check("SQL move", 5).await;
+    store
+        .execute_admin_sql(&format!(
+            "DELETE FROM memberships WHERE group_id = {} AND member_id IN ({}, {})",
+            g.0, ids[0], ids[1]
+        ))
+        .await
+        .unwrap();
+    check("SQL delete", 3).await;
+    // The store's leave, and a member deleted outright (cascade).
+    assert!(
+        store
+            .remove_member_from_group(g, MemberId(ids[2]))
+            .await
+            .unwrap()
+    );
+    check("leave", 2).await;
+    store
+        .execute_admin_sql(&format!("DELETE FROM members WHERE id = {}", ids[3]))
+        .await
+        .unwrap();
+    check("member deleted", 1).await;
+    // A state row re-created by hand starts from the memberships that exist.
+    store
+        .execute_admin_sql(&format!(
+            "DELETE FROM group_state WHERE group_id = {g}; \
+             INSERT INTO group_state (group_id, updated_at) VALUES ({g}, 0)",
+            g = g.0
+        ))
+        .await
+        .unwrap();
+    check("state row re-created", 1).await;
+    // A hand edit that would make the count negative fails the CHECK.
+    assert!(
+        store
+            .execute_admin_sql(&format!(
+                "UPDATE group_state SET member_count = -1 WHERE group_id = {}",
+                g.0
+            ))
+            .await
+            .is_err()
+    );
+    store.close().await;
 }

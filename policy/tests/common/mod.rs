@@ -133,6 +133,22 @@ impl TestDb {
     }
 }
 
+impl TestDb {
+    /// Reads one integer column of one row, bypassing the store.
+    pub async fn raw_int(&self, sql: &str) -> i64 {
+        match self.kind {
+            Kind::Sqlite => {
+                let mut c = sqlx::SqliteConnection::connect(&self.url).await.unwrap();
+                sqlx::query_scalar(sql).fetch_one(&mut c).await.unwrap()
+            }
+            Kind::Postgres { .. } => {
+                let mut c = sqlx::PgConnection::connect(&self.url).await.unwrap();
+                sqlx::query_scalar(sql).fetch_one(&mut c).await.unwrap()
+            }
+        }
+    }
+}
+
 impl Drop for TestDb {
     fn drop(&mut self) {
         if let Kind::Postgres { admin_url, name } = &self.kind {

@@ -74,7 +74,9 @@ pub struct Endpoint {
     ike: IkeConfig,
     config: EndpointConfig,
     local: SocketAddr,
-    sas: HashMap<SaHandle, IkeSa>,
+    /// Boxed: an `IkeSa` is large, and the table moves its values when it grows or
+    /// rehashes away the tombstones that SA churn leaves (docs/performance.md).
+    sas: HashMap<SaHandle, Box<IkeSa>>,
     /// By our SPI (SPIr), for every message after IKE_SA_INIT.
     by_spi: HashMap<[u8; 8], SaHandle>,
     /// By (SPIi, initiator address), for retransmitted IKE_SA_INIT requests.
@@ -142,7 +144,7 @@ impl Endpoint {
     }
 
     pub fn sa(&self, h: SaHandle) -> Option<&IkeSa> {
-        self.sas.get(&h)
+        self.sas.get(&h).map(|sa| &**sa)
     }
 
     /// Processes one datagram from `remote` (port-4500 marker already stripped).
@@ -264,7 +266,7 @@ impl Endpoint {
                 self.by_init.insert((header.spi_i, remote), h);
                 self.half_open.insert(h);
                 *self.half_open_per_ip.entry(remote.ip()).or_default() += 1;
-                self.sas.insert(h, sa);
+                self.sas.insert(h, Box::new(sa));
                 self.stats.sas_created += 1;
                 self.with_sa(h, now, |_| ());
             }
@@ -404,7 +406,7 @@ impl Endpoint {
     pub fn poll_timeout(&mut self) -> Option<Instant> {
         // Drop heap entries for SAs that are gone or whose timer moved later.
         while let Some(Reverse((t, h))) = self.timers.peek().copied() {
-            match self.sas.get(&h).and_then(IkeSa::poll_timeout) {
+            match self.sas.get(&h).and_then(|sa| sa.poll_timeout()) {
                 Some(cur) if cur <= t => return Some(t),
                 Some(cur) => {
                     self.timers.pop();
@@ -427,7 +429,7 @@ impl Endpoint {
             let due = self
                 .sas
                 .get(&h)
-                .and_then(IkeSa::poll_timeout)
+                .and_then(|sa| sa.poll_timeout())
                 .is_some_and(|cur| cur <= now);
             if due {
                 self.with_sa(h, now, |sa| sa.handle_timeout(now));
