@@ -238,20 +238,22 @@ pub fn to_proto(
             continue;
         };
         let s = &p.spec;
-        teks.push(
-            TekState::new(
-                TekProtocol::Esp,
-                t.spi,
-                s.src_ts(),
-                s.dst_ts(),
-                Some(s.encr_alg().map_err(|e| e.to_string())?),
-                s.integ_alg().map_err(|e| e.to_string())?,
-                s.sn,
-                t.keymat.clone(),
-                t.expires,
-            )
-            .map_err(|e| format!("stored TEK {:#010x}: {e}", t.spi))?,
-        );
+        let tek = TekState::new(
+            TekProtocol::Esp,
+            t.spi,
+            s.src_ts(),
+            s.dst_ts(),
+            Some(s.encr_alg().map_err(|e| e.to_string())?),
+            s.integ_alg().map_err(|e| e.to_string())?,
+            s.sn,
+            t.keymat.clone(),
+            t.expires,
+        )
+        .map_err(|e| format!("stored TEK {:#010x}: {e}", t.spi))?;
+        // Said here with the field to change; build_registration would refuse it too.
+        tek.check_sequence_numbers(multiple_senders)
+            .map_err(|e| format!("TEK policy {} (tek_policies.sn_id): {e}", p.id))?;
+        teks.push(tek);
     }
     Ok(GroupState {
         rekey,

@@ -564,3 +564,44 @@ async fn raw_key_and_x509_members_authenticate_through_the_credential_cache() {
     let _ = stop.send(());
     task.await.unwrap();
 }
+
+/// RFC 9838 4.4.2.1.3 (R079): once a group has two senders, a TEK policy with "32-bit
+/// Sequential Numbers" is a configuration error: registrations are refused with
+/// REGISTRATION_FAILED and the audit row names the field to change.
+#[tokio::test(flavor = "current_thread")]
+async fn several_senders_and_sequential_numbers_refuse_with_the_field_named() {
+    let f = fixture().await;
+    let seq = f
+        .store
+        .create_group(&group_spec("seq", RekeyMode::Multicast), 0)
+        .await
+        .unwrap();
+    let mut spec = tek();
+    spec.sn = SnId::Seq32;
+    spec.dst = Selector::host_port("239.1.2.9".parse().unwrap(), 5004);
+    f.store.add_tek_policy(seq, &spec).await.unwrap();
+    add_psk_member(&f.store, "one.example", &[("seq", Role::Sender)]).await;
+    add_psk_member(&f.store, "rx.example", &[("seq", Role::Receiver)]).await;
+    // One sender: sequential numbers are what the policy asks for (R077).
+    let registrar = StoreRegistrar::new(f.store.clone()).with_policy_ttl(Duration::ZERO);
+    let accepted = registrar.register(ctx("rx.example", "seq", None)).await;
+    assert!(
+        matches!(accepted.decision, Decision::Accept { .. }),
+        "{:?}",
+        accepted.decision
+    );
+    add_psk_member(&f.store, "two.example", &[("seq", Role::Sender)]).await;
+    let refused = registrar.register(ctx("rx.example", "seq", None)).await;
+    assert_eq!(
+        refused.decision,
+        Decision::Refuse(NotifyType::RegistrationFailed)
+    );
+    let last = f.store.audit_events(1).await.unwrap();
+    assert_eq!(last[0].event.outcome, AuditOutcome::Refused);
+    assert!(
+        last[0].event.reason.contains("tek_policies.sn_id")
+            && last[0].event.reason.contains("4.4.2.1.3"),
+        "{}",
+        last[0].event.reason
+    );
+}

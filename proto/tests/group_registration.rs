@@ -26,6 +26,7 @@ use gikev2_proto::wire::Transform;
 use gikev2_proto::wire::gsa::{GsaPayload, PolicyContext, Violation};
 use gikev2_proto::wire::id::IdPayload;
 use gikev2_proto::wire::kd::{KdPayload, KeyBag, WrappedKey, validate_gsa_kd};
+use gikev2_proto::wire::ts::TrafficSelector;
 use group_common::*;
 
 const CTX: BuildContext = BuildContext { now: NOW + 100 };
@@ -298,7 +299,10 @@ fn registration_sender_id_bits_for_senders_and_multi_sender_counter_mode_groups(
 
 #[test]
 fn registration_sn_transform_for_every_tek() {
-    let g = group(GroupAuth::Implicit, &mut rng(8));
+    let mut g = group(GroupAuth::Implicit, &mut rng(8));
+    // A single-sender group may give its CBC TEK replay protection (4.4.2.1.3, R077).
+    g.policy.multiple_senders = false;
+    g.teks[1].sn = SnId::Seq32;
     let (gsa, kd) = build(&g, &receiver()).unwrap();
     let sns: Vec<SnId> = gsa
         .teks()
@@ -307,6 +311,28 @@ fn registration_sn_transform_for_every_tek() {
     assert_eq!(sns, vec![SnId::Unspecified32, SnId::Seq32]);
     let keys = read(&gsa, &kd, Role::Receiver).unwrap();
     assert_eq!(keys.teks[1].sn, SnId::Seq32);
+}
+
+#[test]
+fn registration_several_senders_need_unspecified_sequence_numbers() {
+    // 4.4.2.1.3 (R079): a multicast SA with several senders MUST carry "32-bit
+    // Unspecified Numbers"; the GCKS refuses to hand out one that promises replay
+    // protection, to receivers and senders alike.
+    let mut g = group(GroupAuth::Implicit, &mut rng(9));
+    assert!(g.policy.multiple_senders);
+    assert!(build(&g, &receiver()).is_ok());
+    g.teks[1].sn = SnId::Seq32;
+    for m in [receiver(), sender(&[0])] {
+        assert_eq!(
+            build(&g, &m),
+            Err(BuildError::Violation(
+                Violation::SequentialNumbersWithSeveralSenders
+            ))
+        );
+    }
+    // Not a multicast SA: the rule does not apply.
+    g.teks[1].dst = TrafficSelector::single("192.0.2.9".parse().unwrap(), 17, Some(5001));
+    assert!(build(&g, &receiver()).is_ok());
 }
 
 #[test]

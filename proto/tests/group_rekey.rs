@@ -16,8 +16,11 @@ use gikev2_proto::group::{
     build_registration, read_registration,
 };
 use gikev2_proto::ike::protect::{self, Opened, Reassembly};
-use gikev2_proto::registry::{AuthMethod, ExchangeType, PayloadType, ProtocolId, TransformType};
+use gikev2_proto::registry::{
+    AuthMethod, ExchangeType, PayloadType, ProtocolId, SnId, TransformType,
+};
 use gikev2_proto::wire::delete::DeletePayload;
+use gikev2_proto::wire::gsa::Violation;
 use gikev2_proto::wire::header::{HEADER_LEN, Header};
 use gikev2_proto::wire::payload::Payload;
 use group_common::*;
@@ -465,6 +468,32 @@ fn rekey_payloads_carry_no_gcauth_gm_sender_id_or_sender_id_bits() {
     for b in kd.group_bags() {
         assert!(b.sa_keys.iter().all(|k| k.kwk_id == 0 && k.key_id == 0));
     }
+    assert!(deliver(&mut s.reader, &m, s.t0).unwrap().is_some());
+}
+
+#[test]
+fn rekey_several_senders_need_unspecified_sequence_numbers() {
+    // 4.4.2.1.3 (R079): a new multicast TEK of a group with several senders MUST carry
+    // "32-bit Unspecified Numbers"; with a single sender "32-bit Sequential Numbers" is
+    // what the GCKS should use (R077).
+    let mut s = setup(signature(SignatureScheme::Ed25519), 211);
+    assert!(s.g.policy.multiple_senders);
+    let mut t = tek_cbc(&mut s.rng);
+    t.sn = SnId::Seq32;
+    let content = RekeyContent {
+        teks: vec![&t],
+        ..RekeyContent::default()
+    };
+    assert!(matches!(
+        RekeySender::default().build(&mut s.g, &content, BUILT_AT, &mut s.rng),
+        Err(RekeyBuildError::Violation(
+            Violation::SequentialNumbersWithSeveralSenders
+        ))
+    ));
+    s.g.policy.multiple_senders = false;
+    let m = RekeySender::default()
+        .build(&mut s.g, &content, BUILT_AT, &mut s.rng)
+        .unwrap();
     assert!(deliver(&mut s.reader, &m, s.t0).unwrap().is_some());
 }
 

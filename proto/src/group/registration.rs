@@ -158,6 +158,7 @@ pub fn build_registration(
     }
 
     for t in &state.teks {
+        t.check_sequence_numbers(state.policy.multiple_senders)?;
         let life = if multicast {
             Some(lifetime(t.expires, ctx.now)?)
         } else {

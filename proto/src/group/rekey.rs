@@ -275,6 +275,7 @@ fn group_payloads(
         member = member.with_auth_key(pk.to_spki()?);
     }
     for t in &content.teks {
+        t.check_sequence_numbers(group.policy.multiple_senders)?;
         gsa = gsa.with_gsa(t.policy(Some(life(t.expires)?), false));
         kd = kd.with(
             GroupKeyBag::new(t.protocol.id(), Spi::Ipsec(t.spi)).with_sa_key(WrappedKey::new(

@@ -20,7 +20,7 @@ use crate::crypto::{
     SignatureScheme, SigningKey, SkKey,
 };
 use crate::registry::{GcAuthId, IntegId, ProtocolId, SnId, TransformType};
-use crate::wire::gsa::{GsaPolicy, Spi, is_counter_mode};
+use crate::wire::gsa::{GsaPolicy, Spi, Violation, is_counter_mode, is_multicast_destination};
 use crate::wire::transform::Transform;
 use crate::wire::ts::TrafficSelector;
 
@@ -379,6 +379,18 @@ fn check_tek_suite(
 }
 
 impl TekState {
+    /// RFC 9838 4.4.2.1.3: a multicast ESP or AH SA with several senders MUST carry
+    /// "32-bit Unspecified Numbers" (the senders' sequence numbers cannot give replay
+    /// protection); "32-bit Sequential Numbers" is for a single sender. The GCKS hands
+    /// such an SA to nobody rather than advertise a replay window that would drop the
+    /// senders' packets (docs/interop.md).
+    pub fn check_sequence_numbers(&self, multiple_senders: bool) -> Result<(), Violation> {
+        if multiple_senders && self.sn == SnId::Seq32 && is_multicast_destination(&self.dst) {
+            return Err(Violation::SequentialNumbersWithSeveralSenders);
+        }
+        Ok(())
+    }
+
     /// A TEK with the given keying material, which must be exactly
     /// `data_sa_keymat_len(encr, integ)` octets (RFC 9838 3.4, 4.5.2.1); `spi` must not be
     /// reserved (RFC 4303 2.1).

@@ -28,6 +28,7 @@ mod validate;
 pub use gw::GwPolicy;
 pub use policy::{GsaAttributes, GsaPolicy};
 pub(crate) use validate::check_spi;
+pub(crate) use validate::is_multicast_destination;
 pub use validate::{PolicyContext, Violation, is_aead, is_counter_mode, is_implicit_iv};
 
 use crate::codec::{Codec, Reader};

@@ -73,7 +73,8 @@ pub fn tek_cbc(rng: &mut dyn Random) -> TekState {
         TrafficSelector::single("239.1.1.2".parse().unwrap(), 17, Some(5001)),
         Some(EncrAlg::AesCbc { key_len: 16 }),
         Some(IntegAlg::HmacSha2_256_128),
-        SnId::Seq32,
+        // The fixture group has several senders (RFC 9838 4.4.2.1.3).
+        SnId::Unspecified32,
         NOW + LIFETIME,
     )
     .unwrap()

@@ -126,6 +126,11 @@ pub enum Violation {
     )]
     Esn64ForMulticast,
     #[error(
+        "32-bit Sequential Numbers on a multicast Data-Security SA with several senders: \
+         32-bit Unspecified Numbers MUST be used (RFC 9838 4.4.2.1.3)"
+    )]
+    SequentialNumbersWithSeveralSenders,
+    #[error(
         "implicit-IV cipher {0} where sequence numbers are not unique or on a G-IKEv2 SA (RFC 9838 2.7)"
     )]
     ImplicitIvNotAllowed(EncrId),
@@ -331,7 +336,7 @@ fn is_single_multicast_udp_port(ts: &TrafficSelector) -> bool {
     }
 }
 
-fn is_multicast_destination(ts: &TrafficSelector) -> bool {
+pub(crate) fn is_multicast_destination(ts: &TrafficSelector) -> bool {
     match ts {
         TrafficSelector::Range { start, end, .. } => start.is_multicast() && end.is_multicast(),
         TrafficSelector::Unknown { .. } => false,
