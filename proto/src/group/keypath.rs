@@ -97,6 +97,10 @@ pub enum KeyPathError {
         len: usize,
         alg: KeyWrapAlg,
     },
+    /// Two SA_KEY attributes we can open carry different keying material (RFC 9838 3.3:
+    /// all of them MUST carry the same material under different KWKs).
+    #[error("SA_KEY attributes under KWK {0} and KWK {1} carry different keys (RFC 9838 3.3)")]
+    SaKeysDiffer(u32, u32),
 }
 
 impl KeyPath {
@@ -139,6 +143,7 @@ impl KeyPath {
         // Fast path: the SA key under the default KWK (Appendix A.3) needs no tree.
         if let Some(k) = sa_keys.iter().find(|k| k.kwk_id == 0) {
             let km = default.unwrap(&k.encrypted).map_err(KeyPathError::Unwrap)?;
+            self.check_same_material(default, &HashMap::new(), sa_keys, k.kwk_id, &km)?;
             return Ok((km, self.clone()));
         }
         // New keys reachable from what we hold: id -> (key, id of the key that opened it).
@@ -188,6 +193,7 @@ impl KeyPath {
             .unwrap_or(default)
             .unwrap(&sa_key.encrypted)
             .map_err(KeyPathError::Unwrap)?;
+        self.check_same_material(default, &new, sa_keys, sa_key.kwk_id, &km)?;
 
         // The new Key Path: from the key that opened the SA key down to a key we held.
         let mut chain = Vec::new();
@@ -209,6 +215,37 @@ impl KeyPath {
             KeyPath { keys: chain }
         };
         Ok((km, path))
+    }
+
+    /// RFC 9838 3.3: every other SA_KEY under a key we hold (or just unwrapped) must
+    /// carry `km`, the material opened under KWK `used`; one that does not, or does not
+    /// open, means the message was built wrongly or altered.
+    fn check_same_material(
+        &self,
+        default: &KeyWrapKey,
+        new: &HashMap<u32, (PathKey, u32)>,
+        sa_keys: &[WrappedKey],
+        used: u32,
+        km: &SecretBytes,
+    ) -> Result<(), KeyPathError> {
+        for other in sa_keys {
+            let ours = other.kwk_id == 0
+                || self.position(other.kwk_id).is_some()
+                || new.contains_key(&other.kwk_id);
+            if !ours {
+                continue;
+            }
+            let kwk = self.kwk_for(other.kwk_id, new)?;
+            let bits = kwk
+                .as_ref()
+                .unwrap_or(default)
+                .unwrap(&other.encrypted)
+                .map_err(KeyPathError::Unwrap)?;
+            if bits.as_bytes() != km.as_bytes() {
+                return Err(KeyPathError::SaKeysDiffer(used, other.kwk_id));
+            }
+        }
+        Ok(())
     }
 
     /// The KWK for a non-zero ID (`None` for 0: the default KWK).
@@ -329,6 +366,40 @@ mod tests {
         let (_, pg) = run(&g).unwrap();
         assert_eq!(pg.ids(), vec![15, 6, 13]);
         assert_eq!(run(&f), Err(KeyPathError::Unreachable));
+    }
+
+    /// RFC 9838 3.3 (R056): every SA_KEY carries the same material; one under another
+    /// key the member holds that differs is refused, wherever the first one was found.
+    #[test]
+    fn sa_keys_under_different_kwks_must_carry_the_same_material() {
+        let alg = KeyWrapAlg::Kw5649_256;
+        let d = default();
+        let path = [key(1), key(2), key(3)];
+        let wraps = wrap_path(&path, &d).unwrap();
+        let (_, held) = KeyPath::new()
+            .unwrap_sa_key(&d, alg, &wraps, &[sa_key_under(&key(1), b"k0")])
+            .unwrap();
+        // The same material under the root and the leaf, and under a key of another
+        // member (not ours: not checked, not needed).
+        let same = [
+            sa_key_under(&key(1), b"k1"),
+            sa_key_under(&key(3), b"k1"),
+            sa_key_under(&key(9), b"other"),
+        ];
+        let (km, _) = held.unwrap_sa_key(&d, alg, &[], &same).unwrap();
+        assert_eq!(km.as_bytes(), b"k1");
+        let differ = [sa_key_under(&key(1), b"k1"), sa_key_under(&key(3), b"k2")];
+        assert_eq!(
+            held.unwrap_sa_key(&d, alg, &[], &differ).unwrap_err(),
+            KeyPathError::SaKeysDiffer(1, 3)
+        );
+        // The default-KWK fast path checks the others too.
+        let under_default = WrappedKey::new(0, 0, d.wrap(b"k1").unwrap());
+        let differ = [under_default, sa_key_under(&key(2), b"k2")];
+        assert_eq!(
+            held.unwrap_sa_key(&d, alg, &[], &differ).unwrap_err(),
+            KeyPathError::SaKeysDiffer(0, 2)
+        );
     }
 
     #[test]
