@@ -792,3 +792,72 @@ fn gcks_answers_each_member_with_that_members_psk() {
         );
     }
 }
+
+/// RFC 9838 2.3 (R004): the IKE SA of a registration is not for unicast Child SAs; a
+/// CREATE_CHILD_SA on it gets NO_ADDITIONAL_SAS (RFC 7296 3.10.1) and the SA stays up.
+#[test]
+fn create_child_sa_on_the_registration_sa_gets_no_additional_sas() {
+    use gikev2_proto::crypto::SkKey;
+    use gikev2_proto::ike::protect::{self, Reassembly};
+    use gikev2_proto::wire::header::Flags;
+    use gikev2_proto::wire::nonce::NoncePayload;
+    use gikev2_proto::wire::payload::Payload;
+    use gikev2_proto::wire::sa::{Proposal, SaPayload};
+    use gikev2_proto::wire::tsp::TsPayload;
+
+    let s = suite(KeId::Curve25519, None);
+    let (m, g) = psk_configs("s3cret", "s3cret", vec![s.clone()]);
+    let mut p = Pair::new(m, g, Goal::IkeAuth);
+    p.drive();
+    assert!(p.gcks().is_established());
+    let keys = p.member.keys().unwrap();
+    let to_gcks = SkKey::from_ike_keys(&s, keys, true).unwrap();
+    let from_gcks = SkKey::from_ike_keys(&s, keys, false).unwrap();
+    let (spi_i, spi_r) = p.member.spis();
+    let child = SaPayload::new(vec![Proposal::new(
+        1,
+        ProtocolId::Esp,
+        vec![1, 2, 3, 4],
+        vec![
+            Transform::encr(EncrId::AesGcm16, Some(256)),
+            Transform::new(TransformType::Sn, 0),
+        ],
+    )]);
+    let request = protect::seal(
+        &to_gcks,
+        &mut p.rng,
+        &Header::new(
+            spi_i,
+            spi_r,
+            ExchangeType::CreateChildSa,
+            Flags::new(true, false),
+            2,
+        ),
+        &[
+            Payload::Sa(child),
+            Payload::Nonce(NoncePayload::new(vec![0x42; 32]).unwrap()),
+            Payload::TsI(TsPayload::new(vec![TrafficSelector::any(false)])),
+            Payload::TsR(TsPayload::new(vec![TrafficSelector::any(false)])),
+        ],
+        None,
+    )
+    .unwrap();
+    let g = p.gcks.as_mut().unwrap();
+    g.handle(&request[0], p.now, &mut p.rng);
+    let reply = g.poll_transmit().expect("an answer");
+    let opened = protect::open(&from_gcks, &reply, &mut Reassembly::default())
+        .unwrap()
+        .unwrap();
+    assert_eq!(opened.header.exchange, ExchangeType::CreateChildSa);
+    assert!(opened.header.flags.is_response());
+    let notifies: Vec<NotifyType> = opened
+        .payloads
+        .iter()
+        .filter_map(|p| match p {
+            Payload::Notify(n) => Some(n.ty),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(notifies, [NotifyType::NoAdditionalSas]);
+    assert!(p.gcks().is_established() && !p.gcks().is_closed());
+}

@@ -825,6 +825,20 @@ impl IkeSa {
                 }
                 self.send_response(header.exchange, header.message_id, &[], rng);
             }
+            (ExchangeType::CreateChildSa, State::Established) => {
+                // RFC 9838 2.3 (R004): this IKE SA is not for unicast Child SAs, and its
+                // lifetime is the GCKS's to decide (no rekey of it either). RFC 7296
+                // 3.10.1: NO_ADDITIONAL_SAS tells the peer so without closing the SA.
+                debug!("CREATE_CHILD_SA refused with NO_ADDITIONAL_SAS");
+                self.send_response(
+                    header.exchange,
+                    header.message_id,
+                    &[Payload::Notify(NotifyPayload::error(
+                        NotifyType::NoAdditionalSas,
+                    ))],
+                    rng,
+                );
+            }
             (ExchangeType::Informational, _) => {
                 let deleted = opened
                     .payloads
