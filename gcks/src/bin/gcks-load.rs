@@ -349,11 +349,13 @@ fn thread_cpu() -> HashMap<u32, (String, u64)> {
     out
 }
 
-/// CPU time (ns) of the calling thread.
+/// CPU time (ns) of the calling thread, exact: `CLOCK_THREAD_CPUTIME_ID`. (The
+/// thread's `schedstat` advances only at scheduler ticks while it runs, 4 ms here, which
+/// made a 15 ms bare measurement off by up to a quarter.)
 fn own_cpu_ns() -> u64 {
-    std::fs::read_to_string("/proc/thread-self/schedstat")
-        .ok()
-        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+    use nix::time::{ClockId, clock_gettime};
+    clock_gettime(ClockId::CLOCK_THREAD_CPUTIME_ID)
+        .map(|t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
         .unwrap_or(0)
 }
 
