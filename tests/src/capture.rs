@@ -6,8 +6,7 @@
 //! # fn f(pair: &Pair) -> gikev2_tests::Result<()> {
 //! let cap = Capture::start(&pair.a, &pair.link_a.ifname, "udp")?;
 //! // ... run an exchange ...
-//! cap.wait_for_count("isakmp", 4, std::time::Duration::from_secs(5), &[])?;
-//! let pcap = cap.stop()?;
+//! let pcap = cap.stop_after_count("isakmp", 4, std::time::Duration::from_secs(5), &[])?;
 //! let msgs = capture::ike_messages(&pcap, &[])?;
 //! # Ok(()) }
 //! ```
@@ -106,24 +105,49 @@ impl Capture {
         &self.file
     }
 
-    /// Polls the growing file until `display_filter` matches at least `count` packets,
-    /// so that stopping the capture loses nothing that matters.
-    pub fn wait_for_count(
-        &self,
+    /// Stops the capture once `display_filter` matches at least `count` packets and
+    /// returns the finished file (as [`Capture::stop`]); an error if it holds fewer.
+    ///
+    /// dumpcap writes its file through a buffer, so the growing file can lag behind what
+    /// it has captured until it exits. So the growing file is polled until it shows
+    /// `count` packets, until it has stopped growing for a second (by then dumpcap has
+    /// read every packet the link carried: libpcap hands over its ring blocks within
+    /// 250 ms), or until `timeout`; then dumpcap is stopped, which flushes the file, and
+    /// the finished file is counted.
+    pub fn stop_after_count(
+        self,
         display_filter: &str,
         count: usize,
         timeout: Duration,
         extra: &[String],
-    ) -> Result<()> {
-        poll_until(
-            &format!("{count} packets matching {display_filter:?} in the capture"),
-            timeout,
-            || {
-                let rows =
-                    tshark_fields_lenient(&self.file, display_filter, &["frame.number"], extra);
-                (rows.len() >= count).then_some(())
-            },
-        )
+    ) -> Result<PathBuf> {
+        const QUIET: Duration = Duration::from_secs(1);
+        let mut last: Option<(u64, std::time::Instant)> = None;
+        let _ = poll_until("the capture to settle", timeout, || {
+            let rows = tshark_fields_lenient(&self.file, display_filter, &["frame.number"], extra);
+            if rows.len() >= count {
+                return Some(());
+            }
+            let size = std::fs::metadata(&self.file).map(|m| m.len()).unwrap_or(0);
+            match last {
+                Some((s, since)) if s == size => (since.elapsed() >= QUIET).then_some(()),
+                _ => {
+                    last = Some((size, std::time::Instant::now()));
+                    None
+                }
+            }
+        });
+        let pcap = self.stop()?;
+        let found = tshark_fields_lenient(&pcap, display_filter, &["frame.number"], extra).len();
+        if found >= count {
+            Ok(pcap)
+        } else {
+            Err(HarnessError::Other(format!(
+                "{found} packets matching {display_filter:?} in the capture, {count} expected \
+                 (kept in {})",
+                pcap.display()
+            )))
+        }
     }
 
     /// Stops dumpcap and returns the finished file's path; the file lives in a kept temp

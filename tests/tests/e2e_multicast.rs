@@ -515,9 +515,9 @@ fn three_members_carry_group_traffic_as_esp_and_replays_are_dropped() {
     // marker appears nowhere in the capture.
     let on_wire = 2 * DATAGRAMS;
     let to_group = format!("ip.dst == {DATA_GROUP} && !igmp");
-    cap.wait_for_count(&format!("{to_group} && esp"), on_wire, WAIT, &[])
+    let pcap = cap
+        .stop_after_count(&format!("{to_group} && esp"), on_wire, WAIT, &[])
         .expect("ESP in the capture");
-    let pcap = cap.stop().expect("capture file");
     let rows = capture::tshark_fields(&pcap, &to_group, &["ip.proto", "esp.spi", "ip.src"], &[])
         .expect("tshark");
     assert!(rows.len() >= on_wire, "{} packets to the group", rows.len());

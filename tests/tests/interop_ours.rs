@@ -625,9 +625,9 @@ fn ours_to_charon_capture_decrypts_with_charons_keys() {
     let keys = charon.keys_for(&info).expect("charon's keys");
     let entry = capture::ikev2_decryption_entry(&info, &keys).expect("Wireshark knows AES-GCM");
     let opts = capture::ikev2_decryption_options(&[entry]);
-    cap.wait_for_count("isakmp", 4, Duration::from_secs(5), &opts)
+    let pcap = cap
+        .stop_after_count("isakmp", 4, Duration::from_secs(5), &opts)
         .expect("4 IKE messages captured");
-    let pcap = cap.stop().expect("stop capture");
     let msgs = capture::ike_messages(&pcap, &opts).expect("tshark");
     let _ = std::fs::remove_dir_all(pcap.parent().expect("capture dir"));
     let shape: Vec<(u8, bool)> = msgs.iter().map(|m| (m.exchange, m.response)).collect();
