@@ -132,7 +132,8 @@ fn store_refusal(r: &RegistrationRefusal) -> Refusal {
             NotifyType::AuthorizationFailed,
             "authorized as receiver but asked to send (GROUP_SENDER)",
         ),
-        // The only refusal decided before the store: the SAg (RFC 9838 2.3.4).
+        // The refusals decided before the store: the SAg (RFC 9838 2.3.4) and the IKE SA's
+        // key wrap algorithm (3.1).
         RegistrationRefusal::RefusedBefore(why) => refuse(NotifyType::NoProposalChosen, why),
         RegistrationRefusal::GroupFull { capacity } => refuse(
             NotifyType::RegistrationFailed,
@@ -211,11 +212,19 @@ impl StoreRegistrar {
             .await?
             .ok_or_else(|| refuse(NotifyType::InvalidGroupId, "unknown group"))?;
         let wants_sender = ctx.request.sender_ids.is_some();
+        // Decided before the store, told after authorization (NO_PROPOSAL_CHOSEN): a SAg
+        // the group's policy does not fit (RFC 9838 2.3.4), or an IKE SA whose key wrap
+        // algorithm is shorter than the group's keys (3.1).
         let refused_before = ctx
             .request
             .sag
             .as_ref()
-            .and_then(|sag| view.check_sag(sag).err());
+            .and_then(|sag| view.check_sag(sag).err())
+            .or_else(|| {
+                view.state.check_kwk(ctx.kwk.alg()).err().map(|e| {
+                    format!("{e}: the member's IKE SA must negotiate a longer key wrap algorithm")
+                })
+            });
         // RFC 9838 2.5.1: at least one, as many as asked up to the group's bound;
         // committed before the response reveals them.
         let sender_ids = (wants_sender && view.state.uses_counter_mode())

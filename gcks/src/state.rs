@@ -255,12 +255,20 @@ pub fn to_proto(
             .map_err(|e| format!("TEK policy {} (tek_policies.sn_id): {e}", p.id))?;
         teks.push(tek);
     }
-    Ok(GroupState {
+    let state = GroupState {
         rekey,
         teks,
         policy: spec.policy.group_policy(multiple_senders),
         auth,
-    })
+    };
+    // RFC 9838 3.1 (R052): the Rekey SA's KWK (GSK_w) wraps every key of the group in
+    // GSA_REKEY messages; said here with the field to change.
+    if let Some(r) = &state.rekey {
+        state
+            .check_kwk(r.suite.kwa)
+            .map_err(|e| format!("groups.rekey_kwa_id: {e}"))?;
+    }
+    Ok(state)
 }
 
 #[cfg(test)]

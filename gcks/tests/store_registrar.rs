@@ -605,3 +605,48 @@ async fn several_senders_and_sequential_numbers_refuse_with_the_field_named() {
         last[0].event.reason
     );
 }
+
+/// RFC 9838 3.1 (R052): no KWK shorter than the group's keys. A member whose IKE SA
+/// negotiated KW_5649_128 is refused with NO_PROPOSAL_CHOSEN before anything is stored;
+/// a group whose Rekey SA uses KW_5649_128 for 256-bit keys is a configuration error that
+/// names `groups.rekey_kwa_id`.
+#[tokio::test(flavor = "current_thread")]
+async fn key_wrap_keys_shorter_than_the_group_keys_are_refused() {
+    let f = fixture().await;
+    add_psk_member(&f.store, "kw.example", &[("g", Role::Receiver)]).await;
+    let registrar = StoreRegistrar::new(f.store.clone());
+    let mut short = ctx("kw.example", "g", None);
+    short.kwk = KeyWrapKey::new(KeyWrapAlg::Kw5649_128, &[7; 16]).unwrap();
+    let v = registrar.register(short).await;
+    assert_eq!(v.decision, Decision::Refuse(NotifyType::NoProposalChosen));
+    assert_eq!(f.store.member_count(f.multicast).await.unwrap(), 0);
+    let last = f.store.audit_events(1).await.unwrap();
+    assert_eq!(last[0].event.outcome, AuditOutcome::Refused);
+    assert!(
+        last[0].event.reason.contains("3.1"),
+        "{}",
+        last[0].event.reason
+    );
+    // The same member with a 256-bit KWK is admitted.
+    let v = registrar.register(ctx("kw.example", "g", None)).await;
+    assert!(
+        matches!(v.decision, Decision::Accept { .. }),
+        "{:?}",
+        v.decision
+    );
+
+    let mut spec = group_spec("kw128", RekeyMode::Multicast);
+    spec.rekey.kwa = KwaId::Kw5649_128;
+    spec.rekey.dst = Some("239.1.2.10:848".parse().unwrap());
+    let g = f.store.create_group(&spec, 0).await.unwrap();
+    f.store.add_tek_policy(g, &tek()).await.unwrap();
+    add_psk_member(&f.store, "kw2.example", &[("kw128", Role::Receiver)]).await;
+    let v = registrar.register(ctx("kw2.example", "kw128", None)).await;
+    assert_eq!(v.decision, Decision::Refuse(NotifyType::RegistrationFailed));
+    let last = f.store.audit_events(1).await.unwrap();
+    assert!(
+        last[0].event.reason.contains("groups.rekey_kwa_id"),
+        "{}",
+        last[0].event.reason
+    );
+}

@@ -9,11 +9,11 @@ use std::time::Instant;
 
 use gikev2_proto::Codec;
 use gikev2_proto::crypto::sign::SignatureScheme;
-use gikev2_proto::crypto::{IkeSuite, SecretBytes};
+use gikev2_proto::crypto::{IkeSuite, KeyWrapAlg, KeyWrapKey, SecretBytes};
 use gikev2_proto::group::keypath::LkhKey;
 use gikev2_proto::group::{
-    BuildContext, BuildError, GroupAuth, GroupKeys, MemberGrant, RegistrationError, RekeyAuth,
-    Role, build_registration, read_registration,
+    BuildContext, BuildError, GroupAuth, GroupKeys, KwkTooShort, MemberGrant, RegistrationError,
+    RekeyAuth, Role, build_registration, read_registration,
 };
 use gikev2_proto::ike::{
     Decision, Event, Goal, IkeConfig, IkeSa, InitRefusal, LocalAuth, PeerAuth, RegistrationRequest,
@@ -616,4 +616,22 @@ fn registration_over_gsa_auth_with_the_ike_sa_default_kwk() {
     for (t, s) in keys.teks.iter().zip(&state.teks) {
         assert_eq!(t.keys, s.keys().unwrap());
     }
+}
+
+#[test]
+fn registration_kwk_must_not_be_shorter_than_the_group_keys() {
+    // 3.1 (R052): the fixture group has AES-256 keys; a member whose IKE SA negotiated
+    // KW_5649_128 would get them under a 128-bit KWK: refused.
+    let g = group(GroupAuth::Implicit, &mut rng(10));
+    assert_eq!(g.longest_encryption_key(), 32);
+    let short = KeyWrapKey::new(KeyWrapAlg::Kw5649_128, &[0x11; 16]).unwrap();
+    assert_eq!(
+        build_registration(&g, &receiver(), &short, &CTX),
+        Err(BuildError::KwkTooShort(KwkTooShort {
+            kwa: KeyWrapAlg::Kw5649_128,
+            key: 32
+        }))
+    );
+    let ok = KeyWrapKey::new(KeyWrapAlg::Kw5649_256, &[0x11; 32]).unwrap();
+    assert!(build_registration(&g, &receiver(), &ok, &CTX).is_ok());
 }

@@ -7,12 +7,12 @@ use std::time::{Duration, Instant};
 
 use gikev2_proto::crypto::SecretBytes;
 use gikev2_proto::crypto::sign::{SignatureScheme, SigningKey};
-use gikev2_proto::crypto::{Random, SeededRandom};
+use gikev2_proto::crypto::{EncrAlg, IntegAlg, KeyWrapAlg, Random, SeededRandom};
 use gikev2_proto::group::keypath::{KeyPathError, LkhKey};
 use gikev2_proto::group::rekey::{RekeyBuildError, data_to_authenticate};
 use gikev2_proto::group::{
     BuildContext, GroupAuth, GroupKeys, GroupState, LkhRekey, MemberGrant, RegistrationError,
-    RekeyContent, RekeyDrop, RekeyMessage, RekeyReader, RekeySender, Role, TekState,
+    RekeyContent, RekeyDrop, RekeyMessage, RekeyReader, RekeySender, RekeySuite, Role, TekState,
     build_registration, read_registration,
 };
 use gikev2_proto::ike::protect::{self, Opened, Reassembly};
@@ -495,6 +495,42 @@ fn rekey_several_senders_need_unspecified_sequence_numbers() {
         .build(&mut s.g, &content, BUILT_AT, &mut s.rng)
         .unwrap();
     assert!(deliver(&mut s.reader, &m, s.t0).unwrap().is_some());
+}
+
+#[test]
+fn rekey_kwk_must_not_be_shorter_than_the_keys_it_carries() {
+    // 3.1 (R052): a Rekey SA with KW_5649_128 must not carry 256-bit keys, whether the
+    // group already has them or the rekey brings them.
+    let mut s = setup(signature(SignatureScheme::Ed25519), 212);
+    let short = RekeySuite::new(
+        EncrAlg::AesCbc { key_len: 16 },
+        Some(IntegAlg::HmacSha2_256_128),
+        KeyWrapAlg::Kw5649_128,
+    )
+    .unwrap();
+    s.g.rekey = Some(kek(&mut s.rng, short));
+    let t = tek_gcm(&mut s.rng);
+    let content = RekeyContent {
+        teks: vec![&t],
+        ..RekeyContent::default()
+    };
+    assert!(matches!(
+        RekeySender::default().build(&mut s.g, &content, BUILT_AT, &mut s.rng),
+        Err(RekeyBuildError::KwkTooShort(_))
+    ));
+    // With 128-bit keys only, KW_5649_128 is enough.
+    s.g.teks.clear();
+    let t = tek_cbc(&mut s.rng);
+    assert_eq!(t.encr, Some(EncrAlg::AesCbc { key_len: 16 }));
+    let content = RekeyContent {
+        teks: vec![&t],
+        ..RekeyContent::default()
+    };
+    assert!(
+        RekeySender::default()
+            .build(&mut s.g, &content, BUILT_AT, &mut s.rng)
+            .is_ok()
+    );
 }
 
 #[test]

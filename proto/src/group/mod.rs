@@ -32,7 +32,8 @@ pub use rekey::{
     RekeyUpdate,
 };
 pub use state::{
-    GroupAuth, GroupPolicy, GroupState, RekeySaState, RekeySuite, StateError, TekProtocol, TekState,
+    GroupAuth, GroupPolicy, GroupState, KwkTooShort, RekeySaState, RekeySuite, StateError,
+    TekProtocol, TekState,
 };
 
 pub use parse::{RekeyAuth, RekeySa, Tek};

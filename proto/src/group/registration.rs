@@ -90,6 +90,9 @@ pub enum BuildError {
     /// A key tree needs multicast rekey (RFC 9838 4.5.3.1).
     #[error("key tree keys for a member without a multicast Rekey SA (RFC 9838 4.5.3.1)")]
     WrapKeysWithoutRekeySa,
+    /// The member's KWK is shorter than the group's keys (RFC 9838 3.1).
+    #[error("{0}")]
+    KwkTooShort(#[from] super::state::KwkTooShort),
     /// Key wrapping or key splitting failed.
     #[error("crypto: {0}")]
     Crypto(#[from] CryptoError),
@@ -122,6 +125,7 @@ pub fn build_registration(
     if kek.is_none() && state.teks.is_empty() {
         return Err(BuildError::EmptyGroup);
     }
+    state.check_kwk(kwk.alg())?;
 
     let mut gsa = GsaPayload::new();
     let mut kd = KdPayload::new();

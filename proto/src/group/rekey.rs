@@ -154,6 +154,8 @@ pub enum RekeyBuildError {
     /// A signature of the reserved length was not produced (see the module documentation).
     #[error("no signature of the reserved length after {0} attempts")]
     SignatureLength(usize),
+    #[error("{0}")]
+    KwkTooShort(#[from] super::state::KwkTooShort),
     #[error("crypto: {0}")]
     Crypto(#[from] CryptoError),
     #[error("built payloads break RFC 9838: {0}")]
@@ -238,6 +240,26 @@ fn group_payloads(
     now: u64,
 ) -> Result<Vec<Payload>, RekeyBuildError> {
     let life = |expires| lifetime_at(expires, now).ok_or(RekeyBuildError::Expired);
+    // RFC 9838 3.1 (R052): GSK_w of the Rekey SA against the group's keys, the new ones
+    // included.
+    group.check_kwk(gsk_w.alg())?;
+    let new_keys = content
+        .new_kek
+        .map(|k| k.suite.encr.key_len())
+        .into_iter()
+        .chain(
+            content
+                .teks
+                .iter()
+                .filter_map(|t| t.encr.map(|e| e.key_len())),
+        );
+    if let Some(key) = new_keys.max().filter(|&k| k > gsk_w.alg().key_len()) {
+        return Err(super::state::KwkTooShort {
+            kwa: gsk_w.alg(),
+            key,
+        }
+        .into());
+    }
     let mut gsa = GsaPayload::new();
     let mut kd = KdPayload::new();
     let mut member = MemberKeyBag::new();

@@ -524,4 +524,43 @@ impl GroupState {
     pub fn uses_counter_mode(&self) -> bool {
         self.teks.iter().any(TekState::counter_mode)
     }
+
+    /// The longest encryption key, in octets, of the group's Rekey SA and Data-Security
+    /// SAs (0 when none has one).
+    pub fn longest_encryption_key(&self) -> usize {
+        self.rekey
+            .iter()
+            .map(|k| k.suite.encr.key_len())
+            .chain(
+                self.teks
+                    .iter()
+                    .filter_map(|t| t.encr.map(EncrAlg::key_len)),
+            )
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// RFC 9838 3.1 (R052): a KWK of the group SHOULD NOT be shorter than the encryption
+    /// key of its Rekey SA or of any of its Data-Security SAs; the GCKS wraps nothing under
+    /// a shorter one (it would be the weakest link of the keys it carries).
+    pub fn check_kwk(&self, kwa: KeyWrapAlg) -> Result<(), KwkTooShort> {
+        let key = self.longest_encryption_key();
+        if kwa.key_len() < key {
+            return Err(KwkTooShort { kwa, key });
+        }
+        Ok(())
+    }
+}
+
+/// A KWK shorter than the group's keys ([`GroupState::check_kwk`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "key wrap algorithm {kwa:?} has a {}-octet KWK, shorter than the group's {key}-octet \
+     encryption keys (RFC 9838 3.1)",
+    kwa.key_len()
+)]
+pub struct KwkTooShort {
+    pub kwa: KeyWrapAlg,
+    /// The longest encryption key of the group, in octets.
+    pub key: usize,
 }

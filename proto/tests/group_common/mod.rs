@@ -29,12 +29,13 @@ pub fn gcm_suite() -> RekeySuite {
     .unwrap()
 }
 
-/// AES-CBC-128 with HMAC-SHA2-256-128 and KW_5649_128.
+/// AES-CBC-128 with HMAC-SHA2-256-128 and KW_5649_256 (the fixture group's TEKs have
+/// 256-bit keys, and no KWK may be shorter, RFC 9838 3.1).
 pub fn cbc_suite() -> RekeySuite {
     RekeySuite::new(
         EncrAlg::AesCbc { key_len: 16 },
         Some(IntegAlg::HmacSha2_256_128),
-        KeyWrapAlg::Kw5649_128,
+        KeyWrapAlg::Kw5649_256,
     )
     .unwrap()
 }
