@@ -200,6 +200,46 @@ fn spki_parsing_is_strict() {
     assert_eq!(PublicKey::from_spki(&spki).unwrap(), rsa.public_key());
 }
 
+/// RFC 9838 4.5.3.2 (R102): an AUTH_KEY whose algorithm is id-RSASSA-PSS must carry the
+/// RSASSA-PSS-params structure; without it (or with something else) it is refused.
+#[test]
+fn rsassa_pss_spki_needs_its_parameters() {
+    use spki::der::Encode;
+    use spki::der::asn1::{AnyRef, BitStringRef, ObjectIdentifier};
+    use spki::{AlgorithmIdentifierRef, SubjectPublicKeyInfoRef};
+    let (rsa, _) = SigningKey::generate(SignatureScheme::RsaPssSha256).unwrap();
+    let key = rsa.public_key();
+    let pss = ObjectIdentifier::new_unwrap("1.2.840.113549.1.1.10");
+    let with = |parameters: Option<AnyRef<'_>>| {
+        SubjectPublicKeyInfoRef {
+            algorithm: AlgorithmIdentifierRef {
+                oid: pss,
+                parameters,
+            },
+            subject_public_key: BitStringRef::from_bytes(key.raw()).unwrap(),
+        }
+        .to_der()
+        .unwrap()
+    };
+    let malformed = Err(CryptoError::Malformed(
+        "id-RSASSA-PSS SubjectPublicKeyInfo without RSASSA-PSS-params",
+    ));
+    assert_eq!(PublicKey::from_spki(&with(None)), malformed);
+    assert_eq!(PublicKey::from_spki(&with(Some(AnyRef::NULL))), malformed);
+    // RSASSA-PSS-params of RFC 7427 A.4.3 (SHA-256, MGF1-SHA-256, salt 32), and the empty
+    // SEQUENCE (every field DEFAULT).
+    let params = unhex(
+        "3034a00f300d06096086480165030402010500a11c301a06092a864886f70d010108300d060960864801\
+         65030402010500a203020120",
+    );
+    for p in [&params[..], &[0x30, 0x00][..]] {
+        let any = AnyRef::try_from(p).unwrap();
+        let parsed = PublicKey::from_spki(&with(Some(any))).unwrap();
+        assert_eq!(parsed.key_type(), KeyType::Rsa);
+        assert_eq!(parsed.raw(), key.raw());
+    }
+}
+
 #[test]
 fn auth_data_encoding_is_strict() {
     let scheme = SignatureScheme::EcdsaP256Sha256;

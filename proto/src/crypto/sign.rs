@@ -222,7 +222,19 @@ impl PublicKey {
                 return Err(CryptoError::Unsupported("elliptic curve"));
             }
             KeyType::EcP256
-        } else if oid == OID_RSA_ENCRYPTION || oid == OID_RSASSA_PSS {
+        } else if oid == OID_RSASSA_PSS {
+            // RFC 9838 4.5.3.2 (R102), RFC 4055 3.1: with id-RSASSA-PSS the parameters
+            // MUST be the RSASSA-PSS-params structure, a SEQUENCE (every field of which
+            // has a default).
+            match params {
+                Some(p) if spki::der::Tagged::tag(&p) == spki::der::Tag::Sequence => KeyType::Rsa,
+                _ => {
+                    return Err(CryptoError::Malformed(
+                        "id-RSASSA-PSS SubjectPublicKeyInfo without RSASSA-PSS-params",
+                    ));
+                }
+            }
+        } else if oid == OID_RSA_ENCRYPTION {
             KeyType::Rsa
         } else {
             return Err(CryptoError::Unsupported("public key algorithm"));
