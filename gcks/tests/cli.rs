@@ -71,6 +71,21 @@ fn errors_name_the_argument_at_fault() {
             "--rekey-dst: 10.0.0.1:848 is not a multicast address",
         ),
         (
+            &["group", "create", "g", "--rekey-dst", "239.0.0.9:848"],
+            "--signing-key: multicast rekey needs a key to sign GSA_REKEY messages",
+        ),
+        (
+            &[
+                "group",
+                "create",
+                "g",
+                "--rekey",
+                "inband",
+                "--implicit-auth",
+            ],
+            "--implicit-auth: only with --rekey multicast",
+        ),
+        (
             &["group", "add-tek", "nope", "--dst", "239.0.0.1"],
             "GROUP: no group named \"nope\"",
         ),

@@ -554,6 +554,8 @@ fn provision(w: &World) {
         "video",
         "--rekey-dst",
         "239.0.0.9:848",
+        // The test's members are its own: Implicit GSA_REKEY authentication is accepted.
+        "--implicit-auth",
         "--sender-id-bits",
         "8",
         "--capacity",

@@ -100,6 +100,23 @@ async fn group_create(store: &Store, a: GroupCreateArgs) -> Result<String, Strin
         ),
         None => None,
     };
+    // RFC 9838 2.4.1, 8.2.1: Implicit authentication of GSA_REKEY is NOT RECOMMENDED
+    // unless source origin authentication is not needed (a small group of trusted
+    // members): only when asked for by name.
+    match (mode, signing_key.is_some(), a.implicit_auth) {
+        (RekeyMode::Multicast, false, false) => {
+            return Err(
+                "--signing-key: multicast rekey needs a key to sign GSA_REKEY messages \
+                 (gcks signing-key generate NAME); without one any member could forge \
+                 rekeys (Implicit authentication, NOT RECOMMENDED by RFC 9838 2.4.1): give \
+                 --implicit-auth to accept that for a small group of trusted members"
+                    .into(),
+            );
+        }
+        (RekeyMode::Multicast, _, _) => {}
+        (_, _, true) => return Err("--implicit-auth: only with --rekey multicast".into()),
+        _ => {}
+    }
     let idg = names::idg("--idg", a.idg.as_deref().unwrap_or(&a.name))?;
     let spec = GroupSpec {
         name: a.name.clone(),

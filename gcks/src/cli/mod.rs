@@ -98,10 +98,15 @@ pub struct GroupCreateArgs {
     /// Rekey SA lifetime in seconds.
     #[arg(long, default_value_t = 86_400)]
     pub rekey_lifetime: u32,
-    /// Sign GSA_REKEY messages with this key (`gcks signing-key generate`); without it
-    /// GCAUTH is Implicit (NOT RECOMMENDED, RFC 9838 2.4.1).
+    /// Sign GSA_REKEY messages with this key (`gcks signing-key generate`); a multicast
+    /// group needs one unless --implicit-auth is given (RFC 9838 2.4.1).
     #[arg(long)]
     pub signing_key: Option<String>,
+    /// Multicast rekey without --signing-key: accept Implicit authentication of GSA_REKEY
+    /// (any member could forge a rekey; RFC 9838 2.4.1 does not recommend it but for a
+    /// small group of trusted members).
+    #[arg(long, conflicts_with = "signing_key")]
+    pub implicit_auth: bool,
     /// Data-Security SA lifetime in seconds.
     #[arg(long, default_value_t = 3_600)]
     pub tek_lifetime: u32,
