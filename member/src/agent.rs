@@ -174,6 +174,9 @@ impl GroupParams {
 #[derive(Debug, Clone)]
 struct RekeySaMeta {
     spi: RekeySpi,
+    /// The SPIs the GCKS reserved for this SA's replacement (GSA_NEXT_SPI, RFC 9838
+    /// 4.4.2.2.3).
+    next_spis: Vec<RekeySpi>,
     endpoint: RekeyEndpoint,
     auth: String,
     lifetime: Option<u32>,
@@ -590,6 +593,7 @@ impl Membership {
             });
             rekey_meta = Some(RekeySaMeta {
                 spi: r.spi,
+                next_spis: r.next_spis.clone(),
                 endpoint,
                 auth: match auth {
                     RekeyAuth::Implicit => "implicit".into(),
@@ -848,6 +852,25 @@ impl Membership {
         }
     }
 
+    /// Whether the GCKS announced `spi` for the replacement of one of our Rekey SAs
+    /// (GSA_NEXT_SPI, RFC 9838 4.4.2.2.3).
+    fn announced_next(&self, spi: &RekeySpi) -> bool {
+        self.rekey_sas.iter().any(|m| m.next_spis.contains(spi))
+    }
+
+    /// A GSA_REKEY arrived over an announced next Rekey SA that no rekey told us about:
+    /// one was lost; re-register (RFC 9838 4.4.2.2.3, R084).
+    fn lost_rekey(&mut self, cx: &mut Ctx<'_>, spi: &RekeySpi, now: Instant, rng: &mut dyn Random) {
+        let why = format!(
+            "GSA_REKEY over the announced next Rekey SA {} (GSA_NEXT_SPI): the rekey that \
+             created it was lost",
+            hex(spi)
+        );
+        warn!(group = %self.cfg.group, "{why}");
+        self.last_error = Some(why.clone());
+        self.schedule_reregistration(cx, why, now, rng);
+    }
+
     fn apply_rekey(
         &mut self,
         cx: &mut Ctx<'_>,
@@ -877,6 +900,7 @@ impl Membership {
                         .unwrap_or_default();
                     self.rekey_sas.push(RekeySaMeta {
                         spi: sa.spi,
+                        next_spis: sa.next_spis.clone(),
                         endpoint,
                         auth,
                         lifetime: sa.lifetime,
@@ -1372,8 +1396,23 @@ impl Agent {
                 .is_some_and(|r| r.rekey_spis().contains(&spi))
         });
         let Some(id) = target.map(|m| m.id) else {
-            debug!(%at, "GSA_REKEY for no Rekey SA of ours");
             self.unknown_rekeys += 1;
+            // RFC 9838 4.4.2.2.3 (R084): an SPI the GCKS reserved for a Rekey SA's
+            // replacement, which we never heard of: the rekey that created it was lost.
+            let announced = self
+                .memberships
+                .values()
+                .find(|m| m.announced_next(&spi))
+                .map(|m| m.id);
+            let Some(id) = announced else {
+                debug!(%at, "GSA_REKEY for no Rekey SA of ours");
+                return;
+            };
+            let mut cx = ctx!(self);
+            if let Some(m) = self.memberships.get_mut(&id) {
+                m.lost_rekey(&mut cx, &spi, now, rng);
+            }
+            self.pump(id, now, rng);
             return;
         };
         let mut cx = ctx!(self);

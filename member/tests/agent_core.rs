@@ -350,6 +350,46 @@ fn exclusion_by_gsa_rekey_reregisters_after_a_random_delay() {
     assert_eq!(n.state_name(), "up");
 }
 
+/// RFC 9838 4.4.2.2.3 (R084): a GSA_REKEY over a Rekey SA whose SPI the GCKS announced
+/// with GSA_NEXT_SPI, before the rekey that created it arrived, means that rekey was lost:
+/// the member re-registers. A GSA_REKEY for an SPI nobody announced is only dropped.
+#[test]
+fn a_rekey_over_an_announced_next_spi_means_one_was_lost() {
+    let mut st = state(3600, 3600);
+    let kek2 = kek(848, 3600);
+    st.rekey.as_mut().unwrap().next_spis = vec![kek2.spi];
+    let mut n = Net::new(st, None, false);
+    assert_eq!(n.registrations, 1);
+    n.events.clear();
+    // An unrelated Rekey SA's message: dropped, nothing else.
+    n.state.rekey = Some(kek(848, 3600));
+    let t = tek(3600);
+    n.rekey(&RekeyContent {
+        teks: vec![&t],
+        ..RekeyContent::default()
+    });
+    assert!(
+        !n.events
+            .iter()
+            .any(|e| matches!(e, AgentEvent::Reregistering { .. })),
+        "{:?}",
+        n.events
+    );
+    // The GCKS moved to the announced SA; this member missed the rekey that said so.
+    n.state.rekey = Some(kek2);
+    n.rekey(&RekeyContent {
+        teks: vec![&t],
+        ..RekeyContent::default()
+    });
+    assert!(
+        n.events.iter().any(|e| matches!(e, AgentEvent::Reregistering { reason, .. } if reason.contains("GSA_NEXT_SPI"))),
+        "{:?}",
+        n.events
+    );
+    n.advance(JITTER);
+    assert_eq!(n.registrations, 2);
+}
+
 #[test]
 fn ike_sa_closed_without_rekey_sa_means_excluded() {
     // Inband rekey: the registration brings no GIKE_UPDATE policy.
