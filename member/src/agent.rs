@@ -134,6 +134,12 @@ pub enum AgentError {
     AlreadyJoined(String),
     #[error("group {0:?} is not joined")]
     NotJoined(String),
+    /// RFC 9838 2.5.1: a sender asks for as many Sender-IDs as it has encryption modules.
+    #[error(
+        "--sender {asked}: this member's data plane seals with {modules} encryption \
+         module(s), and a sender asks for as many Sender-IDs (RFC 9838 2.5.1)"
+    )]
+    SenderIdCount { asked: u32, modules: u32 },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -1272,6 +1278,11 @@ impl Agent {
     ) -> Result<MembershipId, AgentError> {
         if self.memberships.values().any(|m| m.cfg.group == cfg.group) {
             return Err(AgentError::AlreadyJoined(cfg.group));
+        }
+        if let (Some(asked), Some(modules)) = (cfg.sender_ids, self.data_plane.encryption_modules())
+            && asked != modules
+        {
+            return Err(AgentError::SenderIdCount { asked, modules });
         }
         let id = self.next_id;
         self.next_id += 1;

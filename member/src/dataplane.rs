@@ -127,6 +127,11 @@ impl TunDataPlane {
 }
 
 impl DataPlane for TunDataPlane {
+    /// One TX worker seals everything routed into the TUN.
+    fn encryption_modules(&self) -> Option<u32> {
+        Some(1)
+    }
+
     fn attach(&self, engine: Arc<Engine>) {
         if !Arc::ptr_eq(&engine, self.dp.engine()) {
             tracing::error!(

@@ -260,6 +260,12 @@ pub trait DataPlane: Send + Sync {
     fn sa_installed(&self, _tek: &TekInfo) {}
     /// An SA was removed from the engine (deleted after DTD, expired, or the group left).
     fn sa_removed(&self, _tek: &TekInfo) {}
+    /// How many encryption modules seal with the group's TEKs in the outbound direction,
+    /// when the data plane knows; a sender asks for exactly that many Sender-IDs (RFC
+    /// 9838 2.5.1). `None`: the SAs go to something else (the operator says how many).
+    fn encryption_modules(&self) -> Option<u32> {
+        None
+    }
 }
 
 /// No data plane: SAs live in the engine only (tests, and until the TUN data plane lands).

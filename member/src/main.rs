@@ -174,7 +174,8 @@ struct JoinCli {
     /// The identity the GCKS must present.
     #[arg(long)]
     gcks_id: Option<String>,
-    /// Send to the group, asking for N Sender-IDs.
+    /// Send to the group, asking for N Sender-IDs: one per encryption module sealing the
+    /// group's traffic (RFC 9838 2.5.1); the TUN data plane has one.
     #[arg(long, value_name = "N")]
     sender: Option<u32>,
     /// As a sender, also receive the group's traffic.

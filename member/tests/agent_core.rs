@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use common::{member, psk_ike, tek_ctr, unix_now};
 use gikev2_esp::{Direction, Engine};
-use gikev2_member::agent::{Agent, AgentConfig, MembershipId, RekeyEndpoint};
-use gikev2_member::{AgentEvent, NoDataPlane};
+use gikev2_member::agent::{Agent, AgentConfig, AgentError, MembershipId, RekeyEndpoint};
+use gikev2_member::{AgentEvent, DataPlane, NoDataPlane};
 use gikev2_proto::crypto::sign::{SignatureScheme, SigningKey};
 use gikev2_proto::crypto::{EncrAlg, KeyWrapAlg, SeededRandom, SystemRandom};
 use gikev2_proto::group::state::TekProtocol;
@@ -486,4 +486,66 @@ fn leave_tells_the_gcks_and_removes_everything() {
         n.agent.membership_ids().is_empty(),
         "IKE SA deleted, membership gone"
     );
+}
+
+/// RFC 9838 2.5.1 (R045): a sender asks for as many Sender-IDs as it has encryption
+/// modules sealing with the TEKs; with a data plane that knows its count (the TUN data
+/// plane has one), a join asking for another number is refused before anything is sent.
+#[test]
+fn a_sender_asks_for_as_many_sender_ids_as_encryption_modules() {
+    struct OneModule;
+    impl DataPlane for OneModule {
+        fn encryption_modules(&self) -> Option<u32> {
+            Some(1)
+        }
+    }
+    let mut agent = Agent::new(
+        Arc::new(Engine::default()),
+        Arc::new(OneModule),
+        AgentConfig::default(),
+    );
+    let mut rng = SeededRandom::from_u64(9);
+    let gcks: SocketAddr = GCKS.parse().unwrap();
+    let now = Instant::now();
+    let e = agent
+        .join(
+            member("gm.test", gcks, Some(2)),
+            GM.parse().unwrap(),
+            now,
+            &mut rng,
+        )
+        .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            AgentError::SenderIdCount {
+                asked: 2,
+                modules: 1
+            }
+        ),
+        "{e}"
+    );
+    assert!(e.to_string().contains("--sender 2"), "{e}");
+    assert!(agent.poll_transmit().is_none());
+    // One Sender-ID for the one module, and receivers ask for none: both join.
+    agent
+        .join(
+            member("gm.test", gcks, Some(1)),
+            GM.parse().unwrap(),
+            now,
+            &mut rng,
+        )
+        .unwrap();
+    let mut rx = Agent::new(
+        Arc::new(Engine::default()),
+        Arc::new(OneModule),
+        AgentConfig::default(),
+    );
+    rx.join(
+        member("rx.test", gcks, None),
+        GM.parse().unwrap(),
+        now,
+        &mut rng,
+    )
+    .unwrap();
 }
