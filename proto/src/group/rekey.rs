@@ -242,24 +242,11 @@ fn group_payloads(
     let life = |expires| lifetime_at(expires, now).ok_or(RekeyBuildError::Expired);
     // RFC 9838 3.1 (R052): GSK_w of the Rekey SA against the group's keys, the new ones
     // included.
-    group.check_kwk(gsk_w.alg())?;
-    let new_keys = content
-        .new_kek
-        .map(|k| k.suite.encr.key_len())
-        .into_iter()
-        .chain(
-            content
-                .teks
-                .iter()
-                .filter_map(|t| t.encr.map(|e| e.key_len())),
-        );
-    if let Some(key) = new_keys.max().filter(|&k| k > gsk_w.alg().key_len()) {
-        return Err(super::state::KwkTooShort {
-            kwa: gsk_w.alg(),
-            key,
-        }
-        .into());
-    }
+    let longest = super::state::longest_encryption_key(
+        group.rekey.iter().chain(content.new_kek),
+        group.teks.iter().chain(content.teks.iter().copied()),
+    );
+    super::state::KwkTooShort::check(gsk_w.alg(), longest)?;
     let mut gsa = GsaPayload::new();
     let mut kd = KdPayload::new();
     let mut member = MemberKeyBag::new();

@@ -528,28 +528,28 @@ impl GroupState {
     /// The longest encryption key, in octets, of the group's Rekey SA and Data-Security
     /// SAs (0 when none has one).
     pub fn longest_encryption_key(&self) -> usize {
-        self.rekey
-            .iter()
-            .map(|k| k.suite.encr.key_len())
-            .chain(
-                self.teks
-                    .iter()
-                    .filter_map(|t| t.encr.map(EncrAlg::key_len)),
-            )
-            .max()
-            .unwrap_or(0)
+        longest_encryption_key(self.rekey.iter(), self.teks.iter())
     }
 
     /// RFC 9838 3.1 (R052): a KWK of the group SHOULD NOT be shorter than the encryption
     /// key of its Rekey SA or of any of its Data-Security SAs; the GCKS wraps nothing under
     /// a shorter one (it would be the weakest link of the keys it carries).
     pub fn check_kwk(&self, kwa: KeyWrapAlg) -> Result<(), KwkTooShort> {
-        let key = self.longest_encryption_key();
-        if kwa.key_len() < key {
-            return Err(KwkTooShort { kwa, key });
-        }
-        Ok(())
+        KwkTooShort::check(kwa, self.longest_encryption_key())
     }
+}
+
+/// The longest encryption key, in octets, of these Rekey SAs and Data-Security SAs (0 when
+/// none has one).
+pub(crate) fn longest_encryption_key<'a>(
+    rekey: impl Iterator<Item = &'a RekeySaState>,
+    teks: impl Iterator<Item = &'a TekState>,
+) -> usize {
+    rekey
+        .map(|k| k.suite.encr.key_len())
+        .chain(teks.filter_map(|t| t.encr.map(EncrAlg::key_len)))
+        .max()
+        .unwrap_or(0)
 }
 
 /// A KWK shorter than the group's keys ([`GroupState::check_kwk`]).
@@ -563,4 +563,15 @@ pub struct KwkTooShort {
     pub kwa: KeyWrapAlg,
     /// The longest encryption key of the group, in octets.
     pub key: usize,
+}
+
+impl KwkTooShort {
+    /// RFC 9838 3.1: a KWK of `kwa` may wrap keys of up to its own length; `key` is the
+    /// longest it would carry, in octets.
+    pub(crate) fn check(kwa: KeyWrapAlg, key: usize) -> Result<(), Self> {
+        if kwa.key_len() < key {
+            return Err(Self { kwa, key });
+        }
+        Ok(())
+    }
 }
