@@ -10,6 +10,7 @@
 //! - [`group_view`]: a group's configuration and key state, read once and shared.
 //! - [`commit_queue`]: registrations' store writes, committed in batches.
 //! - [`state`]: a group's key state, created on first use and committed before use.
+//! - [`rekey`]: the multicast GSA_REKEY sender (new SAs pushed to the group).
 //! - [`sample_group`]: the group `gcks demo` and `gcks-load` provision.
 //! - [`sag`]: a member's SAg against the group's policy (NO_PROPOSAL_CHOSEN).
 
@@ -17,12 +18,14 @@ pub mod commit_queue;
 pub mod credentials;
 pub mod group_view;
 pub mod registrar;
+pub mod rekey;
 pub mod sag;
 pub mod sample_group;
 pub mod server;
 pub mod state;
 
 pub use registrar::StoreRegistrar;
+pub use rekey::{RekeyScheduler, RekeySchedulerConfig, SentRekey};
 pub use server::{
     AuthFailure, Registrar, RegistrationContext, ServeConfig, ServeError, Server, Verdict,
 };

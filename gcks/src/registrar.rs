@@ -159,7 +159,7 @@ pub const DEFAULT_POLICY_TTL: Duration = Duration::from_secs(1);
 /// Registrations decided by the policy store.
 pub struct StoreRegistrar {
     store: Arc<Store>,
-    views: GroupViews,
+    views: Arc<GroupViews>,
     queue: CommitQueue,
     clock: Arc<dyn Fn() -> u64 + Send + Sync>,
 }
@@ -172,7 +172,7 @@ impl StoreRegistrar {
     /// With another clock (Unix seconds), for tests.
     pub fn with_clock(store: Arc<Store>, clock: Arc<dyn Fn() -> u64 + Send + Sync>) -> Self {
         Self {
-            views: GroupViews::new(store.clone(), DEFAULT_POLICY_TTL),
+            views: Arc::new(GroupViews::new(store.clone(), DEFAULT_POLICY_TTL)),
             queue: CommitQueue::new(store.clone()),
             store,
             clock,
@@ -182,8 +182,14 @@ impl StoreRegistrar {
     /// Group policy read from the store is used for `ttl` before it is read again
     /// (zero: every registration reads it).
     pub fn with_policy_ttl(mut self, ttl: Duration) -> Self {
-        self.views = GroupViews::new(self.store.clone(), ttl);
+        self.views = Arc::new(GroupViews::new(self.store.clone(), ttl));
         self
+    }
+
+    /// The group views registrations are decided from; the rekey sender drops them when
+    /// it changed a group's key state ([`crate::rekey::RekeyScheduler::with_views`]).
+    pub fn group_views(&self) -> Arc<GroupViews> {
+        self.views.clone()
     }
 
     /// The registration queue's counters (batches committed, registrations in them).

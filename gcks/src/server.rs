@@ -295,6 +295,12 @@ impl<R: Registrar> Server<R> {
             .collect()
     }
 
+    /// The bound sockets, shared: the rekey sender sends GSA_REKEY from the IKE port
+    /// ([`crate::rekey`]).
+    pub fn sockets(&self) -> Vec<Arc<UdpSocket>> {
+        self.sockets.clone()
+    }
+
     /// Serves until `shutdown` completes.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         let (dg_tx, mut dg_rx) = mpsc::channel::<(usize, SocketAddr, Vec<u8>)>(1024);

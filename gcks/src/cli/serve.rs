@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clap::Args;
 use gikev2_gcks::credentials::{CacheConfig, CredentialCache, StoreLoader};
-use gikev2_gcks::{ServeConfig, Server, StoreRegistrar};
+use gikev2_gcks::{RekeyScheduler, RekeySchedulerConfig, ServeConfig, Server, StoreRegistrar};
 use gikev2_proto::crypto::IkeSuite;
 use gikev2_proto::ike::{EndpointConfig, IkeConfig, LocalAuth, PeerAuthResolver};
 use gikev2_proto::registry::{EncrId, KeId, KwaId, PrfId};
@@ -60,6 +60,29 @@ pub struct ServeArgs {
     /// docs/performance.md.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
     pub threads: u16,
+    /// Milliseconds between two looks at every multicast group by the GSA_REKEY sender, which
+    /// renews SAs at their renew margin and pushes them to the group (RFC 9838 2.4.1).
+    #[arg(long, default_value_t = 1000, value_name = "MS")]
+    pub rekey_tick_ms: u64,
+    /// Copies of each GSA_REKEY message, bitwise identical (RFC 9838 2.4.1.3).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u8).range(1..=10))]
+    pub rekey_copies: u8,
+    /// Milliseconds between two copies of a GSA_REKEY message.
+    #[arg(long, default_value_t = 1000, value_name = "MS")]
+    pub rekey_spacing_ms: u64,
+    /// Fragment GSA_REKEY messages larger than this many octets (RFC 9838 2.4.1.2, RFC
+    /// 7383); only when every member supports IKE fragmentation. Default: never.
+    #[arg(long, value_name = "OCTETS", value_parser = clap::value_parser!(u16).range(576..))]
+    pub rekey_fragment_size: Option<u16>,
+    /// TTL (hop limit) of multicast GSA_REKEY datagrams.
+    #[arg(long, default_value_t = 8)]
+    pub multicast_ttl: u32,
+    /// IPv4 address of the interface multicast GSA_REKEY leaves from (default: the route's).
+    #[arg(long, value_name = "ADDR")]
+    pub multicast_if: Option<std::net::Ipv4Addr>,
+    /// Index of the interface IPv6 multicast GSA_REKEY leaves from (default: the route's).
+    #[arg(long, value_name = "IFINDEX")]
+    pub multicast_if6: Option<u32>,
     /// Log level: error, warn, info, debug, trace.
     #[arg(long, default_value = "info")]
     pub log: String,
@@ -210,11 +233,29 @@ pub fn run(url: String, key_path: PathBuf, a: ServeArgs) -> Result<(), String> {
         init_rate_per_source: a.init_rate,
         ike_idle_close: Some(Duration::from_secs(a.ike_idle)),
     };
+    let rekey_config = RekeySchedulerConfig {
+        tick: Duration::from_millis(a.rekey_tick_ms.max(10)),
+        copies: a.rekey_copies,
+        spacing: Duration::from_millis(a.rekey_spacing_ms),
+        fragment_size: a.rekey_fragment_size.map(usize::from),
+        multicast_ttl: a.multicast_ttl,
+        multicast_if_v4: a.multicast_if,
+        multicast_if_v6: a.multicast_if6,
+        ..RekeySchedulerConfig::default()
+    };
     rt.block_on(async move {
         let registrar = StoreRegistrar::new(store.clone())
             .with_policy_ttl(Duration::from_millis(a.policy_ttl_ms));
+        let views = registrar.group_views();
         let server =
             Server::bind(ike, cfg, registrar).map_err(|e| format!("--listen: {e}"))?;
+        // The GSA_REKEY sender (RFC 9838 2.4.1), from the server's IKE sockets.
+        let rekey = RekeyScheduler::new(store.clone(), rekey_config, server.sockets())
+            .with_views(views);
+        let (rekey_stop, rekey_stopped) = tokio::sync::oneshot::channel::<()>();
+        let rekey_task = tokio::spawn(rekey.run(async {
+            let _ = rekey_stopped.await;
+        }));
         let addrs: Vec<String> = server.local_addrs().iter().map(|a| a.to_string()).collect();
         info!(
             store = %redacted(&url),
@@ -249,6 +290,9 @@ pub fn run(url: String, key_path: PathBuf, a: ServeArgs) -> Result<(), String> {
             info!("shutting down");
         };
         server.run(shutdown).await;
+        // The sender gives its leases up, so another GCKS can take over at once.
+        let _ = rekey_stop.send(());
+        let _ = rekey_task.await;
         store.close().await;
         Ok::<(), String>(())
     })

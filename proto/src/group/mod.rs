@@ -28,8 +28,8 @@ pub use registration::{
 };
 
 pub use rekey::{
-    LkhRekey, RekeyContent, RekeyDrop, RekeyMessage, RekeyReader, RekeySender, RekeyStats,
-    RekeyUpdate,
+    LkhRekey, RekeyBuildError, RekeyContent, RekeyDrop, RekeyMessage, RekeyReader, RekeySender,
+    RekeyStats, RekeyUpdate,
 };
 pub use state::{
     GroupAuth, GroupPolicy, GroupState, KwkTooShort, RekeySaState, RekeySuite, StateError,

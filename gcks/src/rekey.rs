@@ -1,0 +1,624 @@
+//! The multicast rekey sender: GSA_REKEY messages pushed to a group when its key state
+//! changes (RFC 9838 2.4.1), so members switch to new SAs without re-registering.
+//!
+//! Every tick the scheduler looks at each group with multicast rekey whose rekey lease it
+//! holds (one GCKS process sends for a group, [`gikev2_policy::Store::acquire_rekey_lease`]):
+//!
+//! 1. It makes the group's key state current ([`crate::state::ensure_current`]: an SA is
+//!    renewed at its renew margin, the rule registrations follow too, so whichever comes
+//!    first renews and the other sees the result).
+//! 2. It compares that state with the one the members were last given, the *announced*
+//!    state (at start, or when the lease is taken over, the state found in the store).
+//! 3. When TEKs or the Rekey SA changed, it builds one GSA_REKEY over the announced Rekey
+//!    SA, the KEK the members hold (2.4.1): the new TEKs and, when it was replaced, the new
+//!    Rekey SA in GSA and KD; a Delete of the TEKs that are gone (2.4.3), which members keep
+//!    for DEACTIVATION_TIME_DELAY (2.4.1.4). With GCAUTH Digital Signature it is signed with
+//!    the group's signing key (2.4.1.1).
+//! 4. The same datagrams go out [`RekeySchedulerConfig::copies`] times,
+//!    [`RekeySchedulerConfig::spacing`] apart: "bitwise identical and ... within a short
+//!    time interval" (2.4.1.3, R034). There is no response and no IKE window (2.4.1, R026).
+//!
+//! Message IDs: over the Rekey SA that is still current the ID comes from the store,
+//! committed before the message is built ([`gikev2_policy::Store::next_rekey_message_id`]),
+//! so no ID is sent twice, across restarts and processes. When a registration renewed the
+//! Rekey SA before the scheduler saw it, the old SA's counter is no longer in the store;
+//! the scheduler then continues its own copy of that counter, which is exact because only
+//! the lease holder takes rekey Message IDs. The first message over a new Rekey SA has
+//! Message ID 0 (2.4.1.3).
+//!
+//! What is not pushed (members catch up by re-registering at soft expiry, 2.4.1.4): a
+//! renewal made while no process held the lease, and policy edits that renew no SA.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use gikev2_policy::{
+    GroupConfig, GroupId, GroupState as StoredState, RekeyMode, Store, StoreError,
+};
+use gikev2_proto::crypto::{Random, SystemRandom};
+use gikev2_proto::group::{GroupAuth, RekeyBuildError, RekeyContent, RekeySender, RekeySpi};
+use gikev2_proto::registry::ProtocolId;
+use gikev2_proto::wire::DeletePayload;
+use tokio::net::UdpSocket;
+use tracing::{debug, info, warn};
+
+use crate::group_view::GroupViews;
+use crate::state::{StateFailure, ensure_current, group_auth, plan, to_proto};
+
+/// How the scheduler runs and sends.
+#[derive(Debug, Clone)]
+pub struct RekeySchedulerConfig {
+    /// How often every group is looked at.
+    pub tick: Duration,
+    /// Copies of each GSA_REKEY (RFC 9838 2.4.1.3); at least 1.
+    pub copies: u8,
+    /// Time between two copies.
+    pub spacing: Duration,
+    /// Seconds a rekey lease lasts; renewed every tick.
+    pub lease_ttl: u64,
+    /// This process's name in the lease table.
+    pub holder: String,
+    /// IKE fragmentation threshold for GSA_REKEY (RFC 9838 2.4.1.2): the largest message
+    /// sent whole, in octets. `None` never fragments.
+    pub fragment_size: Option<usize>,
+    /// IP_MULTICAST_TTL / IPV6_MULTICAST_HOPS of the datagrams.
+    pub multicast_ttl: u32,
+    /// IPv4 interface (by address) multicast leaves from; `None`: the routing table's.
+    pub multicast_if_v4: Option<Ipv4Addr>,
+    /// IPv6 interface (by index) multicast leaves from; `None`: the routing table's.
+    pub multicast_if_v6: Option<u32>,
+}
+
+impl Default for RekeySchedulerConfig {
+    fn default() -> Self {
+        Self {
+            tick: Duration::from_secs(1),
+            copies: 3,
+            spacing: Duration::from_secs(1),
+            lease_ttl: 30,
+            holder: default_holder(),
+            fragment_size: None,
+            multicast_ttl: 8,
+            multicast_if_v4: None,
+            multicast_if_v6: None,
+        }
+    }
+}
+
+/// `host:pid:random`, unique per process.
+pub fn default_holder() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default();
+    let mut r = [0u8; 4];
+    SystemRandom::new().fill(&mut r);
+    format!(
+        "{host}:{}:{:08x}",
+        std::process::id(),
+        u32::from_be_bytes(r)
+    )
+}
+
+/// One GSA_REKEY the scheduler sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SentRekey {
+    /// The group's name.
+    pub group: String,
+    pub message_id: u32,
+    /// The Rekey SA it went over (the one the members held).
+    pub over: RekeySpi,
+    /// The Rekey SA it introduced, if any.
+    pub new_rekey_sa: Option<RekeySpi>,
+    pub new_teks: Vec<u32>,
+    pub deleted_teks: Vec<u32>,
+    pub dst: SocketAddr,
+    /// The datagrams (ciphertext), each sent [`RekeySchedulerConfig::copies`] times.
+    pub datagrams: Vec<Vec<u8>>,
+}
+
+/// Why a group's rekey could not be sent (the group is tried again next tick).
+#[derive(Debug, thiserror::Error)]
+pub enum RekeyError {
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    #[error("group {group}: {source}")]
+    State { group: String, source: StateFailure },
+    #[error("group {group}: {reason}")]
+    Policy { group: String, reason: String },
+    #[error("group {group}: building GSA_REKEY: {source}")]
+    Build {
+        group: String,
+        source: RekeyBuildError,
+    },
+    #[error("group {group}: no socket to send GSA_REKEY from ({reason})")]
+    Socket { group: String, reason: String },
+}
+
+/// What the members of a group were last given.
+struct Announced {
+    state: StoredState,
+    /// The next Message ID over `state`'s Rekey SA, as far as this process knows.
+    next_message_id: u64,
+}
+
+impl Announced {
+    fn new(state: StoredState) -> Self {
+        let next_message_id = state.next_rekey_message_id;
+        Self {
+            state,
+            next_message_id,
+        }
+    }
+}
+
+fn rekey_spi(s: &StoredState) -> Option<RekeySpi> {
+    s.rekey.as_ref().map(|r| r.spi)
+}
+
+fn tek_spis(s: &StoredState) -> Vec<u32> {
+    s.teks.iter().map(|t| t.spi).collect()
+}
+
+/// The SAs in `cur` the members of `old` do not have, and the TEKs they have that `cur`
+/// dropped.
+fn changes(old: &StoredState, cur: &StoredState) -> (Option<RekeySpi>, Vec<u32>, Vec<u32>) {
+    let kek = rekey_spi(cur).filter(|s| rekey_spi(old) != Some(*s));
+    let (old_teks, cur_teks) = (tek_spis(old), tek_spis(cur));
+    let new: Vec<u32> = cur_teks
+        .iter()
+        .copied()
+        .filter(|s| !old_teks.contains(s))
+        .collect();
+    let gone: Vec<u32> = old_teks
+        .iter()
+        .copied()
+        .filter(|s| !cur_teks.contains(s))
+        .collect();
+    (kek, new, gone)
+}
+
+/// Sends GSA_REKEY messages for the groups of a store.
+pub struct RekeyScheduler {
+    store: Arc<Store>,
+    config: RekeySchedulerConfig,
+    /// The server's sockets: GSA_REKEY leaves from one of them when it fits the group's
+    /// rekey source (so it comes from the GCKS's IKE port, normally 848).
+    sockets: Vec<Arc<UdpSocket>>,
+    /// Sockets of our own, for sources no server socket has, by local address asked.
+    own: HashMap<SocketAddr, Arc<UdpSocket>>,
+    prepared: Vec<SocketAddr>,
+    announced: HashMap<GroupId, Announced>,
+    views: Option<Arc<GroupViews>>,
+    lease_until: HashMap<GroupId, u64>,
+}
+
+impl RekeyScheduler {
+    pub fn new(
+        store: Arc<Store>,
+        config: RekeySchedulerConfig,
+        sockets: Vec<Arc<UdpSocket>>,
+    ) -> Self {
+        Self {
+            store,
+            config,
+            sockets,
+            own: HashMap::new(),
+            prepared: Vec::new(),
+            announced: HashMap::new(),
+            views: None,
+            lease_until: HashMap::new(),
+        }
+    }
+
+    /// The registrar's group views, dropped after every change this scheduler sends, so
+    /// that the next registration hands out the new SAs at once.
+    pub fn with_views(mut self, views: Arc<GroupViews>) -> Self {
+        self.views = Some(views);
+        self
+    }
+
+    /// Runs a tick every [`RekeySchedulerConfig::tick`] until `shutdown` completes.
+    pub async fn run(mut self, shutdown: impl std::future::Future<Output = ()>) {
+        let mut every = tokio::time::interval(self.config.tick.max(Duration::from_millis(10)));
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => break,
+                _ = every.tick() => {
+                    for r in self.tick(crate::registrar::unix_now()).await {
+                        if let Err(e) = r {
+                            warn!(error = %e, "GSA_REKEY not sent");
+                        }
+                    }
+                }
+            }
+        }
+        for group in self.lease_until.keys() {
+            let _ = self
+                .store
+                .release_rekey_lease(*group, &self.config.holder)
+                .await;
+        }
+    }
+
+    /// Looks at every multicast group at Unix time `now`; sends what changed. The first
+    /// copy of each message is sent before this returns, the others on their own task.
+    pub async fn tick(&mut self, now: u64) -> Vec<Result<SentRekey, RekeyError>> {
+        let groups = match self.store.groups().await {
+            Ok(g) => g,
+            Err(e) => return vec![Err(e.into())],
+        };
+        let mut out = Vec::new();
+        let mut seen = Vec::new();
+        for g in groups {
+            if g.spec.rekey.mode != RekeyMode::Multicast {
+                continue;
+            }
+            seen.push(g.id);
+            let span = tracing::info_span!("rekey", group = %g.spec.name);
+            let _enter = span.enter();
+            match self.group_tick(&g.spec.idg, now).await {
+                Ok(Some(sent)) => out.push(Ok(sent)),
+                Ok(None) => {}
+                Err(e) => out.push(Err(e)),
+            }
+        }
+        self.announced.retain(|id, _| seen.contains(id));
+        self.lease_until.retain(|id, _| seen.contains(id));
+        out
+    }
+
+    async fn holds_lease(&mut self, group: GroupId, now: u64) -> Result<bool, StoreError> {
+        let ttl = self.config.lease_ttl.max(2);
+        if self
+            .lease_until
+            .get(&group)
+            .is_some_and(|&until| until > now.saturating_add(ttl / 2))
+        {
+            return Ok(true);
+        }
+        let held = self
+            .store
+            .acquire_rekey_lease(group, &self.config.holder, ttl, now)
+            .await?;
+        if held {
+            self.lease_until.insert(group, now.saturating_add(ttl));
+        } else {
+            self.lease_until.remove(&group);
+        }
+        Ok(held)
+    }
+
+    async fn group_tick(
+        &mut self,
+        idg: &gikev2_policy::Identity,
+        now: u64,
+    ) -> Result<Option<SentRekey>, RekeyError> {
+        let Some(cfg) = self.store.group_config(idg).await? else {
+            return Ok(None);
+        };
+        let id = cfg.group.id;
+        let name = cfg.group.spec.name.clone();
+        let state_err = |source| RekeyError::State {
+            group: name.clone(),
+            source,
+        };
+        let policy_err = |reason: String| RekeyError::Policy {
+            group: name.clone(),
+            reason,
+        };
+        if !self.holds_lease(id, now).await? {
+            // Another process sends; start from what the store has if we take over.
+            self.announced.remove(&id);
+            return Ok(None);
+        }
+        let before = self
+            .store
+            .group_state(id)
+            .await?
+            .ok_or_else(|| policy_err("no group_state row".into()))?;
+        let Some(prev) = self.announced.get(&id) else {
+            // First look: the members have what the store has (or will at registration).
+            let cur = ensure_current(&self.store, &cfg, now)
+                .await
+                .map_err(state_err)?;
+            self.announced.insert(id, Announced::new(cur));
+            return Ok(None);
+        };
+        let old = prev.state.clone();
+        let mut next_mid = prev.next_message_id;
+        let due = {
+            let mut rng = SystemRandom::new();
+            plan(&cfg, &before, now, &mut rng)
+                .map_err(policy_err)?
+                .is_some()
+        };
+        let (kek, new, gone) = changes(&old, &before);
+        let old_spi = rekey_spi(&old);
+        if rekey_spi(&before) == old_spi {
+            next_mid = next_mid.max(before.next_rekey_message_id);
+        }
+        let set_mid = |s: &mut Self, m: u64| {
+            if let Some(a) = s.announced.get_mut(&id) {
+                a.next_message_id = m;
+            }
+        };
+        set_mid(self, next_mid);
+        if !due && kek.is_none() && new.is_empty() && gone.is_empty() {
+            return Ok(None);
+        }
+        let usable_kek = old.rekey.as_ref().is_some_and(|r| r.expires > now);
+        let Some(over) = old_spi.filter(|_| usable_kek) else {
+            // The members hold no Rekey SA we could send over: they re-register.
+            let cur = ensure_current(&self.store, &cfg, now)
+                .await
+                .map_err(state_err)?;
+            debug!("no current Rekey SA to announce over; members re-register");
+            self.announced.insert(id, Announced::new(cur));
+            return Ok(None);
+        };
+        // The Message ID first, committed (over the still-current Rekey SA), or from our
+        // copy of the counter of a Rekey SA the store already replaced.
+        let message_id = if rekey_spi(&before) == Some(over) {
+            self.store.next_rekey_message_id(id, &over).await?
+        } else {
+            u32::try_from(next_mid)
+                .map_err(|_| policy_err("GSA_REKEY Message IDs exhausted".into()))?
+        };
+        set_mid(self, u64::from(message_id) + 1);
+        let cur = if due {
+            ensure_current(&self.store, &cfg, now)
+                .await
+                .map_err(state_err)?
+        } else {
+            before
+        };
+        let (kek, new, gone) = changes(&old, &cur);
+        if kek.is_none() && new.is_empty() && gone.is_empty() {
+            return Ok(None);
+        }
+        let sent = self.send(&cfg, &old, &cur, message_id, now).await?;
+        if let Some(v) = &self.views {
+            v.invalidate();
+        }
+        info!(
+            message_id = sent.message_id,
+            new_teks = ?sent.new_teks.iter().map(|s| format!("{s:#010x}")).collect::<Vec<_>>(),
+            deleted_teks = ?sent.deleted_teks.iter().map(|s| format!("{s:#010x}")).collect::<Vec<_>>(),
+            new_rekey_sa = sent.new_rekey_sa.is_some(),
+            dst = %sent.dst,
+            copies = self.config.copies.max(1),
+            "GSA_REKEY sent"
+        );
+        self.announced.insert(id, Announced::new(cur));
+        Ok(Some(sent))
+    }
+
+    /// Builds the message over `old`'s Rekey SA announcing `cur`, and sends it.
+    async fn send(
+        &mut self,
+        cfg: &GroupConfig,
+        old: &StoredState,
+        cur: &StoredState,
+        message_id: u32,
+        now: u64,
+    ) -> Result<SentRekey, RekeyError> {
+        let name = cfg.group.spec.name.clone();
+        let policy_err = |reason: String| RekeyError::Policy {
+            group: name.clone(),
+            reason,
+        };
+        let dst =
+            cfg.group.spec.rekey.dst.ok_or_else(|| {
+                policy_err("multicast rekey without groups.rekey_dst_addr".into())
+            })?;
+        let auth = group_auth(&self.store, cfg)
+            .await
+            .map_err(|source| RekeyError::State {
+                group: name.clone(),
+                source,
+            })?;
+        let senders = self.store.sender_count(cfg.group.id).await?;
+        let mut group = to_proto(cfg, old, auth, senders > 1).map_err(&policy_err)?;
+        let Some(k) = group.rekey.as_mut() else {
+            return Err(policy_err("no Rekey SA".into()));
+        };
+        k.next_message_id = message_id;
+        let over = k.spi;
+        let target = to_proto(cfg, cur, GroupAuth::Implicit, senders > 1).map_err(&policy_err)?;
+        let (kek, new, gone) = changes(old, cur);
+        let content = RekeyContent {
+            new_kek: target.rekey.as_ref().filter(|_| kek.is_some()),
+            teks: target
+                .teks
+                .iter()
+                .filter(|t| new.contains(&t.spi))
+                .collect(),
+            deletes: if gone.is_empty() {
+                Vec::new()
+            } else {
+                vec![DeletePayload::child(ProtocolId::Esp, &gone)]
+            },
+            ..RekeyContent::default()
+        };
+        let msg = {
+            let mut rng = SystemRandom::new();
+            RekeySender::new(self.config.fragment_size)
+                .build(&mut group, &content, now, &mut rng)
+                .map_err(|source| RekeyError::Build {
+                    group: name.clone(),
+                    source,
+                })?
+        };
+        let r = &cfg.group.spec.rekey;
+        let socket = self
+            .socket_for(dst, r.src_addr, r.src_port)
+            .await
+            .map_err(|reason| RekeyError::Socket {
+                group: name.clone(),
+                reason,
+            })?;
+        for d in &msg.datagrams {
+            socket
+                .send_to(d, dst)
+                .await
+                .map_err(|e| RekeyError::Socket {
+                    group: name.clone(),
+                    reason: format!("sending to {dst}: {e}"),
+                })?;
+        }
+        let copies = self.config.copies.max(1);
+        if copies > 1 {
+            let (datagrams, spacing) = (msg.datagrams.clone(), self.config.spacing);
+            tokio::spawn(async move {
+                for _ in 1..copies {
+                    tokio::time::sleep(spacing).await;
+                    for d in &datagrams {
+                        if let Err(e) = socket.send_to(d, dst).await {
+                            debug!(error = %e, %dst, "GSA_REKEY copy");
+                        }
+                    }
+                }
+            });
+        }
+        Ok(SentRekey {
+            group: name,
+            message_id: msg.message_id,
+            over,
+            new_rekey_sa: kek,
+            new_teks: new,
+            deleted_teks: gone,
+            dst,
+            datagrams: msg.datagrams,
+        })
+    }
+
+    /// The socket GSA_REKEY to `dst` leaves from: a server socket of the same family
+    /// bound to the group's rekey source (`groups.rekey_src_addr`/`rekey_src_port`, any
+    /// when unset), preferring port 848 and never the NAT-T port (whose datagrams carry a
+    /// marker); otherwise one of our own bound to that source.
+    async fn socket_for(
+        &mut self,
+        dst: SocketAddr,
+        src: Option<IpAddr>,
+        src_port: Option<u16>,
+    ) -> Result<Arc<UdpSocket>, String> {
+        let v6 = dst.is_ipv6();
+        let fits = |a: &SocketAddr| {
+            a.is_ipv6() == v6
+                && src.is_none_or(|ip| a.ip() == ip)
+                && src_port.is_none_or(|p| a.port() == p)
+                && a.port() != crate::server::NAT_T_PORT
+        };
+        let mut best: Option<(u8, &Arc<UdpSocket>, SocketAddr)> = None;
+        for s in &self.sockets {
+            let Ok(a) = s.local_addr() else { continue };
+            if !fits(&a) {
+                continue;
+            }
+            let rank = match a.port() {
+                848 => 0,
+                500 => 1,
+                _ => 2,
+            };
+            if best.as_ref().is_none_or(|(r, _, _)| rank < *r) {
+                best = Some((rank, s, a));
+            }
+        }
+        let (socket, local) = match best {
+            Some((_, s, a)) => (s.clone(), a),
+            None => {
+                let ip = src.unwrap_or(if v6 {
+                    IpAddr::V6(Ipv6Addr::UNSPECIFIED)
+                } else {
+                    IpAddr::V4(Ipv4Addr::UNSPECIFIED)
+                });
+                let want = SocketAddr::new(ip, src_port.unwrap_or(0));
+                if let Some(s) = self.own.get(&want) {
+                    (s.clone(), want)
+                } else {
+                    let s = Arc::new(UdpSocket::bind(want).await.map_err(|e| {
+                        format!("binding {want} (groups.rekey_src_addr, rekey_src_port): {e}")
+                    })?);
+                    self.own.insert(want, s.clone());
+                    (s, want)
+                }
+            }
+        };
+        if !self.prepared.contains(&local) {
+            let s = socket2::SockRef::from(&*socket);
+            let c = &self.config;
+            let r = if v6 {
+                s.set_multicast_hops_v6(c.multicast_ttl).and_then(|()| {
+                    c.multicast_if_v6
+                        .map_or(Ok(()), |i| s.set_multicast_if_v6(i))
+                })
+            } else {
+                s.set_multicast_ttl_v4(c.multicast_ttl).and_then(|()| {
+                    c.multicast_if_v4
+                        .map_or(Ok(()), |a| s.set_multicast_if_v4(&a))
+                })
+            };
+            r.map_err(|e| format!("multicast options on {local}: {e}"))?;
+            self.prepared.push(local);
+        }
+        Ok(socket)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gikev2_policy::{RekeySaRecord, TekPolicyId, TekSaRecord};
+    use gikev2_proto::crypto::SecretBytes;
+
+    fn state(kek: u8, teks: &[u32]) -> StoredState {
+        StoredState {
+            group: GroupId(1),
+            generation: 0,
+            rekey: Some(RekeySaRecord {
+                spi: [kek; 16],
+                keymat: SecretBytes::from_slice(&[0; 8]),
+                expires: 100,
+            }),
+            teks: teks
+                .iter()
+                .map(|&spi| TekSaRecord {
+                    policy: TekPolicyId(1),
+                    spi,
+                    keymat: SecretBytes::from_slice(&[0; 8]),
+                    created: 0,
+                    expires: 100,
+                })
+                .collect(),
+            next_rekey_message_id: 0,
+            next_sender_id: 0,
+            sender_id_epoch: 0,
+            updated: 0,
+        }
+    }
+
+    #[test]
+    fn changes_name_new_sas_and_dropped_teks() {
+        assert_eq!(
+            changes(&state(1, &[10, 11]), &state(1, &[10, 11])),
+            (None, vec![], vec![])
+        );
+        assert_eq!(
+            changes(&state(1, &[10, 11]), &state(1, &[10, 12])),
+            (None, vec![12], vec![11])
+        );
+        assert_eq!(
+            changes(&state(1, &[10]), &state(2, &[13])),
+            (Some([2; 16]), vec![13], vec![10])
+        );
+        assert_eq!(
+            changes(&state(1, &[10, 11]), &state(1, &[10])),
+            (None, vec![], vec![11]),
+            "a TEK policy deleted: a Delete only (RFC 9838 2.4.3)"
+        );
+    }
+}

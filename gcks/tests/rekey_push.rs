@@ -1,0 +1,405 @@
+//! The GCKS's GSA_REKEY sender (`gikev2_gcks::rekey`) on a SQLite store, over multicast on
+//! loopback, with two members running the member runtime: TEK renewals and a Rekey SA
+//! rollover are pushed to the group, the members install what the store holds, and every
+//! copy of a message is the same datagram (RFC 9838 2.4.1, 2.4.1.3).
+//!
+//! The scheduler's clock is passed to `tick`, so the test moves to each renew margin
+//! without waiting; the members keep the real clock (the lifetimes in GSA_REKEY are
+//! relative, RFC 9838 4.4.2.2.1).
+
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::sync::Arc;
+use std::time::Duration;
+
+use gikev2_esp::Engine;
+use gikev2_gcks::credentials::{CacheConfig, CredentialCache, StoreLoader};
+use gikev2_gcks::registrar::unix_now;
+use gikev2_gcks::state::ensure_current;
+use gikev2_gcks::{
+    RekeyScheduler, RekeySchedulerConfig, SentRekey, ServeConfig, Server, StoreRegistrar,
+};
+use gikev2_member::config::MembershipConfig;
+use gikev2_member::runtime::{self, RuntimeConfig};
+use gikev2_member::{AgentEvent, AgentHandle, NoDataPlane, SystemClock};
+use gikev2_policy::{
+    EspMode, GroupId, GroupSpec, GroupWidePolicy, Identity, MasterKey, NewCredential, RekeyConfig,
+    RekeyMode, Role, Selector, Store, TekPolicySpec, TekProtocol,
+};
+use gikev2_proto::crypto::{IkeSuite, SecretBytes, SignatureScheme, SigningKey, SystemRandom};
+use gikev2_proto::ike::{IkeConfig, LocalAuth, PeerAuth, PeerAuthResolver, SinglePeer};
+use gikev2_proto::registry::{EncrId, GcAuthId, KeId, KwaId, PrfId, SnId};
+use gikev2_proto::wire::{IdPayload, Transform};
+
+const GCKS_PSK: &[u8] = b"rekey push gcks psk";
+const TEK_LIFETIME: u32 = 600;
+const REKEY_LIFETIME: u32 = 3600;
+const WAIT: Duration = Duration::from_secs(20);
+
+fn suite() -> IkeSuite {
+    IkeSuite::from_transforms(&[
+        Transform::encr(EncrId::AesGcm16, Some(256)),
+        Transform::prf(PrfId::HmacSha2_256),
+        Transform::ke(KeId::Curve25519),
+        Transform::kwa(KwaId::Kw5649_256),
+    ])
+    .unwrap()
+}
+
+/// A multicast group address and port nobody else in this test run uses.
+fn rekey_dst() -> SocketAddrV4 {
+    let port = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    SocketAddrV4::new(Ipv4Addr::new(239, 77, (port >> 8) as u8, port as u8), port)
+}
+
+struct World {
+    _dir: tempfile::TempDir,
+    store: Arc<Store>,
+    group: GroupId,
+    gcks: SocketAddr,
+    scheduler: RekeyScheduler,
+    stop: tokio::sync::oneshot::Sender<()>,
+}
+
+async fn world(dst: SocketAddrV4) -> World {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}?mode=rwc", dir.path().join("gcks.db").display());
+    let key_path = dir.path().join("gcks.key");
+    let key = MasterKey::load_or_create(&key_path, &mut SystemRandom::new()).unwrap();
+    let store = Arc::new(Store::open(&url, key).await.unwrap());
+    let (_, pkcs8) = SigningKey::generate(SignatureScheme::Ed25519).unwrap();
+    let signer = store
+        .add_signing_key("rekey", SignatureScheme::Ed25519, &pkcs8, 0)
+        .await
+        .unwrap();
+    let group = store
+        .create_group(
+            &GroupSpec {
+                name: "g".into(),
+                idg: Identity::key_id(b"g"),
+                capacity: 10,
+                rekey: RekeyConfig {
+                    mode: RekeyMode::Multicast,
+                    dst: Some(SocketAddr::V4(dst)),
+                    src_addr: None,
+                    src_port: None,
+                    lifetime: REKEY_LIFETIME,
+                    encr: EncrId::AesGcm16,
+                    encr_key_bits: Some(256),
+                    integ: None,
+                    kwa: KwaId::Kw5649_256,
+                    gcauth: GcAuthId::DigitalSignature,
+                    signing_key: Some(signer),
+                },
+                tek_lifetime: TEK_LIFETIME,
+                policy: GroupWidePolicy {
+                    dtd: Some(1),
+                    ..GroupWidePolicy::default()
+                },
+            },
+            0,
+        )
+        .await
+        .unwrap();
+    store
+        .add_tek_policy(
+            group,
+            &TekPolicySpec {
+                protocol: TekProtocol::Esp,
+                ip_protocol: 17,
+                src: Selector::any(false),
+                dst: Selector::host_port("239.77.0.1".parse().unwrap(), 5004),
+                encr: EncrId::AesGcm16,
+                encr_key_bits: Some(256),
+                integ: None,
+                sn: SnId::Unspecified32,
+                mode: EspMode::Transport,
+            },
+        )
+        .await
+        .unwrap();
+    for id in ["a.example", "b.example"] {
+        let m = store
+            .add_member(
+                &Identity::fqdn(id),
+                None,
+                &NewCredential::Psk(SecretBytes::from_slice(id.as_bytes())),
+                0,
+            )
+            .await
+            .unwrap();
+        store.authorize(m, group, Role::Receiver, 0).await.unwrap();
+    }
+
+    let loader = StoreLoader::start(url.clone(), key_path.clone()).unwrap();
+    let cache = Arc::new(CredentialCache::new(
+        Arc::new(loader),
+        CacheConfig::default(),
+    ));
+    cache.preload(&store).await.unwrap();
+    let resolver: Arc<dyn PeerAuthResolver> = cache;
+    let ike = IkeConfig::new(
+        vec![suite()],
+        IdPayload::fqdn("gcks.example").unwrap(),
+        LocalAuth::Psk(SecretBytes::from_slice(GCKS_PSK)),
+        resolver,
+    );
+    let cfg = ServeConfig {
+        listen: vec!["127.0.0.1:0".parse().unwrap()],
+        init_rate_per_source: 100,
+        ..ServeConfig::default()
+    };
+    let registrar = StoreRegistrar::new(store.clone());
+    let views = registrar.group_views();
+    let server = Server::bind(ike, cfg, registrar).unwrap();
+    let gcks = server.local_addrs()[0];
+    let scheduler = RekeyScheduler::new(
+        store.clone(),
+        RekeySchedulerConfig {
+            copies: 3,
+            spacing: Duration::from_millis(20),
+            multicast_ttl: 1,
+            multicast_if_v4: Some(Ipv4Addr::LOCALHOST),
+            holder: "test-gcks".into(),
+            ..RekeySchedulerConfig::default()
+        },
+        server.sockets(),
+    )
+    .with_views(views);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(server.run(async {
+        let _ = stopped.await;
+    }));
+    World {
+        _dir: dir,
+        store,
+        group,
+        gcks,
+        scheduler,
+        stop,
+    }
+}
+
+fn member(id: &str, gcks: SocketAddr) -> MembershipConfig {
+    MembershipConfig {
+        group: "g".into(),
+        group_id: IdPayload::key_id(b"g".to_vec()),
+        gcks,
+        ike: IkeConfig::new(
+            vec![suite()],
+            IdPayload::fqdn(id).unwrap(),
+            LocalAuth::Psk(SecretBytes::from_slice(id.as_bytes())),
+            // With PSKs the GCKS answers with the member's own key (RFC 7296 2.15).
+            Arc::new(SinglePeer {
+                id: None,
+                auth: PeerAuth::Psk(SecretBytes::from_slice(id.as_bytes())),
+            }),
+        ),
+        sender_ids: None,
+        receive: false,
+        auth_kind: "psk",
+    }
+}
+
+fn agent() -> AgentHandle {
+    let config = RuntimeConfig {
+        multicast_v4_interface: Some(Ipv4Addr::LOCALHOST),
+        ..RuntimeConfig::default()
+    };
+    runtime::spawn(
+        Arc::new(Engine::default()),
+        Arc::new(NoDataPlane),
+        config,
+        Arc::new(SystemClock),
+    )
+    .0
+}
+
+/// A socket on the rekey group, as a member's (to see every copy the GCKS sends).
+fn listener(dst: SocketAddrV4) -> tokio::net::UdpSocket {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP)).unwrap();
+    s.set_reuse_address(true).unwrap();
+    s.set_nonblocking(true).unwrap();
+    s.bind(&SocketAddr::V4(dst).into()).unwrap();
+    s.join_multicast_v4(dst.ip(), &Ipv4Addr::LOCALHOST).unwrap();
+    tokio::net::UdpSocket::from_std(s.into()).unwrap()
+}
+
+/// The next `Rekeyed` event of an agent.
+async fn rekeyed(events: &mut tokio::sync::mpsc::Receiver<AgentEvent>) -> AgentEvent {
+    tokio::time::timeout(WAIT, async {
+        loop {
+            match events.recv().await {
+                Some(e @ AgentEvent::Rekeyed { .. }) => return e,
+                Some(_) => continue,
+                None => panic!("agent stopped"),
+            }
+        }
+    })
+    .await
+    .expect("GSA_REKEY applied")
+}
+
+fn hex(spis: &[u32]) -> Vec<String> {
+    spis.iter().map(|s| format!("{s:#010x}")).collect()
+}
+
+/// The datagrams of `copies` copies of `sent`, as they arrive on the group, with their
+/// source.
+async fn copies(rx: &tokio::net::UdpSocket, sent: &SentRekey, copies: usize) -> SocketAddr {
+    let mut buf = vec![0u8; 65_535];
+    let mut from = None;
+    for _ in 0..copies {
+        for d in &sent.datagrams {
+            let (n, src) = tokio::time::timeout(WAIT, rx.recv_from(&mut buf))
+                .await
+                .expect("a copy arrives")
+                .unwrap();
+            // RFC 9838 2.4.1.3 (R034): copies are bitwise identical.
+            assert_eq!(&buf[..n], &d[..], "copy of message {}", sent.message_id);
+            assert_eq!(*from.get_or_insert(src), src);
+        }
+    }
+    from.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tek_renewals_and_a_rekey_sa_rollover_reach_the_members_by_multicast() {
+    let dst = rekey_dst();
+    let mut w = world(dst).await;
+    let rx = listener(dst);
+    let t0 = unix_now();
+    // First look: the state is created; the members will get it by registering.
+    assert!(w.scheduler.tick(t0).await.is_empty());
+    let first = w.store.group_state(w.group).await.unwrap().unwrap();
+    let (k1, tek_a) = (first.rekey.as_ref().unwrap().spi, first.teks[0].spi);
+
+    let (a, b) = (agent(), agent());
+    let (mut ea, mut eb) = (a.subscribe().await.unwrap(), b.subscribe().await.unwrap());
+    for (h, id) in [(&a, "a.example"), (&b, "b.example")] {
+        let g = h.join(member(id, w.gcks), Some(WAIT)).await.unwrap();
+        assert_eq!(g.state, "up", "{g:?}");
+        assert_eq!(g.teks[0].spi, format!("{tek_a:#010x}"));
+    }
+    assert!(w.scheduler.tick(t0 + 1).await.is_empty(), "nothing changed");
+
+    // 1. The TEK reaches its renew margin (a tenth of 600 s): a new TEK, the old one
+    // deleted, over the Rekey SA the members hold, Message ID 0.
+    let sent: Vec<SentRekey> = w
+        .scheduler
+        .tick(t0 + u64::from(TEK_LIFETIME) - 55)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(sent.len(), 1);
+    let s = &sent[0];
+    let now = w.store.group_state(w.group).await.unwrap().unwrap();
+    let tek_b = now.teks[0].spi;
+    assert_ne!(tek_b, tek_a);
+    assert_eq!(
+        (s.message_id, s.over, s.new_rekey_sa),
+        (0, k1, None),
+        "first message over the Rekey SA"
+    );
+    assert_eq!(
+        (s.new_teks.clone(), s.deleted_teks.clone()),
+        (vec![tek_b], vec![tek_a])
+    );
+    assert_eq!(now.next_rekey_message_id, 1, "committed before sending");
+    let src = copies(&rx, s, 3).await;
+    assert_eq!(src, w.gcks, "sent from the GCKS's IKE socket");
+    for e in [&mut ea, &mut eb] {
+        assert_eq!(
+            rekeyed(e).await,
+            AgentEvent::Rekeyed {
+                group: "g".into(),
+                message_id: Some(0),
+                installed: hex(&[tek_b]),
+                deleting: hex(&[tek_a]),
+                new_rekey_sa: false,
+            }
+        );
+    }
+
+    // 2. The Rekey SA reaches its margin, renewed first by a registration (as
+    // `ensure_current` does for one): the store no longer has the old SA's counter, so
+    // the message over it takes the next ID from the scheduler's copy, and carries the
+    // new Rekey SA and the TEK renewed with it.
+    let t2 = t0 + u64::from(REKEY_LIFETIME) - 290;
+    let cfg = w
+        .store
+        .group_config(&Identity::key_id(b"g"))
+        .await
+        .unwrap()
+        .unwrap();
+    let renewed = ensure_current(&w.store, &cfg, t2).await.unwrap();
+    let (k2, tek_c) = (renewed.rekey.as_ref().unwrap().spi, renewed.teks[0].spi);
+    assert_ne!(k2, k1);
+    let sent = w.scheduler.tick(t2).await;
+    assert_eq!(sent.len(), 1);
+    let s = sent[0].as_ref().unwrap();
+    assert_eq!((s.message_id, s.over, s.new_rekey_sa), (1, k1, Some(k2)));
+    assert_eq!(
+        (s.new_teks.clone(), s.deleted_teks.clone()),
+        (vec![tek_c], vec![tek_b])
+    );
+    copies(&rx, s, 3).await;
+    for e in [&mut ea, &mut eb] {
+        assert_eq!(
+            rekeyed(e).await,
+            AgentEvent::Rekeyed {
+                group: "g".into(),
+                message_id: Some(1),
+                installed: hex(&[tek_c]),
+                deleting: hex(&[tek_b]),
+                new_rekey_sa: true,
+            }
+        );
+    }
+
+    // 3. The next TEK renewal goes over the new Rekey SA, starting again at Message ID 0
+    // (RFC 9838 2.4.1.3): the members accept it, so they installed the new KEK.
+    let sent = w.scheduler.tick(t2 + u64::from(TEK_LIFETIME) - 55).await;
+    let s = sent[0].as_ref().unwrap();
+    let tek_d = w.store.group_state(w.group).await.unwrap().unwrap().teks[0].spi;
+    assert_eq!((s.message_id, s.over, s.new_rekey_sa), (0, k2, None));
+    copies(&rx, s, 3).await;
+    for (h, e) in [(&a, &mut ea), (&b, &mut eb)] {
+        assert_eq!(
+            rekeyed(e).await,
+            AgentEvent::Rekeyed {
+                group: "g".into(),
+                message_id: Some(0),
+                installed: hex(&[tek_d]),
+                deleting: hex(&[tek_c]),
+                new_rekey_sa: false,
+            }
+        );
+        // The copies arrived here (above); the agent counts them as it reads them.
+        let deadline = tokio::time::Instant::now() + WAIT;
+        let stats = loop {
+            let st = h.status().await.unwrap();
+            let stats = st.groups[0].rekey_stats.unwrap();
+            if stats.replayed >= 6 || tokio::time::Instant::now() > deadline {
+                break stats;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        assert_eq!(stats.accepted, 3, "every message accepted once");
+        assert_eq!(stats.replayed, 6, "the other copies dropped as replays");
+    }
+    assert_eq!(
+        w.store
+            .rekey_lease(w.group)
+            .await
+            .unwrap()
+            .map(|l| l.holder),
+        Some("test-gcks".into())
+    );
+    let _ = w.stop.send(());
+}
