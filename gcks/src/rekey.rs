@@ -4,11 +4,14 @@
 //! Every tick the scheduler looks at each group with multicast rekey whose rekey lease it
 //! holds (one GCKS process sends for a group, [`gikev2_policy::Store::acquire_rekey_lease`]):
 //!
-//! 1. It makes the group's key state current ([`crate::state::ensure_current`]: an SA is
-//!    renewed at its renew margin, the rule registrations follow too, so whichever comes
-//!    first renews and the other sees the result).
+//! 1. It makes the group's key state current ([`crate::state::ensure_current_with`]): an
+//!    SA is renewed a quarter of its lifetime before it expires
+//!    ([`crate::state::push_margin`]), before members' soft lifetime would make them
+//!    re-register (2.4.1.4) and before registrations would renew it themselves (at the
+//!    later [`crate::state::renew_margin`]); whichever renews, the other sees the result.
 //! 2. It compares that state with the one the members were last given, the *announced*
-//!    state (at start, or when the lease is taken over, the state found in the store).
+//!    state (at start, or when the lease is taken over, the state the store had before
+//!    this tick renewed anything).
 //! 3. When TEKs or the Rekey SA changed, it builds one GSA_REKEY over the announced Rekey
 //!    SA, the KEK the members hold (2.4.1): the new TEKs and, when it was replaced, the new
 //!    Rekey SA in GSA and KD; a Delete of the TEKs that are gone (2.4.3), which members keep
@@ -45,7 +48,9 @@ use tokio::net::UdpSocket;
 use tracing::{debug, info, warn};
 
 use crate::group_view::GroupViews;
-use crate::state::{StateFailure, ensure_current, group_auth, plan, to_proto};
+use crate::state::{
+    StateFailure, ensure_current_with, group_auth, plan_with, push_margin, to_proto,
+};
 
 /// How the scheduler runs and sends.
 #[derive(Debug, Clone)]
@@ -320,19 +325,17 @@ impl RekeyScheduler {
             .group_state(id)
             .await?
             .ok_or_else(|| policy_err("no group_state row".into()))?;
-        let Some(prev) = self.announced.get(&id) else {
-            // First look: the members have what the store has (or will at registration).
-            let cur = ensure_current(&self.store, &cfg, now)
-                .await
-                .map_err(state_err)?;
-            self.announced.insert(id, Announced::new(cur));
-            return Ok(None);
-        };
+        // First look (start, or the lease taken over): the members have what the store
+        // has, so an SA due for renewal now (after a restart, say) is still pushed.
+        let prev = self
+            .announced
+            .entry(id)
+            .or_insert_with(|| Announced::new(before.clone()));
         let old = prev.state.clone();
         let mut next_mid = prev.next_message_id;
         let due = {
             let mut rng = SystemRandom::new();
-            plan(&cfg, &before, now, &mut rng)
+            plan_with(&cfg, &before, now, &mut rng, push_margin)
                 .map_err(policy_err)?
                 .is_some()
         };
@@ -353,7 +356,7 @@ impl RekeyScheduler {
         let usable_kek = old.rekey.as_ref().is_some_and(|r| r.expires > now);
         let Some(over) = old_spi.filter(|_| usable_kek) else {
             // The members hold no Rekey SA we could send over: they re-register.
-            let cur = ensure_current(&self.store, &cfg, now)
+            let cur = ensure_current_with(&self.store, &cfg, now, push_margin)
                 .await
                 .map_err(state_err)?;
             debug!("no current Rekey SA to announce over; members re-register");
@@ -370,7 +373,7 @@ impl RekeyScheduler {
         };
         set_mid(self, u64::from(message_id) + 1);
         let cur = if due {
-            ensure_current(&self.store, &cfg, now)
+            ensure_current_with(&self.store, &cfg, now, push_margin)
                 .await
                 .map_err(state_err)?
         } else {

@@ -23,8 +23,16 @@ pub fn renew_margin(lifetime: u64) -> u64 {
     (lifetime / 10).clamp(1, 300)
 }
 
-fn usable(expires: u64, lifetime: u64, now: u64) -> bool {
-    expires > now.saturating_add(renew_margin(lifetime))
+/// Seconds before expiry when the rekey sender replaces an SA of a multicast group and
+/// pushes the replacement ([`crate::rekey`]): a quarter of its lifetime (at least the
+/// [`renew_margin`]), so that GSA_REKEY reaches members before their soft lifetime makes
+/// them re-register (RFC 9838 2.4.1.4; `gm` re-registers at 80 to 90 % of a lifetime).
+pub fn push_margin(lifetime: u64) -> u64 {
+    lifetime.div_ceil(4).max(renew_margin(lifetime))
+}
+
+fn usable(expires: u64, lifetime: u64, now: u64, margin: fn(u64) -> u64) -> bool {
+    expires > now.saturating_add(margin(lifetime))
 }
 
 /// The Rekey SA suite of a group, if it uses multicast rekey.
@@ -67,6 +75,17 @@ pub fn plan(
     now: u64,
     rng: &mut dyn Random,
 ) -> Result<Option<NewGroupState>, String> {
+    plan_with(cfg, stored, now, rng, renew_margin)
+}
+
+/// [`plan`] with SAs replaced `margin(lifetime)` seconds before they expire.
+pub fn plan_with(
+    cfg: &GroupConfig,
+    stored: &StoredState,
+    now: u64,
+    rng: &mut dyn Random,
+    margin: fn(u64) -> u64,
+) -> Result<Option<NewGroupState>, String> {
     let spec = &cfg.group.spec;
     let mut changed = false;
     let rekey_life = u64::from(spec.rekey.lifetime);
@@ -77,7 +96,7 @@ pub fn plan(
         }
         Some(suite) => {
             let keep = stored.rekey.as_ref().filter(|r| {
-                usable(r.expires, rekey_life, now)
+                usable(r.expires, rekey_life, now, margin)
                     && r.keymat.len() == suite.keymat_len()
                     && stored.next_rekey_message_id <= u64::from(u32::MAX)
             });
@@ -112,7 +131,9 @@ pub fn plan(
             .teks
             .iter()
             .filter(|t| {
-                t.policy == p.id && t.keymat.len() == len && usable(t.expires, tek_life, now)
+                t.policy == p.id
+                    && t.keymat.len() == len
+                    && usable(t.expires, tek_life, now, margin)
             })
             .collect();
         if kept.is_empty() {
@@ -150,6 +171,16 @@ pub async fn ensure_current(
     cfg: &GroupConfig,
     now: u64,
 ) -> Result<StoredState, StateFailure> {
+    ensure_current_with(store, cfg, now, renew_margin).await
+}
+
+/// [`ensure_current`] with SAs replaced `margin(lifetime)` seconds before they expire.
+pub async fn ensure_current_with(
+    store: &Store,
+    cfg: &GroupConfig,
+    now: u64,
+    margin: fn(u64) -> u64,
+) -> Result<StoredState, StateFailure> {
     let group = cfg.group.id;
     for _ in 0..8 {
         let stored = store
@@ -158,7 +189,7 @@ pub async fn ensure_current(
             .ok_or_else(|| StateFailure::Policy(format!("group {group} has no state row")))?;
         let next = {
             let mut rng = SystemRandom::new();
-            plan(cfg, &stored, now, &mut rng).map_err(StateFailure::Policy)?
+            plan_with(cfg, &stored, now, &mut rng, margin).map_err(StateFailure::Policy)?
         };
         let Some(next) = next else {
             return Ok(stored);
@@ -399,6 +430,31 @@ mod tests {
             assert_ne!(old.keymat, new.keymat, "renewal draws a new key");
             assert_ne!(old.spi, new.spi);
         }
+    }
+
+    /// The rekey sender renews before any member's soft lifetime (80 to 90 % by default,
+    /// RFC 9838 2.4.1.4), so pushed SAs arrive before members would re-register.
+    #[test]
+    fn pushed_renewals_come_before_the_members_soft_lifetime() {
+        let (soft_lo, _) = gikev2_member::AgentConfig::default().soft_lifetime_percent;
+        for lifetime in [4u64, 10, 60, 100, 600, 3_600, 28_800, 86_400] {
+            let renewed_at = lifetime - push_margin(lifetime);
+            assert!(
+                renewed_at * 100 < lifetime * u64::from(soft_lo),
+                "lifetime {lifetime}: renewed at {renewed_at} s, soft at {soft_lo} %"
+            );
+            assert!(push_margin(lifetime) >= renew_margin(lifetime));
+        }
+        // And a registration's renewal (the later margin) does not pre-empt it.
+        let c = cfg(RekeyMode::Multicast);
+        let mut rng = SeededRandom::new([3; 32]);
+        let s = applied(&empty(), plan(&c, &empty(), 0, &mut rng).unwrap().unwrap());
+        assert!(plan(&c, &s, 75, &mut rng).unwrap().is_none());
+        assert!(
+            plan_with(&c, &s, 75, &mut rng, push_margin)
+                .unwrap()
+                .is_some()
+        );
     }
 
     #[test]

@@ -61,7 +61,20 @@ struct World {
     group: GroupId,
     gcks: SocketAddr,
     scheduler: RekeyScheduler,
+    /// What a scheduler is made of, to start another as a restarted GCKS would.
+    parts: (
+        RekeySchedulerConfig,
+        Vec<Arc<tokio::net::UdpSocket>>,
+        Arc<gikev2_gcks::group_view::GroupViews>,
+    ),
     stop: tokio::sync::oneshot::Sender<()>,
+}
+
+impl World {
+    fn new_scheduler(&self) -> RekeyScheduler {
+        let (cfg, sockets, views) = self.parts.clone();
+        RekeyScheduler::new(self.store.clone(), cfg, sockets).with_views(views)
+    }
 }
 
 async fn world(dst: SocketAddrV4) -> World {
@@ -156,19 +169,16 @@ async fn world(dst: SocketAddrV4) -> World {
     let views = registrar.group_views();
     let server = Server::bind(ike, cfg, registrar).unwrap();
     let gcks = server.local_addrs()[0];
-    let scheduler = RekeyScheduler::new(
-        store.clone(),
-        RekeySchedulerConfig {
-            copies: 3,
-            spacing: Duration::from_millis(20),
-            multicast_ttl: 1,
-            multicast_if_v4: Some(Ipv4Addr::LOCALHOST),
-            holder: "test-gcks".into(),
-            ..RekeySchedulerConfig::default()
-        },
-        server.sockets(),
-    )
-    .with_views(views);
+    let config = RekeySchedulerConfig {
+        copies: 3,
+        spacing: Duration::from_millis(20),
+        multicast_ttl: 1,
+        multicast_if_v4: Some(Ipv4Addr::LOCALHOST),
+        holder: "test-gcks".into(),
+        ..RekeySchedulerConfig::default()
+    };
+    let parts = (config.clone(), server.sockets(), views.clone());
+    let scheduler = RekeyScheduler::new(store.clone(), config, server.sockets()).with_views(views);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(server.run(async {
         let _ = stopped.await;
@@ -179,6 +189,7 @@ async fn world(dst: SocketAddrV4) -> World {
         group,
         gcks,
         scheduler,
+        parts,
         stop,
     }
 }
@@ -392,6 +403,30 @@ async fn tek_renewals_and_a_rekey_sa_rollover_reach_the_members_by_multicast() {
         };
         assert_eq!(stats.accepted, 3, "every message accepted once");
         assert_eq!(stats.replayed, 6, "the other copies dropped as replays");
+    }
+    // 4. A restarted GCKS (a new scheduler, same lease holder) past the next margin: it
+    // starts from the store's state and takes the Message ID from the store's counter.
+    w.scheduler = w.new_scheduler();
+    let sent = w
+        .scheduler
+        .tick(t2 + 2 * (u64::from(TEK_LIFETIME) - 55))
+        .await;
+    let s = sent[0].as_ref().unwrap();
+    let tek_e = w.store.group_state(w.group).await.unwrap().unwrap().teks[0].spi;
+    assert_eq!((s.message_id, s.over, s.new_rekey_sa), (1, k2, None));
+    assert_eq!(
+        (s.new_teks.clone(), s.deleted_teks.clone()),
+        (vec![tek_e], vec![tek_d])
+    );
+    copies(&rx, s, 3).await;
+    for e in [&mut ea, &mut eb] {
+        assert!(matches!(
+            rekeyed(e).await,
+            AgentEvent::Rekeyed {
+                message_id: Some(1),
+                ..
+            }
+        ));
     }
     assert_eq!(
         w.store
