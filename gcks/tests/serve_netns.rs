@@ -8,7 +8,8 @@
 //! GSA_REGISTRATION leave that frees the place, `gcks status` without key material, and a
 //! kill -9 of the server between registrations (no Sender-ID twice, keys unchanged). A
 //! flood of IKE_SA_INIT requests from many source addresses draws COOKIEs while a real
-//! member still registers.
+//! member still registers. TEK renewals pushed by multicast GSA_REKEY reach member
+//! runtimes in two namespaces.
 //!
 //! Needs root (namespaces) and, for the PostgreSQL half, a server reachable through its
 //! Unix socket (the namespaces cannot reach the host's 127.0.0.1): skipped without them
@@ -22,7 +23,10 @@ use std::sync::Arc;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use gikev2_member::{JoinError, join};
+use gikev2_esp::Engine;
+use gikev2_member::config::MembershipConfig;
+use gikev2_member::runtime::{self, RuntimeConfig};
+use gikev2_member::{AgentEvent, JoinError, NoDataPlane, SystemClock, join};
 use gikev2_policy::{AuditOutcome, AuditRecord, Identity, MasterKey, Store};
 use gikev2_proto::crypto::{IkeSuite, SecretBytes, SystemRandom};
 use gikev2_proto::group::{GroupKeys, Role as KeyRole, read_registration};
@@ -938,4 +942,156 @@ fn an_init_flood_from_many_sources_draws_cookies_and_a_member_still_registers() 
          answers, {cookies} COOKIEs; member registered; {:.1} s",
         t0.elapsed().as_secs_f64()
     );
+}
+
+// ----------------------------------------------------------------- multicast rekey
+
+/// A member runtime in `ns` (multicast on its LAN address `lan`) that joins "live" and
+/// returns the SPI of the TEK it registered with and its next two GSA_REKEY events.
+fn rekeyed_member(
+    ns: &Netns,
+    lan: Ipv4Addr,
+    gcks: SocketAddr,
+    id: &'static str,
+) -> std::thread::JoinHandle<(String, Vec<AgentEvent>)> {
+    ns.spawn_thread(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let config = RuntimeConfig {
+                multicast_v4_interface: Some(lan),
+                ..RuntimeConfig::default()
+            };
+            let (agent, _) = runtime::spawn(
+                Arc::new(Engine::default()),
+                Arc::new(NoDataPlane),
+                config,
+                Arc::new(SystemClock),
+            );
+            let mut events = agent.subscribe().await.unwrap();
+            let g = agent
+                .join(
+                    MembershipConfig {
+                        group: "live".into(),
+                        group_id: IdPayload::key_id(b"live".to_vec()),
+                        gcks,
+                        ike: member_ike(id, &psk_of(id)),
+                        sender_ids: None,
+                        receive: false,
+                        auth_kind: "psk",
+                    },
+                    Some(Duration::from_secs(40)),
+                )
+                .await
+                .unwrap();
+            assert_eq!(g.state, "up", "{g:?}");
+            let mut rekeys = Vec::new();
+            while rekeys.len() < 2 {
+                match tokio::time::timeout(Duration::from_secs(30), events.recv()).await {
+                    Ok(Some(e @ AgentEvent::Rekeyed { .. })) => rekeys.push(e),
+                    Ok(Some(_)) => {}
+                    Ok(None) => panic!("{id}: agent stopped"),
+                    Err(_) => panic!("{id}: no GSA_REKEY within 30 s; got {rekeys:?}"),
+                }
+            }
+            (g.teks[0].spi.clone(), rekeys)
+        })
+    })
+    .unwrap()
+}
+
+/// `gcks serve` renews the TEK of a multicast group before the members' soft lifetime and
+/// pushes it, signed, to the group's rekey address across the LAN (RFC 9838 2.4.1): both
+/// members install the same new TEK and delete the old one, twice in a row (Message IDs 0
+/// and 1), without re-registering.
+#[test]
+fn serve_pushes_tek_renewals_to_members_on_the_lan() {
+    let Some(w) = World::new("gkrk", false) else {
+        return;
+    };
+    w.cli(&["signing-key", "generate", "live-rekey"]);
+    w.cli(&[
+        "group",
+        "create",
+        "live",
+        "--rekey-dst",
+        "239.0.0.19:8848",
+        "--signing-key",
+        "live-rekey",
+        // Pushed with 2 s left, at 75 % (members re-register at 80 to 90 %).
+        "--tek-lifetime",
+        "8",
+        "--sender-id-bits",
+        "8",
+    ]);
+    w.cli(&[
+        "group",
+        "add-tek",
+        "live",
+        "--dst",
+        "239.0.0.20:5004",
+        "--cipher",
+        "aes-gcm-256",
+    ]);
+    for id in ["live1.gk", "live2.gk"] {
+        let psk = w.write(&format!("{id}.psk"), &psk_of(id));
+        w.cli(&["member", "add", id, "--psk-file", &psk]);
+        w.cli(&["authorize", id, "live"]);
+    }
+    let gcks_ip = w.gcks_ip.to_string();
+    let server = w.serve(&[
+        "--rekey-tick-ms",
+        "200",
+        "--rekey-copies",
+        "2",
+        "--rekey-spacing-ms",
+        "100",
+        "--multicast-if",
+        &gcks_ip,
+        "--multicast-ttl",
+        "1",
+    ]);
+    let members = [
+        rekeyed_member(&w.hosts[0], w.links[0].v4, w.addr(848), "live1.gk"),
+        rekeyed_member(&w.hosts[1], w.links[1].v4, w.addr(500), "live2.gk"),
+    ];
+    let results: Vec<(String, Vec<AgentEvent>)> = members
+        .into_iter()
+        .map(|h| h.join().expect("member thread"))
+        .collect();
+    let (registered, first) = (&results[0].0, &results[0].1);
+    for (tek, rekeys) in &results {
+        // Both registered before the first renewal, and see the same two rekeys.
+        assert_eq!(tek, registered);
+        assert_eq!(rekeys, first);
+    }
+    let installed = |e: &AgentEvent| match e {
+        AgentEvent::Rekeyed {
+            message_id,
+            installed,
+            deleting,
+            new_rekey_sa,
+            ..
+        } => (
+            *message_id,
+            installed.clone(),
+            deleting.clone(),
+            *new_rekey_sa,
+        ),
+        other => panic!("{other:?}"),
+    };
+    let (m0, new0, del0, kek0) = installed(&first[0]);
+    let (m1, new1, del1, kek1) = installed(&first[1]);
+    // Message IDs 0 then 1 over the registration's Rekey SA: pushed, not re-registered
+    // (a re-registration shows as an event without a Message ID).
+    assert_eq!((m0, m1), (Some(0), Some(1)), "{first:?}");
+    assert_eq!(del0, vec![registered.clone()]);
+    assert_eq!(new0.len(), 1);
+    assert_ne!(&new0[0], registered);
+    assert_eq!((del1, new1.len()), (new0.clone(), 1));
+    assert!(!kek0 && !kek1);
+    let log = server.log_text();
+    assert_eq!(log.matches("GSA_REKEY sent").count(), 2, "{log}");
 }
