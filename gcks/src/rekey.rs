@@ -45,7 +45,7 @@ use gikev2_proto::group::{GroupAuth, RekeyBuildError, RekeyContent, RekeySender,
 use gikev2_proto::registry::ProtocolId;
 use gikev2_proto::wire::DeletePayload;
 use tokio::net::UdpSocket;
-use tracing::{debug, info, warn};
+use tracing::{Instrument, debug, info, warn};
 
 use crate::group_view::GroupViews;
 use crate::state::{
@@ -263,9 +263,9 @@ impl RekeyScheduler {
                 continue;
             }
             seen.push(g.id);
+            // A span per group (STYLE); attached to the future, not entered across awaits.
             let span = tracing::info_span!("rekey", group = %g.spec.name);
-            let _enter = span.enter();
-            match self.group_tick(&g.spec.idg, now).await {
+            match self.group_tick(&g.spec.idg, now).instrument(span).await {
                 Ok(Some(sent)) => out.push(Ok(sent)),
                 Ok(None) => {}
                 Err(e) => out.push(Err(e)),

@@ -61,7 +61,8 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
     pub threads: u16,
     /// Milliseconds between two looks at every multicast group by the GSA_REKEY sender, which
-    /// renews SAs at their renew margin and pushes them to the group (RFC 9838 2.4.1).
+    /// renews SAs with a quarter of their lifetime left and pushes them to the group (RFC
+    /// 9838 2.4.1).
     #[arg(long, default_value_t = 1000, value_name = "MS")]
     pub rekey_tick_ms: u64,
     /// Copies of each GSA_REKEY message, bitwise identical (RFC 9838 2.4.1.3).
