@@ -166,9 +166,24 @@ fn tek_spis(s: &StoredState) -> Vec<u32> {
     s.teks.iter().map(|t| t.spi).collect()
 }
 
-/// The SAs in `cur` the members of `old` do not have, and the TEKs they have that `cur`
-/// dropped.
-fn changes(old: &StoredState, cur: &StoredState) -> (Option<RekeySpi>, Vec<u32>, Vec<u32>) {
+/// What a GSA_REKEY must tell members who hold `old` so they hold `cur`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Changes {
+    /// The Rekey SA of `cur`, when it is not `old`'s.
+    kek: Option<RekeySpi>,
+    /// TEKs of `cur` that `old` does not have.
+    new: Vec<u32>,
+    /// TEKs of `old` that `cur` dropped.
+    gone: Vec<u32>,
+}
+
+impl Changes {
+    fn is_empty(&self) -> bool {
+        self.kek.is_none() && self.new.is_empty() && self.gone.is_empty()
+    }
+}
+
+fn changes(old: &StoredState, cur: &StoredState) -> Changes {
     let kek = rekey_spi(cur).filter(|s| rekey_spi(old) != Some(*s));
     let (old_teks, cur_teks) = (tek_spis(old), tek_spis(cur));
     let new: Vec<u32> = cur_teks
@@ -181,7 +196,7 @@ fn changes(old: &StoredState, cur: &StoredState) -> (Option<RekeySpi>, Vec<u32>,
         .copied()
         .filter(|s| !cur_teks.contains(s))
         .collect();
-    (kek, new, gone)
+    Changes { kek, new, gone }
 }
 
 /// Sends GSA_REKEY messages for the groups of a store.
@@ -200,11 +215,14 @@ pub struct RekeyScheduler {
 }
 
 impl RekeyScheduler {
+    /// A `tick` under 10 ms is taken as 10 ms, `copies` under 1 as 1.
     pub fn new(
         store: Arc<Store>,
-        config: RekeySchedulerConfig,
+        mut config: RekeySchedulerConfig,
         sockets: Vec<Arc<UdpSocket>>,
     ) -> Self {
+        config.tick = config.tick.max(Duration::from_millis(10));
+        config.copies = config.copies.max(1);
         Self {
             store,
             config,
@@ -226,7 +244,7 @@ impl RekeyScheduler {
 
     /// Runs a tick every [`RekeySchedulerConfig::tick`] until `shutdown` completes.
     pub async fn run(mut self, shutdown: impl std::future::Future<Output = ()>) {
-        let mut every = tokio::time::interval(self.config.tick.max(Duration::from_millis(10)));
+        let mut every = tokio::time::interval(self.config.tick);
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tokio::pin!(shutdown);
         loop {
@@ -339,7 +357,7 @@ impl RekeyScheduler {
                 .map_err(policy_err)?
                 .is_some()
         };
-        let (kek, new, gone) = changes(&old, &before);
+        let pending = changes(&old, &before);
         let old_spi = rekey_spi(&old);
         if rekey_spi(&before) == old_spi {
             next_mid = next_mid.max(before.next_rekey_message_id);
@@ -350,7 +368,7 @@ impl RekeyScheduler {
             }
         };
         set_mid(self, next_mid);
-        if !due && kek.is_none() && new.is_empty() && gone.is_empty() {
+        if !due && pending.is_empty() {
             return Ok(None);
         }
         let usable_kek = old.rekey.as_ref().is_some_and(|r| r.expires > now);
@@ -379,11 +397,11 @@ impl RekeyScheduler {
         } else {
             before
         };
-        let (kek, new, gone) = changes(&old, &cur);
-        if kek.is_none() && new.is_empty() && gone.is_empty() {
+        let told = changes(&old, &cur);
+        if told.is_empty() {
             return Ok(None);
         }
-        let sent = self.send(&cfg, &old, &cur, message_id, now).await?;
+        let sent = self.send(&cfg, &old, &cur, told, message_id, now).await?;
         if let Some(v) = &self.views {
             v.invalidate();
         }
@@ -393,19 +411,21 @@ impl RekeyScheduler {
             deleted_teks = ?sent.deleted_teks.iter().map(|s| format!("{s:#010x}")).collect::<Vec<_>>(),
             new_rekey_sa = sent.new_rekey_sa.is_some(),
             dst = %sent.dst,
-            copies = self.config.copies.max(1),
+            copies = self.config.copies,
             "GSA_REKEY sent"
         );
         self.announced.insert(id, Announced::new(cur));
         Ok(Some(sent))
     }
 
-    /// Builds the message over `old`'s Rekey SA announcing `cur`, and sends it.
+    /// Builds the message over `old`'s Rekey SA announcing `told`, the changes from `old`
+    /// to `cur`, and sends it.
     async fn send(
         &mut self,
         cfg: &GroupConfig,
         old: &StoredState,
         cur: &StoredState,
+        told: Changes,
         message_id: u32,
         now: u64,
     ) -> Result<SentRekey, RekeyError> {
@@ -432,7 +452,7 @@ impl RekeyScheduler {
         k.next_message_id = message_id;
         let over = k.spi;
         let target = to_proto(cfg, cur, GroupAuth::Implicit, senders > 1).map_err(&policy_err)?;
-        let (kek, new, gone) = changes(old, cur);
+        let Changes { kek, new, gone } = told;
         let content = RekeyContent {
             new_kek: target.rekey.as_ref().filter(|_| kek.is_some()),
             teks: target
@@ -473,7 +493,7 @@ impl RekeyScheduler {
                     reason: format!("sending to {dst}: {e}"),
                 })?;
         }
-        let copies = self.config.copies.max(1);
+        let copies = self.config.copies;
         if copies > 1 {
             let (datagrams, spacing) = (msg.datagrams.clone(), self.config.spacing);
             tokio::spawn(async move {
@@ -606,21 +626,23 @@ mod tests {
 
     #[test]
     fn changes_name_new_sas_and_dropped_teks() {
-        assert_eq!(
-            changes(&state(1, &[10, 11]), &state(1, &[10, 11])),
-            (None, vec![], vec![])
-        );
+        let c = |kek, new: &[u32], gone: &[u32]| Changes {
+            kek,
+            new: new.to_vec(),
+            gone: gone.to_vec(),
+        };
+        assert!(changes(&state(1, &[10, 11]), &state(1, &[10, 11])).is_empty());
         assert_eq!(
             changes(&state(1, &[10, 11]), &state(1, &[10, 12])),
-            (None, vec![12], vec![11])
+            c(None, &[12], &[11])
         );
         assert_eq!(
             changes(&state(1, &[10]), &state(2, &[13])),
-            (Some([2; 16]), vec![13], vec![10])
+            c(Some([2; 16]), &[13], &[10])
         );
         assert_eq!(
             changes(&state(1, &[10, 11]), &state(1, &[10])),
-            (None, vec![], vec![11]),
+            c(None, &[], &[11]),
             "a TEK policy deleted: a Delete only (RFC 9838 2.4.3)"
         );
     }

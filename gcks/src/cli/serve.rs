@@ -235,7 +235,7 @@ pub fn run(url: String, key_path: PathBuf, a: ServeArgs) -> Result<(), String> {
         ike_idle_close: Some(Duration::from_secs(a.ike_idle)),
     };
     let rekey_config = RekeySchedulerConfig {
-        tick: Duration::from_millis(a.rekey_tick_ms.max(10)),
+        tick: Duration::from_millis(a.rekey_tick_ms),
         copies: a.rekey_copies,
         spacing: Duration::from_millis(a.rekey_spacing_ms),
         fragment_size: a.rekey_fragment_size.map(usize::from),
