@@ -141,8 +141,8 @@ fn store_refusal(r: &RegistrationRefusal) -> Refusal {
         ),
         RegistrationRefusal::SenderIdsExhausted => refuse(
             NotifyType::RegistrationFailed,
-            "Sender-ID space exhausted (RFC 9838 2.5.1 step 5: the group must be \
-             re-keyed with every member excluded first)",
+            "Sender-ID space exhausted (RFC 9838 2.5.1 step 5: the multicast rekey \
+             sender excludes every member, then starts a new Sender-ID epoch)",
         ),
         RegistrationRefusal::Unavailable(why) => refuse(NotifyType::RegistrationFailed, why),
     }

@@ -29,6 +29,14 @@
 //! the lease holder takes rekey Message IDs. The first message over a new Rekey SA has
 //! Message ID 0 (2.4.1.3).
 //!
+//! Sender-IDs (RFC 9838 2.5.1 step 5, R046): when a group's Sender-ID space is exhausted
+//! and a sender was refused one (`group_state.sender_id_refusals`), the scheduler starts
+//! over ([`RekeyScheduler::tick`] does it in place of a renewal): it replaces every SA of
+//! the group, excludes every member with a GSA_REKEY over the Rekey SA they hold that
+//! carries only a Delete of all ESP SAs and one of all GIKE_UPDATE SAs (zero SPIs, 2.4.3),
+//! and only then starts a new Sender-ID epoch. Members re-register after a random delay
+//! and get the new SAs and new Sender-IDs, which are only ever used with the new TEKs.
+//!
 //! What is not pushed (members catch up by re-registering at soft expiry, 2.4.1.4): a
 //! renewal made while no process held the lease, and policy edits that renew no SA.
 
@@ -118,6 +126,10 @@ pub struct SentRekey {
     pub new_rekey_sa: Option<RekeySpi>,
     pub new_teks: Vec<u32>,
     pub deleted_teks: Vec<u32>,
+    /// Every member excluded (Delete of all ESP and GIKE_UPDATE SAs, RFC 9838 2.4.3).
+    pub excluded_all: bool,
+    /// The Sender-ID epoch started after excluding every member (2.5.1 step 5).
+    pub sender_id_epoch: Option<u64>,
     pub dst: SocketAddr,
     /// The datagrams (ciphertext), each sent [`RekeySchedulerConfig::copies`] times.
     pub datagrams: Vec<Vec<u8>>,
@@ -175,12 +187,38 @@ struct Changes {
     new: Vec<u32>,
     /// TEKs of `old` that `cur` dropped.
     gone: Vec<u32>,
+    /// Instead of the above: every member excluded (RFC 9838 2.4.3), no new keys.
+    exclude_all: bool,
 }
 
 impl Changes {
     fn is_empty(&self) -> bool {
-        self.kek.is_none() && self.new.is_empty() && self.gone.is_empty()
+        self.kek.is_none() && self.new.is_empty() && self.gone.is_empty() && !self.exclude_all
     }
+
+    fn exclusion() -> Self {
+        Self {
+            kek: None,
+            new: Vec::new(),
+            gone: Vec::new(),
+            exclude_all: true,
+        }
+    }
+}
+
+/// True when `state`'s Sender-ID counter reached the end of the group's space and a
+/// sender was refused a Sender-ID since (RFC 9838 2.5.1 step 5). The refusal is the
+/// demand: a group whose senders exactly fill the space is left alone.
+fn sender_ids_wanted(cfg: &GroupConfig, state: &StoredState) -> bool {
+    let Some(bits) = cfg.group.spec.policy.sender_id_bits else {
+        return false;
+    };
+    state.sender_id_refusals > 0 && state.next_sender_id >= 1u64 << u32::from(bits).min(32)
+}
+
+/// A margin no SA meets: [`plan_with`] replaces every SA of the group.
+fn replace_all(_lifetime: u64) -> u64 {
+    u64::MAX
 }
 
 fn changes(old: &StoredState, cur: &StoredState) -> Changes {
@@ -196,7 +234,12 @@ fn changes(old: &StoredState, cur: &StoredState) -> Changes {
         .copied()
         .filter(|s| !cur_teks.contains(s))
         .collect();
-    Changes { kek, new, gone }
+    Changes {
+        kek,
+        new,
+        gone,
+        exclude_all: false,
+    }
 }
 
 /// Sends GSA_REKEY messages for the groups of a store.
@@ -368,7 +411,8 @@ impl RekeyScheduler {
             }
         };
         set_mid(self, next_mid);
-        if !due && pending.is_empty() {
+        let start_over = sender_ids_wanted(&cfg, &before);
+        if !due && pending.is_empty() && !start_over {
             return Ok(None);
         }
         let usable_kek = old.rekey.as_ref().is_some_and(|r| r.expires > now);
@@ -390,6 +434,12 @@ impl RekeyScheduler {
                 .map_err(|_| policy_err("GSA_REKEY Message IDs exhausted".into()))?
         };
         set_mid(self, u64::from(message_id) + 1);
+        if start_over {
+            return self
+                .start_over(&cfg, &old, &before, message_id, now)
+                .await
+                .map(Some);
+        }
         let cur = if due {
             ensure_current_with(&self.store, &cfg, now, push_margin)
                 .await
@@ -416,6 +466,72 @@ impl RekeyScheduler {
         );
         self.announced.insert(id, Announced::new(cur));
         Ok(Some(sent))
+    }
+
+    /// RFC 9838 2.5.1 step 5 (R046): every member is excluded before a new Sender-ID is
+    /// handed out. `message_id` was taken over `old`'s Rekey SA, which the members hold.
+    /// 1. Every SA of the group is replaced in the store, so that registrations from here
+    ///    on get new TEKs and a new Rekey SA (a sender is still refused a Sender-ID until
+    ///    step 3).
+    /// 2. The exclusion goes over the old Rekey SA: a Delete of all ESP SAs, then one of
+    ///    all GIKE_UPDATE SAs (zero SPIs, 2.4.3), and no new keys (3.2.1, R053).
+    /// 3. The new Sender-ID epoch starts: values from 0 again, only ever used with the
+    ///    new TEKs.
+    async fn start_over(
+        &mut self,
+        cfg: &GroupConfig,
+        old: &StoredState,
+        before: &StoredState,
+        message_id: u32,
+        now: u64,
+    ) -> Result<SentRekey, RekeyError> {
+        let id = cfg.group.id;
+        let name = cfg.group.spec.name.clone();
+        let fresh = {
+            let mut rng = SystemRandom::new();
+            plan_with(cfg, before, now, &mut rng, replace_all)
+        }
+        .map_err(|reason| RekeyError::Policy {
+            group: name.clone(),
+            reason,
+        })?
+        .ok_or_else(|| RekeyError::Policy {
+            group: name.clone(),
+            reason: "no SA to replace".into(),
+        })?;
+        // A registration that renewed an SA meanwhile makes this a generation conflict:
+        // the next tick tries again (with another Message ID; IDs are never reused).
+        self.store
+            .commit_group_state(id, before.generation, &fresh, now)
+            .await?;
+        let cur = self
+            .store
+            .group_state(id)
+            .await?
+            .ok_or_else(|| RekeyError::Policy {
+                group: name.clone(),
+                reason: "no group_state row".into(),
+            })?;
+        if let Some(v) = &self.views {
+            v.invalidate();
+        }
+        let mut sent = self
+            .send(cfg, old, &cur, Changes::exclusion(), message_id, now)
+            .await?;
+        let epoch = self.store.reset_sender_ids(id).await?;
+        sent.sender_id_epoch = Some(epoch);
+        warn!(
+            message_id = sent.message_id,
+            sender_ids_refused = before.sender_id_refusals,
+            epoch,
+            dst = %sent.dst,
+            copies = self.config.copies,
+            "Sender-IDs exhausted: every member excluded by GSA_REKEY (Delete of all SAs), \
+             new SAs and a new Sender-ID epoch; members re-register \
+             (raise groups.sender_id_bits if this repeats)"
+        );
+        self.announced.insert(id, Announced::new(cur));
+        Ok(sent)
     }
 
     /// Builds the message over `old`'s Rekey SA announcing `told`, the changes from `old`
@@ -452,7 +568,23 @@ impl RekeyScheduler {
         k.next_message_id = message_id;
         let over = k.spi;
         let target = to_proto(cfg, cur, GroupAuth::Implicit, senders > 1).map_err(&policy_err)?;
-        let Changes { kek, new, gone } = told;
+        let Changes {
+            kek,
+            new,
+            gone,
+            exclude_all,
+        } = told;
+        let deletes = if exclude_all {
+            // RFC 9838 2.4.3: all Data-Security SAs, then the Rekey SA (the exclusion).
+            vec![
+                DeletePayload::all_of(ProtocolId::Esp),
+                DeletePayload::all_of(ProtocolId::GikeUpdate),
+            ]
+        } else if gone.is_empty() {
+            Vec::new()
+        } else {
+            vec![DeletePayload::child(ProtocolId::Esp, &gone)]
+        };
         let content = RekeyContent {
             new_kek: target.rekey.as_ref().filter(|_| kek.is_some()),
             teks: target
@@ -460,11 +592,7 @@ impl RekeyScheduler {
                 .iter()
                 .filter(|t| new.contains(&t.spi))
                 .collect(),
-            deletes: if gone.is_empty() {
-                Vec::new()
-            } else {
-                vec![DeletePayload::child(ProtocolId::Esp, &gone)]
-            },
+            deletes,
             ..RekeyContent::default()
         };
         let msg = {
@@ -514,6 +642,8 @@ impl RekeyScheduler {
             new_rekey_sa: kek,
             new_teks: new,
             deleted_teks: gone,
+            excluded_all: exclude_all,
+            sender_id_epoch: None,
             dst,
             datagrams: msg.datagrams,
         })
@@ -620,6 +750,7 @@ mod tests {
             next_rekey_message_id: 0,
             next_sender_id: 0,
             sender_id_epoch: 0,
+            sender_id_refusals: 0,
             updated: 0,
         }
     }
@@ -630,7 +761,9 @@ mod tests {
             kek,
             new: new.to_vec(),
             gone: gone.to_vec(),
+            exclude_all: false,
         };
+        assert!(!Changes::exclusion().is_empty());
         assert!(changes(&state(1, &[10, 11]), &state(1, &[10, 11])).is_empty());
         assert_eq!(
             changes(&state(1, &[10, 11]), &state(1, &[10, 12])),

@@ -369,6 +369,7 @@ mod tests {
             next_rekey_message_id: 0,
             next_sender_id: 0,
             sender_id_epoch: 0,
+            sender_id_refusals: 0,
             updated: 0,
         }
     }

@@ -78,6 +78,17 @@ impl World {
 }
 
 async fn world(dst: SocketAddrV4) -> World {
+    world_with(dst, &["a.example", "b.example"], Role::Receiver, None).await
+}
+
+/// A group with one AES-GCM TEK; `members` authorized as `role`; `sender_id_bits` for
+/// the Sender-ID space.
+async fn world_with(
+    dst: SocketAddrV4,
+    members: &[&str],
+    role: Role,
+    sender_id_bits: Option<u8>,
+) -> World {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}?mode=rwc", dir.path().join("gcks.db").display());
     let key_path = dir.path().join("gcks.key");
@@ -110,6 +121,7 @@ async fn world(dst: SocketAddrV4) -> World {
                 tek_lifetime: TEK_LIFETIME,
                 policy: GroupWidePolicy {
                     dtd: Some(1),
+                    sender_id_bits,
                     ..GroupWidePolicy::default()
                 },
             },
@@ -134,7 +146,7 @@ async fn world(dst: SocketAddrV4) -> World {
         )
         .await
         .unwrap();
-    for id in ["a.example", "b.example"] {
+    for &id in members {
         let m = store
             .add_member(
                 &Identity::fqdn(id),
@@ -144,7 +156,7 @@ async fn world(dst: SocketAddrV4) -> World {
             )
             .await
             .unwrap();
-        store.authorize(m, group, Role::Receiver, 0).await.unwrap();
+        store.authorize(m, group, role, 0).await.unwrap();
     }
 
     let loader = StoreLoader::start(url.clone(), key_path.clone()).unwrap();
@@ -216,10 +228,12 @@ fn member(id: &str, gcks: SocketAddr) -> MembershipConfig {
 }
 
 fn agent() -> AgentHandle {
-    let config = RuntimeConfig {
+    let mut config = RuntimeConfig {
         multicast_v4_interface: Some(Ipv4Addr::LOCALHOST),
         ..RuntimeConfig::default()
     };
+    // Re-registrations after an exclusion wait a random time up to this (R043).
+    config.agent.reregister_jitter = Duration::from_millis(300);
     runtime::spawn(
         Arc::new(Engine::default()),
         Arc::new(NoDataPlane),
@@ -435,6 +449,161 @@ async fn tek_renewals_and_a_rekey_sa_rollover_reach_the_members_by_multicast() {
             .unwrap()
             .map(|l| l.holder),
         Some("test-gcks".into())
+    );
+    let _ = w.stop.send(());
+}
+
+/// The next event of an agent that `pick` takes.
+async fn next_event<T>(
+    events: &mut tokio::sync::mpsc::Receiver<AgentEvent>,
+    mut pick: impl FnMut(AgentEvent) -> Option<T>,
+) -> T {
+    tokio::time::timeout(WAIT, async {
+        loop {
+            match events.recv().await {
+                Some(e) => {
+                    if let Some(t) = pick(e) {
+                        return t;
+                    }
+                }
+                None => panic!("agent stopped"),
+            }
+        }
+    })
+    .await
+    .expect("the event comes")
+}
+
+/// RFC 9838 2.5.1 step 5 (R046): once the Sender-ID space is exhausted and a sender was
+/// refused one, the rekey sender excludes every member (2.4.3: Delete of all ESP SAs and
+/// of all GIKE_UPDATE SAs, nothing else) over the Rekey SA they hold, with new SAs in the
+/// store first, and only then starts a new Sender-ID epoch; the members re-register and
+/// get new TEKs and Sender-IDs from 0 again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exhausted_sender_ids_exclude_every_member_before_a_new_epoch() {
+    let dst = rekey_dst();
+    let ids = ["a.example", "b.example", "c.example"];
+    // Two bits: Sender-IDs 0 to 3.
+    let mut w = world_with(dst, &ids, Role::Sender, Some(2)).await;
+    let rx = listener(dst);
+    let t0 = unix_now();
+    assert!(w.scheduler.tick(t0).await.is_empty());
+    let first = w.store.group_state(w.group).await.unwrap().unwrap();
+    let (k1, tek_a) = (first.rekey.as_ref().unwrap().spi, first.teks[0].spi);
+
+    // a and b take two Sender-IDs each: the space is full, but nobody wants more yet.
+    let (a, b) = (agent(), agent());
+    let (mut ea, mut eb) = (a.subscribe().await.unwrap(), b.subscribe().await.unwrap());
+    let mut before = Vec::new();
+    for (h, id) in [(&a, "a.example"), (&b, "b.example")] {
+        let mut cfg = member(id, w.gcks);
+        cfg.sender_ids = Some(2);
+        let g = h.join(cfg, Some(WAIT)).await.unwrap();
+        assert_eq!(g.state, "up", "{g:?}");
+        before.extend(g.sender_ids.clone());
+    }
+    before.sort();
+    assert_eq!(before, vec![0, 1, 2, 3]);
+    assert!(
+        w.scheduler.tick(t0 + 1).await.is_empty(),
+        "an exhausted space that no sender asks more of is left alone"
+    );
+
+    // c asks for one more: refused, and counted.
+    let c = member("c.example", w.gcks);
+    let refused = gikev2_member::join::join(
+        c.ike,
+        w.gcks,
+        gikev2_proto::ike::RegistrationRequest {
+            group: c.group_id,
+            sag: Some(gikev2_member::sag::supported_sag()),
+            sender_ids: Some(1),
+        },
+        false,
+        WAIT,
+    )
+    .await;
+    assert!(
+        matches!(
+            refused,
+            Err(gikev2_member::join::JoinError::Refused(
+                gikev2_proto::registry::NotifyType::RegistrationFailed
+            ))
+        ),
+        "{:?}",
+        refused.map(|_| ())
+    );
+    let st = w.store.group_state(w.group).await.unwrap().unwrap();
+    assert_eq!((st.next_sender_id, st.sender_id_refusals), (4, 1));
+
+    // The next tick starts over.
+    let sent = w.scheduler.tick(t0 + 2).await;
+    assert_eq!(sent.len(), 1);
+    let s = sent[0].as_ref().unwrap();
+    let now = w.store.group_state(w.group).await.unwrap().unwrap();
+    let (k2, tek_b) = (now.rekey.as_ref().unwrap().spi, now.teks[0].spi);
+    assert_ne!(k2, k1, "a new Rekey SA");
+    assert_ne!(tek_b, tek_a, "a new TEK");
+    assert_eq!(
+        (s.message_id, s.over, s.excluded_all, s.sender_id_epoch),
+        (0, k1, true, Some(1)),
+        "over the Rekey SA the members hold, then a new epoch"
+    );
+    assert_eq!(
+        (s.new_rekey_sa, s.new_teks.clone(), s.deleted_teks.clone()),
+        (None, vec![], vec![]),
+        "no new keys in an exclusion (RFC 9838 3.2.1)"
+    );
+    assert_eq!(
+        (now.sender_id_epoch, now.sender_id_refusals),
+        (1, 0),
+        "the demand is met"
+    );
+    copies(&rx, s, 3).await;
+
+    // Both members are excluded, re-register, and hold the new TEK and Sender-IDs of the
+    // new epoch.
+    let mut after = Vec::new();
+    for (h, e) in [(&a, &mut ea), (&b, &mut eb)] {
+        assert_eq!(
+            rekeyed(e).await,
+            AgentEvent::Rekeyed {
+                group: "g".into(),
+                message_id: Some(0),
+                installed: vec![],
+                deleting: hex(&[tek_a]),
+                new_rekey_sa: false,
+            },
+            "the Delete of all ESP SAs names the TEK held"
+        );
+        let why = next_event(e, |e| match e {
+            AgentEvent::Excluded { reason, .. } => Some(reason),
+            _ => None,
+        })
+        .await;
+        assert!(why.contains("GSA_REKEY Delete"), "{why}");
+        let got = next_event(e, |e| match e {
+            AgentEvent::GroupUp { sender_ids, .. } => Some(sender_ids),
+            _ => None,
+        })
+        .await;
+        after.extend(got);
+        let st = h.status().await.unwrap();
+        let g = &st.groups[0];
+        // (The old TEK stays until DEACTIVATION_TIME_DELAY, RFC 9838 2.4.1.4.)
+        assert!(
+            g.teks.iter().any(|t| t.spi == format!("{tek_b:#010x}")),
+            "{g:?}"
+        );
+    }
+    after.sort();
+    assert_eq!(after, vec![0, 1, 2, 3], "Sender-IDs from 0 again");
+    let rows = w.store.sender_ids(w.group).await.unwrap();
+    assert_eq!(rows.len(), 4);
+    assert!(rows.iter().all(|r| r.epoch == 1), "{rows:?}");
+    assert!(
+        w.scheduler.tick(t0 + 3).await.is_empty(),
+        "full again, but nobody was refused"
     );
     let _ = w.stop.send(());
 }

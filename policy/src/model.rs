@@ -576,6 +576,9 @@ pub struct GroupState {
     /// Incremented when the Sender-ID space is reset after excluding every member
     /// (RFC 9838 2.5.1 step 5).
     pub sender_id_epoch: u64,
+    /// Registrations refused a Sender-ID in this epoch because the space was exhausted
+    /// (migrations 0004): the demand that makes the rekey sender start a new epoch.
+    pub sender_id_refusals: u64,
     pub updated: Seconds,
 }
 

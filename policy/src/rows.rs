@@ -290,12 +290,13 @@ pub(crate) struct GroupStateRow {
     pub next_rekey_message_id: i64,
     pub next_sender_id: i64,
     pub sender_id_epoch: i64,
+    pub sender_id_refusals: i64,
     pub updated_at: i64,
 }
 
 pub(crate) const GROUP_STATE_COLUMNS: &str = "group_id, generation, rekey_spi, \
      rekey_keymat_enc, rekey_expires_at, next_rekey_message_id, next_sender_id, \
-     sender_id_epoch, updated_at";
+     sender_id_epoch, sender_id_refusals, updated_at";
 
 #[derive(sqlx::FromRow)]
 pub(crate) struct TekSaRow {

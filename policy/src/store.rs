@@ -468,6 +468,7 @@ impl Store {
             )?,
             next_sender_id: int(s.next_sender_id, "group_state.next_sender_id")?,
             sender_id_epoch: int(s.sender_id_epoch, "group_state.sender_id_epoch")?,
+            sender_id_refusals: int(s.sender_id_refusals, "group_state.sender_id_refusals")?,
             updated: int(s.updated_at, "group_state.updated_at")?,
         }))
     }
@@ -679,6 +680,16 @@ impl Store {
                     .bind(next + granted)
                     .execute(&mut *tx)
                     .await?;
+            } else if count > 0 && next >= space {
+                // Demand the space could not meet: the rekey sender's cue to start a new
+                // epoch (RFC 9838 2.5.1 step 5; migrations 0004).
+                sqlx::query(
+                    "UPDATE group_state SET sender_id_refusals = sender_id_refusals + 1 \
+                     WHERE group_id = $1",
+                )
+                .bind(group.0)
+                .execute(&mut *tx)
+                .await?;
             }
             tx.commit().await?;
             Ok(out)
@@ -696,7 +707,7 @@ impl Store {
                 .execute(&mut *tx)
                 .await?;
             let e: Option<i64> = sqlx::query_scalar(
-                "UPDATE group_state SET next_sender_id = 0, \
+                "UPDATE group_state SET next_sender_id = 0, sender_id_refusals = 0, \
                  sender_id_epoch = sender_id_epoch + 1 WHERE group_id = $1 \
                  RETURNING sender_id_epoch",
             )
@@ -963,7 +974,8 @@ impl Store {
                 // 4. Per group: capacity and Sender-IDs.
                 let mut joins: Vec<(i64, i64, i64)> = Vec::new();
                 let mut allocations: Vec<(i64, i64, i64, i64, i64)> = Vec::new();
-                let mut counters: BTreeMap<i64, i64> = BTreeMap::new();
+                // Per group: the next Sender-ID and the refusals for want of one.
+                let mut counters: BTreeMap<i64, (i64, i64)> = BTreeMap::new();
                 for g in &groups {
                     let wanted: Vec<usize> = (0..batch.len())
                         .filter(|&i| batch[i].group == *g && outcome[i].is_none())
@@ -1016,6 +1028,9 @@ impl Store {
                                 outcome[i] = Some(RegistrationOutcome::Refused(
                                     RegistrationRefusal::SenderIdsExhausted,
                                 ));
+                                if next >= space {
+                                    counters.entry(g.0).or_insert((next, 0)).1 += 1;
+                                }
                                 continue;
                             }
                             for id in next..next + granted {
@@ -1023,7 +1038,7 @@ impl Store {
                                 granted_ids.push(int(id, "sender_ids.sender_id")?);
                             }
                             next += granted;
-                            counters.insert(g.0, next);
+                            counters.entry(g.0).or_insert((next, 0)).0 = next;
                         }
                         if newly {
                             count += 1;
@@ -1061,12 +1076,16 @@ impl Store {
                     });
                     q.build().execute(&mut *tx).await?;
                 }
-                for (g, next) in &counters {
-                    sqlx::query("UPDATE group_state SET next_sender_id = $2 WHERE group_id = $1")
-                        .bind(*g)
-                        .bind(*next)
-                        .execute(&mut *tx)
-                        .await?;
+                for (g, (next, refused)) in &counters {
+                    sqlx::query(
+                        "UPDATE group_state SET next_sender_id = $2, \
+                         sender_id_refusals = sender_id_refusals + $3 WHERE group_id = $1",
+                    )
+                    .bind(*g)
+                    .bind(*next)
+                    .bind(*refused)
+                    .execute(&mut *tx)
+                    .await?;
                 }
                 let outcome: Vec<RegistrationOutcome> = outcome
                     .into_iter()

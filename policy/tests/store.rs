@@ -794,8 +794,16 @@ async fn sender_ids_bounded_exhausted_and_reset(db: &TestDb) {
         store.allocate_sender_ids(g, m, 1, T0).await.unwrap(),
         Vec::<u32>::new()
     );
+    // The two refused allocations are counted: the demand that starts a new epoch.
+    let st = store.group_state(g).await.unwrap().unwrap();
+    assert_eq!(st.sender_id_refusals, 2);
     // After excluding everyone (RFC 9838 2.5.1 step 5) a new epoch starts at zero.
     assert_eq!(store.reset_sender_ids(g).await.unwrap(), 1);
+    let st = store.group_state(g).await.unwrap().unwrap();
+    assert_eq!(
+        (st.next_sender_id, st.sender_id_refusals, st.sender_id_epoch),
+        (0, 0, 1)
+    );
     let got = store.allocate_sender_ids(g, m, 2, T0 + 1).await.unwrap();
     assert_eq!(got, vec![0, 1]);
     let rows = store.sender_ids(g).await.unwrap();
@@ -1603,6 +1611,9 @@ async fn registration_batches_decide_in_order_and_commit_with_their_audit(db: &T
             refused(RegistrationRefusal::SenderIdsExhausted),
         ]
     );
+    // The refusal is counted with the batch (migrations 0004), the counter is at the end.
+    let st = store.group_state(g).await.unwrap().unwrap();
+    assert_eq!((st.next_sender_id, st.sender_id_refusals), (4, 1));
     assert!(
         store
             .commit_registrations(&[], audit_of)
