@@ -37,6 +37,15 @@
 //! and only then starts a new Sender-ID epoch. Members re-register after a random delay
 //! and get the new SAs and new Sender-IDs, which are only ever used with the new TEKs.
 //!
+//! Forward access control (RFC 9838 3.2.1, `groups.forward_access_control`): when a
+//! membership ended (a member left, was deleted or lost its authorization;
+//! `group_state.members_removed`), the scheduler starts over the same way, without a new
+//! Sender-ID epoch. Without a key hierarchy the GCKS cannot give new keys to the others
+//! without giving them to the one gone, so none are sent over the old Rekey SA: the
+//! members still authorized get them by re-registering over their own IKE SA (which also
+//! meets 3.2.1's "two sequential rekey messages": no policy change ever reaches a denied
+//! member).
+//!
 //! What is not pushed (members catch up by re-registering at soft expiry, 2.4.1.4): a
 //! renewal made while no process held the lease, and policy edits that renew no SA.
 
@@ -130,6 +139,8 @@ pub struct SentRekey {
     pub excluded_all: bool,
     /// The Sender-ID epoch started after excluding every member (2.5.1 step 5).
     pub sender_id_epoch: Option<u64>,
+    /// The ended memberships every member was excluded for (forward access control).
+    pub members_removed: u64,
     pub dst: SocketAddr,
     /// The datagrams (ciphertext), each sent [`RekeySchedulerConfig::copies`] times.
     pub datagrams: Vec<Vec<u8>>,
@@ -214,6 +225,16 @@ fn sender_ids_wanted(cfg: &GroupConfig, state: &StoredState) -> bool {
         return false;
     };
     state.sender_id_refusals > 0 && state.next_sender_id >= 1u64 << u32::from(bits).min(32)
+}
+
+/// The ended memberships that call for excluding every member: those of a group with
+/// forward access control (RFC 9838 3.2.1).
+fn departures(cfg: &GroupConfig, state: &StoredState) -> u64 {
+    if cfg.group.spec.policy.forward_access_control {
+        state.members_removed
+    } else {
+        0
+    }
 }
 
 /// A margin no SA meets: [`plan_with`] replaces every SA of the group.
@@ -411,7 +432,7 @@ impl RekeyScheduler {
             }
         };
         set_mid(self, next_mid);
-        let start_over = sender_ids_wanted(&cfg, &before);
+        let start_over = sender_ids_wanted(&cfg, &before) || departures(&cfg, &before) > 0;
         if !due && pending.is_empty() && !start_over {
             return Ok(None);
         }
@@ -468,15 +489,18 @@ impl RekeyScheduler {
         Ok(Some(sent))
     }
 
-    /// RFC 9838 2.5.1 step 5 (R046): every member is excluded before a new Sender-ID is
-    /// handed out. `message_id` was taken over `old`'s Rekey SA, which the members hold.
+    /// Excludes every member and starts the group over: before a new Sender-ID is handed
+    /// out (RFC 9838 2.5.1 step 5, R046), or for forward access control after memberships
+    /// ended (3.2.1). `message_id` was taken over `old`'s Rekey SA, which the members hold.
     /// 1. Every SA of the group is replaced in the store, so that registrations from here
     ///    on get new TEKs and a new Rekey SA (a sender is still refused a Sender-ID until
     ///    step 3).
     /// 2. The exclusion goes over the old Rekey SA: a Delete of all ESP SAs, then one of
-    ///    all GIKE_UPDATE SAs (zero SPIs, 2.4.3), and no new keys (3.2.1, R053).
-    /// 3. The new Sender-ID epoch starts: values from 0 again, only ever used with the
-    ///    new TEKs.
+    ///    all GIKE_UPDATE SAs (zero SPIs, 2.4.3), and no new keys or policy (3.2.1, R053,
+    ///    R055).
+    /// 3. When Sender-IDs were wanted, the new Sender-ID epoch starts: values from 0
+    ///    again, only ever used with the new TEKs. The departures acted on are taken off
+    ///    the store's count.
     async fn start_over(
         &mut self,
         cfg: &GroupConfig,
@@ -518,18 +542,33 @@ impl RekeyScheduler {
         let mut sent = self
             .send(cfg, old, &cur, Changes::exclusion(), message_id, now)
             .await?;
-        let epoch = self.store.reset_sender_ids(id).await?;
-        sent.sender_id_epoch = Some(epoch);
-        warn!(
-            message_id = sent.message_id,
-            sender_ids_refused = before.sender_id_refusals,
-            epoch,
-            dst = %sent.dst,
-            copies = self.config.copies,
-            "Sender-IDs exhausted: every member excluded by GSA_REKEY (Delete of all SAs), \
-             new SAs and a new Sender-ID epoch; members re-register \
-             (raise groups.sender_id_bits if this repeats)"
-        );
+        if sender_ids_wanted(cfg, before) {
+            let epoch = self.store.reset_sender_ids(id).await?;
+            sent.sender_id_epoch = Some(epoch);
+            warn!(
+                message_id = sent.message_id,
+                sender_ids_refused = before.sender_id_refusals,
+                epoch,
+                dst = %sent.dst,
+                copies = self.config.copies,
+                "Sender-IDs exhausted: every member excluded by GSA_REKEY (Delete of all \
+                 SAs), new SAs and a new Sender-ID epoch; members re-register \
+                 (raise groups.sender_id_bits if this repeats)"
+            );
+        }
+        let removed = departures(cfg, before);
+        if removed > 0 {
+            self.store.acknowledge_members_removed(id, removed).await?;
+            sent.members_removed = removed;
+            info!(
+                message_id = sent.message_id,
+                members_removed = removed,
+                dst = %sent.dst,
+                copies = self.config.copies,
+                "forward access control: every member excluded by GSA_REKEY (Delete of all \
+                 SAs) after memberships ended; new SAs; authorized members re-register"
+            );
+        }
         self.announced.insert(id, Announced::new(cur));
         Ok(sent)
     }
@@ -644,6 +683,7 @@ impl RekeyScheduler {
             deleted_teks: gone,
             excluded_all: exclude_all,
             sender_id_epoch: None,
+            members_removed: 0,
             dst,
             datagrams: msg.datagrams,
         })
@@ -751,6 +791,7 @@ mod tests {
             next_sender_id: 0,
             sender_id_epoch: 0,
             sender_id_refusals: 0,
+            members_removed: 0,
             updated: 0,
         }
     }

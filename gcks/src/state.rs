@@ -370,6 +370,7 @@ mod tests {
             next_sender_id: 0,
             sender_id_epoch: 0,
             sender_id_refusals: 0,
+            members_removed: 0,
             updated: 0,
         }
     }

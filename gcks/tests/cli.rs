@@ -86,6 +86,17 @@ fn errors_name_the_argument_at_fault() {
             "--implicit-auth: only with --rekey multicast",
         ),
         (
+            &[
+                "group",
+                "create",
+                "g",
+                "--rekey",
+                "inband",
+                "--forward-access-control",
+            ],
+            "--forward-access-control: needs --rekey multicast",
+        ),
+        (
             &["group", "add-tek", "nope", "--dst", "239.0.0.1"],
             "GROUP: no group named \"nope\"",
         ),

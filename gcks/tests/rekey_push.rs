@@ -57,6 +57,8 @@ fn rekey_dst() -> SocketAddrV4 {
 
 struct World {
     _dir: tempfile::TempDir,
+    /// The store's URL, for plain SQL edits.
+    url: String,
     store: Arc<Store>,
     group: GroupId,
     gcks: SocketAddr,
@@ -160,6 +162,7 @@ async fn world_with(
     }
 
     let loader = StoreLoader::start(url.clone(), key_path.clone()).unwrap();
+    let url = url.clone();
     let cache = Arc::new(CredentialCache::new(
         Arc::new(loader),
         CacheConfig::default(),
@@ -197,6 +200,7 @@ async fn world_with(
     }));
     World {
         _dir: dir,
+        url,
         store,
         group,
         gcks,
@@ -604,6 +608,128 @@ async fn exhausted_sender_ids_exclude_every_member_before_a_new_epoch() {
     assert!(
         w.scheduler.tick(t0 + 3).await.is_empty(),
         "full again, but nobody was refused"
+    );
+    let _ = w.stop.send(());
+}
+
+/// RFC 9838 3.2.1 (R053, R055): with forward access control, a member whose authorization
+/// is withdrawn must not read what the group sends next. Without a key hierarchy the
+/// rekey sender cannot reach the others without reaching it, so it excludes every member
+/// over the old Rekey SA with no new keys or policy in that message; the members still
+/// authorized re-register and get the new SAs, the one gone is refused. A group without
+/// forward access control is left alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_withdrawn_member_is_cut_off_when_the_group_has_forward_access_control() {
+    let dst = rekey_dst();
+    let ids = ["a.example", "b.example", "c.example"];
+    let mut w = world_with(dst, &ids, Role::Receiver, None).await;
+    let rx = listener(dst);
+    let t0 = unix_now();
+    assert!(w.scheduler.tick(t0).await.is_empty());
+    let first = w.store.group_state(w.group).await.unwrap().unwrap();
+    let (k1, tek_a) = (first.rekey.as_ref().unwrap().spi, first.teks[0].spi);
+    let (a, b) = (agent(), agent());
+    let (mut ea, mut eb) = (a.subscribe().await.unwrap(), b.subscribe().await.unwrap());
+    for (h, id) in [(&a, "a.example"), (&b, "b.example")] {
+        let g = h.join(member(id, w.gcks), Some(WAIT)).await.unwrap();
+        assert_eq!(g.state, "up", "{g:?}");
+    }
+    let c = member("c.example", w.gcks);
+    gikev2_member::join::join(
+        c.ike,
+        w.gcks,
+        gikev2_proto::ike::RegistrationRequest {
+            group: c.group_id,
+            sag: Some(gikev2_member::sag::supported_sag()),
+            sender_ids: None,
+        },
+        false,
+        WAIT,
+    )
+    .await
+    .unwrap();
+    assert_eq!(w.store.member_count(w.group).await.unwrap(), 3);
+    let withdraw = |id: &'static str| {
+        let (store, group) = (w.store.clone(), w.group);
+        async move {
+            let m = store.member(&Identity::fqdn(id)).await.unwrap().unwrap();
+            assert!(store.deauthorize(m.id, group).await.unwrap());
+        }
+    };
+
+    // 1. Without forward access control: c's authorization withdrawn ends its membership
+    // (migrations 0005) and is counted, but nobody is excluded.
+    withdraw("c.example").await;
+    let st = w.store.group_state(w.group).await.unwrap().unwrap();
+    assert_eq!(st.members_removed, 1);
+    assert_eq!(w.store.member_count(w.group).await.unwrap(), 2);
+    assert!(w.scheduler.tick(t0 + 1).await.is_empty());
+
+    // 2. The administrator turns it on (plain SQL) and withdraws b: every member is
+    // excluded for both departures, with nothing but the two Deletes.
+    let pool = sqlx::SqlitePool::connect(&w.url).await.unwrap();
+    sqlx::query("UPDATE groups SET forward_access_control = 1 WHERE name = 'g'")
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    withdraw("b.example").await;
+    let sent = w.scheduler.tick(t0 + 2).await;
+    assert_eq!(sent.len(), 1);
+    let s = sent[0].as_ref().unwrap();
+    assert_eq!(
+        (s.message_id, s.over, s.excluded_all, s.members_removed),
+        (0, k1, true, 2)
+    );
+    assert_eq!(
+        (
+            s.new_rekey_sa,
+            s.new_teks.clone(),
+            s.deleted_teks.clone(),
+            s.sender_id_epoch
+        ),
+        (None, vec![], vec![], None),
+        "no keys and no policy over the Rekey SA the withdrawn member holds (3.2.1)"
+    );
+    let now = w.store.group_state(w.group).await.unwrap().unwrap();
+    let (k2, tek_b) = (now.rekey.as_ref().unwrap().spi, now.teks[0].spi);
+    assert!(k2 != k1 && tek_b != tek_a, "every SA replaced");
+    assert_eq!(now.members_removed, 0, "the departures are acted on");
+    copies(&rx, s, 3).await;
+
+    // a comes back with the new TEK; b is refused.
+    for e in [&mut ea, &mut eb] {
+        assert!(matches!(
+            rekeyed(e).await,
+            AgentEvent::Rekeyed { message_id: Some(0), ref installed, .. } if installed.is_empty()
+        ));
+        next_event(e, |e| {
+            matches!(e, AgentEvent::Excluded { .. }).then_some(())
+        })
+        .await;
+    }
+    next_event(&mut ea, |e| {
+        matches!(e, AgentEvent::GroupUp { .. }).then_some(())
+    })
+    .await;
+    let st = a.status().await.unwrap();
+    assert!(
+        st.groups[0]
+            .teks
+            .iter()
+            .any(|t| t.spi == format!("{tek_b:#010x}")),
+        "{st:?}"
+    );
+    let notify = next_event(&mut eb, |e| match e {
+        AgentEvent::Refused { notify, .. } => Some(notify),
+        _ => None,
+    })
+    .await;
+    assert!(notify.contains("AUTHORIZATION_FAILED"), "{notify}");
+    assert_eq!(w.store.member_count(w.group).await.unwrap(), 1);
+    assert!(
+        w.scheduler.tick(t0 + 3).await.is_empty(),
+        "re-registrations end no membership"
     );
     let _ = w.stop.send(());
 }

@@ -190,9 +190,10 @@ impl Store {
                  rekey_dst_addr, rekey_dst_port, rekey_src_addr, rekey_src_port, \
                  rekey_lifetime_secs, rekey_encr_id, rekey_encr_key_bits, rekey_integ_id, \
                  rekey_kwa_id, gcauth_id, signing_key_id, tek_lifetime_secs, atd_secs, \
-                 dtd_secs, sender_id_bits, max_sender_ids_per_member, created_at) \
+                 dtd_secs, sender_id_bits, max_sender_ids_per_member, forward_access_control, \
+                 created_at) \
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, \
-                 $16, $17, $18, $19, $20, $21, $22) RETURNING id",
+                 $16, $17, $18, $19, $20, $21, $22, $23) RETURNING id",
             )
             .bind(&spec.name)
             .bind(i64::from(spec.idg.id_type.value()))
@@ -215,6 +216,7 @@ impl Store {
             .bind(p.dtd.map(i64::from))
             .bind(p.sender_id_bits.map(i64::from))
             .bind(i64::from(p.max_sender_ids_per_member))
+            .bind(p.forward_access_control)
             .bind(now_db)
             .fetch_one(pool)
             .await?

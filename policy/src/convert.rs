@@ -188,6 +188,7 @@ mod tests {
             dtd: Some(9),
             sender_id_bits: Some(12),
             max_sender_ids_per_member: 4,
+            forward_access_control: false,
         };
         assert_eq!(
             p.group_policy(true),

@@ -316,6 +316,11 @@ pub struct GroupWidePolicy {
     /// Most Sender-IDs handed to one member per registration (RFC 9838 2.5.1 step 3:
     /// "a policy-defined upper bound").
     pub max_sender_ids_per_member: u16,
+    /// Forward access control (RFC 9838 3.2.1): a member that leaves or loses its
+    /// authorization must not read what the group sends next. The rekey sender then
+    /// excludes every member and replaces the group's SAs; the members still authorized
+    /// re-register (migrations 0005).
+    pub forward_access_control: bool,
 }
 
 impl Default for GroupWidePolicy {
@@ -325,6 +330,7 @@ impl Default for GroupWidePolicy {
             dtd: None,
             sender_id_bits: None,
             max_sender_ids_per_member: 16,
+            forward_access_control: false,
         }
     }
 }
@@ -579,6 +585,10 @@ pub struct GroupState {
     /// Registrations refused a Sender-ID in this epoch because the space was exhausted
     /// (migrations 0004): the demand that makes the rekey sender start a new epoch.
     pub sender_id_refusals: u64,
+    /// Memberships that ended (a member left, was deleted or lost its authorization)
+    /// since the rekey sender last excluded every member for forward access control
+    /// (migrations 0005).
+    pub members_removed: u64,
     pub updated: Seconds,
 }
 

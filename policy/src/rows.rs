@@ -55,7 +55,7 @@ pub(crate) const GROUP_COLUMNS: &str = "id, name, idg_type, idg_value, capacity,
      rekey_dst_addr, rekey_dst_port, rekey_src_addr, rekey_src_port, rekey_lifetime_secs, \
      rekey_encr_id, rekey_encr_key_bits, rekey_integ_id, rekey_kwa_id, gcauth_id, \
      signing_key_id, tek_lifetime_secs, atd_secs, dtd_secs, sender_id_bits, \
-     max_sender_ids_per_member, created_at";
+     max_sender_ids_per_member, forward_access_control, created_at";
 
 #[derive(sqlx::FromRow)]
 pub(crate) struct GroupRow {
@@ -81,6 +81,7 @@ pub(crate) struct GroupRow {
     dtd_secs: Option<i64>,
     sender_id_bits: Option<i64>,
     max_sender_ids_per_member: i64,
+    forward_access_control: bool,
     created_at: i64,
 }
 
@@ -135,6 +136,7 @@ impl TryFrom<GroupRow> for Group {
                         r.max_sender_ids_per_member,
                         "groups.max_sender_ids_per_member",
                     )?,
+                    forward_access_control: r.forward_access_control,
                 },
             },
             created: int(r.created_at, "groups.created_at")?,
@@ -291,12 +293,13 @@ pub(crate) struct GroupStateRow {
     pub next_sender_id: i64,
     pub sender_id_epoch: i64,
     pub sender_id_refusals: i64,
+    pub members_removed: i64,
     pub updated_at: i64,
 }
 
 pub(crate) const GROUP_STATE_COLUMNS: &str = "group_id, generation, rekey_spi, \
      rekey_keymat_enc, rekey_expires_at, next_rekey_message_id, next_sender_id, \
-     sender_id_epoch, sender_id_refusals, updated_at";
+     sender_id_epoch, sender_id_refusals, members_removed, updated_at";
 
 #[derive(sqlx::FromRow)]
 pub(crate) struct TekSaRow {

@@ -469,6 +469,7 @@ impl Store {
             next_sender_id: int(s.next_sender_id, "group_state.next_sender_id")?,
             sender_id_epoch: int(s.sender_id_epoch, "group_state.sender_id_epoch")?,
             sender_id_refusals: int(s.sender_id_refusals, "group_state.sender_id_refusals")?,
+            members_removed: int(s.members_removed, "group_state.members_removed")?,
             updated: int(s.updated_at, "group_state.updated_at")?,
         }))
     }
@@ -721,6 +722,29 @@ impl Store {
             Some(e) => int(e, "group_state.sender_id_epoch"),
             None => Err(StoreError::NotFound(format!("group {group}"))),
         }
+    }
+
+    /// Takes `seen` off the group's count of ended memberships
+    /// ([`GroupState::members_removed`]) once the rekey sender excluded every member for
+    /// them (forward access control, RFC 9838 3.2.1); departures counted meanwhile stay
+    /// for the next exclusion.
+    pub async fn acknowledge_members_removed(
+        &self,
+        group: GroupId,
+        seen: u64,
+    ) -> Result<(), StoreError> {
+        let seen = i64::try_from(seen).map_err(|_| StoreError::invalid("seen", "too large"))?;
+        on_backend!(self, |pool| {
+            sqlx::query(
+                "UPDATE group_state SET members_removed = CASE WHEN members_removed >= $2 \
+                 THEN members_removed - $2 ELSE 0 END WHERE group_id = $1",
+            )
+            .bind(group.0)
+            .bind(seen)
+            .execute(pool)
+            .await?;
+        });
+        Ok(())
     }
 
     /// The group's current Sender-ID allocations, by value.

@@ -64,6 +64,12 @@ pub async fn group(store: &Store, cmd: GroupCommand) -> Result<String, String> {
 
 async fn group_create(store: &Store, a: GroupCreateArgs) -> Result<String, String> {
     let mode = names::rekey_mode(&a.rekey)?;
+    if a.forward_access_control && mode != RekeyMode::Multicast {
+        // The rekey sender provides it by excluding every member with GSA_REKEY.
+        return Err(format!(
+            "--forward-access-control: needs --rekey multicast (this group is {mode})"
+        ));
+    }
     let dst = match (&a.rekey_dst, mode) {
         (Some(d), RekeyMode::Multicast) => Some(names::multicast_endpoint("--rekey-dst", d)?),
         (None, RekeyMode::Multicast) => {
@@ -145,6 +151,7 @@ async fn group_create(store: &Store, a: GroupCreateArgs) -> Result<String, Strin
             dtd: a.dtd,
             sender_id_bits: a.sender_id_bits,
             max_sender_ids_per_member: a.max_sender_ids,
+            forward_access_control: a.forward_access_control,
         },
     };
     let id = store
@@ -156,10 +163,15 @@ async fn group_create(store: &Store, a: GroupCreateArgs) -> Result<String, Strin
             show_identity(&idg)
         )))?;
     let mut out = format!(
-        "created group {} (id {id}, IDg {}, rekey {})",
+        "created group {} (id {id}, IDg {}, rekey {}{})",
         a.name,
         show_identity(&idg),
-        mode
+        mode,
+        if a.forward_access_control {
+            ", forward access control"
+        } else {
+            ""
+        }
     );
     if signing_key.is_none() && mode == RekeyMode::Multicast {
         out.push_str(

@@ -122,6 +122,12 @@ pub struct GroupCreateArgs {
     /// Most Sender-IDs one registration gets.
     #[arg(long, default_value_t = 16)]
     pub max_sender_ids: u16,
+    /// Forward access control (RFC 9838 3.2.1, multicast rekey): when a member leaves or
+    /// loses its authorization, exclude every member and replace the group's SAs, so the
+    /// members still authorized re-register and the one gone reads nothing new. Costs a
+    /// re-registration of the whole group per departure.
+    #[arg(long)]
+    pub forward_access_control: bool,
 }
 
 #[derive(Debug, Args)]
