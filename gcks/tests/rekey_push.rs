@@ -296,23 +296,69 @@ async fn copies(rx: &tokio::net::UdpSocket, sent: &SentRekey, copies: usize) -> 
     from.unwrap()
 }
 
+type Events = tokio::sync::mpsc::Receiver<AgentEvent>;
+
+/// The scheduler's first look at `t0` creates the group's state (the members get it by
+/// registering): its Rekey SA and TEK.
+async fn first_state(w: &mut World, t0: u64) -> ([u8; 16], u32) {
+    assert!(w.scheduler.tick(t0).await.is_empty());
+    let first = w.store.group_state(w.group).await.unwrap().unwrap();
+    (first.rekey.as_ref().unwrap().spi, first.teks[0].spi)
+}
+
+/// Member runtimes registered as a.example and b.example (GROUP_SENDER with
+/// `sender_ids`), their events, and the Sender-IDs they got.
+async fn members_a_and_b(
+    gcks: SocketAddr,
+    sender_ids: Option<u32>,
+) -> ([(AgentHandle, Events); 2], Vec<u32>) {
+    let mut got = Vec::new();
+    let mut out = Vec::new();
+    for id in ["a.example", "b.example"] {
+        let h = agent();
+        let events = h.subscribe().await.unwrap();
+        let mut cfg = member(id, gcks);
+        cfg.sender_ids = sender_ids;
+        let g = h.join(cfg, Some(WAIT)).await.unwrap();
+        assert_eq!(g.state, "up", "{g:?}");
+        got.extend(g.sender_ids.clone());
+        out.push((h, events));
+    }
+    (out.try_into().ok().unwrap(), got)
+}
+
+/// One registration of `id`, without a runtime (so without retries).
+async fn register_once(
+    gcks: SocketAddr,
+    id: &str,
+    sender_ids: Option<u32>,
+) -> Result<gikev2_member::join::Joined, gikev2_member::join::JoinError> {
+    let c = member(id, gcks);
+    gikev2_member::join::join(
+        c.ike,
+        gcks,
+        gikev2_proto::ike::RegistrationRequest {
+            group: c.group_id,
+            sag: Some(gikev2_member::sag::supported_sag()),
+            sender_ids,
+        },
+        false,
+        WAIT,
+    )
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tek_renewals_and_a_rekey_sa_rollover_reach_the_members_by_multicast() {
     let dst = rekey_dst();
     let mut w = world(dst).await;
     let rx = listener(dst);
     let t0 = unix_now();
-    // First look: the state is created; the members will get it by registering.
-    assert!(w.scheduler.tick(t0).await.is_empty());
-    let first = w.store.group_state(w.group).await.unwrap().unwrap();
-    let (k1, tek_a) = (first.rekey.as_ref().unwrap().spi, first.teks[0].spi);
-
-    let (a, b) = (agent(), agent());
-    let (mut ea, mut eb) = (a.subscribe().await.unwrap(), b.subscribe().await.unwrap());
-    for (h, id) in [(&a, "a.example"), (&b, "b.example")] {
-        let g = h.join(member(id, w.gcks), Some(WAIT)).await.unwrap();
-        assert_eq!(g.state, "up", "{g:?}");
-        assert_eq!(g.teks[0].spi, format!("{tek_a:#010x}"));
+    let (k1, tek_a) = first_state(&mut w, t0).await;
+    let ([(a, mut ea), (b, mut eb)], _) = members_a_and_b(w.gcks, None).await;
+    for h in [&a, &b] {
+        let st = h.status().await.unwrap();
+        assert_eq!(st.groups[0].teks[0].spi, format!("{tek_a:#010x}"));
     }
     assert!(w.scheduler.tick(t0 + 1).await.is_empty(), "nothing changed");
 
@@ -491,21 +537,9 @@ async fn exhausted_sender_ids_exclude_every_member_before_a_new_epoch() {
     let mut w = world_with(dst, &ids, Role::Sender, Some(2)).await;
     let rx = listener(dst);
     let t0 = unix_now();
-    assert!(w.scheduler.tick(t0).await.is_empty());
-    let first = w.store.group_state(w.group).await.unwrap().unwrap();
-    let (k1, tek_a) = (first.rekey.as_ref().unwrap().spi, first.teks[0].spi);
-
+    let (k1, tek_a) = first_state(&mut w, t0).await;
     // a and b take two Sender-IDs each: the space is full, but nobody wants more yet.
-    let (a, b) = (agent(), agent());
-    let (mut ea, mut eb) = (a.subscribe().await.unwrap(), b.subscribe().await.unwrap());
-    let mut before = Vec::new();
-    for (h, id) in [(&a, "a.example"), (&b, "b.example")] {
-        let mut cfg = member(id, w.gcks);
-        cfg.sender_ids = Some(2);
-        let g = h.join(cfg, Some(WAIT)).await.unwrap();
-        assert_eq!(g.state, "up", "{g:?}");
-        before.extend(g.sender_ids.clone());
-    }
+    let ([(a, mut ea), (b, mut eb)], mut before) = members_a_and_b(w.gcks, Some(2)).await;
     before.sort();
     assert_eq!(before, vec![0, 1, 2, 3]);
     assert!(
@@ -514,19 +548,7 @@ async fn exhausted_sender_ids_exclude_every_member_before_a_new_epoch() {
     );
 
     // c asks for one more: refused, and counted.
-    let c = member("c.example", w.gcks);
-    let refused = gikev2_member::join::join(
-        c.ike,
-        w.gcks,
-        gikev2_proto::ike::RegistrationRequest {
-            group: c.group_id,
-            sag: Some(gikev2_member::sag::supported_sag()),
-            sender_ids: Some(1),
-        },
-        false,
-        WAIT,
-    )
-    .await;
+    let refused = register_once(w.gcks, "c.example", Some(1)).await;
     assert!(
         matches!(
             refused,
@@ -625,29 +647,9 @@ async fn a_withdrawn_member_is_cut_off_when_the_group_has_forward_access_control
     let mut w = world_with(dst, &ids, Role::Receiver, None).await;
     let rx = listener(dst);
     let t0 = unix_now();
-    assert!(w.scheduler.tick(t0).await.is_empty());
-    let first = w.store.group_state(w.group).await.unwrap().unwrap();
-    let (k1, tek_a) = (first.rekey.as_ref().unwrap().spi, first.teks[0].spi);
-    let (a, b) = (agent(), agent());
-    let (mut ea, mut eb) = (a.subscribe().await.unwrap(), b.subscribe().await.unwrap());
-    for (h, id) in [(&a, "a.example"), (&b, "b.example")] {
-        let g = h.join(member(id, w.gcks), Some(WAIT)).await.unwrap();
-        assert_eq!(g.state, "up", "{g:?}");
-    }
-    let c = member("c.example", w.gcks);
-    gikev2_member::join::join(
-        c.ike,
-        w.gcks,
-        gikev2_proto::ike::RegistrationRequest {
-            group: c.group_id,
-            sag: Some(gikev2_member::sag::supported_sag()),
-            sender_ids: None,
-        },
-        false,
-        WAIT,
-    )
-    .await
-    .unwrap();
+    let (k1, tek_a) = first_state(&mut w, t0).await;
+    let ([(a, mut ea), (_b, mut eb)], _) = members_a_and_b(w.gcks, None).await;
+    register_once(w.gcks, "c.example", None).await.unwrap();
     assert_eq!(w.store.member_count(w.group).await.unwrap(), 3);
     let withdraw = |id: &'static str| {
         let (store, group) = (w.store.clone(), w.group);
