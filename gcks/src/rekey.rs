@@ -496,8 +496,8 @@ impl RekeyScheduler {
     ///    on get new TEKs and a new Rekey SA (a sender is still refused a Sender-ID until
     ///    step 3).
     /// 2. The exclusion goes over the old Rekey SA: a Delete of all ESP SAs, then one of
-    ///    all GIKE_UPDATE SAs (zero SPIs, 2.4.3), and no new keys or policy (3.2.1, R053,
-    ///    R055).
+    ///    all GIKE_UPDATE SAs (zero SPIs, 2.4.3), and no new keys or policy (3.2.1,
+    ///    R053).
     /// 3. When Sender-IDs were wanted, the new Sender-ID epoch starts: values from 0
     ///    again, only ever used with the new TEKs. The departures acted on are taken off
     ///    the store's count.

@@ -634,7 +634,7 @@ async fn exhausted_sender_ids_exclude_every_member_before_a_new_epoch() {
     let _ = w.stop.send(());
 }
 
-/// RFC 9838 3.2.1 (R053, R055): with forward access control, a member whose authorization
+/// RFC 9838 3.2.1 (R053): with forward access control, a member whose authorization
 /// is withdrawn must not read what the group sends next. Without a key hierarchy the
 /// rekey sender cannot reach the others without reaching it, so it excludes every member
 /// over the old Rekey SA with no new keys or policy in that message; the members still
