@@ -770,8 +770,6 @@ mod tests {
 
     fn state(kek: u8, teks: &[u32]) -> StoredState {
         StoredState {
-            group: GroupId(1),
-            generation: 0,
             rekey: Some(RekeySaRecord {
                 spi: [kek; 16],
                 keymat: SecretBytes::from_slice(&[0; 8]),
@@ -787,12 +785,7 @@ mod tests {
                     expires: 100,
                 })
                 .collect(),
-            next_rekey_message_id: 0,
-            next_sender_id: 0,
-            sender_id_epoch: 0,
-            sender_id_refusals: 0,
-            members_removed: 0,
-            updated: 0,
+            ..crate::state::tests::empty()
         }
     }
 

@@ -303,7 +303,7 @@ pub fn to_proto(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use gikev2_policy::{
         EspMode, Group, GroupId, GroupSpec, GroupWidePolicy, Identity, RekeyConfig, Selector,
@@ -360,7 +360,8 @@ mod tests {
         }
     }
 
-    fn empty() -> StoredState {
+    /// A group's state with no SAs and every counter at 0 (also for `rekey`'s tests).
+    pub(crate) fn empty() -> StoredState {
         StoredState {
             group: GroupId(1),
             generation: 0,

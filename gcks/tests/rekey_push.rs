@@ -260,17 +260,10 @@ fn listener(dst: SocketAddrV4) -> tokio::net::UdpSocket {
 
 /// The next `Rekeyed` event of an agent.
 async fn rekeyed(events: &mut tokio::sync::mpsc::Receiver<AgentEvent>) -> AgentEvent {
-    tokio::time::timeout(WAIT, async {
-        loop {
-            match events.recv().await {
-                Some(e @ AgentEvent::Rekeyed { .. }) => return e,
-                Some(_) => continue,
-                None => panic!("agent stopped"),
-            }
-        }
+    next_event(events, |e| {
+        matches!(e, AgentEvent::Rekeyed { .. }).then_some(e)
     })
     .await
-    .expect("GSA_REKEY applied")
 }
 
 fn hex(spis: &[u32]) -> Vec<String> {
