@@ -23,6 +23,7 @@ pub mod sag;
 pub mod sample_group;
 pub mod server;
 pub mod state;
+pub mod udp;
 
 pub use registrar::StoreRegistrar;
 pub use rekey::{RekeyScheduler, RekeySchedulerConfig, SentRekey};

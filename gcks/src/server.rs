@@ -37,17 +37,19 @@ use gikev2_proto::wire::cert::CertPayload;
 use gikev2_proto::wire::header::{Port4500, classify_port_4500, with_non_esp_marker};
 use gikev2_proto::wire::id::IdPayload;
 use tokio::net::UdpSocket;
+
+use crate::udp::IkeSocket;
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 /// The NAT-T port, whose datagrams carry the non-ESP marker (RFC 3948 2.2).
-pub const NAT_T_PORT: u16 = 4500;
+pub use gikev2_proto::ike::NAT_T_PORT;
 /// Largest datagram we read.
 const MAX_DATAGRAM: usize = 65_535;
 /// Datagrams processed per wake-up before timers and decisions get a turn (STYLE Q6).
 const WORK_BUDGET: usize = 64;
-/// Remembered (peer address -> socket) routes before the table is reset.
-const MAX_ROUTES: usize = 65_536;
+/// A datagram from a reader: source, the address it was sent to, IKE message.
+type Received = (SocketAddr, SocketAddr, Vec<u8>);
 
 /// What the runtime needs besides the IKE configuration.
 #[derive(Debug, Clone)]
@@ -234,7 +236,7 @@ pub enum ServeError {
 
 /// A bound server; [`Server::run`] drives it.
 pub struct Server<R: Registrar> {
-    sockets: Vec<Arc<UdpSocket>>,
+    sockets: Vec<Arc<IkeSocket>>,
     ike: IkeConfig,
     config: ServeConfig,
     registrar: Arc<R>,
@@ -270,7 +272,9 @@ impl<R: Registrar> Server<R> {
     pub fn bind(mut ike: IkeConfig, config: ServeConfig, registrar: R) -> Result<Self, ServeError> {
         let mut sockets = Vec::new();
         for &addr in &config.listen {
-            let s = bind_udp(addr).map_err(|source| ServeError::Bind { addr, source })?;
+            let s = bind_udp(addr)
+                .and_then(|s| IkeSocket::new(Arc::new(s)))
+                .map_err(|source| ServeError::Bind { addr, source })?;
             sockets.push(Arc::new(s));
         }
         let claimed: Claimed = Arc::new(Mutex::new(None));
@@ -289,43 +293,35 @@ impl<R: Registrar> Server<R> {
 
     /// The bound addresses (with the ports the OS chose for port 0).
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
-        self.sockets
-            .iter()
-            .filter_map(|s| s.local_addr().ok())
-            .collect()
+        self.sockets.iter().map(|s| s.bound()).collect()
     }
 
     /// The bound sockets, shared: the rekey sender sends GSA_REKEY from the IKE port
     /// ([`crate::rekey`]).
     pub fn sockets(&self) -> Vec<Arc<UdpSocket>> {
-        self.sockets.clone()
+        self.sockets.iter().map(|s| s.socket.clone()).collect()
     }
 
     /// Serves until `shutdown` completes.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
-        let (dg_tx, mut dg_rx) = mpsc::channel::<(usize, SocketAddr, Vec<u8>)>(1024);
+        let (dg_tx, mut dg_rx) = mpsc::channel::<Received>(1024);
         let (dec_tx, mut dec_rx) = mpsc::channel::<Decided>(256);
-        let ports: Vec<u16> = self
-            .sockets
-            .iter()
-            .map(|s| s.local_addr().map(|a| a.port()).unwrap_or(0))
-            .collect();
         // The per-source IKE_SA_INIT limit is applied by the readers, so that a flood is
         // shed before it queues for the endpoint (which does the public-key work).
         let limiter = Arc::new(Mutex::new(RateLimiter::new(
             self.config.init_rate_per_source,
         )));
         let mut readers = Vec::new();
-        for (i, s) in self.sockets.iter().enumerate() {
+        for s in &self.sockets {
             let s = s.clone();
             let tx = dg_tx.clone();
             let limiter = limiter.clone();
-            let nat_t = ports[i] == NAT_T_PORT;
+            let nat_t = s.bound().port() == NAT_T_PORT;
             readers.push(tokio::spawn(async move {
                 let mut buf = vec![0u8; MAX_DATAGRAM];
                 loop {
-                    match s.recv_from(&mut buf).await {
-                        Ok((n, from)) => {
+                    match s.recv(&mut buf).await {
+                        Ok((n, from, to)) => {
                             let data = &buf[..n];
                             let ike = if nat_t {
                                 match classify_port_4500(data) {
@@ -345,7 +341,7 @@ impl<R: Registrar> Server<R> {
                                     continue;
                                 }
                             }
-                            if tx.send((i, from, ike.to_vec())).await.is_err() {
+                            if tx.send((from, to, ike.to_vec())).await.is_err() {
                                 return;
                             }
                         }
@@ -359,8 +355,7 @@ impl<R: Registrar> Server<R> {
         let local = self
             .sockets
             .first()
-            .and_then(|s| s.local_addr().ok())
-            .unwrap_or(SocketAddr::from(([0; 4], 0)));
+            .map_or(SocketAddr::from(([0; 4], 0)), |s| s.bound());
         let mut endpoint = Endpoint::new(
             self.ike.clone(),
             self.config.endpoint.clone(),
@@ -368,8 +363,6 @@ impl<R: Registrar> Server<R> {
             Instant::now(),
             &mut rng,
         );
-        // Which socket a peer talks to us on, so answers leave from the same port.
-        let mut route: HashMap<SocketAddr, usize> = HashMap::new();
         let mut tracker = SaTracker::default();
         let idle = self.config.ike_idle_close;
         tokio::pin!(shutdown);
@@ -386,9 +379,9 @@ impl<R: Registrar> Server<R> {
             };
             tokio::select! {
                 _ = &mut shutdown => break,
-                Some((i, from, data)) = dg_rx.recv() => {
+                Some((from, to, data)) = dg_rx.recv() => {
                     let now = Instant::now();
-                    let mut batch = vec![(i, from, data)];
+                    let mut batch = vec![(from, to, data)];
                     while batch.len() < WORK_BUDGET {
                         match dg_rx.try_recv() {
                             Ok(d) => batch.push(d),
@@ -396,9 +389,8 @@ impl<R: Registrar> Server<R> {
                         }
                     }
                     // The readers stripped the non-ESP marker and applied the rate limit.
-                    for (i, from, ike) in batch {
-                        route.insert(from, i);
-                        endpoint.handle(&ike, from, now, &mut rng);
+                    for (from, to, ike) in batch {
+                        endpoint.handle_at(&ike, from, to, now, &mut rng);
                         let claimed = self.claimed.lock().ok().and_then(|mut c| c.take());
                         // Events now, so an authentication failure meets its claim.
                         let origin = Some((from, claimed));
@@ -429,29 +421,45 @@ impl<R: Registrar> Server<R> {
                 }
             }
             self.drain_events(&mut endpoint, &mut tracker, &dec_tx, None, Instant::now());
-            while let Some((to, d)) = endpoint.poll_transmit() {
-                let i = route.get(&to).copied().unwrap_or(0);
-                let out = if ports[i] == NAT_T_PORT {
-                    with_non_esp_marker(&d)
-                } else {
-                    d
+            while let Some(d) = endpoint.poll_datagram() {
+                // The socket the datagram leaves from: the one bound to its local address
+                // (the port the request came in on, or the SA's after NAT traversal moved
+                // it to 4500, RFC 7296 2.23).
+                let Some(s) = self.socket_for(d.local) else {
+                    debug!(local = %d.local, "no socket for this local address");
+                    continue;
                 };
-                if let Err(e) = self.sockets[i].send_to(&out, to).await {
-                    debug!(error = %e, %to, "send_to");
+                let out = if s.bound().port() == NAT_T_PORT {
+                    with_non_esp_marker(&d.data)
+                } else {
+                    d.data
+                };
+                if let Err(e) = s.send(&out, d.remote, d.local).await {
+                    debug!(error = %e, to = %d.remote, "send");
                 }
             }
             if let Ok(mut l) = limiter.lock() {
                 l.prune(Instant::now());
             }
-            if route.len() > MAX_ROUTES {
-                // Routes are only hints (the socket to answer from); forget them all
-                // rather than grow without bound under a flood of sources.
-                route.clear();
-            }
         }
         for r in readers {
             r.abort();
         }
+    }
+
+    /// The socket bound to `local`: same family and port, and the same address unless
+    /// bound to the wildcard one; else the first of the family.
+    fn socket_for(&self, local: SocketAddr) -> Option<&IkeSocket> {
+        let family = |s: &&Arc<IkeSocket>| s.bound().is_ipv4() == local.is_ipv4();
+        self.sockets
+            .iter()
+            .filter(family)
+            .find(|s| {
+                let b = s.bound();
+                b.port() == local.port() && (b.ip().is_unspecified() || b.ip() == local.ip())
+            })
+            .or_else(|| self.sockets.iter().find(family))
+            .map(|s| &**s)
     }
 
     /// Handles every event the endpoint has: registration requests go to the registrar

@@ -335,7 +335,6 @@ async fn register_once(
             sag: Some(gikev2_member::sag::supported_sag()),
             sender_ids,
         },
-        false,
         WAIT,
     )
     .await

@@ -87,7 +87,6 @@ async fn member(
     gcks: SocketAddr,
     group: &[u8],
     sender: bool,
-    nat_t: bool,
 ) -> Result<(KdPayload, Vec<u8>), JoinError> {
     let request = RegistrationRequest {
         group: IdPayload::key_id(group.to_vec()),
@@ -98,7 +97,6 @@ async fn member(
         config("member.test"),
         gcks,
         request,
-        nat_t,
         Duration::from_secs(10),
     )
     .await?;
@@ -135,14 +133,14 @@ async fn members_register_over_udp_and_nat_t_port_with_identical_keys() {
         let _ = stop_rx.await;
     }));
 
-    let (kd, ka) = member(addrs[0], b"g", true, false).await.unwrap();
-    let (_, kb) = member(addrs[0], b"g", false, false).await.unwrap();
-    let (_, kc) = member(addrs[1], b"g", false, true).await.unwrap();
+    let (kd, ka) = member(addrs[0], b"g", true).await.unwrap();
+    let (_, kb) = member(addrs[0], b"g", false).await.unwrap();
+    let (_, kc) = member(addrs[1], b"g", false).await.unwrap();
     assert_eq!(ka, KEYMAT);
     assert_eq!((&ka, &kb), (&kc, &kc));
     assert_eq!(kd.member().unwrap().sender_ids, vec![1]);
 
-    let refused = member(addrs[0], b"other", false, false).await;
+    let refused = member(addrs[0], b"other", false).await;
     assert!(matches!(
         refused,
         Err(JoinError::Refused(NotifyType::InvalidGroupId))
@@ -333,7 +331,6 @@ async fn authentication_failures_reach_the_registrar_with_the_claimed_identity()
         member_config("gm.ok", b"not the psk"),
         addr,
         request(),
-        false,
         Duration::from_secs(10),
     )
     .await;
@@ -346,7 +343,6 @@ async fn authentication_failures_reach_the_registrar_with_the_claimed_identity()
         member_config("gm.unknown", b"loopback psk"),
         addr,
         request(),
-        false,
         Duration::from_secs(10),
     )
     .await;

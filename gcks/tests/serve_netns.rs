@@ -424,7 +424,7 @@ fn join_in(
             .unwrap();
         // Generous: a member competing with the IKE_SA_INIT flood test on a loaded CI host
         // may need several retransmissions (RFC 7296 2.1); answers come in milliseconds.
-        let j = rt.block_on(join(ike, gcks, req, false, Duration::from_secs(40)))?;
+        let j = rt.block_on(join(ike, gcks, req, Duration::from_secs(40)))?;
         let keys = read_registration(&j.gsa, &j.kd, &j.kwk, role).expect("valid GSA/KD");
         Ok(Registered {
             keys,

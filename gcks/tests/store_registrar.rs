@@ -412,7 +412,7 @@ async fn join_g(gcks: SocketAddr, ike: IkeConfig) -> Result<(), JoinError> {
         sag: None,
         sender_ids: None,
     };
-    join(ike, gcks, req, false, Duration::from_secs(10))
+    join(ike, gcks, req, Duration::from_secs(10))
         .await
         .map(|_| ())
 }

@@ -44,10 +44,11 @@ use gikev2_proto::group::{
 };
 use gikev2_proto::ike::{Event as IkeEvent, Goal, IkeSa, RegistrationRequest};
 use gikev2_proto::registry::{ExchangeType, NotifyType, ProtocolId};
+use gikev2_proto::wire::header::NAT_KEEPALIVE;
 use gikev2_proto::wire::{GsaPayload, Header, KdPayload, TrafficSelector};
 use tracing::{debug, info, warn};
 
-use crate::config::MembershipConfig;
+use crate::config::{MembershipConfig, NAT_T_PORT};
 use crate::install::{DataPlane, PlanError, TekContext, TekInfo, sa_configs, selector};
 use crate::sag::supported_sag;
 use crate::status::{
@@ -71,6 +72,10 @@ pub struct AgentConfig {
     pub soft_lifetime_percent: (u8, u8),
     /// How long a leaving membership waits for the GCKS to answer its last messages.
     pub leave_timeout: Duration,
+    /// Behind a NAT, a NAT-keepalive goes to the GCKS after this long without another
+    /// datagram while the IKE SA stays open (RFC 3948 4; RFC 7296 2.23), so the GCKS can
+    /// still reach the member (in-band rekey, RFC 9838 2.4.2). strongSwan's default.
+    pub nat_keepalive: Duration,
 }
 
 impl Default for AgentConfig {
@@ -81,6 +86,7 @@ impl Default for AgentConfig {
             retry_max: Duration::from_secs(120),
             soft_lifetime_percent: (80, 90),
             leave_timeout: Duration::from_secs(10),
+            nat_keepalive: Duration::from_secs(20),
         }
     }
 }
@@ -233,6 +239,8 @@ struct Membership {
     last_error: Option<String>,
     rejected_with: Option<NotifyType>,
     leave_deadline: Option<Instant>,
+    /// When the next NAT-keepalive is due (only while behind a NAT with an IKE SA open).
+    keepalive_at: Option<Instant>,
 }
 
 fn hex(b: &[u8]) -> String {
@@ -1092,10 +1100,18 @@ impl Membership {
         } else {
             None
         };
-        [ike, reader, teks, soft, self.reregister_at, leave]
-            .into_iter()
-            .flatten()
-            .min()
+        [
+            ike,
+            reader,
+            teks,
+            soft,
+            self.reregister_at,
+            leave,
+            self.keepalive_at,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     fn finished(&self, now: Instant) -> bool {
@@ -1304,6 +1320,7 @@ impl Agent {
             last_error: None,
             rejected_with: None,
             leave_deadline: None,
+            keepalive_at: None,
         };
         let mut cx = ctx!(self);
         m.start_registration(&mut cx, now, rng);
@@ -1512,17 +1529,37 @@ impl Agent {
             let Some(m) = self.memberships.get_mut(&id) else {
                 return;
             };
-            let nat_t = m.cfg.nat_t();
-            let to = m.cfg.gcks;
             if let Some(sa) = m.ike.as_mut() {
-                while let Some(data) = sa.poll_transmit() {
+                let mut sent = false;
+                while let Some(d) = sa.poll_datagram() {
+                    // To the GCKS's address, or its port 4500 once NAT detection moved the
+                    // IKE SA there (RFC 7296 2.23), where the marker goes first.
                     self.transmits.push_back(Transmit {
                         membership: id,
-                        to,
-                        nat_t,
-                        data,
+                        to: d.remote,
+                        nat_t: d.remote.port() == NAT_T_PORT,
+                        data: d.data,
                     });
+                    sent = true;
                 }
+                // RFC 3948 4: behind a NAT, a keepalive when nothing else was sent for a
+                // while keeps the NAT's mapping for the GCKS's messages.
+                let behind = !sa.is_closed() && sa.nat().is_some_and(|n| n.local_behind);
+                if !behind {
+                    m.keepalive_at = None;
+                } else if sent || m.keepalive_at.is_none() {
+                    m.keepalive_at = Some(now + self.config.nat_keepalive);
+                } else if m.keepalive_at.is_some_and(|t| t <= now) {
+                    self.transmits.push_back(Transmit {
+                        membership: id,
+                        to: sa.remote(),
+                        nat_t: false,
+                        data: vec![NAT_KEEPALIVE],
+                    });
+                    m.keepalive_at = Some(now + self.config.nat_keepalive);
+                }
+            } else {
+                m.keepalive_at = None;
             }
             let mut evs = Vec::new();
             if let Some(sa) = m.ike.as_mut() {

@@ -22,8 +22,8 @@ use zeroize::Zeroizing;
 
 /// The IKE port (RFC 7296 2.23) used when `gcks` names no port.
 pub const DEFAULT_GCKS_PORT: u16 = 500;
-/// The NAT-T port: datagrams to it carry the non-ESP marker (RFC 3948 2.2).
-pub const NAT_T_PORT: u16 = 4500;
+/// The NAT-T port, where IKE datagrams carry the non-ESP marker (RFC 3948 2.2).
+pub use gikev2_proto::ike::NAT_T_PORT;
 /// Most Sender-IDs a member asks for (RFC 9838 2.5.1: one per encryption module).
 pub const MAX_SENDER_IDS: u32 = 64;
 /// Largest credential file read (keys, certificates, PSKs).
@@ -109,13 +109,6 @@ impl core::fmt::Debug for MembershipConfig {
             .field("sender_ids", &self.sender_ids)
             .field("auth", &self.auth_kind)
             .finish_non_exhaustive()
-    }
-}
-
-impl MembershipConfig {
-    /// True when datagrams to the GCKS carry the non-ESP marker (port 4500).
-    pub fn nat_t(&self) -> bool {
-        self.gcks.port() == NAT_T_PORT
     }
 }
 

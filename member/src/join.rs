@@ -6,7 +6,9 @@ use std::time::{Duration, Instant};
 
 use gikev2_proto::crypto::keywrap::KeyWrapKey;
 use gikev2_proto::crypto::{CryptoError, SystemRandom};
-use gikev2_proto::ike::{CloseReason, Event, Goal, IkeConfig, IkeSa, RegistrationRequest};
+use gikev2_proto::ike::{
+    CloseReason, Event, Goal, IkeConfig, IkeSa, NAT_T_PORT, RegistrationRequest,
+};
 use gikev2_proto::registry::NotifyType;
 use gikev2_proto::wire::gsa::GsaPayload;
 use gikev2_proto::wire::header::{Port4500, classify_port_4500, with_non_esp_marker};
@@ -42,31 +44,33 @@ pub enum JoinError {
     Timeout(Duration),
 }
 
-/// Registers to a group at `gcks`. With `nat_t` the datagrams carry the non-ESP marker
-/// (port 4500, RFC 3948 2.2). Gives up after `deadline` even if retransmissions remain.
+/// Registers to a group at `gcks`. Datagrams to port 4500 carry the non-ESP marker (RFC
+/// 3948 2.2), also after NAT detection moved the IKE SA there (RFC 7296 2.23). Gives up
+/// after `deadline` even if retransmissions remain.
 pub async fn join(
     ike: IkeConfig,
     gcks: SocketAddr,
     request: RegistrationRequest,
-    nat_t: bool,
     deadline: Duration,
 ) -> Result<Joined, JoinError> {
-    let bind: SocketAddr = if gcks.is_ipv6() {
-        "[::]:0".parse()
-    } else {
-        "0.0.0.0:0".parse()
-    }
-    .unwrap_or_else(|_| SocketAddr::from(([0; 4], 0)));
-    let sock = UdpSocket::bind(bind).await?;
-    sock.connect(gcks).await?;
+    let mut sock = connected(gcks).await?;
+    let mut peer = gcks;
     let local = sock.local_addr()?;
     let mut rng = SystemRandom::new();
     let started = Instant::now();
     let mut sa = IkeSa::initiate(ike, Goal::GsaAuth(request), local, gcks, started, &mut rng)?;
     let mut buf = vec![0u8; 65_535];
     loop {
-        while let Some(d) = sa.poll_transmit() {
-            let out = if nat_t { with_non_esp_marker(&d) } else { d };
+        while let Some(d) = sa.poll_datagram() {
+            if d.remote != peer {
+                sock = connected(d.remote).await?;
+                peer = d.remote;
+            }
+            let out = if peer.port() == NAT_T_PORT {
+                with_non_esp_marker(&d.data)
+            } else {
+                d.data
+            };
             sock.send(&out).await?;
         }
         while let Some(e) = sa.poll_event() {
@@ -105,7 +109,7 @@ pub async fn join(
         match tokio::time::timeout(wait, sock.recv(&mut buf)).await {
             Ok(Ok(n)) => {
                 let data = &buf[..n];
-                let ike = if nat_t {
+                let ike = if peer.port() == NAT_T_PORT {
                     match classify_port_4500(data) {
                         Ok(Port4500::Ike(m)) => m,
                         _ => continue,
@@ -120,4 +124,16 @@ pub async fn join(
             Err(_) => sa.handle_timeout(Instant::now()),
         }
     }
+}
+
+/// A UDP socket on an ephemeral port connected to `peer`.
+async fn connected(peer: SocketAddr) -> std::io::Result<UdpSocket> {
+    let bind = if peer.is_ipv6() {
+        SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 0))
+    } else {
+        SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, 0))
+    };
+    let sock = UdpSocket::bind(bind).await?;
+    sock.connect(peer).await?;
+    Ok(sock)
 }

@@ -21,7 +21,7 @@ use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
 use crate::agent::{Agent, AgentConfig, MembershipId, RekeyEndpoint};
-use crate::config::{JoinArgs, MembershipConfig};
+use crate::config::{JoinArgs, MembershipConfig, NAT_T_PORT};
 use crate::install::DataPlane;
 use crate::status::{AgentEvent, GroupStatus, Status};
 
@@ -197,8 +197,11 @@ impl AgentHandle {
     }
 }
 
+/// A membership's socket to its GCKS: connected to `peer`, the GCKS's address, or its
+/// port 4500 once NAT traversal moved the IKE SA there (RFC 7296 2.23).
 struct IkeSocket {
     sock: Arc<UdpSocket>,
+    peer: SocketAddr,
     nat_t: bool,
     reader: JoinHandle<()>,
 }
@@ -303,6 +306,14 @@ async fn run(
     for (_, l) in d.listeners.drain() {
         l.abort();
     }
+}
+
+/// A UDP socket on an ephemeral port, connected to `peer` (so its local address is the
+/// one the route to `peer` uses, which NAT detection hashes).
+async fn connected_socket(peer: SocketAddr) -> std::io::Result<UdpSocket> {
+    let sock = UdpSocket::bind(unspecified_for(peer)).await?;
+    sock.connect(peer).await?;
+    Ok(sock)
 }
 
 fn unspecified_for(gcks: SocketAddr) -> SocketAddr {
@@ -417,14 +428,18 @@ impl Driver {
             return Err(crate::agent::AgentError::AlreadyJoined(cfg.group).into());
         }
         let sock_err = |e: std::io::Error| CommandError::Socket(e.to_string());
-        let sock = UdpSocket::bind(unspecified_for(cfg.gcks))
-            .await
-            .map_err(sock_err)?;
-        sock.connect(cfg.gcks).await.map_err(sock_err)?;
+        let sock = connected_socket(cfg.gcks).await.map_err(sock_err)?;
         let local = sock.local_addr().map_err(sock_err)?;
-        let nat_t = cfg.nat_t();
+        let gcks = cfg.gcks;
         let now = self.clock.now();
         let id = self.agent.join(cfg, local, now, &mut self.rng)?;
+        let s = self.ike_socket(id, sock, gcks);
+        self.ike.insert(id, s);
+        Ok(())
+    }
+
+    /// Starts the reader of a membership's IKE socket connected to `peer`.
+    fn ike_socket(&self, id: MembershipId, sock: UdpSocket, peer: SocketAddr) -> IkeSocket {
         let sock = Arc::new(sock);
         let reader = {
             let sock = sock.clone();
@@ -444,15 +459,35 @@ impl Driver {
                 }
             })
         };
-        self.ike.insert(
-            id,
-            IkeSocket {
-                sock,
-                nat_t,
-                reader,
-            },
-        );
-        Ok(())
+        IkeSocket {
+            sock,
+            peer,
+            nat_t: peer.port() == NAT_T_PORT,
+            reader,
+        }
+    }
+
+    /// The membership's socket for datagrams to `to`: a new one when the IKE SA moved
+    /// (NAT traversal to port 4500, RFC 7296 2.23); the old one is closed.
+    async fn socket_to(&mut self, id: MembershipId, to: SocketAddr) -> Option<Arc<UdpSocket>> {
+        let current = self.ike.get(&id)?;
+        if current.peer == to {
+            return Some(current.sock.clone());
+        }
+        let sock = match connected_socket(to).await {
+            Ok(s) => s,
+            Err(e) => {
+                warn!(error = %e, %to, "cannot open a socket for the moved IKE SA");
+                return None;
+            }
+        };
+        info!(%to, "IKE SA moved (NAT traversal); sending from a new socket");
+        let s = self.ike_socket(id, sock, to);
+        let sock = s.sock.clone();
+        if let Some(old) = self.ike.insert(id, s) {
+            old.reader.abort();
+        }
+        Some(sock)
     }
 
     async fn shutdown(&mut self) {
@@ -473,7 +508,7 @@ impl Driver {
     /// Sends what the agent queued, hands out events, reconciles sockets.
     async fn flush(&mut self) {
         while let Some(t) = self.agent.poll_transmit() {
-            let Some(s) = self.ike.get(&t.membership) else {
+            let Some(sock) = self.socket_to(t.membership, t.to).await else {
                 continue;
             };
             let out = if t.nat_t {
@@ -481,7 +516,7 @@ impl Driver {
             } else {
                 t.data
             };
-            if let Err(e) = s.sock.send(&out).await {
+            if let Err(e) = sock.send(&out).await {
                 debug!(error = %e, to = %t.to, "IKE send");
             }
         }

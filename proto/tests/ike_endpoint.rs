@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use gikev2_proto::crypto::{IkeSuite, SecretBytes, SeededRandom};
 use gikev2_proto::ike::{
-    Decision, Endpoint, EndpointConfig, Event, Goal, IkeConfig, IkeSa, LocalAuth, PeerAuth,
-    RegistrationRequest, SinglePeer,
+    Datagram, Decision, Endpoint, EndpointConfig, Event, Goal, IkeConfig, IkeSa, LocalAuth,
+    NatStatus, PeerAuth, RegistrationRequest, SaHandle, SinglePeer,
 };
 use gikev2_proto::registry::{EncrId, KeId, KwaId, NotifyType, PrfId};
 use gikev2_proto::wire::gsa::{GsaPayload, GsaPolicy};
@@ -46,20 +46,17 @@ fn endpoint(cfg: EndpointConfig, now: Instant, rng: &mut SeededRandom) -> Endpoi
 }
 
 fn member(addr: SocketAddr, now: Instant, rng: &mut SeededRandom) -> IkeSa {
+    member_to(addr, GCKS.parse().unwrap(), now, rng)
+}
+
+/// A member at `addr` that sends its IKE_SA_INIT to `gcks`.
+fn member_to(addr: SocketAddr, gcks: SocketAddr, now: Instant, rng: &mut SeededRandom) -> IkeSa {
     let goal = Goal::GsaAuth(RegistrationRequest {
         group: IdPayload::key_id(b"g".to_vec()),
         sag: None,
         sender_ids: None,
     });
-    IkeSa::initiate(
-        config("member.example"),
-        goal,
-        addr,
-        GCKS.parse().unwrap(),
-        now,
-        rng,
-    )
-    .unwrap()
+    IkeSa::initiate(config("member.example"), goal, addr, gcks, now, rng).unwrap()
 }
 
 fn spoofed(i: u32) -> SocketAddr {
@@ -99,15 +96,48 @@ fn register(
     rng: &mut SeededRandom,
 ) -> Vec<Event> {
     let mut m = member(addr, now, rng);
-    let mut events = Vec::new();
+    drive(ep, &mut m, &mut |_| addr, now, rng).events
+}
+
+/// What one [`drive`] saw.
+#[derive(Default)]
+struct Driven {
+    /// The member's events.
+    events: Vec<Event>,
+    /// Datagrams as the member sent them (its view of the path).
+    member_sent: Vec<Datagram>,
+    /// Datagrams as the endpoint sent them.
+    gcks_sent: Vec<Datagram>,
+    /// The handle of the member's SA in the endpoint.
+    handle: Option<SaHandle>,
+}
+
+/// Runs the member `m` against the endpoint until both settle, accepting its registration.
+/// `source` is the path between them: the address the endpoint sees a member datagram
+/// come from (a NAT in front of the member rewrites it); the datagram reaches the endpoint
+/// at the address the member sent it to. Endpoint datagrams to an address `source` gave
+/// are delivered back to the member.
+fn drive(
+    ep: &mut Endpoint,
+    m: &mut IkeSa,
+    source: &mut dyn FnMut(&Datagram) -> SocketAddr,
+    now: Instant,
+    rng: &mut SeededRandom,
+) -> Driven {
+    let mut seen = Driven::default();
+    let mut sources = Vec::new();
     for _ in 0..50 {
         let mut moved = false;
-        while let Some(d) = m.poll_transmit() {
+        while let Some(d) = m.poll_datagram() {
             moved = true;
-            ep.handle(&d, addr, now, rng);
+            let from = source(&d);
+            sources.push(from);
+            ep.handle_at(&d.data, from, d.remote, now, rng);
+            seen.member_sent.push(d);
         }
         while let Some((h, e)) = ep.poll_event() {
             moved = true;
+            seen.handle = Some(h);
             if matches!(e, Event::RegistrationRequested { .. }) {
                 let kwk = ep.sa(h).unwrap().key_wrap_key().unwrap();
                 let gsa = GsaPayload::new().with_gsa(
@@ -132,18 +162,19 @@ fn register(
                 );
             }
         }
-        while let Some((to, d)) = ep.poll_transmit() {
+        while let Some(d) = ep.poll_datagram() {
             moved = true;
-            if to == addr {
-                m.handle(&d, now, rng);
+            if sources.contains(&d.remote) {
+                m.handle(&d.data, now, rng);
             }
+            seen.gcks_sent.push(d);
         }
         while let Some(e) = m.poll_event() {
             moved = true;
-            events.push(e);
+            seen.events.push(e);
         }
         if !moved {
-            return events;
+            return seen;
         }
     }
     panic!("did not settle");
@@ -274,4 +305,206 @@ fn half_open_sas_expire_and_are_removed() {
     assert_eq!(ep.len(), 0);
     assert_eq!(ep.half_open(), 0);
     assert_eq!(ep.poll_timeout(), None);
+}
+
+fn addr(s: &str) -> SocketAddr {
+    s.parse().unwrap()
+}
+
+/// R002 (RFC 9838 2.1.1 makes RFC 7296 2.23 a MUST for the registration IKE SA): a NAT in
+/// front of the member. The member sees its own address hashed wrong and moves to port
+/// 4500 after IKE_SA_INIT; the GCKS sees the member behind a NAT and follows it to the
+/// new mapping, answers there from port 4500, and sends its own requests there later. A
+/// replayed old request from elsewhere gets its answer where it came from but does not
+/// move the SA.
+#[test]
+fn a_member_behind_a_nat_moves_to_port_4500_and_the_gcks_follows_it() {
+    let now = Instant::now();
+    let mut rng = SeededRandom::from_u64(21);
+    let mut ep = endpoint(EndpointConfig::default(), now, &mut rng);
+    let inside = addr("192.168.1.2:40000");
+    let gcks_848 = addr("10.0.0.1:848");
+    let gcks_4500 = addr("10.0.0.1:4500");
+    // The NAT maps each of the member's flows to its own public port.
+    let (via_848, via_4500) = (addr("198.51.100.7:61000"), addr("198.51.100.7:61001"));
+    let mut nat = |d: &Datagram| {
+        if d.remote.port() == 4500 {
+            via_4500
+        } else {
+            via_848
+        }
+    };
+    let mut m = member_to(inside, gcks_848, now, &mut rng);
+    let seen = drive(&mut ep, &mut m, &mut nat, now, &mut rng);
+    assert!(
+        seen.events
+            .iter()
+            .any(|e| matches!(e, Event::Registered { .. })),
+        "{:?}",
+        seen.events
+    );
+    // The member: behind a NAT, IKE_SA_INIT to 848, everything after it to 4500.
+    assert_eq!(
+        m.nat(),
+        Some(NatStatus {
+            peer_behind: false,
+            local_behind: true
+        })
+    );
+    assert_eq!(m.remote(), gcks_4500);
+    let to: Vec<SocketAddr> = seen.member_sent.iter().map(|d| d.remote).collect();
+    assert_eq!(to[0], gcks_848);
+    assert!(
+        to.len() >= 2 && to[1..].iter().all(|a| *a == gcks_4500),
+        "{to:?}"
+    );
+    // The GCKS: the member behind a NAT; the IKE_SA_INIT answer went back to the first
+    // mapping from 848, everything after it to the second from 4500.
+    let h = seen.handle.unwrap();
+    let sa = ep.sa(h).unwrap();
+    assert_eq!(
+        sa.nat(),
+        Some(NatStatus {
+            peer_behind: true,
+            local_behind: false
+        })
+    );
+    assert_eq!(
+        (sa.remote(), sa.local(), sa.origin()),
+        (via_4500, gcks_4500, via_848)
+    );
+    let paths: Vec<(SocketAddr, SocketAddr)> =
+        seen.gcks_sent.iter().map(|d| (d.remote, d.local)).collect();
+    assert_eq!(paths[0], (via_848, gcks_848));
+    assert!(
+        paths.len() >= 2 && paths[1..].iter().all(|p| *p == (via_4500, gcks_4500)),
+        "{paths:?}"
+    );
+    // A copy of the GSA_AUTH request replayed from elsewhere: the cached answer goes
+    // there, the SA stays where it is (RFC 7296 2.23: only a new message moves it).
+    let replayed = &seen.member_sent[1];
+    let elsewhere = addr("203.0.113.66:7000");
+    ep.handle_at(&replayed.data, elsewhere, gcks_4500, now, &mut rng);
+    let answers: Vec<Datagram> = std::iter::from_fn(|| ep.poll_datagram()).collect();
+    assert!(!answers.is_empty());
+    assert!(
+        answers
+            .iter()
+            .all(|d| d.remote == elsewhere && d.local == gcks_4500)
+    );
+    assert_eq!(ep.sa(h).unwrap().remote(), via_4500);
+    // The GCKS's own request (closing the SA) goes to the member's current mapping.
+    ep.with_sa(h, now, |sa| sa.delete(now, &mut rng));
+    let d = ep.poll_datagram().unwrap();
+    assert_eq!((d.remote, d.local), (via_4500, gcks_4500));
+}
+
+/// Without a NAT the hashes match on both sides and nothing moves: the member stays on
+/// the port it chose (RFC 9838 2.1.1: the port used must not change the behaviour).
+#[test]
+fn without_a_nat_the_ike_sa_stays_on_its_port() {
+    let now = Instant::now();
+    let mut rng = SeededRandom::from_u64(22);
+    let mut ep = endpoint(EndpointConfig::default(), now, &mut rng);
+    let me = addr("192.0.2.9:40000");
+    let gcks_848 = addr("10.0.0.1:848");
+    let mut m = member_to(me, gcks_848, now, &mut rng);
+    let seen = drive(&mut ep, &mut m, &mut |_| me, now, &mut rng);
+    assert!(
+        seen.events
+            .iter()
+            .any(|e| matches!(e, Event::Registered { .. }))
+    );
+    assert_eq!(m.nat(), Some(NatStatus::default()));
+    assert_eq!(
+        ep.sa(seen.handle.unwrap()).unwrap().nat(),
+        Some(NatStatus::default())
+    );
+    assert!(seen.member_sent.iter().all(|d| d.remote == gcks_848));
+    assert!(
+        seen.gcks_sent
+            .iter()
+            .all(|d| (d.remote, d.local) == (me, gcks_848))
+    );
+}
+
+/// The GCKS behind a NAT (a port forward): the member sees the GCKS's hash mismatch and
+/// moves to port 4500; the GCKS knows it is behind a NAT, follows that one move to 4500
+/// (RFC 7296 2.23: all subsequent traffic on port 4500) but no later change of the
+/// member's address ("A host behind a NAT SHOULD NOT do this type of dynamic address
+/// update"), answering each request where it came from.
+#[test]
+fn a_gcks_behind_a_nat_follows_the_move_to_4500_and_nothing_after() {
+    let now = Instant::now();
+    let mut rng = SeededRandom::from_u64(23);
+    let mut ep = endpoint(EndpointConfig::default(), now, &mut rng);
+    let public_848 = addr("203.0.113.1:848");
+    let public_4500 = addr("203.0.113.1:4500");
+    let (flow_848, flow_4500) = (addr("192.0.2.9:40000"), addr("192.0.2.9:40001"));
+    let mut m = member_to(flow_848, public_848, now, &mut rng);
+    // The port forward rewrites the destination: the GCKS receives at 10.0.0.1.
+    let mut received_at = Vec::new();
+    for _ in 0..50 {
+        let mut moved = false;
+        while let Some(d) = m.poll_datagram() {
+            moved = true;
+            let (from, to) = if d.remote == public_4500 {
+                (flow_4500, addr("10.0.0.1:4500"))
+            } else {
+                (flow_848, addr("10.0.0.1:848"))
+            };
+            received_at.push(to);
+            ep.handle_at(&d.data, from, to, now, &mut rng);
+        }
+        while let Some((h, e)) = ep.poll_event() {
+            moved = true;
+            if matches!(e, Event::RegistrationRequested { .. }) {
+                ep.decide(
+                    h,
+                    Decision::Refuse(NotifyType::AuthorizationFailed),
+                    now,
+                    &mut rng,
+                );
+            }
+        }
+        while let Some(d) = ep.poll_datagram() {
+            moved = true;
+            m.handle(&d.data, now, &mut rng);
+        }
+        while m.poll_event().is_some() {
+            moved = true;
+        }
+        if !moved {
+            break;
+        }
+    }
+    assert_eq!(
+        m.nat(),
+        Some(NatStatus {
+            peer_behind: true,
+            local_behind: false
+        })
+    );
+    assert_eq!(m.remote(), public_4500);
+    assert_eq!(received_at[0], addr("10.0.0.1:848"));
+    let h = SaHandle(1);
+    let sa = ep.sa(h).unwrap();
+    assert_eq!(
+        sa.nat(),
+        Some(NatStatus {
+            peer_behind: false,
+            local_behind: true
+        })
+    );
+    assert_eq!(
+        (sa.remote(), sa.local()),
+        (flow_4500, addr("10.0.0.1:4500"))
+    );
+    // The member's address changes; being behind a NAT, the GCKS answers there but stays.
+    let moved_to = addr("192.0.2.9:40002");
+    m.delete(now, &mut rng);
+    let d = m.poll_datagram().unwrap();
+    ep.handle_at(&d.data, moved_to, addr("10.0.0.1:4500"), now, &mut rng);
+    let answer = ep.poll_datagram().unwrap();
+    assert_eq!(answer.remote, moved_to);
 }

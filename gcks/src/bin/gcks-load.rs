@@ -717,7 +717,7 @@ fn run_case(
                         sender_ids: None,
                     };
                     let t = Instant::now();
-                    let r = join(ike, gcks, request, false, Duration::from_secs(10)).await;
+                    let r = join(ike, gcks, request, Duration::from_secs(10)).await;
                     out.push(match r {
                         Ok(joined) => {
                             let latency = t.elapsed();

@@ -200,15 +200,9 @@ async fn members(gcks: std::net::SocketAddr) -> Result<(), String> {
             sag: Some(gikev2_member::sag::supported_sag()),
             sender_ids: sender.then_some(1),
         };
-        let joined = join(
-            member_config(name)?,
-            gcks,
-            request,
-            false,
-            Duration::from_secs(10),
-        )
-        .await
-        .map_err(|e| format!("{name}: {e}"))?;
+        let joined = join(member_config(name)?, gcks, request, Duration::from_secs(10))
+            .await
+            .map_err(|e| format!("{name}: {e}"))?;
         let role = if sender {
             KeyRole::Sender { receives: true }
         } else {
@@ -238,7 +232,6 @@ async fn members(gcks: std::net::SocketAddr) -> Result<(), String> {
             sag: None,
             sender_ids: None,
         },
-        false,
         Duration::from_secs(10),
     )
     .await;

@@ -21,7 +21,7 @@ use crate::wire::notify::NotifyPayload;
 use crate::wire::payload::Payload;
 
 use super::config::IkeConfig;
-use super::sa::{Decision, Event, IkeSa, InitRefusal};
+use super::sa::{Datagram, Decision, Event, IkeSa, InitRefusal};
 
 /// Identifies one IKE SA inside an [`Endpoint`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -88,7 +88,8 @@ pub struct Endpoint {
     dirty: VecDeque<SaHandle>,
     dirty_set: HashSet<SaHandle>,
     timers: BinaryHeap<Reverse<(Instant, SaHandle)>>,
-    stateless: VecDeque<(SocketAddr, Vec<u8>)>,
+    /// Datagrams ready to send: stateless answers and what the SAs queued.
+    outgoing: VecDeque<Datagram>,
     events: VecDeque<(SaHandle, Event)>,
     stats: EndpointStats,
 }
@@ -120,7 +121,7 @@ impl Endpoint {
             dirty: VecDeque::new(),
             dirty_set: HashSet::new(),
             timers: BinaryHeap::new(),
-            stateless: VecDeque::new(),
+            outgoing: VecDeque::new(),
             events: VecDeque::new(),
             stats: EndpointStats::default(),
         }
@@ -147,11 +148,27 @@ impl Endpoint {
         self.sas.get(&h).map(|sa| &**sa)
     }
 
-    /// Processes one datagram from `remote` (port-4500 marker already stripped).
+    /// Processes one datagram from `remote` to the endpoint's own address (port-4500
+    /// marker already stripped).
     pub fn handle(
         &mut self,
         datagram: &[u8],
         remote: SocketAddr,
+        now: Instant,
+        rng: &mut dyn Random,
+    ) {
+        self.handle_at(datagram, remote, self.local, now, rng);
+    }
+
+    /// Processes one datagram from `remote` that reached us at `local` (port-4500 marker
+    /// already stripped). `local` is the address and port the datagram was sent to, as
+    /// the socket saw it: NAT detection hashes it (RFC 7296 2.23), and answers leave from
+    /// it.
+    pub fn handle_at(
+        &mut self,
+        datagram: &[u8],
+        remote: SocketAddr,
+        local: SocketAddr,
         now: Instant,
         rng: &mut dyn Random,
     ) {
@@ -166,15 +183,19 @@ impl Endpoint {
                 return;
             }
             if let Some(&h) = self.by_init.get(&(header.spi_i, remote)) {
-                self.with_sa(h, now, |sa| sa.handle(datagram, now, rng));
+                self.with_sa(h, now, |sa| {
+                    sa.handle_via(datagram, remote, local, now, rng)
+                });
                 return;
             }
-            self.new_sa(datagram, &header, remote, now, rng);
+            self.new_sa(datagram, &header, remote, local, now, rng);
             return;
         }
         match self.by_spi.get(&header.spi_r).copied() {
             Some(h) => {
-                self.with_sa(h, now, |sa| sa.handle(datagram, now, rng));
+                self.with_sa(h, now, |sa| {
+                    sa.handle_via(datagram, remote, local, now, rng)
+                });
             }
             None => {
                 // RFC 7296 2.21.4 allows INVALID_IKE_SPI here; staying silent gives an
@@ -214,6 +235,7 @@ impl Endpoint {
         datagram: &[u8],
         header: &Header,
         remote: SocketAddr,
+        local: SocketAddr,
         now: Instant,
         rng: &mut dyn Random,
     ) {
@@ -245,11 +267,11 @@ impl Endpoint {
                 Some(_) => {
                     // A stale or forged cookie: answer with a fresh one (RFC 7296 2.6).
                     self.stats.cookies_rejected += 1;
-                    self.send_cookie(&ni, remote, &header.spi_i);
+                    self.send_cookie(&ni, remote, local, &header.spi_i);
                     return;
                 }
                 None => {
-                    self.send_cookie(&ni, remote, &header.spi_i);
+                    self.send_cookie(&ni, remote, local, &header.spi_i);
                     return;
                 }
             }
@@ -258,7 +280,7 @@ impl Endpoint {
             self.stats.half_open_dropped += 1;
             return;
         }
-        match IkeSa::respond(self.ike.clone(), datagram, self.local, remote, now, rng) {
+        match IkeSa::respond(self.ike.clone(), datagram, local, remote, now, rng) {
             Ok(sa) => {
                 let h = SaHandle(self.next_handle);
                 self.next_handle += 1;
@@ -270,7 +292,7 @@ impl Endpoint {
                 self.stats.sas_created += 1;
                 self.with_sa(h, now, |_| ());
             }
-            Err(InitRefusal::Reply(r)) => self.stateless.push_back((remote, r)),
+            Err(InitRefusal::Reply(r)) => self.outgoing.push_back(Datagram::new(remote, local, r)),
             Err(InitRefusal::Drop) => {}
         }
     }
@@ -328,7 +350,7 @@ impl Endpoint {
         Self::cookie_mac(secret, ni, ip, spi_i).ct_eq(mac)
     }
 
-    fn send_cookie(&mut self, ni: &[u8], remote: SocketAddr, spi_i: &[u8; 8]) {
+    fn send_cookie(&mut self, ni: &[u8], remote: SocketAddr, local: SocketAddr, spi_i: &[u8; 8]) {
         let c = Self::cookie_for(
             self.cookie.version,
             &self.cookie.secret,
@@ -348,10 +370,8 @@ impl Endpoint {
         );
         self.stats.cookies_sent += 1;
         debug!(%remote, "IKE_SA_INIT answered with a COOKIE");
-        self.stateless.push_back((
-            remote,
-            Message::new(header, vec![Payload::Notify(n)]).encode(),
-        ));
+        let reply = Message::new(header, vec![Payload::Notify(n)]).encode();
+        self.outgoing.push_back(Datagram::new(remote, local, reply));
     }
 
     /// Collects what the SAs touched since the last poll produced.
@@ -361,9 +381,11 @@ impl Endpoint {
             let Some(sa) = self.sas.get_mut(&h) else {
                 continue;
             };
-            let remote = sa.remote();
-            while let Some(d) = sa.poll_transmit() {
-                self.stateless.push_back((remote, d));
+            // Half-open bookkeeping and the IKE_SA_INIT index use the address the SA
+            // was created with; NAT traversal may have moved it since.
+            let remote = sa.origin();
+            while let Some(d) = sa.poll_datagram() {
+                self.outgoing.push_back(d);
             }
             while let Some(e) = sa.poll_event() {
                 if matches!(e, Event::Established { .. } | Event::Closed(_))
@@ -389,10 +411,16 @@ impl Endpoint {
 
     /// The next datagram to send, with its destination.
     pub fn poll_transmit(&mut self) -> Option<(SocketAddr, Vec<u8>)> {
-        if self.stateless.is_empty() {
+        self.poll_datagram().map(|d| (d.remote, d.data))
+    }
+
+    /// The next datagram to send, with its destination and the local address it leaves
+    /// from (the socket it came in on, for an answer).
+    pub fn poll_datagram(&mut self) -> Option<Datagram> {
+        if self.outgoing.is_empty() {
             self.collect();
         }
-        self.stateless.pop_front()
+        self.outgoing.pop_front()
     }
 
     pub fn poll_event(&mut self) -> Option<(SaHandle, Event)> {

@@ -12,5 +12,8 @@ pub mod x509;
 
 pub use config::{IkeConfig, LocalAuth, PeerAuth, PeerAuthResolver, SinglePeer};
 pub use endpoint::{Endpoint, EndpointConfig, EndpointStats, SaHandle};
+pub use nat::{NAT_T_PORT, NatStatus};
 pub use retransmit::{RetransmitAction, RetransmitPolicy, RetransmitTimer};
-pub use sa::{CloseReason, Decision, Event, Goal, IkeSa, InitRefusal, RegistrationRequest, Role};
+pub use sa::{
+    CloseReason, Datagram, Decision, Event, Goal, IkeSa, InitRefusal, RegistrationRequest, Role,
+};

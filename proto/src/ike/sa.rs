@@ -45,7 +45,7 @@ use crate::wire::rules;
 use crate::wire::sa::{Proposal, SaPayload};
 
 use super::config::{IkeConfig, LocalAuth, PeerAuth};
-use super::nat::nat_detection_hash;
+use super::nat::{NAT_T_PORT, NatStatus, nat_detection_hash};
 use super::protect::{self, Opened, Reassembly, UnprotectError};
 use super::retransmit::{RetransmitAction, RetransmitTimer};
 
@@ -209,6 +209,25 @@ enum State {
     Closed,
 }
 
+/// A datagram to send: to `remote` from `local` (which matters to a runtime with several
+/// sockets, e.g. ports 500, 848 and 4500, RFC 9838 2.1.1).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Datagram {
+    pub remote: SocketAddr,
+    pub local: SocketAddr,
+    pub data: Vec<u8>,
+}
+
+impl Datagram {
+    pub fn new(remote: SocketAddr, local: SocketAddr, data: Vec<u8>) -> Self {
+        Self {
+            remote,
+            local,
+            data,
+        }
+    }
+}
+
 /// One IKE SA. See the module documentation for the calling contract.
 pub struct IkeSa {
     role: Role,
@@ -245,7 +264,17 @@ pub struct IkeSa {
     reassembly_requests: Reassembly,
     reassembly_responses: Reassembly,
     commands: VecDeque<Command>,
-    transmits: VecDeque<Vec<u8>>,
+    /// Datagrams to send, each with the address it goes to.
+    transmits: VecDeque<Datagram>,
+    /// The peer's address when the SA was created (before any NAT-T move).
+    origin: SocketAddr,
+    /// What the NAT_DETECTION_* notifications of IKE_SA_INIT showed (RFC 7296 2.23);
+    /// `None` until then, or when the peer does not do NAT traversal.
+    nat: Option<NatStatus>,
+    /// While a datagram is handled: the (source, destination) it came with. Responses
+    /// go back to its source (RFC 7296 2.23: "responses MUST be sent to the port from
+    /// whence they came").
+    arrived: Option<(SocketAddr, SocketAddr)>,
     events: VecDeque<Event>,
     half_open_deadline: Option<Instant>,
 }
@@ -359,6 +388,15 @@ impl IkeSa {
         sa.nr = random_nonce(rng);
         sa.init_request = request.to_vec();
         sa.note_peer_capabilities(&msg);
+        sa.nat = NatStatus::observe(&msg, &h.spi_i, &h.spi_r, remote, local);
+        if let Some(n) = sa.nat.filter(NatStatus::any) {
+            info!(
+                %remote,
+                peer_behind = n.peer_behind,
+                local_behind = n.local_behind,
+                "NAT detected on the path of an IKE_SA_INIT"
+            );
+        }
         let (our_ke, secret) = match suite.ke.start_and_complete(rng, &ke.data) {
             Ok(v) => v,
             Err(e) => {
@@ -392,7 +430,8 @@ impl IkeSa {
         sa.init_response = response.clone();
         sa.peer_next_mid = 1;
         sa.cached_response = Some((0, vec![response.clone()]));
-        sa.transmits.push_back(response);
+        sa.transmits
+            .push_back(Datagram::new(remote, local, response));
         sa.state = State::AwaitingAuth;
         sa.half_open_deadline = Some(now + sa.config.half_open_timeout);
         debug!(spi_i = %hex_spi(&sa.spi_i), spi_r = %hex_spi(&sa.spi_r), "IKE_SA_INIT answered");
@@ -439,6 +478,9 @@ impl IkeSa {
             reassembly_responses: Reassembly::default(),
             commands: VecDeque::new(),
             transmits: VecDeque::new(),
+            origin: remote,
+            nat: None,
+            arrived: None,
             events: VecDeque::new(),
             half_open_deadline: None,
         }
@@ -461,6 +503,58 @@ impl IkeSa {
 
     pub fn remote(&self) -> SocketAddr {
         self.remote
+    }
+
+    /// What NAT detection in IKE_SA_INIT showed (RFC 7296 2.23); `None` before it, or
+    /// when the peer sent no NAT_DETECTION_* notification.
+    pub fn nat(&self) -> Option<NatStatus> {
+        self.nat
+    }
+
+    /// The peer's address when the SA was created, before any move (NAT traversal).
+    pub fn origin(&self) -> SocketAddr {
+        self.origin
+    }
+
+    /// Where a response goes and leaves from: back the way the request being handled
+    /// came.
+    fn reply_path(&self) -> (SocketAddr, SocketAddr) {
+        self.arrived.unwrap_or((self.remote, self.local))
+    }
+
+    /// RFC 7296 2.23: a validated new message from another address or port (the peer's
+    /// NAT changed its mapping, or the initiator moved to port 4500) moves the SA there,
+    /// "including retransmission packets", unless we are behind a NAT ourselves ("A host
+    /// behind a NAT SHOULD NOT do this type of dynamic address update"). The initiator's
+    /// move to port 4500 after NAT detection is followed either way: "An IPsec endpoint
+    /// that discovers a NAT between it and its correspondent MUST send all subsequent
+    /// traffic from port 4500". Called only after the integrity check and for a new
+    /// Message ID, so a replayed old message cannot move the SA back.
+    fn follow_peer(&mut self) {
+        let Some((from, to)) = self.arrived else {
+            return;
+        };
+        if from == self.remote && to == self.local {
+            return;
+        }
+        let to_nat_t = to.port() == NAT_T_PORT && self.local.port() != NAT_T_PORT;
+        match self.nat {
+            Some(n) if !n.local_behind || to_nat_t => {
+                info!(
+                    spi_i = %hex_spi(&self.spi_i),
+                    old = %self.remote,
+                    new = %from,
+                    "peer moved (NAT traversal); following it"
+                );
+                self.remote = from;
+                self.local = to;
+            }
+            _ => debug!(
+                spi_i = %hex_spi(&self.spi_i),
+                from = %from,
+                "message from another address; answering there without following"
+            ),
+        }
     }
 
     /// The negotiated suite, once IKE_SA_INIT completed.
@@ -521,8 +615,16 @@ impl IkeSa {
 
     // ---------------------------------------------------------------- polling
 
-    /// The next datagram to send to [`IkeSa::remote`].
+    /// The next datagram to send, for a caller that sends everything to
+    /// [`IkeSa::remote`]; [`IkeSa::poll_datagram`] also says where it goes.
     pub fn poll_transmit(&mut self) -> Option<Vec<u8>> {
+        self.transmits.pop_front().map(|d| d.data)
+    }
+
+    /// The next datagram to send with its addresses: to [`IkeSa::remote`] from
+    /// [`IkeSa::local`], or for a response back the way its request came (RFC 7296
+    /// 2.23).
+    pub fn poll_datagram(&mut self) -> Option<Datagram> {
         self.transmits.pop_front()
     }
 
@@ -558,7 +660,9 @@ impl IkeSa {
                     n = o.timer.retransmissions(),
                     "retransmitting request"
                 );
-                self.transmits.extend(o.packets.iter().cloned());
+                let (to, from) = (self.remote, self.local);
+                let out = o.packets.iter().map(|p| Datagram::new(to, from, p.clone()));
+                self.transmits.extend(out);
             }
             Some(RetransmitAction::GiveUp) => {
                 warn!(mid = o.mid, "no response after all retransmissions");
@@ -683,8 +787,31 @@ impl IkeSa {
 
     // ---------------------------------------------------------------- input
 
-    /// Processes one received datagram (without the port-4500 non-ESP marker).
+    /// Processes one received datagram (without the port-4500 non-ESP marker) that came
+    /// from [`IkeSa::remote`] to [`IkeSa::local`].
     pub fn handle(&mut self, datagram: &[u8], now: Instant, rng: &mut dyn Random) {
+        self.handle_via(datagram, self.remote, self.local, now, rng);
+    }
+
+    /// Processes one received datagram (without the port-4500 non-ESP marker) that came
+    /// from `source` to `destination`, the outer addresses (for a socket bound to a
+    /// wildcard address, the destination the kernel reported). Responses go back to
+    /// `source`; a new authenticated message from elsewhere moves the SA there unless we
+    /// are behind a NAT (RFC 7296 2.23).
+    pub fn handle_via(
+        &mut self,
+        datagram: &[u8],
+        source: SocketAddr,
+        destination: SocketAddr,
+        now: Instant,
+        rng: &mut dyn Random,
+    ) {
+        self.arrived = Some((source, destination));
+        self.handle_datagram(datagram, now, rng);
+        self.arrived = None;
+    }
+
+    fn handle_datagram(&mut self, datagram: &[u8], now: Instant, rng: &mut dyn Random) {
         if self.is_closed() {
             return;
         }
@@ -743,6 +870,7 @@ impl IkeSa {
         let Some(o) = self.outstanding.take() else {
             return;
         };
+        self.follow_peer();
         self.next_mid = o.mid.wrapping_add(1);
         match o.purpose {
             Purpose::Init => {}
@@ -801,6 +929,7 @@ impl IkeSa {
             return;
         }
         self.peer_next_mid = header.message_id.wrapping_add(1);
+        self.follow_peer();
         match (header.exchange, &self.state) {
             (ExchangeType::IkeIntermediate, State::AwaitingAuth) => {
                 self.on_intermediate_request(opened, rng)
@@ -911,7 +1040,8 @@ impl IkeSa {
         );
         let bytes = Message::new(header, payloads).encode();
         self.init_request = bytes.clone();
-        self.transmits.push_back(bytes.clone());
+        self.transmits
+            .push_back(Datagram::new(self.remote, self.local, bytes.clone()));
         self.outstanding = Some(Outstanding {
             mid: 0,
             purpose: Purpose::Init,
@@ -1092,6 +1222,23 @@ impl IkeSa {
         self.nr = nr.as_bytes().to_vec();
         self.init_response = datagram.to_vec();
         self.note_peer_capabilities(&msg);
+        let source = self.reply_path().0;
+        self.nat = NatStatus::observe(&msg, &header.spi_i, &header.spi_r, source, self.local);
+        if let Some(n) = self.nat.filter(NatStatus::any) {
+            info!(
+                peer_behind = n.peer_behind,
+                local_behind = n.local_behind,
+                "NAT detected on the path to the responder"
+            );
+            // RFC 7296 2.23: "The IKE initiator MUST check the NAT_DETECTION_SOURCE_IP or
+            // NAT_DETECTION_DESTINATION_IP payloads if present, and if they do not match
+            // the addresses in the outer packet, MUST tunnel all future IKE and ESP
+            // packets associated with this IKE SA over UDP port 4500." The registration
+            // SA of RFC 9838 has no ESP; its IKE messages move (2.1.1, R002).
+            if self.remote.port() != NAT_T_PORT {
+                self.remote.set_port(NAT_T_PORT);
+            }
+        }
         if let Err(e) = self.install_initial_keys(suite, secret.as_bytes()) {
             self.close(CloseReason::ProtocolError(e.to_string()));
             return;
@@ -1748,7 +1895,9 @@ impl IkeSa {
                 return;
             }
         }
-        self.transmits.extend(packets.iter().cloned());
+        let (to, from) = (self.remote, self.local);
+        let out = packets.iter().map(|p| Datagram::new(to, from, p.clone()));
+        self.transmits.extend(out);
         self.outstanding = Some(Outstanding {
             mid,
             purpose,
@@ -1770,7 +1919,9 @@ impl IkeSa {
         let header = self.header(exchange, mid, true);
         match protect::seal(key, rng, &header, payloads, self.fragment_size(exchange)) {
             Ok(packets) => {
-                self.transmits.extend(packets.iter().cloned());
+                let (to, from) = self.reply_path();
+                let out = packets.iter().map(|p| Datagram::new(to, from, p.clone()));
+                self.transmits.extend(out);
                 self.cached_response = Some((mid, packets));
             }
             Err(e) => warn!(error = %e, "could not protect a response"),
@@ -1782,7 +1933,9 @@ impl IkeSa {
             && *m == mid
         {
             debug!(mid, "retransmitted request: resending the cached response");
-            self.transmits.extend(packets.iter().cloned());
+            let (to, from) = self.reply_path();
+            let out = packets.iter().map(|p| Datagram::new(to, from, p.clone()));
+            self.transmits.extend(out);
         }
     }
 
