@@ -600,7 +600,13 @@ impl RekeyScheduler {
                 source,
             })?;
         let senders = self.store.sender_count(cfg.group.id).await?;
-        let mut group = to_proto(cfg, old, auth, senders > 1).map_err(&policy_err)?;
+        // Only `old`'s Rekey SA is needed (the message goes over it): its TEKs may belong to
+        // a TEK policy edited since (another key size), which `to_proto` would refuse.
+        let over_sa = StoredState {
+            teks: Vec::new(),
+            ..old.clone()
+        };
+        let mut group = to_proto(cfg, &over_sa, auth, senders > 1).map_err(&policy_err)?;
         let Some(k) = group.rekey.as_mut() else {
             return Err(policy_err("no Rekey SA".into()));
         };
