@@ -17,6 +17,14 @@
 //!    Rekey SA in GSA and KD; a Delete of the TEKs that are gone (2.4.3), which members keep
 //!    for DEACTIVATION_TIME_DELAY (2.4.1.4). With GCAUTH Digital Signature it is signed with
 //!    the group's signing key (2.4.1.1).
+//!
+//!    "A G-IKEv2 rekey message MUST NOT change the policy without creating a new KEK"
+//!    (3.2.1, R055): when the message changes the group's policy as the members were
+//!    given it (`GivenPolicy`: a TEK policy added, removed, or edited so that its TEK is
+//!    replaced, or the group-wide policy a GSA carries) and the Rekey SA was not due, a
+//!    new Rekey SA is committed first, like a scheduled renewal, and goes in the same
+//!    message. A TEK renewed under an unchanged TEK policy keeps the KEK
+//!    (docs/interop.md #53).
 //! 4. The same datagrams go out [`RekeySchedulerConfig::copies`] times,
 //!    [`RekeySchedulerConfig::spacing`] apart: "bitwise identical and ... within a short
 //!    time interval" (2.4.1.3, R034). There is no response and no IKE window (2.4.1, R026).
@@ -47,15 +55,20 @@
 //! member).
 //!
 //! What is not pushed (members catch up by re-registering at soft expiry, 2.4.1.4): a
-//! renewal made while no process held the lease, and policy edits that renew no SA.
+//! renewal made while no process held the lease, and policy edits that renew no SA (a TEK
+//! policy edit that keeps the TEK's key size, a GWP_ATD/GWP_DTD edit); these go out, with
+//! a new KEK, in the next message that carries the edited TEK policy or a GSA. An edit made
+//! before the scheduler's first look at the group (a restart, a lease taken over) is taken
+//! as already given: the process does not know what the members hold.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
 use gikev2_policy::{
-    GroupConfig, GroupId, GroupState as StoredState, RekeyMode, Store, StoreError,
+    GroupConfig, GroupId, GroupState as StoredState, RekeyMode, Store, StoreError, TekPolicyId,
+    TekPolicySpec,
 };
 use gikev2_proto::crypto::{Random, SystemRandom};
 use gikev2_proto::group::{GroupAuth, RekeyBuildError, RekeyContent, RekeySender, RekeySpi};
@@ -66,7 +79,7 @@ use tracing::{Instrument, debug, info, warn};
 
 use crate::group_view::GroupViews;
 use crate::state::{
-    StateFailure, ensure_current_with, group_auth, plan_with, push_margin, to_proto,
+    StateFailure, ensure_current_with, group_auth, plan_new_kek, plan_with, push_margin, to_proto,
 };
 
 /// How the scheduler runs and sends.
@@ -141,6 +154,9 @@ pub struct SentRekey {
     pub sender_id_epoch: Option<u64>,
     /// The ended memberships every member was excluded for (forward access control).
     pub members_removed: u64,
+    /// The message changed the group's policy, so it also introduced a new Rekey SA
+    /// (RFC 9838 3.2.1, R055; docs/interop.md #53).
+    pub policy_changed: bool,
     pub dst: SocketAddr,
     /// The datagrams (ciphertext), each sent [`RekeySchedulerConfig::copies`] times.
     pub datagrams: Vec<Vec<u8>>,
@@ -169,14 +185,116 @@ struct Announced {
     state: StoredState,
     /// The next Message ID over `state`'s Rekey SA, as far as this process knows.
     next_message_id: u64,
+    /// The policy that came with it.
+    policy: GivenPolicy,
 }
 
 impl Announced {
-    fn new(state: StoredState) -> Self {
+    fn new(state: StoredState, policy: GivenPolicy) -> Self {
         let next_message_id = state.next_rekey_message_id;
         Self {
             state,
             next_message_id,
+            policy,
+        }
+    }
+
+    /// Members given `state` by registering: the group's current policy.
+    fn current(cfg: &GroupConfig, state: StoredState) -> Self {
+        let policy = GivenPolicy::current(cfg, &state);
+        Self::new(state, policy)
+    }
+}
+
+/// The group's policy as the members were given it, for RFC 9838 3.2.1's "A G-IKEv2
+/// rekey message MUST NOT change the policy without creating a new KEK" (R055). Policy
+/// is read as the TEK policies (selectors, protocol, algorithms, mode, SN transform) and
+/// the group-wide policy (docs/interop.md #53); TEK SPIs and keys are not policy, so a TEK
+/// renewed under an unchanged TEK policy changes nothing here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct GivenPolicy {
+    /// For each TEK policy the members hold a TEK of, the policy that TEK came with.
+    teks: BTreeMap<TekPolicyId, TekPolicySpec>,
+    /// GWP_ATD and GWP_DTD, the group-wide attributes a GSA_REKEY carries with every GSA
+    /// (GWP_SENDER_ID_BITS never travels in one, RFC 9838 5 Table 2).
+    gw: (Option<u16>, Option<u16>),
+}
+
+fn gw_of(cfg: &GroupConfig) -> (Option<u16>, Option<u16>) {
+    let p = &cfg.group.spec.policy;
+    (p.atd, p.dtd)
+}
+
+fn tek_policy_spec(cfg: &GroupConfig, id: TekPolicyId) -> Option<&TekPolicySpec> {
+    cfg.teks.iter().find(|p| p.id == id).map(|p| &p.spec)
+}
+
+fn tek_policy_of(s: &StoredState, spi: u32) -> Option<TekPolicyId> {
+    s.teks.iter().find(|t| t.spi == spi).map(|t| t.policy)
+}
+
+impl GivenPolicy {
+    /// What registering members holding `state` got: `cfg`'s policy. (At a first look
+    /// the scheduler cannot know better: a policy edit made before it, say while no
+    /// process held the lease, is taken as given.)
+    fn current(cfg: &GroupConfig, state: &StoredState) -> Self {
+        let teks = state
+            .teks
+            .iter()
+            .filter_map(|t| Some((t.policy, tek_policy_spec(cfg, t.policy)?.clone())))
+            .collect();
+        Self {
+            teks,
+            gw: gw_of(cfg),
+        }
+    }
+
+    /// Whether a GSA_REKEY telling `told` (from `old` to `cur`) changes the policy the
+    /// members hold: a new TEK of a TEK policy they hold no TEK of (a policy added) or
+    /// whose policy is not the one they were given (edited); a TEK deleted whose policy
+    /// has no TEK left (a policy removed); a GSA whose group-wide policy differs.
+    fn changed_by(
+        &self,
+        cfg: &GroupConfig,
+        old: &StoredState,
+        cur: &StoredState,
+        told: &Changes,
+    ) -> bool {
+        let added_or_edited = told.new.iter().any(|&spi| {
+            tek_policy_of(cur, spi).is_none_or(|p| self.teks.get(&p) != tek_policy_spec(cfg, p))
+        });
+        let removed = told.gone.iter().any(|&spi| {
+            tek_policy_of(old, spi).is_none_or(|p| !cur.teks.iter().any(|t| t.policy == p))
+        });
+        let carries_gsa = told.kek.is_some() || !told.new.is_empty();
+        added_or_edited || removed || (carries_gsa && self.gw != gw_of(cfg))
+    }
+
+    /// What the members hold once they got `told`, which took them to `cur`.
+    fn after(&self, cfg: &GroupConfig, cur: &StoredState, told: &Changes) -> Self {
+        let (sent, kept): (Vec<_>, Vec<_>) =
+            cur.teks.iter().partition(|t| told.new.contains(&t.spi));
+        let mut teks = BTreeMap::new();
+        // A TEK policy just sent is held as sent; the others as they were given before
+        // (or, for a TEK the members got by registering only, as `cfg` has it).
+        for t in sent {
+            if let Some(spec) = tek_policy_spec(cfg, t.policy) {
+                teks.insert(t.policy, spec.clone());
+            }
+        }
+        for t in kept {
+            if let Some(spec) = self
+                .teks
+                .get(&t.policy)
+                .or_else(|| tek_policy_spec(cfg, t.policy))
+            {
+                teks.entry(t.policy).or_insert_with(|| spec.clone());
+            }
+        }
+        let carries_gsa = told.kek.is_some() || !told.new.is_empty();
+        Self {
+            teks,
+            gw: if carries_gsa { gw_of(cfg) } else { self.gw },
         }
     }
 }
@@ -412,8 +530,9 @@ impl RekeyScheduler {
         let prev = self
             .announced
             .entry(id)
-            .or_insert_with(|| Announced::new(before.clone()));
+            .or_insert_with(|| Announced::current(&cfg, before.clone()));
         let old = prev.state.clone();
+        let given = prev.policy.clone();
         let mut next_mid = prev.next_message_id;
         let due = {
             let mut rng = SystemRandom::new();
@@ -443,7 +562,7 @@ impl RekeyScheduler {
                 .await
                 .map_err(state_err)?;
             debug!("no current Rekey SA to announce over; members re-register");
-            self.announced.insert(id, Announced::new(cur));
+            self.announced.insert(id, Announced::current(&cfg, cur));
             return Ok(None);
         };
         // The Message ID first, committed (over the still-current Rekey SA), or from our
@@ -472,7 +591,25 @@ impl RekeyScheduler {
         if told.is_empty() {
             return Ok(None);
         }
-        let sent = self.send(&cfg, &old, &cur, told, message_id, now).await?;
+        // RFC 9838 3.2.1 (R055): "A G-IKEv2 rekey message MUST NOT change the policy
+        // without creating a new KEK". A message that changes it and does not already
+        // carry a new Rekey SA (a scheduled renewal) gets one, committed first.
+        let policy_changed = given.changed_by(&cfg, &old, &cur, &told);
+        let (cur, told) = if policy_changed && told.kek.is_none() {
+            let cur = self.new_kek(&cfg, &cur, now).await?;
+            let told = changes(&old, &cur);
+            if told.kek.is_none() {
+                return Err(policy_err(
+                    "a policy change without a new Rekey SA is not sent".into(),
+                ));
+            }
+            (cur, told)
+        } else {
+            (cur, told)
+        };
+        let now_given = given.after(&cfg, &cur, &told);
+        let mut sent = self.send(&cfg, &old, &cur, told, message_id, now).await?;
+        sent.policy_changed = policy_changed;
         if let Some(v) = &self.views {
             v.invalidate();
         }
@@ -481,12 +618,50 @@ impl RekeyScheduler {
             new_teks = ?sent.new_teks.iter().map(|s| format!("{s:#010x}")).collect::<Vec<_>>(),
             deleted_teks = ?sent.deleted_teks.iter().map(|s| format!("{s:#010x}")).collect::<Vec<_>>(),
             new_rekey_sa = sent.new_rekey_sa.is_some(),
+            policy_changed,
             dst = %sent.dst,
             copies = self.config.copies,
             "GSA_REKEY sent"
         );
-        self.announced.insert(id, Announced::new(cur));
+        self.announced.insert(id, Announced::new(cur, now_given));
         Ok(Some(sent))
+    }
+
+    /// Replaces the group's Rekey SA in the store, keeping `cur`'s TEKs, for a GSA_REKEY
+    /// that changes the policy (RFC 9838 3.2.1, R055). Committed with the generation check
+    /// like a scheduled renewal; the Message ID counter of the new SA starts at 0
+    /// (2.4.1.3). A registration that renewed an SA meanwhile makes this a generation
+    /// conflict: the next tick decides again (with another Message ID over the old SA).
+    /// Returns the state the store then has.
+    async fn new_kek(
+        &self,
+        cfg: &GroupConfig,
+        cur: &StoredState,
+        now: u64,
+    ) -> Result<StoredState, RekeyError> {
+        let id = cfg.group.id;
+        let policy_err = |reason: String| RekeyError::Policy {
+            group: cfg.group.spec.name.clone(),
+            reason,
+        };
+        let next = {
+            let mut rng = SystemRandom::new();
+            plan_new_kek(cfg, cur, now, &mut rng)
+        }
+        .map_err(policy_err)?
+        .ok_or_else(|| policy_err("no Rekey SA to replace".into()))?;
+        let generation = self
+            .store
+            .commit_group_state(id, cur.generation, &next, now)
+            .await?;
+        info!(
+            generation,
+            "policy changed: new Rekey SA committed (RFC 9838 3.2.1)"
+        );
+        self.store
+            .group_state(id)
+            .await?
+            .ok_or_else(|| policy_err("no group_state row".into()))
     }
 
     /// Excludes every member and starts the group over: before a new Sender-ID is handed
@@ -569,7 +744,7 @@ impl RekeyScheduler {
                  SAs) after memberships ended; new SAs; authorized members re-register"
             );
         }
-        self.announced.insert(id, Announced::new(cur));
+        self.announced.insert(id, Announced::current(cfg, cur));
         Ok(sent)
     }
 
@@ -600,7 +775,13 @@ impl RekeyScheduler {
                 source,
             })?;
         let senders = self.store.sender_count(cfg.group.id).await?;
-        let mut group = to_proto(cfg, old, auth, senders > 1).map_err(&policy_err)?;
+        // Only `old`'s Rekey SA is needed (the message goes over it): its TEKs may belong to
+        // a TEK policy edited since (another key size), which `to_proto` would refuse.
+        let over_sa = StoredState {
+            teks: Vec::new(),
+            ..old.clone()
+        };
+        let mut group = to_proto(cfg, &over_sa, auth, senders > 1).map_err(&policy_err)?;
         let Some(k) = group.rekey.as_mut() else {
             return Err(policy_err("no Rekey SA".into()));
         };
@@ -684,6 +865,7 @@ impl RekeyScheduler {
             excluded_all: exclude_all,
             sender_id_epoch: None,
             members_removed: 0,
+            policy_changed: false,
             dst,
             datagrams: msg.datagrams,
         })
@@ -769,6 +951,12 @@ mod tests {
     use gikev2_proto::crypto::SecretBytes;
 
     fn state(kek: u8, teks: &[u32]) -> StoredState {
+        let teks: Vec<(i64, u32)> = teks.iter().map(|&spi| (1, spi)).collect();
+        state_of(kek, &teks)
+    }
+
+    /// A state with Rekey SA `[kek; 16]` and TEKs given as (TEK policy, SPI).
+    fn state_of(kek: u8, teks: &[(i64, u32)]) -> StoredState {
         StoredState {
             rekey: Some(RekeySaRecord {
                 spi: [kek; 16],
@@ -777,8 +965,8 @@ mod tests {
             }),
             teks: teks
                 .iter()
-                .map(|&spi| TekSaRecord {
-                    policy: TekPolicyId(1),
+                .map(|&(policy, spi)| TekSaRecord {
+                    policy: TekPolicyId(policy),
                     spi,
                     keymat: SecretBytes::from_slice(&[0; 8]),
                     created: 0,
@@ -787,6 +975,83 @@ mod tests {
                 .collect(),
             ..crate::state::tests::empty()
         }
+    }
+
+    /// RFC 9838 3.2.1 (R055) as docs/interop.md #53 reads it: which GSA_REKEY messages
+    /// change the policy, and so must carry a new KEK.
+    #[test]
+    fn policy_changes_are_tek_policies_added_removed_or_edited_and_gw_edits() {
+        // TEK policy 7 only; with a second one, 8.
+        let one = crate::state::tests::cfg(RekeyMode::Multicast);
+        let mut two = one.clone();
+        let mut p8 = two.teks[0].clone();
+        p8.id = TekPolicyId(8);
+        p8.spec.dst.start_port = 5006;
+        p8.spec.dst.end_port = 5006;
+        two.teks.push(p8);
+        let changed = |given: &GivenPolicy, cfg, old: &StoredState, cur: &StoredState| {
+            given.changed_by(cfg, old, cur, &changes(old, cur))
+        };
+
+        let old = state_of(1, &[(7, 10)]);
+        let given = GivenPolicy::current(&one, &old);
+        let renewed = state_of(1, &[(7, 11)]);
+        assert!(
+            !changed(&given, &one, &old, &renewed),
+            "a TEK renewed under an unchanged policy"
+        );
+        let added = state_of(1, &[(7, 10), (8, 12)]);
+        assert!(changed(&given, &two, &old, &added), "a TEK policy added");
+        assert!(
+            changed(&GivenPolicy::current(&two, &old), &two, &old, &added),
+            "added before the first look, which found no TEK of it"
+        );
+        let both = GivenPolicy::current(&two, &added);
+        assert!(
+            changed(&both, &one, &added, &old),
+            "a TEK policy removed: the Delete of its TEK"
+        );
+        assert!(
+            !changed(&both, &two, &added, &state_of(1, &[(7, 10), (8, 13)])),
+            "one of two TEKs renewed"
+        );
+
+        // An edit reaches members with the next TEK of the edited policy.
+        let mut edited = two.clone();
+        edited.teks[0].spec.encr_key_bits = Some(256);
+        let only_8 = state_of(1, &[(7, 10), (8, 13)]);
+        assert!(
+            !changed(&both, &edited, &added, &only_8),
+            "the other policy's TEK renewed: the edit is not in the message"
+        );
+        let after = both.after(&edited, &only_8, &changes(&added, &only_8));
+        assert_eq!(
+            after.teks[&TekPolicyId(7)],
+            two.teks[0].spec,
+            "still as given"
+        );
+        let then_7 = state_of(1, &[(7, 14), (8, 13)]);
+        assert!(
+            changed(&after, &edited, &only_8, &then_7),
+            "an edited policy's new TEK"
+        );
+        let sent = after.after(&edited, &then_7, &changes(&only_8, &then_7));
+        assert_eq!(sent, GivenPolicy::current(&edited, &then_7));
+        assert!(
+            !changed(&sent, &edited, &then_7, &state_of(1, &[(7, 15), (8, 13)])),
+            "renewed again under the edited policy"
+        );
+
+        // The group-wide policy goes with every GSA, not with a Delete alone.
+        let mut dtd = one.clone();
+        dtd.group.spec.policy.dtd = Some(5);
+        assert!(changed(&given, &dtd, &old, &renewed), "GWP_DTD edited");
+        let overlap = state_of(1, &[(7, 10), (7, 11)]);
+        let given = GivenPolicy::current(&one, &overlap);
+        assert!(
+            !changed(&given, &dtd, &overlap, &renewed),
+            "a Delete alone carries no group-wide policy"
+        );
     }
 
     #[test]

@@ -104,21 +104,7 @@ pub fn plan_with(
                 Some(r) => Some(r.clone()),
                 None => {
                     changed = true;
-                    let dst = spec.rekey.dst_selector().ok_or_else(|| {
-                        "multicast rekey without a destination (groups.rekey_dst_addr)".to_string()
-                    })?;
-                    let fresh = RekeySaState::generate(
-                        rng,
-                        spec.rekey.src_selector(),
-                        dst,
-                        suite,
-                        now.saturating_add(rekey_life),
-                    );
-                    Some(RekeySaRecord {
-                        spi: fresh.spi,
-                        keymat: fresh.keymat().clone(),
-                        expires: fresh.expires,
-                    })
+                    Some(fresh_rekey_sa(cfg, suite, now, rng)?)
                 }
             }
         }
@@ -152,6 +138,49 @@ pub fn plan_with(
     }
     changed |= teks.len() != stored.teks.len();
     Ok(changed.then_some(NewGroupState { rekey, teks }))
+}
+
+/// A new Rekey SA for `cfg`'s group, expiring a Rekey SA lifetime after `now`.
+fn fresh_rekey_sa(
+    cfg: &GroupConfig,
+    suite: RekeySuite,
+    now: u64,
+    rng: &mut dyn Random,
+) -> Result<RekeySaRecord, String> {
+    let r = &cfg.group.spec.rekey;
+    let dst = r.dst_selector().ok_or_else(|| {
+        "multicast rekey without a destination (groups.rekey_dst_addr)".to_string()
+    })?;
+    let fresh = RekeySaState::generate(
+        rng,
+        r.src_selector(),
+        dst,
+        suite,
+        now.saturating_add(u64::from(r.lifetime)),
+    );
+    Ok(RekeySaRecord {
+        spi: fresh.spi,
+        keymat: fresh.keymat().clone(),
+        expires: fresh.expires,
+    })
+}
+
+/// `stored` with a new Rekey SA (a new KEK) and the same TEKs, for a GSA_REKEY that
+/// changes the group's policy (RFC 9838 3.2.1: "MUST NOT change the policy without
+/// creating a new KEK", R055); `None` for a group without multicast rekey.
+pub fn plan_new_kek(
+    cfg: &GroupConfig,
+    stored: &StoredState,
+    now: u64,
+    rng: &mut dyn Random,
+) -> Result<Option<NewGroupState>, String> {
+    let Some(suite) = rekey_suite(cfg).map_err(|e| e.to_string())? else {
+        return Ok(None);
+    };
+    Ok(Some(NewGroupState {
+        rekey: Some(fresh_rekey_sa(cfg, suite, now, rng)?),
+        teks: stored.teks.clone(),
+    }))
 }
 
 /// Why the state could not be made current.
@@ -312,7 +341,7 @@ pub(crate) mod tests {
     use gikev2_proto::crypto::SeededRandom;
     use gikev2_proto::registry::{EncrId, GcAuthId, KwaId, SnId};
 
-    fn cfg(mode: RekeyMode) -> GroupConfig {
+    pub(crate) fn cfg(mode: RekeyMode) -> GroupConfig {
         GroupConfig {
             group: Group {
                 id: GroupId(1),
@@ -457,6 +486,31 @@ pub(crate) mod tests {
             plan_with(&c, &s, 75, &mut rng, push_margin)
                 .unwrap()
                 .is_some()
+        );
+    }
+
+    /// RFC 9838 3.2.1 (R055): a policy change gets a new KEK and keeps the TEKs.
+    #[test]
+    fn a_new_kek_keeps_the_teks() {
+        let c = cfg(RekeyMode::Multicast);
+        let mut rng = SeededRandom::new([5; 32]);
+        let s = applied(&empty(), plan(&c, &empty(), 0, &mut rng).unwrap().unwrap());
+        let n = plan_new_kek(&c, &s, 10, &mut rng).unwrap().unwrap();
+        let (old, new) = (s.rekey.as_ref().unwrap(), n.rekey.as_ref().unwrap());
+        assert_ne!(new.spi, old.spi);
+        assert_ne!(new.keymat, old.keymat);
+        assert_eq!(new.expires, 10 + 1000, "a whole Rekey SA lifetime from now");
+        assert_eq!(n.teks, s.teks);
+        let inband = applied(
+            &empty(),
+            plan(&cfg(RekeyMode::Inband), &empty(), 0, &mut rng)
+                .unwrap()
+                .unwrap(),
+        );
+        assert!(
+            plan_new_kek(&cfg(RekeyMode::Inband), &inband, 10, &mut rng)
+                .unwrap()
+                .is_none()
         );
     }
 

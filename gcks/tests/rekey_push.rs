@@ -1,7 +1,8 @@
 //! The GCKS's GSA_REKEY sender (`gikev2_gcks::rekey`) on a SQLite store, over multicast on
 //! loopback, with two members running the member runtime: TEK renewals and a Rekey SA
 //! rollover are pushed to the group, the members install what the store holds, and every
-//! copy of a message is the same datagram (RFC 9838 2.4.1, 2.4.1.3).
+//! copy of a message is the same datagram (RFC 9838 2.4.1, 2.4.1.3); a TEK policy added,
+//! edited or deleted goes out with a new Rekey SA (3.2.1).
 //!
 //! The scheduler's clock is passed to `tick`, so the test moves to each renew margin
 //! without waiting; the members keep the real clock (the lifetimes in GSA_REKEY are
@@ -725,5 +726,283 @@ async fn a_withdrawn_member_is_cut_off_when_the_group_has_forward_access_control
         w.scheduler.tick(t0 + 3).await.is_empty(),
         "re-registrations end no membership"
     );
+    let _ = w.stop.send(());
+}
+
+/// A second TEK policy for the group of `world_with`: the same AES-GCM-256 to another
+/// multicast address.
+fn second_tek_policy() -> TekPolicySpec {
+    TekPolicySpec {
+        protocol: TekProtocol::Esp,
+        ip_protocol: 17,
+        src: Selector::any(false),
+        dst: Selector::host_port("239.77.0.2".parse().unwrap(), 5004),
+        encr: EncrId::AesGcm16,
+        encr_key_bits: Some(256),
+        integ: None,
+        sn: SnId::Unspecified32,
+        mode: EspMode::Transport,
+    }
+}
+
+/// The Rekey SA an agent listens on as current, as status shows it (32 hex digits).
+async fn current_kek(h: &AgentHandle) -> String {
+    let st = h.status().await.unwrap();
+    let current: Vec<_> = st.groups[0]
+        .rekey_sas
+        .iter()
+        .filter(|r| r.current)
+        .map(|r| r.spi.clone())
+        .collect();
+    assert_eq!(current.len(), 1, "{st:?}");
+    current[0].clone()
+}
+
+fn kek_hex(spi: &[u8; 16]) -> String {
+    spi.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The TEK SPIs an agent holds and does not delete, with their algorithms.
+async fn active_teks(h: &AgentHandle) -> Vec<(String, String)> {
+    let st = h.status().await.unwrap();
+    let mut teks: Vec<_> = st.groups[0]
+        .teks
+        .iter()
+        .filter(|t| t.state == "active" && t.direction == "inbound")
+        .map(|t| (t.spi.clone(), t.algorithm.clone()))
+        .collect();
+    teks.sort();
+    teks.dedup();
+    teks
+}
+
+/// The store's Rekey SA SPI and TEK SPIs (in the store's order).
+async fn stored(w: &World) -> ([u8; 16], Vec<u32>) {
+    let st = w.store.group_state(w.group).await.unwrap().unwrap();
+    (
+        st.rekey.as_ref().unwrap().spi,
+        st.teks.iter().map(|t| t.spi).collect(),
+    )
+}
+
+/// The one message a tick at `now` sends.
+async fn tick_one(w: &mut World, now: u64) -> SentRekey {
+    let sent = w.scheduler.tick(now).await;
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    sent.into_iter().next().unwrap().unwrap()
+}
+
+/// RFC 9838 3.2.1 (R055): "A G-IKEv2 rekey message MUST NOT change the policy without
+/// creating a new KEK." A TEK policy added to a running group (admin API) is pushed with
+/// its TEK and a new Rekey SA in the same GSA_REKEY, over the Rekey SA the members hold;
+/// the members move to the new KEK (the next message over it has Message ID 0 and they
+/// accept it). A scheduled TEK renewal under an unchanged policy is no policy change and
+/// keeps the KEK (docs/interop.md #53).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tek_policy_added_to_a_running_group_comes_with_a_new_kek() {
+    let dst = rekey_dst();
+    let mut w = world(dst).await;
+    let rx = listener(dst);
+    let t0 = unix_now();
+    let (k1, tek_a) = first_state(&mut w, t0).await;
+    let ([(a, mut ea), (b, mut eb)], _) = members_a_and_b(w.gcks, None).await;
+    assert!(w.scheduler.tick(t0 + 1).await.is_empty(), "nothing changed");
+
+    // 1. A second TEK policy: its TEK and a new Rekey SA in one message over k1.
+    w.store
+        .add_tek_policy(w.group, &second_tek_policy())
+        .await
+        .unwrap();
+    let s = tick_one(&mut w, t0 + 2).await;
+    let (k2, teks) = stored(&w).await;
+    assert_ne!(k2, k1, "the store's Rekey SA is replaced");
+    assert_eq!(teks.len(), 2);
+    assert_eq!(teks[0], tek_a, "the first policy's TEK is kept");
+    let tek_p = teks[1];
+    assert_eq!(
+        (s.message_id, s.over, s.new_rekey_sa, s.policy_changed),
+        (0, k1, Some(k2), true),
+        "over the KEK the members hold, with a new one"
+    );
+    assert_eq!(
+        (s.new_teks.clone(), s.deleted_teks.clone()),
+        (vec![tek_p], vec![])
+    );
+    let st = w.store.group_state(w.group).await.unwrap().unwrap();
+    assert_eq!(
+        st.next_rekey_message_id, 0,
+        "a new Rekey SA starts at 0 (2.4.1.3)"
+    );
+    copies(&rx, &s, 3).await;
+    for (h, e) in [(&a, &mut ea), (&b, &mut eb)] {
+        assert_eq!(
+            rekeyed(e).await,
+            AgentEvent::Rekeyed {
+                group: "g".into(),
+                message_id: Some(0),
+                installed: hex(&[tek_p]),
+                deleting: vec![],
+                new_rekey_sa: true,
+            }
+        );
+        assert_eq!(current_kek(h).await, kek_hex(&k2));
+        let held: Vec<String> = active_teks(h).await.into_iter().map(|t| t.0).collect();
+        let mut want = hex(&[tek_a, tek_p]);
+        want.sort();
+        assert_eq!(held, want);
+    }
+    assert!(w.scheduler.tick(t0 + 3).await.is_empty(), "told once");
+
+    // 2. Both TEKs past the push margin (a quarter of 600 s left): renewed under the same
+    // policies, over k2 from Message ID 0, and the KEK stays.
+    let s = tick_one(&mut w, t0 + u64::from(TEK_LIFETIME) - 55).await;
+    let (k, renewed) = stored(&w).await;
+    assert_eq!(k, k2, "no new KEK for a TEK renewal");
+    assert_eq!(
+        (s.message_id, s.over, s.new_rekey_sa, s.policy_changed),
+        (0, k2, None, false)
+    );
+    assert_eq!(
+        (s.new_teks.clone(), s.deleted_teks.clone()),
+        (renewed.clone(), vec![tek_a, tek_p])
+    );
+    copies(&rx, &s, 3).await;
+    for (h, e) in [(&a, &mut ea), (&b, &mut eb)] {
+        assert_eq!(
+            rekeyed(e).await,
+            AgentEvent::Rekeyed {
+                group: "g".into(),
+                message_id: Some(0),
+                installed: hex(&renewed),
+                deleting: hex(&[tek_a, tek_p]),
+                new_rekey_sa: false,
+            },
+            "accepted over the new KEK"
+        );
+        assert_eq!(current_kek(h).await, kek_hex(&k2));
+    }
+    let _ = w.stop.send(());
+}
+
+/// RFC 9838 3.2.1 (R055), the other policy changes: a TEK policy edited so that its TEK
+/// is replaced (another key size, plain SQL) and a TEK policy deleted (admin API) each go
+/// out with a new Rekey SA, the edit with the new TEK and the Delete of the old one, the
+/// removal with the Delete of its TEK; then a scheduled renewal keeps the last KEK.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edited_or_removed_tek_policy_comes_with_a_new_kek() {
+    let dst = rekey_dst();
+    let mut w = world(dst).await;
+    let p2 = w
+        .store
+        .add_tek_policy(w.group, &second_tek_policy())
+        .await
+        .unwrap();
+    let p1 = w.store.tek_policies(w.group).await.unwrap()[0].id;
+    let rx = listener(dst);
+    let t0 = unix_now();
+    let (k1, _) = first_state(&mut w, t0).await;
+    let (_, teks) = stored(&w).await;
+    let (tek_1, tek_2) = (teks[0], teks[1]);
+    let ([(a, mut ea), (b, mut eb)], _) = members_a_and_b(w.gcks, None).await;
+    assert!(w.scheduler.tick(t0 + 1).await.is_empty(), "nothing changed");
+
+    // 1. The first policy goes from AES-GCM-256 to AES-GCM-128: its TEK is replaced and
+    // the message carries a new Rekey SA too.
+    let pool = sqlx::SqlitePool::connect(&w.url).await.unwrap();
+    sqlx::query("UPDATE tek_policies SET encr_key_bits = 128 WHERE id = $1")
+        .bind(p1.0)
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    let s = tick_one(&mut w, t0 + 2).await;
+    let (k2, teks) = stored(&w).await;
+    assert_ne!(k2, k1);
+    let tek_1b = teks[0];
+    assert_eq!(teks, vec![tek_1b, tek_2]);
+    assert_eq!(
+        (s.message_id, s.over, s.new_rekey_sa, s.policy_changed),
+        (0, k1, Some(k2), true)
+    );
+    assert_eq!(
+        (s.new_teks.clone(), s.deleted_teks.clone()),
+        (vec![tek_1b], vec![tek_1])
+    );
+    copies(&rx, &s, 3).await;
+    for (h, e) in [(&a, &mut ea), (&b, &mut eb)] {
+        assert_eq!(
+            rekeyed(e).await,
+            AgentEvent::Rekeyed {
+                group: "g".into(),
+                message_id: Some(0),
+                installed: hex(&[tek_1b]),
+                deleting: hex(&[tek_1]),
+                new_rekey_sa: true,
+            }
+        );
+        assert_eq!(current_kek(h).await, kek_hex(&k2));
+        let held = active_teks(h).await;
+        assert!(
+            held.contains(&(hex(&[tek_1b])[0].clone(), "ENCR_AES_GCM_16-128".into())),
+            "{held:?}"
+        );
+    }
+
+    // 2. The second policy deleted: the Delete of its TEK, with a new Rekey SA, over k2.
+    assert!(w.store.delete_tek_policy(p2).await.unwrap());
+    let s = tick_one(&mut w, t0 + 3).await;
+    let (k3, teks) = stored(&w).await;
+    assert!(k3 != k2 && k3 != k1);
+    assert_eq!(teks, vec![tek_1b]);
+    assert_eq!(
+        (s.message_id, s.over, s.new_rekey_sa, s.policy_changed),
+        (0, k2, Some(k3), true),
+        "the first message over k2"
+    );
+    assert_eq!(
+        (s.new_teks.clone(), s.deleted_teks.clone()),
+        (vec![], vec![tek_2])
+    );
+    copies(&rx, &s, 3).await;
+    for (h, e) in [(&a, &mut ea), (&b, &mut eb)] {
+        assert_eq!(
+            rekeyed(e).await,
+            AgentEvent::Rekeyed {
+                group: "g".into(),
+                message_id: Some(0),
+                installed: vec![],
+                deleting: hex(&[tek_2]),
+                new_rekey_sa: true,
+            }
+        );
+        assert_eq!(current_kek(h).await, kek_hex(&k3));
+    }
+    assert!(w.scheduler.tick(t0 + 4).await.is_empty(), "told once");
+
+    // 3. The remaining TEK renewed on schedule: over k3 from Message ID 0, same KEK.
+    let s = tick_one(&mut w, t0 + 2 + u64::from(TEK_LIFETIME) - 55).await;
+    let (k, teks) = stored(&w).await;
+    assert_eq!(k, k3);
+    assert_eq!(
+        (s.message_id, s.over, s.new_rekey_sa, s.policy_changed),
+        (0, k3, None, false)
+    );
+    assert_eq!(
+        (s.new_teks.clone(), s.deleted_teks.clone()),
+        (teks.clone(), vec![tek_1b])
+    );
+    copies(&rx, &s, 3).await;
+    for e in [&mut ea, &mut eb] {
+        assert_eq!(
+            rekeyed(e).await,
+            AgentEvent::Rekeyed {
+                group: "g".into(),
+                message_id: Some(0),
+                installed: hex(&teks),
+                deleting: hex(&[tek_1b]),
+                new_rekey_sa: false,
+            }
+        );
+    }
     let _ = w.stop.send(());
 }
