@@ -10,7 +10,8 @@ use gikev2_gcks::{Registrar, RegistrationContext, ServeConfig, Server};
 use gikev2_member::{JoinError, join};
 use gikev2_proto::crypto::{IkeSuite, SecretBytes};
 use gikev2_proto::ike::{
-    Decision, EndpointConfig, IkeConfig, LocalAuth, PeerAuth, RegistrationRequest, SinglePeer,
+    Decision, EndpointConfig, IkeConfig, LocalAuth, NatStatus, PeerAuth, RegistrationRequest,
+    SinglePeer,
 };
 use gikev2_proto::registry::{EncrId, KeId, KwaId, NotifyType, PrfId, SnId};
 use gikev2_proto::wire::gsa::{GsaPayload, GsaPolicy, GwPolicy};
@@ -362,4 +363,62 @@ async fn authentication_failures_reach_the_registrar_with_the_claimed_identity()
     assert!(!f[1].credential_found, "unknown identity");
     assert!(f[0].remote.ip().is_loopback());
     stop();
+}
+
+/// A GCKS bound to the wildcard address learns where each datagram was sent
+/// (`IP_PKTINFO`/`IPV6_RECVPKTINFO`) and hashes that address into NAT_DETECTION_SOURCE_IP
+/// (RFC 7296 2.23). Hashing the wildcard address instead would make every member see a
+/// NAT and move to port 4500, where this server does not listen; here members on
+/// 127.0.0.1 and ::1 see no NAT, and their SA stays on the port they chose.
+#[tokio::test(flavor = "current_thread")]
+async fn a_wildcard_bound_gcks_hashes_the_address_members_reached() {
+    let cfg = ServeConfig {
+        listen: vec!["0.0.0.0:0".parse().unwrap(), "[::]:0".parse().unwrap()],
+        endpoint: EndpointConfig::default(),
+        init_rate_per_source: 50,
+        ike_idle_close: None,
+    };
+    let server = Server::bind(
+        config("gcks.test"),
+        cfg,
+        Fixed {
+            next_sender: AtomicU32::new(1),
+        },
+    )
+    .unwrap();
+    let ports: Vec<u16> = server.local_addrs().iter().map(|a| a.port()).collect();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(server.run(async {
+        let _ = stop_rx.await;
+    }));
+    let v6_loopback = std::net::UdpSocket::bind("[::1]:0").is_ok();
+    for (gcks, available) in [
+        (SocketAddr::from(([127, 0, 0, 1], ports[0])), true),
+        (
+            SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, ports[1])),
+            v6_loopback,
+        ),
+    ] {
+        if !available {
+            eprintln!("skipping {gcks}: no IPv6 loopback");
+            continue;
+        }
+        let request = RegistrationRequest {
+            group: IdPayload::key_id(b"g".to_vec()),
+            sag: None,
+            sender_ids: None,
+        };
+        let j = join(
+            config("member.test"),
+            gcks,
+            request,
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+        assert_eq!(j.sa.nat(), Some(NatStatus::default()), "{gcks}");
+        assert_eq!(j.sa.remote(), gcks);
+    }
+    stop_tx.send(()).unwrap();
+    task.await.unwrap();
 }

@@ -1095,3 +1095,314 @@ fn serve_pushes_tek_renewals_to_members_on_the_lan() {
     let log = server.log_text();
     assert_eq!(log.matches("GSA_REKEY sent").count(), 2, "{log}");
 }
+
+// ----------------------------------------------------------------- NAT traversal
+
+/// `Ok` when `nft` runs (the NAT test's router masquerades with it).
+fn nft_probe() -> Result<(), String> {
+    Command::new("nft")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .ok()
+        .filter(|s| s.success())
+        .map(|_| ())
+        .ok_or_else(|| "nft not found (apt-get install nftables)".into())
+}
+
+/// A member runtime in `ns` that joins `groups`, then holds them until `stop` fires.
+fn held_member(
+    ns: &Netns,
+    lan: Ipv4Addr,
+    gcks: SocketAddr,
+    id: &'static str,
+    groups: &'static [&'static str],
+    keepalive: Duration,
+    stop: tokio::sync::oneshot::Receiver<()>,
+) -> std::thread::JoinHandle<Vec<String>> {
+    ns.spawn_thread(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let mut config = RuntimeConfig {
+                multicast_v4_interface: Some(lan),
+                ..RuntimeConfig::default()
+            };
+            config.agent.nat_keepalive = keepalive;
+            let (agent, _) = runtime::spawn(
+                Arc::new(Engine::default()),
+                Arc::new(NoDataPlane),
+                config,
+                Arc::new(SystemClock),
+            );
+            let mut states = Vec::new();
+            for g in groups {
+                let s = agent
+                    .join(
+                        MembershipConfig {
+                            group: g.to_string(),
+                            group_id: IdPayload::key_id(g.as_bytes().to_vec()),
+                            gcks,
+                            ike: member_ike(id, &psk_of(id)),
+                            sender_ids: None,
+                            receive: false,
+                            auth_kind: "psk",
+                        },
+                        Some(Duration::from_secs(40)),
+                    )
+                    .await
+                    .unwrap();
+                states.push(s.state);
+            }
+            let _ = stop.await;
+            states
+        })
+    })
+    .unwrap()
+}
+
+/// R002 (RFC 9838 2.1.1: RFC 7296 2.23's NAT traversal MUST be honored for the
+/// registration IKE SA). A member in a home network behind a masquerading router
+/// registers to `gcks serve` across the router's LAN. Seen at the GCKS (a capture of
+/// every UDP datagram): only the router's address; each of the member's IKE SAs starts
+/// with IKE_SA_INIT on port 848 and moves to port 4500 for GSA_AUTH (the member detected
+/// the NAT); the GCKS's own request, the INFORMATIONAL Delete of an idle registration SA,
+/// goes from 4500 to the mapping the member's GSA_AUTH came from and is answered through
+/// the NAT; the member keeps its in-band group's IKE SA mapped with NAT-keepalives to
+/// 4500 (RFC 3948 4). The keys equal those of a member on the LAN without a NAT, whose
+/// IKE SA stays on port 848.
+#[test]
+fn a_member_behind_a_nat_moves_to_port_4500_and_the_gcks_reaches_it_there() {
+    let Some(w) = World::new("gknat", false) else {
+        return;
+    };
+    if gate::require("nftables", nft_probe()).is_none()
+        || gate::require("packet capture", gikev2_tests::capture::probe()).is_none()
+    {
+        return;
+    }
+    w.cli(&[
+        "group",
+        "create",
+        "natm",
+        "--rekey-dst",
+        "239.0.0.21:8848",
+        "--implicit-auth",
+        "--sender-id-bits",
+        "8",
+    ]);
+    w.cli(&[
+        "group",
+        "create",
+        "nati",
+        "--rekey",
+        "inband",
+        "--sender-id-bits",
+        "8",
+    ]);
+    for g in ["natm", "nati"] {
+        w.cli(&[
+            "group",
+            "add-tek",
+            g,
+            "--dst",
+            "239.0.0.22:5004",
+            "--cipher",
+            "aes-gcm-256",
+        ]);
+    }
+    for id in ["home.gk", "direct.gk"] {
+        let psk = w.write(&format!("{id}.psk"), &psk_of(id));
+        w.cli(&["member", "add", id, "--psk-file", &psk]);
+        w.cli(&["authorize", id, "natm"]);
+    }
+    w.cli(&["authorize", "home.gk", "nati"]);
+
+    // hosts[2] routes between its LAN side (the bridge) and a home network, masquerading.
+    let router = &w.hosts[2];
+    let wan = w.links[2].v4;
+    let home = Netns::new("gknathome").unwrap();
+    let (lan_side, inside) = netns::veth(router, &home, &netns::Subnet::unique()).unwrap();
+    home.ip(&["route", "add", "default", "via", &lan_side.v4.to_string()])
+        .unwrap();
+    router
+        .exec("sysctl", &["-qw", "net.ipv4.ip_forward=1"])
+        .unwrap();
+    let rules = w.write(
+        "nat.nft",
+        format!(
+            "table ip nat {{\n  chain post {{\n    type nat hook postrouting priority 100;\n    \
+             ip saddr {} oifname \"{}\" masquerade\n  }}\n}}\n",
+            inside.v4, w.links[2].ifname
+        )
+        .as_bytes(),
+    );
+    router.exec("nft", &["-f", &rules]).unwrap();
+
+    let cap = gikev2_tests::capture::Capture::start(&w.gcks_ns, "any", "udp").unwrap();
+    let _server = w.serve(&["--listen", &format!("{}:4500", w.gcks_ip)]);
+    let direct = join_in(
+        &w.hosts[0],
+        w.addr(848),
+        "direct.gk",
+        psk_of("direct.gk"),
+        request("natm", None, None),
+    )
+    .unwrap();
+    let natted = join_in(
+        &home,
+        w.addr(848),
+        "home.gk",
+        psk_of("home.gk"),
+        request("natm", None, None),
+    )
+    .unwrap();
+    assert_eq!(key_table(&natted.keys), key_table(&direct.keys));
+    // The runtime holds both groups: natm's IKE SA is closed by the GCKS after
+    // --ike-idle (2 s); nati's stays open (in-band rekey) and is kept mapped.
+    let (stop, stopped) = tokio::sync::oneshot::channel();
+    let member = held_member(
+        &home,
+        inside.v4,
+        w.addr(848),
+        "home.gk",
+        &["natm", "nati"],
+        Duration::from_millis(300),
+        stopped,
+    );
+    // Three INFORMATIONAL messages: the idle Deletes of join_in's SA (whose member is
+    // gone) and of the runtime's natm SA, and the runtime's answer; keepalives meanwhile.
+    let decode_848 = vec!["-d".to_string(), "udp.port==848,isakmp".to_string()];
+    let pcap = cap
+        .stop_after_count(
+            "isakmp.exchangetype == 37",
+            3,
+            Duration::from_secs(30),
+            &decode_848,
+        )
+        .unwrap();
+    let _ = stop.send(());
+    assert_eq!(member.join().unwrap(), vec!["up", "up"]);
+
+    let rows = gikev2_tests::capture::tshark_fields(
+        &pcap,
+        "udp",
+        &[
+            "ip.src",
+            "udp.srcport",
+            "ip.dst",
+            "udp.dstport",
+            "udp.length",
+            "isakmp.exchangetype",
+            "isakmp.flag_r",
+            "isakmp.ispi",
+        ],
+        &decode_848,
+    )
+    .unwrap();
+    let (wan, gcks, lan0) = (
+        wan.to_string(),
+        w.gcks_ip.to_string(),
+        w.links[0].v4.to_string(),
+    );
+    #[derive(Debug)]
+    struct Row {
+        src: String,
+        sport: u16,
+        dst: String,
+        dport: u16,
+        len: u16,
+        exchange: Option<u8>,
+        response: bool,
+        spi: String,
+    }
+    let rows: Vec<Row> = rows
+        .iter()
+        .map(|r| {
+            let c = |i: usize| r.get(i).map(String::as_str).unwrap_or("");
+            Row {
+                src: c(0).into(),
+                sport: c(1).parse().unwrap(),
+                dst: c(2).into(),
+                dport: c(3).parse().unwrap(),
+                len: c(4).parse().unwrap(),
+                exchange: c(5).split(',').next().and_then(|e| e.parse().ok()),
+                response: c(6).starts_with('1') || c(6).starts_with('T'),
+                spi: c(7).split(',').next().unwrap_or("").into(),
+            }
+        })
+        .collect();
+    // The home address never reaches the GCKS: the router rewrote it.
+    let inside = inside.v4.to_string();
+    assert!(
+        rows.iter().all(|r| r.src != inside && r.dst != inside),
+        "{rows:?}"
+    );
+    let from_wan = |r: &&Row| r.src == wan && r.dst == gcks;
+    // Each SA of the home member: IKE_SA_INIT to 848, GSA_AUTH to 4500 from another port.
+    let inits: Vec<&Row> = rows
+        .iter()
+        .filter(from_wan)
+        .filter(|r| r.exchange == Some(34) && !r.response)
+        .collect();
+    assert_eq!(inits.len(), 3, "join_in + the runtime's two: {rows:?}");
+    let mut moved_to = Vec::new();
+    for init in &inits {
+        assert_eq!(init.dport, 848);
+        let auth = rows
+            .iter()
+            .filter(from_wan)
+            .find(|r| r.spi == init.spi && r.exchange == Some(39))
+            .unwrap_or_else(|| panic!("no GSA_AUTH for {}: {rows:?}", init.spi));
+        assert_eq!(auth.dport, 4500, "{auth:?}");
+        assert_ne!(auth.sport, init.sport, "a new NAT mapping for the new flow");
+        moved_to.push((init.spi.clone(), auth.sport));
+    }
+    // The GCKS's Deletes of idle SAs go to each SA's 4500 mapping; the runtime answers.
+    let informational: Vec<&Row> = rows.iter().filter(|r| r.exchange == Some(37)).collect();
+    let deletes: Vec<&&Row> = informational
+        .iter()
+        .filter(|r| r.src == gcks && r.dst == wan && !r.response)
+        .collect();
+    assert!(
+        !deletes.is_empty(),
+        "no INFORMATIONAL request to the home member: {rows:?}"
+    );
+    let mapping = |spi: &str| moved_to.iter().find(|(s, _)| s == spi).map(|(_, p)| *p);
+    for d in &deletes {
+        assert_eq!((d.sport, Some(d.dport)), (4500, mapping(&d.spi)), "{d:?}");
+    }
+    assert!(
+        informational.iter().any(|r| r.response
+            && r.src == wan
+            && r.dport == 4500
+            && Some(r.sport) == mapping(&r.spi)),
+        "the member answered a Delete through the NAT: {rows:?}"
+    );
+    // NAT-keepalives (one octet) from one of the member's 4500 mappings.
+    let keepalives: Vec<&Row> = rows
+        .iter()
+        .filter(|r| r.len == 9 && r.dport == 4500 && r.exchange.is_none())
+        .collect();
+    assert!(keepalives.len() >= 2, "{rows:?}");
+    assert!(
+        keepalives
+            .iter()
+            .all(|k| k.src == wan && moved_to.iter().any(|(_, p)| *p == k.sport))
+    );
+    // The member on the LAN saw no NAT: every datagram stays on 848.
+    let direct_rows: Vec<&Row> = rows
+        .iter()
+        .filter(|r| r.src == lan0 || r.dst == lan0)
+        .collect();
+    assert!(!direct_rows.is_empty());
+    assert!(
+        direct_rows
+            .iter()
+            .all(|r| (r.src == lan0 && r.dport == 848) || (r.dst == lan0 && r.sport == 848)),
+        "{direct_rows:?}"
+    );
+}
