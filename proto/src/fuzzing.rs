@@ -206,9 +206,22 @@ pub fn fuzz_responder(data: &[u8], start: std::time::Instant) {
             }
             None => std::mem::take(&mut rest),
         };
-        let from = SocketAddr::from(([10, 0, 1, i % 4], 500));
+        // Sources and ports vary so that NAT traversal's moves (RFC 7296 2.23) are driven
+        // too: four addresses, each from port 500 or a NAT's port to our 500 or 4500.
+        let (port, to) = if i & 4 == 0 {
+            (500, 500)
+        } else {
+            (61000, 4500)
+        };
+        let from = SocketAddr::from(([10, 0, 1, i % 4], port));
         i = i.wrapping_add(1);
-        ep.handle(datagram, from, now, &mut rng);
+        ep.handle_at(
+            datagram,
+            from,
+            SocketAddr::new(local.ip(), to),
+            now,
+            &mut rng,
+        );
         while let Some((h, e)) = ep.poll_event() {
             if matches!(e, Event::RegistrationRequested { .. }) {
                 ep.decide(
@@ -219,7 +232,7 @@ pub fn fuzz_responder(data: &[u8], start: std::time::Instant) {
                 );
             }
         }
-        while ep.poll_transmit().is_some() {}
+        while ep.poll_datagram().is_some() {}
         now += Duration::from_secs(7);
         if ep.poll_timeout().is_some_and(|t| t <= now) {
             ep.handle_timeout(now);
