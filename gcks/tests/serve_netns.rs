@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use gikev2_esp::Engine;
 use gikev2_member::config::MembershipConfig;
 use gikev2_member::runtime::{self, RuntimeConfig};
-use gikev2_member::{AgentEvent, JoinError, NoDataPlane, SystemClock, join};
+use gikev2_member::{AgentEvent, GroupStatus, JoinError, NoDataPlane, SystemClock, join};
 use gikev2_policy::{AuditOutcome, AuditRecord, Identity, MasterKey, Store};
 use gikev2_proto::crypto::{IkeSuite, SecretBytes, SystemRandom};
 use gikev2_proto::group::{GroupKeys, Role as KeyRole, read_registration};
@@ -1111,7 +1111,8 @@ fn nft_probe() -> Result<(), String> {
         .ok_or_else(|| "nft not found (apt-get install nftables)".into())
 }
 
-/// A member runtime in `ns` that joins `groups`, then holds them until `stop` fires.
+/// A member runtime in `ns` that joins `groups`, then holds them until `stop` fires;
+/// returns each group's status right after joining.
 fn held_member(
     ns: &Netns,
     lan: Ipv4Addr,
@@ -1120,7 +1121,7 @@ fn held_member(
     groups: &'static [&'static str],
     keepalive: Duration,
     stop: tokio::sync::oneshot::Receiver<()>,
-) -> std::thread::JoinHandle<Vec<String>> {
+) -> std::thread::JoinHandle<Vec<GroupStatus>> {
     ns.spawn_thread(move || {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -1155,7 +1156,7 @@ fn held_member(
                     )
                     .await
                     .unwrap();
-                states.push(s.state);
+                states.push(s);
             }
             let _ = stop.await;
             states
@@ -1285,7 +1286,14 @@ fn a_member_behind_a_nat_moves_to_port_4500_and_the_gcks_reaches_it_there() {
         )
         .unwrap();
     let _ = stop.send(());
-    assert_eq!(member.join().unwrap(), vec!["up", "up"]);
+    // The runtime's status tells the operator: behind a NAT, IKE moved to 4500.
+    let gcks_4500 = w.addr(4500).to_string();
+    for g in member.join().unwrap() {
+        assert_eq!(g.state, "up", "{g:?}");
+        let ike = g.ike_sa.as_ref().expect("the IKE SA right after joining");
+        assert_eq!(ike.nat.as_deref(), Some("member"), "{g:?}");
+        assert_eq!(ike.remote, gcks_4500, "{g:?}");
+    }
 
     let rows = gikev2_tests::capture::tshark_fields(
         &pcap,

@@ -1158,6 +1158,16 @@ impl Membership {
                     spi_i: hex(&i),
                     spi_r: hex(&r),
                     established: sa.is_established(),
+                    remote: sa.remote().to_string(),
+                    nat: sa.nat().map(|n| {
+                        match (n.local_behind, n.peer_behind) {
+                            (false, false) => "none",
+                            (true, false) => "member",
+                            (false, true) => "gcks",
+                            (true, true) => "both",
+                        }
+                        .to_string()
+                    }),
                 }
             }),
             rekey_sas: self

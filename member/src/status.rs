@@ -49,6 +49,15 @@ pub struct IkeSaStatus {
     pub spi_i: String,
     pub spi_r: String,
     pub established: bool,
+    /// Where its messages go: the GCKS's address, or its port 4500 once NAT traversal
+    /// moved the SA there (RFC 7296 2.23).
+    #[serde(default)]
+    pub remote: String,
+    /// What NAT detection in IKE_SA_INIT showed: `none`, `member` (this member is behind a
+    /// NAT and sends keepalives), `gcks` (the GCKS is), `both`; absent before IKE_SA_INIT
+    /// completed or when the GCKS does no NAT detection.
+    #[serde(default)]
+    pub nat: Option<String>,
 }
 
 /// A Rekey SA listened on (inbound only, RFC 9838 2.3.3).
