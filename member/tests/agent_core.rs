@@ -89,10 +89,26 @@ struct Net {
     registrations: usize,
     left: Vec<NotifyType>,
     events: Vec<AgentEvent>,
+    /// The member's address as the GCKS sees it, when a NAT rewrites it.
+    nat: Option<SocketAddr>,
+    /// Where the member's IKE datagrams went, and whether with the non-ESP marker.
+    ike_to: Vec<(SocketAddr, bool)>,
+    /// NAT-keepalives the member sent: when, and to where.
+    keepalives: Vec<(Instant, SocketAddr)>,
 }
 
 impl Net {
     fn new(state: GroupState, sender: Option<u32>, inband: bool) -> Self {
+        Self::with_nat(state, sender, inband, None)
+    }
+
+    /// As [`Net::new`], with the GCKS seeing the member at `nat` instead of `GM`.
+    fn with_nat(
+        state: GroupState,
+        sender: Option<u32>,
+        inband: bool,
+        nat: Option<SocketAddr>,
+    ) -> Self {
         let engine = Arc::new(Engine::default());
         let config = AgentConfig {
             reregister_jitter: JITTER,
@@ -123,6 +139,9 @@ impl Net {
             registrations: 0,
             left: Vec::new(),
             events: Vec::new(),
+            nat,
+            ike_to: Vec::new(),
+            keepalives: Vec::new(),
         };
         n.drive();
         n
@@ -130,11 +149,17 @@ impl Net {
 
     /// Moves datagrams both ways until both sides are quiet.
     fn drive(&mut self) {
-        let (gm, gcks): (SocketAddr, SocketAddr) = (GM.parse().unwrap(), GCKS.parse().unwrap());
+        let gm: SocketAddr = self.nat.unwrap_or_else(|| GM.parse().unwrap());
+        let gcks: SocketAddr = GCKS.parse().unwrap();
         for _ in 0..100 {
             let mut progress = false;
             while let Some(t) = self.agent.poll_transmit() {
                 progress = true;
+                if t.data == [0xff] && !t.nat_t {
+                    self.keepalives.push((self.now, t.to));
+                    continue;
+                }
+                self.ike_to.push((t.to, t.nat_t));
                 let fresh = self.gcks.as_ref().is_none_or(IkeSa::is_closed);
                 if fresh {
                     self.gcks = IkeSa::respond(
@@ -548,4 +573,48 @@ fn a_sender_asks_for_as_many_sender_ids_as_encryption_modules() {
         &mut rng,
     )
     .unwrap();
+}
+
+/// RFC 7296 2.23 / RFC 3948 4 (R002): behind a NAT, the member moves its IKE SA to the
+/// GCKS's port 4500 (with the non-ESP marker) after IKE_SA_INIT and, while the SA stays
+/// open (in-band rekey), sends a one-octet NAT-keepalive there after each 20 s without
+/// other traffic; without a NAT it sends none.
+#[test]
+fn behind_a_nat_the_member_moves_to_4500_and_keeps_the_mapping_alive() {
+    let natted: SocketAddr = "198.51.100.7:61000".parse().unwrap();
+    let mut n = Net::with_nat(state(3600, 3600), None, true, Some(natted));
+    assert_eq!(n.registrations, 1);
+    let gcks_4500: SocketAddr = "192.0.2.1:4500".parse().unwrap();
+    assert_eq!(
+        n.ike_to[0],
+        (GCKS.parse().unwrap(), false),
+        "IKE_SA_INIT as configured"
+    );
+    assert!(n.ike_to.len() >= 2);
+    assert!(
+        n.ike_to[1..].iter().all(|t| *t == (gcks_4500, true)),
+        "{:?}",
+        n.ike_to
+    );
+    let registered = n.now;
+    n.advance(Duration::from_secs(19));
+    assert!(n.keepalives.is_empty(), "none before 20 s of silence");
+    n.advance(Duration::from_secs(2));
+    assert_eq!(
+        n.keepalives,
+        vec![(registered + Duration::from_secs(20), gcks_4500)]
+    );
+    n.advance(Duration::from_secs(20));
+    assert_eq!(n.keepalives.len(), 2);
+    assert!(n.keepalives.iter().all(|(_, to)| *to == gcks_4500));
+
+    let mut direct = Net::new(state(3600, 3600), None, true);
+    direct.advance(Duration::from_secs(60));
+    assert!(direct.keepalives.is_empty());
+    assert!(
+        direct
+            .ike_to
+            .iter()
+            .all(|t| *t == (GCKS.parse().unwrap(), false))
+    );
 }
