@@ -108,42 +108,31 @@ impl IkeSocket {
             self.socket.writable().await?;
             let sent = self.socket.try_io(Interest::WRITABLE, || {
                 let iov = [IoSlice::new(data)];
-                let r = match source {
+                let (v4, v6);
+                let cmsg = match source {
                     IpAddr::V4(a) => {
-                        let info = libc::in_pktinfo {
+                        v4 = libc::in_pktinfo {
                             ipi_ifindex: 0,
                             ipi_spec_dst: libc::in_addr {
                                 s_addr: u32::from(a).to_be(),
                             },
                             ipi_addr: libc::in_addr { s_addr: 0 },
                         };
-                        let c = [ControlMessage::Ipv4PacketInfo(&info)];
-                        sendmsg(
-                            self.socket.as_raw_fd(),
-                            &iov,
-                            &c,
-                            MsgFlags::MSG_DONTWAIT,
-                            Some(&dst),
-                        )
+                        ControlMessage::Ipv4PacketInfo(&v4)
                     }
                     IpAddr::V6(a) => {
-                        let info = libc::in6_pktinfo {
+                        v6 = libc::in6_pktinfo {
                             ipi6_addr: libc::in6_addr {
                                 s6_addr: a.octets(),
                             },
                             ipi6_ifindex: 0,
                         };
-                        let c = [ControlMessage::Ipv6PacketInfo(&info)];
-                        sendmsg(
-                            self.socket.as_raw_fd(),
-                            &iov,
-                            &c,
-                            MsgFlags::MSG_DONTWAIT,
-                            Some(&dst),
-                        )
+                        ControlMessage::Ipv6PacketInfo(&v6)
                     }
                 };
-                r.map_err(io::Error::from)
+                let fd = self.socket.as_raw_fd();
+                sendmsg(fd, &iov, &[cmsg], MsgFlags::MSG_DONTWAIT, Some(&dst))
+                    .map_err(io::Error::from)
             });
             match sent {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,

@@ -108,12 +108,15 @@ async fn member(
     Ok((j.kd, keys.as_bytes().to_vec()))
 }
 
-#[tokio::test(flavor = "current_thread")]
-async fn members_register_over_udp_and_nat_t_port_with_identical_keys() {
-    let listen = vec![
-        "127.0.0.1:0".parse().unwrap(),
-        "127.0.0.31:4500".parse().unwrap(),
-    ];
+/// A running `Server` on `listen` with the [`Fixed`] registrar: its bound addresses, the
+/// sender that stops it, and its task.
+fn serve_fixed(
+    listen: Vec<SocketAddr>,
+) -> (
+    Vec<SocketAddr>,
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<()>,
+) {
     let cfg = ServeConfig {
         listen,
         endpoint: EndpointConfig::default(),
@@ -133,6 +136,16 @@ async fn members_register_over_udp_and_nat_t_port_with_identical_keys() {
     let task = tokio::spawn(server.run(async {
         let _ = stop_rx.await;
     }));
+    (addrs, stop_tx, task)
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn members_register_over_udp_and_nat_t_port_with_identical_keys() {
+    let listen = vec![
+        "127.0.0.1:0".parse().unwrap(),
+        "127.0.0.31:4500".parse().unwrap(),
+    ];
+    let (addrs, stop_tx, task) = serve_fixed(listen);
 
     let (kd, ka) = member(addrs[0], b"g", true).await.unwrap();
     let (_, kb) = member(addrs[0], b"g", false).await.unwrap();
@@ -372,25 +385,11 @@ async fn authentication_failures_reach_the_registrar_with_the_claimed_identity()
 /// 127.0.0.1 and ::1 see no NAT, and their SA stays on the port they chose.
 #[tokio::test(flavor = "current_thread")]
 async fn a_wildcard_bound_gcks_hashes_the_address_members_reached() {
-    let cfg = ServeConfig {
-        listen: vec!["0.0.0.0:0".parse().unwrap(), "[::]:0".parse().unwrap()],
-        endpoint: EndpointConfig::default(),
-        init_rate_per_source: 50,
-        ike_idle_close: None,
-    };
-    let server = Server::bind(
-        config("gcks.test"),
-        cfg,
-        Fixed {
-            next_sender: AtomicU32::new(1),
-        },
-    )
-    .unwrap();
-    let ports: Vec<u16> = server.local_addrs().iter().map(|a| a.port()).collect();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(server.run(async {
-        let _ = stop_rx.await;
-    }));
+    let (addrs, stop_tx, task) = serve_fixed(vec![
+        "0.0.0.0:0".parse().unwrap(),
+        "[::]:0".parse().unwrap(),
+    ]);
+    let ports: Vec<u16> = addrs.iter().map(|a| a.port()).collect();
     let v6_loopback = std::net::UdpSocket::bind("[::1]:0").is_ok();
     for (gcks, available) in [
         (SocketAddr::from(([127, 0, 0, 1], ports[0])), true),

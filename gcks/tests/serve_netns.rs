@@ -946,6 +946,19 @@ fn an_init_flood_from_many_sources_draws_cookies_and_a_member_still_registers() 
 
 // ----------------------------------------------------------------- multicast rekey
 
+/// A receiver's membership of `group` at `gcks` with the PSK of `id`.
+fn membership(group: &str, gcks: SocketAddr, id: &str) -> MembershipConfig {
+    MembershipConfig {
+        group: group.into(),
+        group_id: IdPayload::key_id(group.as_bytes().to_vec()),
+        gcks,
+        ike: member_ike(id, &psk_of(id)),
+        sender_ids: None,
+        receive: false,
+        auth_kind: "psk",
+    }
+}
+
 /// A member runtime in `ns` (multicast on its LAN address `lan`) that joins "live" and
 /// returns the SPI of the TEK it registered with and its next two GSA_REKEY events.
 fn rekeyed_member(
@@ -972,18 +985,7 @@ fn rekeyed_member(
             );
             let mut events = agent.subscribe().await.unwrap();
             let g = agent
-                .join(
-                    MembershipConfig {
-                        group: "live".into(),
-                        group_id: IdPayload::key_id(b"live".to_vec()),
-                        gcks,
-                        ike: member_ike(id, &psk_of(id)),
-                        sender_ids: None,
-                        receive: false,
-                        auth_kind: "psk",
-                    },
-                    Some(Duration::from_secs(40)),
-                )
+                .join(membership("live", gcks, id), Some(Duration::from_secs(40)))
                 .await
                 .unwrap();
             assert_eq!(g.state, "up", "{g:?}");
@@ -1142,18 +1144,7 @@ fn held_member(
             let mut states = Vec::new();
             for g in groups {
                 let s = agent
-                    .join(
-                        MembershipConfig {
-                            group: g.to_string(),
-                            group_id: IdPayload::key_id(g.as_bytes().to_vec()),
-                            gcks,
-                            ike: member_ike(id, &psk_of(id)),
-                            sender_ids: None,
-                            receive: false,
-                            auth_kind: "psk",
-                        },
-                        Some(Duration::from_secs(40)),
-                    )
+                    .join(membership(g, gcks, id), Some(Duration::from_secs(40)))
                     .await
                     .unwrap();
                 states.push(s);
