@@ -260,6 +260,23 @@ fn listener(dst: SocketAddrV4) -> tokio::net::UdpSocket {
 }
 
 /// The next `Rekeyed` event of an agent.
+/// The event a member of group "g" reports for a GSA_REKEY with `message_id` that
+/// installed and deleted these TEKs (hex SPIs), with or without a new Rekey SA.
+fn pushed(
+    message_id: u32,
+    installed: Vec<String>,
+    deleting: Vec<String>,
+    new_rekey_sa: bool,
+) -> AgentEvent {
+    AgentEvent::Rekeyed {
+        group: "g".into(),
+        message_id: Some(message_id),
+        installed,
+        deleting,
+        new_rekey_sa,
+    }
+}
+
 async fn rekeyed(events: &mut tokio::sync::mpsc::Receiver<AgentEvent>) -> AgentEvent {
     next_event(events, |e| {
         matches!(e, AgentEvent::Rekeyed { .. }).then_some(e)
@@ -384,13 +401,7 @@ async fn tek_renewals_and_a_rekey_sa_rollover_reach_the_members_by_multicast() {
     for e in [&mut ea, &mut eb] {
         assert_eq!(
             rekeyed(e).await,
-            AgentEvent::Rekeyed {
-                group: "g".into(),
-                message_id: Some(0),
-                installed: hex(&[tek_b]),
-                deleting: hex(&[tek_a]),
-                new_rekey_sa: false,
-            }
+            pushed(0, hex(&[tek_b]), hex(&[tek_a]), false)
         );
     }
 
@@ -420,13 +431,7 @@ async fn tek_renewals_and_a_rekey_sa_rollover_reach_the_members_by_multicast() {
     for e in [&mut ea, &mut eb] {
         assert_eq!(
             rekeyed(e).await,
-            AgentEvent::Rekeyed {
-                group: "g".into(),
-                message_id: Some(1),
-                installed: hex(&[tek_c]),
-                deleting: hex(&[tek_b]),
-                new_rekey_sa: true,
-            }
+            pushed(1, hex(&[tek_c]), hex(&[tek_b]), true)
         );
     }
 
@@ -440,13 +445,7 @@ async fn tek_renewals_and_a_rekey_sa_rollover_reach_the_members_by_multicast() {
     for (h, e) in [(&a, &mut ea), (&b, &mut eb)] {
         assert_eq!(
             rekeyed(e).await,
-            AgentEvent::Rekeyed {
-                group: "g".into(),
-                message_id: Some(0),
-                installed: hex(&[tek_d]),
-                deleting: hex(&[tek_c]),
-                new_rekey_sa: false,
-            }
+            pushed(0, hex(&[tek_d]), hex(&[tek_c]), false)
         );
         // The copies arrived here (above); the agent counts them as it reads them.
         let deadline = tokio::time::Instant::now() + WAIT;
@@ -586,13 +585,7 @@ async fn exhausted_sender_ids_exclude_every_member_before_a_new_epoch() {
     for (h, e) in [(&a, &mut ea), (&b, &mut eb)] {
         assert_eq!(
             rekeyed(e).await,
-            AgentEvent::Rekeyed {
-                group: "g".into(),
-                message_id: Some(0),
-                installed: vec![],
-                deleting: hex(&[tek_a]),
-                new_rekey_sa: false,
-            },
+            pushed(0, vec![], hex(&[tek_a]), false),
             "the Delete of all ESP SAs names the TEK held"
         );
         let why = next_event(e, |e| match e {
@@ -835,16 +828,7 @@ async fn a_tek_policy_added_to_a_running_group_comes_with_a_new_kek() {
     );
     copies(&rx, &s, 3).await;
     for (h, e) in [(&a, &mut ea), (&b, &mut eb)] {
-        assert_eq!(
-            rekeyed(e).await,
-            AgentEvent::Rekeyed {
-                group: "g".into(),
-                message_id: Some(0),
-                installed: hex(&[tek_p]),
-                deleting: vec![],
-                new_rekey_sa: true,
-            }
-        );
+        assert_eq!(rekeyed(e).await, pushed(0, hex(&[tek_p]), vec![], true));
         assert_eq!(current_kek(h).await, kek_hex(&k2));
         let held: Vec<String> = active_teks(h).await.into_iter().map(|t| t.0).collect();
         let mut want = hex(&[tek_a, tek_p]);
@@ -870,13 +854,7 @@ async fn a_tek_policy_added_to_a_running_group_comes_with_a_new_kek() {
     for (h, e) in [(&a, &mut ea), (&b, &mut eb)] {
         assert_eq!(
             rekeyed(e).await,
-            AgentEvent::Rekeyed {
-                group: "g".into(),
-                message_id: Some(0),
-                installed: hex(&renewed),
-                deleting: hex(&[tek_a, tek_p]),
-                new_rekey_sa: false,
-            },
+            pushed(0, hex(&renewed), hex(&[tek_a, tek_p]), false),
             "accepted over the new KEK"
         );
         assert_eq!(current_kek(h).await, kek_hex(&k2));
@@ -932,13 +910,7 @@ async fn an_edited_or_removed_tek_policy_comes_with_a_new_kek() {
     for (h, e) in [(&a, &mut ea), (&b, &mut eb)] {
         assert_eq!(
             rekeyed(e).await,
-            AgentEvent::Rekeyed {
-                group: "g".into(),
-                message_id: Some(0),
-                installed: hex(&[tek_1b]),
-                deleting: hex(&[tek_1]),
-                new_rekey_sa: true,
-            }
+            pushed(0, hex(&[tek_1b]), hex(&[tek_1]), true)
         );
         assert_eq!(current_kek(h).await, kek_hex(&k2));
         let held = active_teks(h).await;
@@ -965,16 +937,7 @@ async fn an_edited_or_removed_tek_policy_comes_with_a_new_kek() {
     );
     copies(&rx, &s, 3).await;
     for (h, e) in [(&a, &mut ea), (&b, &mut eb)] {
-        assert_eq!(
-            rekeyed(e).await,
-            AgentEvent::Rekeyed {
-                group: "g".into(),
-                message_id: Some(0),
-                installed: vec![],
-                deleting: hex(&[tek_2]),
-                new_rekey_sa: true,
-            }
-        );
+        assert_eq!(rekeyed(e).await, pushed(0, vec![], hex(&[tek_2]), true));
         assert_eq!(current_kek(h).await, kek_hex(&k3));
     }
     assert!(w.scheduler.tick(t0 + 4).await.is_empty(), "told once");
@@ -995,13 +958,7 @@ async fn an_edited_or_removed_tek_policy_comes_with_a_new_kek() {
     for e in [&mut ea, &mut eb] {
         assert_eq!(
             rekeyed(e).await,
-            AgentEvent::Rekeyed {
-                group: "g".into(),
-                message_id: Some(0),
-                installed: hex(&teks),
-                deleting: hex(&[tek_1b]),
-                new_rekey_sa: false,
-            }
+            pushed(0, hex(&teks), hex(&[tek_1b]), false)
         );
     }
     let _ = w.stop.send(());
