@@ -12,6 +12,12 @@
 //! too. Reloads are single-flight: registrations arriving while a view loads wait for it
 //! instead of loading it again.
 //!
+//! The KEK policy's source selector comes from the rekey sender's
+//! [`crate::rekey_source::RekeySources`] when one is linked
+//! ([`GroupViews::use_rekey_sources`]), so that registrations name the address and port
+//! GSA_REKEY messages leave from (RFC 9838 4.4.2, R063); without one, the configured
+//! selector.
+//!
 //! What is not cached: whether the member exists, its authorization and role, the
 //! group's capacity and Sender-IDs; those are decided in the store for every
 //! registration ([`gikev2_policy::Store::commit_registrations`]).
@@ -25,6 +31,7 @@ use gikev2_proto::group::GroupState;
 use gikev2_proto::wire::gsa::GsaPolicy;
 use gikev2_proto::wire::sa::SaPayload;
 
+use crate::rekey_source::RekeySources;
 use crate::state::{StateFailure, ensure_current, group_auth, renew_margin, to_proto};
 
 /// One group, ready for registrations.
@@ -60,14 +67,24 @@ impl GroupView {
             .join(", ")
     }
 
-    async fn load(store: &Store, idg: &Identity, now: u64) -> Result<Option<Self>, StateFailure> {
+    async fn load(
+        store: &Store,
+        idg: &Identity,
+        now: u64,
+        sources: Option<&RekeySources>,
+    ) -> Result<Option<Self>, StateFailure> {
         let Some(cfg) = store.group_config(idg).await? else {
             return Ok(None);
         };
         let stored = ensure_current(store, &cfg, now).await?;
         let auth = group_auth(store, &cfg).await?;
         let senders = store.sender_count(cfg.group.id).await?;
-        let state = to_proto(&cfg, &stored, auth, senders > 1).map_err(StateFailure::Policy)?;
+        let rekey_src = match sources {
+            Some(s) => s.selector(&cfg),
+            None => cfg.group.spec.rekey.src_selector(),
+        };
+        let state =
+            to_proto(&cfg, &stored, auth, senders > 1, &rekey_src).map_err(StateFailure::Policy)?;
         let spec = &cfg.group.spec;
         let inband = spec.rekey.mode == RekeyMode::Inband;
         let mut sag_policies = Vec::new();
@@ -115,6 +132,8 @@ pub struct GroupViews {
     entries: RwLock<HashMap<Identity, Entry>>,
     /// Held while a view loads (single flight; loads are rare).
     loading: tokio::sync::Mutex<()>,
+    /// Where GSA_REKEY leaves from, for the KEK policy's source selector.
+    sources: RwLock<Option<Arc<RekeySources>>>,
 }
 
 /// Most IDgs remembered; past that the table starts over (a member can only name
@@ -128,7 +147,16 @@ impl GroupViews {
             ttl,
             entries: RwLock::new(HashMap::new()),
             loading: tokio::sync::Mutex::new(()),
+            sources: RwLock::new(None),
         }
+    }
+
+    /// Registrations name the GSA_REKEY source `sources` resolves in the KEK policy
+    /// (the rekey sender's, [`crate::rekey::RekeyScheduler::with_views`]); views loaded
+    /// before are dropped.
+    pub fn use_rekey_sources(&self, sources: Arc<RekeySources>) {
+        *self.sources.write().unwrap_or_else(|p| p.into_inner()) = Some(sources);
+        self.invalidate();
     }
 
     fn cached(&self, idg: &Identity, now: u64) -> Option<Option<Arc<GroupView>>> {
@@ -153,7 +181,14 @@ impl GroupViews {
         if let Some(v) = self.cached(idg, now) {
             return Ok(v);
         }
-        let view = GroupView::load(&self.store, idg, now).await?.map(Arc::new);
+        let sources = self
+            .sources
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let view = GroupView::load(&self.store, idg, now, sources.as_deref())
+            .await?
+            .map(Arc::new);
         let mut entries = self.entries.write().unwrap_or_else(|p| p.into_inner());
         if entries.len() >= MAX_VIEWS {
             entries.clear();

@@ -11,6 +11,7 @@
 //! - [`commit_queue`]: registrations' store writes, committed in batches.
 //! - [`state`]: a group's key state, created on first use and committed before use.
 //! - [`rekey`]: the multicast GSA_REKEY sender (new SAs pushed to the group).
+//! - [`rekey_source`]: where GSA_REKEY leaves from, and the KEK policy's source selector.
 //! - [`sample_group`]: the group `gcks demo` and `gcks-load` provision.
 //! - [`sag`]: a member's SAg against the group's policy (NO_PROPOSAL_CHOSEN).
 
@@ -19,6 +20,7 @@ pub mod credentials;
 pub mod group_view;
 pub mod registrar;
 pub mod rekey;
+pub mod rekey_source;
 pub mod sag;
 pub mod sample_group;
 pub mod server;

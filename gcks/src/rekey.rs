@@ -62,7 +62,7 @@
 //! as already given: the process does not know what the members hold.
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -78,6 +78,7 @@ use tokio::net::UdpSocket;
 use tracing::{Instrument, debug, info, warn};
 
 use crate::group_view::GroupViews;
+use crate::rekey_source::{MulticastOptions, RekeySources};
 use crate::state::{
     StateFailure, ensure_current_with, group_auth, plan_new_kek, plan_with, push_margin, to_proto,
 };
@@ -385,12 +386,10 @@ fn changes(old: &StoredState, cur: &StoredState) -> Changes {
 pub struct RekeyScheduler {
     store: Arc<Store>,
     config: RekeySchedulerConfig,
-    /// The server's sockets: GSA_REKEY leaves from one of them when it fits the group's
-    /// rekey source (so it comes from the GCKS's IKE port, normally 848).
-    sockets: Vec<Arc<UdpSocket>>,
-    /// Sockets of our own, for sources no server socket has, by local address asked.
-    own: HashMap<SocketAddr, Arc<UdpSocket>>,
-    prepared: Vec<SocketAddr>,
+    /// The sockets GSA_REKEY leaves from (a server socket when one fits the group's rekey
+    /// source, so normally the GCKS's port 848) and the KEK policy's source selector
+    /// naming them, shared with the registrar's views (RFC 9838 4.4.2, R063).
+    sources: Arc<RekeySources>,
     announced: HashMap<GroupId, Announced>,
     views: Option<Arc<GroupViews>>,
     lease_until: HashMap<GroupId, u64>,
@@ -405,12 +404,18 @@ impl RekeyScheduler {
     ) -> Self {
         config.tick = config.tick.max(Duration::from_millis(10));
         config.copies = config.copies.max(1);
+        let sources = Arc::new(RekeySources::new(
+            sockets,
+            MulticastOptions {
+                ttl: config.multicast_ttl,
+                if_v4: config.multicast_if_v4,
+                if_v6: config.multicast_if_v6,
+            },
+        ));
         Self {
             store,
             config,
-            sockets,
-            own: HashMap::new(),
-            prepared: Vec::new(),
+            sources,
             announced: HashMap::new(),
             views: None,
             lease_until: HashMap::new(),
@@ -418,10 +423,18 @@ impl RekeyScheduler {
     }
 
     /// The registrar's group views, dropped after every change this scheduler sends, so
-    /// that the next registration hands out the new SAs at once.
+    /// that the next registration hands out the new SAs at once. They take the KEK
+    /// policy's source selector from this scheduler's [`RekeySources`], so registrations
+    /// and GSA_REKEY messages name the same source (RFC 9838 4.4.2, R063).
     pub fn with_views(mut self, views: Arc<GroupViews>) -> Self {
+        views.use_rekey_sources(self.sources.clone());
         self.views = Some(views);
         self
+    }
+
+    /// Where this scheduler's GSA_REKEY messages leave from.
+    pub fn sources(&self) -> &Arc<RekeySources> {
+        &self.sources
     }
 
     /// Runs a tick every [`RekeySchedulerConfig::tick`] until `shutdown` completes.
@@ -781,13 +794,17 @@ impl RekeyScheduler {
             teks: Vec::new(),
             ..old.clone()
         };
-        let mut group = to_proto(cfg, &over_sa, auth, senders > 1).map_err(&policy_err)?;
+        // The same source selector registrations hand out (RFC 9838 4.4.2, R063).
+        let rekey_src = self.sources.selector(cfg);
+        let mut group =
+            to_proto(cfg, &over_sa, auth, senders > 1, &rekey_src).map_err(&policy_err)?;
         let Some(k) = group.rekey.as_mut() else {
             return Err(policy_err("no Rekey SA".into()));
         };
         k.next_message_id = message_id;
         let over = k.spi;
-        let target = to_proto(cfg, cur, GroupAuth::Implicit, senders > 1).map_err(&policy_err)?;
+        let target = to_proto(cfg, cur, GroupAuth::Implicit, senders > 1, &rekey_src)
+            .map_err(&policy_err)?;
         let Changes {
             kek,
             new,
@@ -825,9 +842,9 @@ impl RekeyScheduler {
                 })?
         };
         let r = &cfg.group.spec.rekey;
-        let socket = self
+        let (socket, _) = self
+            .sources
             .socket_for(dst, r.src_addr, r.src_port)
-            .await
             .map_err(|reason| RekeyError::Socket {
                 group: name.clone(),
                 reason,
@@ -869,78 +886,6 @@ impl RekeyScheduler {
             dst,
             datagrams: msg.datagrams,
         })
-    }
-
-    /// The socket GSA_REKEY to `dst` leaves from: a server socket of the same family
-    /// bound to the group's rekey source (`groups.rekey_src_addr`/`rekey_src_port`, any
-    /// when unset), preferring port 848 and never the NAT-T port (whose datagrams carry a
-    /// marker); otherwise one of our own bound to that source.
-    async fn socket_for(
-        &mut self,
-        dst: SocketAddr,
-        src: Option<IpAddr>,
-        src_port: Option<u16>,
-    ) -> Result<Arc<UdpSocket>, String> {
-        let v6 = dst.is_ipv6();
-        let fits = |a: &SocketAddr| {
-            a.is_ipv6() == v6
-                && src.is_none_or(|ip| a.ip() == ip)
-                && src_port.is_none_or(|p| a.port() == p)
-                && a.port() != crate::server::NAT_T_PORT
-        };
-        let mut best: Option<(u8, &Arc<UdpSocket>, SocketAddr)> = None;
-        for s in &self.sockets {
-            let Ok(a) = s.local_addr() else { continue };
-            if !fits(&a) {
-                continue;
-            }
-            let rank = match a.port() {
-                848 => 0,
-                500 => 1,
-                _ => 2,
-            };
-            if best.as_ref().is_none_or(|(r, _, _)| rank < *r) {
-                best = Some((rank, s, a));
-            }
-        }
-        let (socket, local) = match best {
-            Some((_, s, a)) => (s.clone(), a),
-            None => {
-                let ip = src.unwrap_or(if v6 {
-                    IpAddr::V6(Ipv6Addr::UNSPECIFIED)
-                } else {
-                    IpAddr::V4(Ipv4Addr::UNSPECIFIED)
-                });
-                let want = SocketAddr::new(ip, src_port.unwrap_or(0));
-                if let Some(s) = self.own.get(&want) {
-                    (s.clone(), want)
-                } else {
-                    let s = Arc::new(UdpSocket::bind(want).await.map_err(|e| {
-                        format!("binding {want} (groups.rekey_src_addr, rekey_src_port): {e}")
-                    })?);
-                    self.own.insert(want, s.clone());
-                    (s, want)
-                }
-            }
-        };
-        if !self.prepared.contains(&local) {
-            let s = socket2::SockRef::from(&*socket);
-            let c = &self.config;
-            let r = if v6 {
-                s.set_multicast_hops_v6(c.multicast_ttl).and_then(|()| {
-                    c.multicast_if_v6
-                        .map_or(Ok(()), |i| s.set_multicast_if_v6(i))
-                })
-            } else {
-                s.set_multicast_ttl_v4(c.multicast_ttl).and_then(|()| {
-                    c.multicast_if_v4
-                        .map_or(Ok(()), |a| s.set_multicast_if_v4(&a))
-                })
-            };
-            r.map_err(|e| format!("multicast options on {local}: {e}"))?;
-            self.prepared.push(local);
-        }
-        Ok(socket)
     }
 }
 

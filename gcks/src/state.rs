@@ -16,6 +16,7 @@ use gikev2_policy::{
 };
 use gikev2_proto::crypto::{Random, SystemRandom};
 use gikev2_proto::group::{GroupAuth, GroupState, RekeySaState, RekeySuite, TekProtocol, TekState};
+use gikev2_proto::wire::TrafficSelector;
 use tracing::info;
 
 /// Seconds before expiry when an SA is no longer handed out.
@@ -263,11 +264,15 @@ pub async fn group_auth(store: &Store, cfg: &GroupConfig) -> Result<GroupAuth, S
 }
 
 /// The protocol core's view of the stored state (TEKs of deleted policies are skipped).
+/// `rekey_src` is the Rekey SA's source traffic selector: where GSA_REKEY messages come
+/// from ([`crate::rekey_source::RekeySources::selector`]; RFC 9838 4.4.2, R063), the same
+/// for registrations and GSA_REKEY messages.
 pub fn to_proto(
     cfg: &GroupConfig,
     stored: &StoredState,
     auth: GroupAuth,
     multiple_senders: bool,
+    rekey_src: &TrafficSelector,
 ) -> Result<GroupState, String> {
     let spec = &cfg.group.spec;
     let rekey = match (rekey_suite(cfg).map_err(|e| e.to_string())?, &stored.rekey) {
@@ -278,7 +283,7 @@ pub fn to_proto(
                 .ok_or("multicast rekey without a destination")?;
             let mut s = RekeySaState::new(
                 r.spi,
-                spec.rekey.src_selector(),
+                rekey_src.clone(),
                 dst,
                 suite,
                 r.keymat.clone(),
@@ -435,7 +440,14 @@ pub(crate) mod tests {
             .expect("margin reached");
         assert_ne!(renewed.teks[0].spi, s.teks[0].spi);
         assert_eq!(renewed.rekey, s.rekey, "the Rekey SA is still good");
-        let proto = to_proto(&c, &s, GroupAuth::Implicit, true).unwrap();
+        let proto = to_proto(
+            &c,
+            &s,
+            GroupAuth::Implicit,
+            true,
+            &c.group.spec.rekey.src_selector(),
+        )
+        .unwrap();
         assert_eq!(proto.teks.len(), 1);
         assert!(proto.rekey.is_some() && proto.uses_counter_mode());
     }
@@ -522,10 +534,16 @@ pub(crate) mod tests {
         assert!(n.rekey.is_none());
         let s = applied(&empty(), n);
         assert!(
-            to_proto(&c, &s, GroupAuth::Implicit, false)
-                .unwrap()
-                .rekey
-                .is_none()
+            to_proto(
+                &c,
+                &s,
+                GroupAuth::Implicit,
+                false,
+                &c.group.spec.rekey.src_selector()
+            )
+            .unwrap()
+            .rekey
+            .is_none()
         );
     }
 }

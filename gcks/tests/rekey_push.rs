@@ -92,6 +92,18 @@ async fn world_with(
     role: Role,
     sender_id_bits: Option<u8>,
 ) -> World {
+    let listen = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
+    world_listening(dst, members, role, sender_id_bits, listen).await
+}
+
+/// [`world_with`], the server bound to `listen`.
+async fn world_listening(
+    dst: SocketAddrV4,
+    members: &[&str],
+    role: Role,
+    sender_id_bits: Option<u8>,
+    listen: SocketAddr,
+) -> World {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}?mode=rwc", dir.path().join("gcks.db").display());
     let key_path = dir.path().join("gcks.key");
@@ -177,14 +189,18 @@ async fn world_with(
         resolver,
     );
     let cfg = ServeConfig {
-        listen: vec!["127.0.0.1:0".parse().unwrap()],
+        listen: vec![listen],
         init_rate_per_source: 100,
         ..ServeConfig::default()
     };
     let registrar = StoreRegistrar::new(store.clone());
     let views = registrar.group_views();
     let server = Server::bind(ike, cfg, registrar).unwrap();
-    let gcks = server.local_addrs()[0];
+    let mut gcks = server.local_addrs()[0];
+    if gcks.ip().is_unspecified() {
+        // Bound to every address: members reach it on loopback.
+        gcks.set_ip(Ipv4Addr::LOCALHOST.into());
+    }
     let config = RekeySchedulerConfig {
         copies: 3,
         spacing: Duration::from_millis(20),
@@ -961,5 +977,87 @@ async fn an_edited_or_removed_tek_policy_comes_with_a_new_kek() {
             pushed(0, hex(&teks), hex(&[tek_1b]), false)
         );
     }
+    let _ = w.stop.send(());
+}
+
+/// RFC 9838 4.4.2 (R063): the KEK policy's source selector "SHOULD define a single IP
+/// address, an IP protocol (assumed to be UDP) and a single port the GSA_REKEY messages
+/// will be originated from". A group with no configured rekey source, a GCKS bound to
+/// every address (so the socket says no address; `--multicast-if` does): the selector a
+/// member registers with is one address, UDP, one port; the GSA_REKEY datagrams come from
+/// exactly there; and the new Rekey SA they carry has the same selector.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_kek_source_selector_names_the_address_and_port_gsa_rekey_comes_from() {
+    use gikev2_proto::group::{RekeyReader, Role as KeyRole, read_registration};
+    use gikev2_proto::registry::ProtocolId;
+    use gikev2_proto::wire::TrafficSelector;
+
+    let dst = rekey_dst();
+    let listen = SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0));
+    let mut w = world_listening(dst, &["a.example"], Role::Receiver, None, listen).await;
+    let cfg = w
+        .store
+        .group_config(&Identity::key_id(b"g"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (cfg.group.spec.rekey.src_addr, cfg.group.spec.rekey.src_port),
+        (None, None),
+        "no configured rekey source"
+    );
+    let rx = listener(dst);
+    let t0 = unix_now();
+    let (k1, _) = first_state(&mut w, t0).await;
+
+    let joined = register_once(w.gcks, "a.example", None).await.unwrap();
+    let kek_policy = joined.gsa.kek().expect("a KEK policy").clone();
+    assert_eq!(kek_policy.protocol, ProtocolId::GikeUpdate);
+    let TrafficSelector::Range {
+        ip_protocol,
+        start_port,
+        end_port,
+        start,
+        end,
+    } = kek_policy.src.clone()
+    else {
+        panic!("{:?}", kek_policy.src)
+    };
+    assert_eq!(start, end, "one address: {:?}", kek_policy.src);
+    assert_eq!(start_port, end_port, "one port: {:?}", kek_policy.src);
+    assert_eq!(ip_protocol, 17, "UDP");
+    let named = SocketAddr::new(start, start_port);
+    assert!(!start.is_unspecified() && start_port != 0, "{named}");
+    let keys = read_registration(&joined.gsa, &joined.kd, &joined.kwk, KeyRole::Receiver).unwrap();
+    assert_eq!(keys.rekey.as_ref().unwrap().src, kek_policy.src);
+    let mut reader = RekeyReader::new(&keys, std::time::Instant::now()).unwrap();
+
+    // The Rekey SA reaches its push margin: a GSA_REKEY with a new Rekey SA.
+    let sent: Vec<SentRekey> = w
+        .scheduler
+        .tick(t0 + u64::from(REKEY_LIFETIME) - 890)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(sent.len(), 1);
+    let s = &sent[0];
+    assert_eq!(s.over, k1);
+    assert!(s.new_rekey_sa.is_some());
+    let from = copies(&rx, s, 3).await;
+    assert_eq!(
+        from, named,
+        "GSA_REKEY comes from the source the KEK policy names"
+    );
+    let mut update = None;
+    for d in &s.datagrams {
+        update = reader.handle(d, std::time::Instant::now()).unwrap();
+    }
+    let update = update.expect("the GSA_REKEY is read");
+    assert_eq!(
+        update.new_rekey.expect("a new Rekey SA").src,
+        kek_policy.src,
+        "registrations and GSA_REKEY name the same source"
+    );
     let _ = w.stop.send(());
 }

@@ -1094,8 +1094,115 @@ fn serve_pushes_tek_renewals_to_members_on_the_lan() {
     assert_ne!(&new0[0], registered);
     assert_eq!((del1, new1.len()), (new0.clone(), 1));
     assert!(!kek0 && !kek1);
-    let log = server.log_text();
-    assert_eq!(log.matches("GSA_REKEY sent").count(), 2, "{log}");
+    // The log line follows the first copy, which the members may have read first.
+    let sent = || server.log_text().matches("GSA_REKEY sent").count();
+    let _ = poll_until("two GSA_REKEY in the log", Duration::from_secs(10), || {
+        (sent() >= 2).then_some(())
+    });
+    assert_eq!(sent(), 2, "{}", server.log_text());
+}
+
+/// RFC 9838 4.4.2 (R063): the KEK policy's source selector names "a single IP address,
+/// an IP protocol (assumed to be UDP) and a single port the GSA_REKEY messages will be
+/// originated from". A group created with `--rekey-src-port` and no `--rekey-src`, a
+/// `gcks serve` without `--multicast-if`: GSA_REKEY leaves from a socket of the rekey
+/// sender's own bound to the wildcard address and that port, so the address is the one
+/// the route toward the rekey destination gives (the GCKS's LAN address). The member
+/// registers with exactly that address and port, and the GSA_REKEY it then receives on
+/// the group comes from there.
+#[test]
+fn the_kek_source_selector_is_the_routed_address_and_the_port_gsa_rekey_comes_from() {
+    use gikev2_proto::wire::TrafficSelector;
+    let Some(w) = World::new("gksrc", false) else {
+        return;
+    };
+    w.cli(&["signing-key", "generate", "src-rekey"]);
+    w.cli(&[
+        "group",
+        "create",
+        "src",
+        "--rekey-dst",
+        "239.0.0.21:8850",
+        "--rekey-src-port",
+        "8849",
+        "--signing-key",
+        "src-rekey",
+        // Pushed with 2 s left.
+        "--tek-lifetime",
+        "8",
+        "--sender-id-bits",
+        "8",
+    ]);
+    w.cli(&[
+        "group",
+        "add-tek",
+        "src",
+        "--dst",
+        "239.0.0.22:5004",
+        "--cipher",
+        "aes-gcm-256",
+    ]);
+    let id = "src1.gk";
+    let psk = w.write(&format!("{id}.psk"), &psk_of(id));
+    w.cli(&["member", "add", id, "--psk-file", &psk]);
+    w.cli(&["authorize", id, "src"]);
+    let server = w.serve(&["--rekey-tick-ms", "200", "--multicast-ttl", "1"]);
+
+    // A socket on the rekey group in the member's namespace: the first GSA_REKEY datagram
+    // and where it came from.
+    let lan = w.links[0].v4;
+    let (ready_tx, ready_rx) = mpsc::channel();
+    let heard = w.hosts[0]
+        .spawn_thread(move || {
+            use socket2::{Domain, Protocol, Socket, Type};
+            let group: SocketAddr = "239.0.0.21:8850".parse().unwrap();
+            let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP)).unwrap();
+            s.set_reuse_address(true).unwrap();
+            s.bind(&group.into()).unwrap();
+            s.join_multicast_v4(&Ipv4Addr::new(239, 0, 0, 21), &lan)
+                .unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+            let s: std::net::UdpSocket = s.into();
+            ready_tx.send(()).unwrap();
+            let mut buf = vec![0u8; 65_535];
+            let (n, from) = s.recv_from(&mut buf).expect("a GSA_REKEY within 30 s");
+            buf.truncate(n);
+            (buf, from)
+        })
+        .unwrap();
+    ready_rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    let reg = join_in(
+        &w.hosts[0],
+        w.addr(848),
+        id,
+        psk_of(id),
+        request("src", None, None),
+    )
+    .unwrap();
+    let kek = reg.keys.rekey.expect("a Rekey SA");
+    assert_eq!(
+        kek.src,
+        TrafficSelector::single(IpAddr::V4(w.gcks_ip), 17, Some(8849)),
+        "one address (the routed one), UDP, one port"
+    );
+    let (datagram, from) = heard.join().expect("listener thread");
+    assert_eq!(from, SocketAddr::new(IpAddr::V4(w.gcks_ip), 8849));
+    assert_eq!(
+        datagram.get(..16),
+        Some(&kek.spi[..]),
+        "a GSA_REKEY over the registration's Rekey SA"
+    );
+    // The log line follows the first copy.
+    poll_until("the GSA_REKEY in the log", Duration::from_secs(10), || {
+        server.log_text().contains("GSA_REKEY sent").then_some(())
+    })
+    .unwrap();
+    assert!(
+        server
+            .log_text()
+            .contains("GSA_REKEY source (the KEK policy's source selector) group=src"),
+        "resolved once, logged"
+    );
 }
 
 // ----------------------------------------------------------------- NAT traversal

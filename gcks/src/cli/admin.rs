@@ -82,7 +82,7 @@ async fn group_create(store: &Store, a: GroupCreateArgs) -> Result<String, Strin
         (Some(_), _) => return Err("--rekey-dst: only with --rekey multicast".into()),
         (None, _) => None,
     };
-    let src_addr = a
+    let src_addr: Option<std::net::IpAddr> = a
         .rekey_src
         .as_deref()
         .map(|s| {
@@ -90,6 +90,23 @@ async fn group_create(store: &Store, a: GroupCreateArgs) -> Result<String, Strin
                 .map_err(|_| format!("--rekey-src: {s:?} is not an IP address"))
         })
         .transpose()?;
+    if let (Some(s), Some(d)) = (src_addr, dst)
+        && s.is_ipv6() != d.is_ipv6()
+    {
+        return Err(format!(
+            "--rekey-src: {s} is not of --rekey-dst's address family ({d})"
+        ));
+    }
+    if src_addr.is_some() && mode != RekeyMode::Multicast {
+        return Err("--rekey-src: only with --rekey multicast".into());
+    }
+    let src_port = match (a.rekey_src_port, mode) {
+        (Some(0), _) => return Err("--rekey-src-port: a port from 1 to 65535".into()),
+        (Some(_), m) if m != RekeyMode::Multicast => {
+            return Err("--rekey-src-port: only with --rekey multicast".into());
+        }
+        (p, _) => p,
+    };
     let c = names::cipher("--rekey-cipher", &a.rekey_cipher)?;
     let signing_key = match &a.signing_key {
         Some(n) => Some(
@@ -132,7 +149,7 @@ async fn group_create(store: &Store, a: GroupCreateArgs) -> Result<String, Strin
             mode,
             dst,
             src_addr,
-            src_port: None,
+            src_port,
             lifetime: a.rekey_lifetime,
             encr: c.encr,
             encr_key_bits: c.key_bits,

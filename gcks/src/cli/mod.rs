@@ -86,9 +86,14 @@ pub struct GroupCreateArgs {
     /// Multicast destination of GSA_REKEY messages (ADDR:PORT), for --rekey multicast.
     #[arg(long, value_name = "ADDR:PORT")]
     pub rekey_dst: Option<String>,
-    /// Source address of GSA_REKEY messages (default: any).
+    /// Source address of GSA_REKEY messages (default: the address they leave from,
+    /// found by `gcks serve`: its bound address, --multicast-if, or the route).
     #[arg(long, value_name = "ADDR")]
     pub rekey_src: Option<String>,
+    /// Source UDP port of GSA_REKEY messages (default: the port of the `gcks serve`
+    /// socket they leave from, 848 when it listens there).
+    #[arg(long, value_name = "PORT")]
+    pub rekey_src_port: Option<u16>,
     /// Rekey SA cipher (see `names` in the docs): aes-gcm-256, aes-cbc-256+sha256, ...
     #[arg(long, default_value = "aes-gcm-256")]
     pub rekey_cipher: String,
