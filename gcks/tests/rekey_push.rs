@@ -390,15 +390,7 @@ async fn tek_renewals_and_a_rekey_sa_rollover_reach_the_members_by_multicast() {
 
     // 1. The TEK reaches its renew margin (a tenth of 600 s): a new TEK, the old one
     // deleted, over the Rekey SA the members hold, Message ID 0.
-    let sent: Vec<SentRekey> = w
-        .scheduler
-        .tick(t0 + u64::from(TEK_LIFETIME) - 55)
-        .await
-        .into_iter()
-        .map(Result::unwrap)
-        .collect();
-    assert_eq!(sent.len(), 1);
-    let s = &sent[0];
+    let s = &tick_one(&mut w, t0 + u64::from(TEK_LIFETIME) - 55).await;
     let now = w.store.group_state(w.group).await.unwrap().unwrap();
     let tek_b = now.teks[0].spi;
     assert_ne!(tek_b, tek_a);
@@ -435,9 +427,7 @@ async fn tek_renewals_and_a_rekey_sa_rollover_reach_the_members_by_multicast() {
     let renewed = ensure_current(&w.store, &cfg, t2).await.unwrap();
     let (k2, tek_c) = (renewed.rekey.as_ref().unwrap().spi, renewed.teks[0].spi);
     assert_ne!(k2, k1);
-    let sent = w.scheduler.tick(t2).await;
-    assert_eq!(sent.len(), 1);
-    let s = sent[0].as_ref().unwrap();
+    let s = &tick_one(&mut w, t2).await;
     assert_eq!((s.message_id, s.over, s.new_rekey_sa), (1, k1, Some(k2)));
     assert_eq!(
         (s.new_teks.clone(), s.deleted_teks.clone()),
@@ -453,8 +443,7 @@ async fn tek_renewals_and_a_rekey_sa_rollover_reach_the_members_by_multicast() {
 
     // 3. The next TEK renewal goes over the new Rekey SA, starting again at Message ID 0
     // (RFC 9838 2.4.1.3): the members accept it, so they installed the new KEK.
-    let sent = w.scheduler.tick(t2 + u64::from(TEK_LIFETIME) - 55).await;
-    let s = sent[0].as_ref().unwrap();
+    let s = &tick_one(&mut w, t2 + u64::from(TEK_LIFETIME) - 55).await;
     let tek_d = w.store.group_state(w.group).await.unwrap().unwrap().teks[0].spi;
     assert_eq!((s.message_id, s.over, s.new_rekey_sa), (0, k2, None));
     copies(&rx, s, 3).await;
@@ -479,11 +468,7 @@ async fn tek_renewals_and_a_rekey_sa_rollover_reach_the_members_by_multicast() {
     // 4. A restarted GCKS (a new scheduler, same lease holder) past the next margin: it
     // starts from the store's state and takes the Message ID from the store's counter.
     w.scheduler = w.new_scheduler();
-    let sent = w
-        .scheduler
-        .tick(t2 + 2 * (u64::from(TEK_LIFETIME) - 55))
-        .await;
-    let s = sent[0].as_ref().unwrap();
+    let s = &tick_one(&mut w, t2 + 2 * (u64::from(TEK_LIFETIME) - 55)).await;
     let tek_e = w.store.group_state(w.group).await.unwrap().unwrap().teks[0].spi;
     assert_eq!((s.message_id, s.over, s.new_rekey_sa), (1, k2, None));
     assert_eq!(
@@ -571,9 +556,7 @@ async fn exhausted_sender_ids_exclude_every_member_before_a_new_epoch() {
     assert_eq!((st.next_sender_id, st.sender_id_refusals), (4, 1));
 
     // The next tick starts over.
-    let sent = w.scheduler.tick(t0 + 2).await;
-    assert_eq!(sent.len(), 1);
-    let s = sent[0].as_ref().unwrap();
+    let s = &tick_one(&mut w, t0 + 2).await;
     let now = w.store.group_state(w.group).await.unwrap().unwrap();
     let (k2, tek_b) = (now.rekey.as_ref().unwrap().spi, now.teks[0].spi);
     assert_ne!(k2, k1, "a new Rekey SA");
@@ -678,9 +661,7 @@ async fn a_withdrawn_member_is_cut_off_when_the_group_has_forward_access_control
         .unwrap();
     pool.close().await;
     withdraw("b.example").await;
-    let sent = w.scheduler.tick(t0 + 2).await;
-    assert_eq!(sent.len(), 1);
-    let s = sent[0].as_ref().unwrap();
+    let s = &tick_one(&mut w, t0 + 2).await;
     assert_eq!(
         (s.message_id, s.over, s.excluded_all, s.members_removed),
         (0, k1, true, 2)
@@ -1033,15 +1014,7 @@ async fn the_kek_source_selector_names_the_address_and_port_gsa_rekey_comes_from
     let mut reader = RekeyReader::new(&keys, std::time::Instant::now()).unwrap();
 
     // The Rekey SA reaches its push margin: a GSA_REKEY with a new Rekey SA.
-    let sent: Vec<SentRekey> = w
-        .scheduler
-        .tick(t0 + u64::from(REKEY_LIFETIME) - 890)
-        .await
-        .into_iter()
-        .map(Result::unwrap)
-        .collect();
-    assert_eq!(sent.len(), 1);
-    let s = &sent[0];
+    let s = &tick_one(&mut w, t0 + u64::from(REKEY_LIFETIME) - 890).await;
     assert_eq!(s.over, k1);
     assert!(s.new_rekey_sa.is_some());
     let from = copies(&rx, s, 3).await;
