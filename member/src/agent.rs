@@ -39,8 +39,8 @@ use std::time::{Duration, Instant};
 use gikev2_esp::{Action, Direction, Engine, Event as EngineEvent, PolicyId, SaId, SpdEntry};
 use gikev2_proto::crypto::{KeyWrapKey, Random};
 use gikev2_proto::group::{
-    GroupKeys, RekeyAuth, RekeyDrop, RekeyReader, RekeySpi, RekeyUpdate, Role, Tek,
-    read_registration,
+    GroupKeys, HeldSenderIds, RekeyAuth, RekeyDrop, RekeyReader, RekeySpi, RekeyUpdate, Role, Tek,
+    read_inband_rekey, read_registration,
 };
 use gikev2_proto::ike::{Event as IkeEvent, Goal, IkeSa, RegistrationRequest};
 use gikev2_proto::registry::{ExchangeType, NotifyType, ProtocolId};
@@ -570,7 +570,19 @@ impl Membership {
             }
             None => return self.fail(cx, "IKE SA gone".into(), now, rng),
         };
-        let keys: GroupKeys = match read_registration(gsa, kd, &kwk, self.role()) {
+        let read = match (inband, &self.params) {
+            // RFC 9838 2.4.2.2, 4.5.3.3: no Sender-IDs in GSA_INBAND_REKEY; a sender keeps
+            // those it registered with.
+            (Some(()), Some(p)) => {
+                let held = HeldSenderIds {
+                    ids: p.sender_ids.clone(),
+                    bits: p.sender_id_bits,
+                };
+                read_inband_rekey(gsa, kd, &kwk, self.role(), &held)
+            }
+            _ => read_registration(gsa, kd, &kwk, self.role()),
+        };
+        let keys: GroupKeys = match read {
             Ok(k) => k,
             Err(e) => {
                 return self.reject(cx, e.notify(), e.to_string(), e.must_reregister(), now, rng);

@@ -18,7 +18,7 @@ use gikev2_proto::crypto::{EncrAlg, KeyWrapAlg, SeededRandom, SystemRandom};
 use gikev2_proto::group::state::TekProtocol;
 use gikev2_proto::group::{
     BuildContext, GroupAuth, GroupPolicy, GroupState, MemberGrant, RekeyContent, RekeySaState,
-    RekeySender, RekeySuite, TekState, build_registration,
+    RekeySender, RekeySuite, TekState, build_inband_rekey, build_registration,
 };
 use gikev2_proto::ike::{Decision, Event, IkeConfig, IkeSa};
 use gikev2_proto::registry::{NotifyType, ProtocolId, SnId};
@@ -617,4 +617,79 @@ fn behind_a_nat_the_member_moves_to_4500_and_keeps_the_mapping_alive() {
             .iter()
             .all(|t| *t == (GCKS.parse().unwrap(), false))
     );
+}
+
+impl Net {
+    /// The GCKS replaces the group's TEKs with `teks` and pushes the group's state to the
+    /// member over its IKE SA (GSA_INBAND_REKEY, RFC 9838 2.4.2).
+    fn inband_rekey(&mut self, teks: Vec<TekState>, sender: bool) {
+        self.state.teks = teks;
+        let sa = self.gcks.as_mut().expect("the IKE SA is kept");
+        let kwk = sa.key_wrap_key().unwrap();
+        let (gsa, kd) =
+            build_inband_rekey(&self.state, sender, &kwk, &BuildContext { now: unix_now() })
+                .unwrap();
+        sa.inband_rekey(gsa, kd, self.now, &mut self.rng);
+        self.drive();
+    }
+}
+
+#[test]
+fn inband_rekey_installs_the_new_tek_and_retires_the_old_after_dtd() {
+    let mut s = state(3600, 3600);
+    s.rekey = None;
+    let mut n = Net::new(s, None, true);
+    let old = n.state.teks[0].spi;
+    assert_eq!(n.spis(), vec![(old, Direction::Inbound)]);
+    n.events.clear();
+    let new = tek(3600);
+    let new_spi = new.spi;
+    n.inband_rekey(vec![new], false);
+    assert!(
+        n.events.iter().any(|e| matches!(
+            e,
+            AgentEvent::Rekeyed { message_id: None, installed, .. }
+                if *installed == vec![format!("{new_spi:#010x}")]
+        )),
+        "{:?}",
+        n.events
+    );
+    // RFC 9838 2.4.2.2: processed as a registration would be, without one.
+    assert_eq!(n.registrations, 1);
+    let spis = n.spis();
+    assert_eq!(spis.len(), 2, "{spis:?}");
+    assert!(
+        spis.contains(&(old, Direction::Inbound)) && spis.contains(&(new_spi, Direction::Inbound)),
+        "the old TEK stays for GWP_DTD: {spis:?}"
+    );
+    n.advance(Duration::from_secs(u64::from(DTD) + 1));
+    assert_eq!(n.spis(), vec![(new_spi, Direction::Inbound)]);
+    assert_eq!(n.state_name(), "up");
+}
+
+#[test]
+fn inband_rekey_keeps_a_senders_sender_ids() {
+    // AES-GCM is a counter mode (RFC 9838 2.5): senders need Sender-IDs.
+    let mut s = state(3600, 3600);
+    s.rekey = None;
+    let mut n = Net::new(s, Some(1), true);
+    assert_eq!(n.agent.status(n.now).groups[0].sender_ids, vec![5]);
+    n.events.clear();
+    let new = tek(3600);
+    let new_spi = new.spi;
+    // The GSA_INBAND_REKEY carries no GM_SENDER_ID nor GWP_SENDER_ID_BITS (RFC 9838
+    // 4.5.3.3, Table 3): the sender keeps what it registered with.
+    n.inband_rekey(vec![new], true);
+    assert!(
+        n.events
+            .iter()
+            .any(|e| matches!(e, AgentEvent::Rekeyed { .. })),
+        "{:?}",
+        n.events
+    );
+    assert!(n.left.is_empty(), "{:?}", n.left);
+    assert_eq!(n.registrations, 1);
+    let g = &n.agent.status(n.now).groups[0];
+    assert_eq!(g.sender_ids, vec![5]);
+    assert!(n.spis().contains(&(new_spi, Direction::Outbound)));
 }

@@ -12,8 +12,9 @@ use gikev2_proto::crypto::sign::SignatureScheme;
 use gikev2_proto::crypto::{IkeSuite, KeyWrapAlg, KeyWrapKey, SecretBytes};
 use gikev2_proto::group::keypath::LkhKey;
 use gikev2_proto::group::{
-    BuildContext, BuildError, GroupAuth, GroupKeys, KwkTooShort, MemberGrant, RegistrationError,
-    RekeyAuth, Role, build_registration, read_registration,
+    BuildContext, BuildError, GroupAuth, GroupKeys, HeldSenderIds, KwkTooShort, MemberGrant,
+    RegistrationError, RekeyAuth, Role, build_inband_rekey, build_registration, read_inband_rekey,
+    read_registration,
 };
 use gikev2_proto::ike::{
     Decision, Event, Goal, IkeConfig, IkeSa, InitRefusal, LocalAuth, PeerAuth, RegistrationRequest,
@@ -202,6 +203,55 @@ fn registration_inband_has_no_rekey_sa_lifetime_next_spi_or_wrap_key() {
     // Multicast rekey: GSA_NEXT_SPI is passed on.
     let (gsa, _) = build(&g, &sender(&[1])).unwrap();
     assert_eq!(gsa.teks().next().unwrap().attributes.next_spis.len(), 1);
+}
+
+#[test]
+fn inband_rekey_payloads_follow_table_3_and_the_sender_keeps_its_sender_ids() {
+    let mut g = group(signature(SignatureScheme::Ed25519), &mut rng(4));
+    g.teks[0].next_spis = vec![0x5000];
+    let (gsa, kd) = build_inband_rekey(&g, true, &ike_kwk(0x11), &CTX).unwrap();
+    validate_gsa_kd(&gsa, &kd, PolicyContext::InbandRekey).unwrap();
+    // Built as a registration (2.4.2.1) under the rekey rules: no KEK, no lifetimes or
+    // GSA_NEXT_SPI (4.4.2.2.1, 4.4.2.2.3), no member key bag (no GM_SENDER_ID, R107; no
+    // WRAP_KEY, R097; no AUTH_KEY), no GWP_SENDER_ID_BITS (Table 3 note 1).
+    assert!(gsa.kek().is_none());
+    assert_eq!(gsa.teks().count(), g.teks.len());
+    for p in gsa.gsa_policies() {
+        assert_eq!(p.attributes.key_lifetime, None);
+        assert!(p.attributes.next_spis.is_empty());
+    }
+    assert!(kd.member().is_none());
+    assert_eq!(gsa.gw().and_then(|gw| gw.sender_id_bits), None);
+    // A registration's payloads are not a valid GSA_INBAND_REKEY (they carry Sender-IDs).
+    let grant = MemberGrant {
+        inband: true,
+        ..sender(&[3])
+    };
+    let (reg_gsa, reg_kd) = build(&g, &grant).unwrap();
+    assert!(validate_gsa_kd(&reg_gsa, &reg_kd, PolicyContext::InbandRekey).is_err());
+
+    // The member reads the keys with what it holds: its Sender-IDs and their width.
+    let role = Role::Sender { receives: false };
+    let held = HeldSenderIds {
+        ids: vec![3],
+        bits: Some(8),
+    };
+    let keys = read_inband_rekey(&gsa, &kd, &ike_kwk(0x11), role, &held).unwrap();
+    assert_eq!(keys.sender_ids, vec![3]);
+    assert_eq!(keys.sender_id_bits, Some(8));
+    assert_eq!(keys.teks.len(), g.teks.len());
+    for (t, s) in keys.teks.iter().zip(&g.teks) {
+        assert_eq!((t.spi, &t.keys), (s.spi, &s.keys().unwrap()));
+    }
+    // A sender that holds none cannot use the counter-mode TEK (2.4.1.4): re-register.
+    let e =
+        read_inband_rekey(&gsa, &kd, &ike_kwk(0x11), role, &HeldSenderIds::default()).unwrap_err();
+    assert_eq!(e, RegistrationError::SenderWithoutSenderId);
+    // ... and a registration read of these payloads is refused the same way.
+    assert_eq!(
+        read(&gsa, &kd, role).unwrap_err(),
+        RegistrationError::SenderWithoutSenderId
+    );
 }
 
 #[test]

@@ -23,8 +23,8 @@ mod parse;
 
 pub use keypath::{KeyPath, LkhKey};
 pub use registration::{
-    BuildContext, BuildError, GroupKeys, MemberGrant, RegistrationError, Role, build_registration,
-    read_registration,
+    BuildContext, BuildError, GroupKeys, HeldSenderIds, MemberGrant, RegistrationError, Role,
+    build_inband_rekey, build_registration, read_inband_rekey, read_registration,
 };
 
 pub use rekey::{

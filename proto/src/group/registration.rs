@@ -113,6 +113,38 @@ pub fn build_registration(
     kwk: &KeyWrapKey,
     ctx: &BuildContext,
 ) -> Result<(GsaPayload, KdPayload), BuildError> {
+    build(state, member, kwk, ctx, PolicyContext::Registration)
+}
+
+/// The GSA and KD payloads of a GSA_INBAND_REKEY to a member of a group rekeyed in-band
+/// (RFC 9838 2.4.2.1: "built in the same manner as in a registration exchange"), under
+/// the rekey rules of Table 3: no KEK, no lifetimes or GSA_NEXT_SPI (4.4.2.2.1,
+/// 4.4.2.2.3), no member key bag, so no GM_SENDER_ID (4.5.3.3, R107), WRAP_KEY (4.5.3.1,
+/// R097) or AUTH_KEY, and no GWP_SENDER_ID_BITS (Table 3 note 1). A sender keeps the
+/// Sender-IDs it registered with ([`read_inband_rekey`]). `kwk` is the default KWK of the
+/// member's IKE SA the exchange goes over (3.1.1).
+pub fn build_inband_rekey(
+    state: &GroupState,
+    sender: bool,
+    kwk: &KeyWrapKey,
+    ctx: &BuildContext,
+) -> Result<(GsaPayload, KdPayload), BuildError> {
+    let member = MemberGrant {
+        sender,
+        inband: true,
+        ..MemberGrant::default()
+    };
+    build(state, &member, kwk, ctx, PolicyContext::InbandRekey)
+}
+
+fn build(
+    state: &GroupState,
+    member: &MemberGrant,
+    kwk: &KeyWrapKey,
+    ctx: &BuildContext,
+    context: PolicyContext,
+) -> Result<(GsaPayload, KdPayload), BuildError> {
+    let rekey = context == PolicyContext::InbandRekey;
     let kek = if member.inband {
         None
     } else {
@@ -175,9 +207,13 @@ pub fn build_registration(
         );
     }
 
-    // RFC 9838 2.5.1, 4.5.3.3, 5 note 1: Sender-IDs for senders of counter-mode TEKs.
+    // RFC 9838 2.5.1, 4.5.3.3, 5 note 1: Sender-IDs for senders of counter-mode TEKs (at
+    // registration; a rekey carries none, the sender keeps its own).
     let counter = state.uses_counter_mode();
-    match (counter && member.sender, member.sender_ids.is_empty()) {
+    match (
+        counter && member.sender && !rekey,
+        member.sender_ids.is_empty(),
+    ) {
         (true, true) => return Err(BuildError::SenderIdsMissing),
         (false, false) => return Err(BuildError::SenderIdsNotAllowed),
         _ => {}
@@ -190,7 +226,7 @@ pub fn build_registration(
     gw.atd = state.policy.atd;
     gw.dtd = state.policy.dtd;
     // RFC 9838 4.4.3.1.2 and 5 note 1 (see the module documentation).
-    if counter && (member.sender || state.policy.multiple_senders) {
+    if counter && (member.sender || state.policy.multiple_senders) && !rekey {
         gw.sender_id_bits = Some(
             state
                 .policy
@@ -206,7 +242,7 @@ pub fn build_registration(
     }
 
     // What we send must pass what we check on receipt (RFC 9838 4.4, 4.5, 5).
-    validate_gsa_kd(&gsa, &kd, PolicyContext::Registration)?;
+    validate_gsa_kd(&gsa, &kd, context)?;
     Ok((gsa, kd))
 }
 
@@ -248,9 +284,51 @@ pub fn read_registration(
     kwk: &KeyWrapKey,
     role: Role,
 ) -> Result<GroupKeys, RegistrationError> {
-    validate_gsa_kd(gsa, kd, PolicyContext::Registration)?;
-    let member = kd.member().cloned().unwrap_or_default();
-    let gw = gsa.gw().cloned().unwrap_or_default();
+    read(gsa, kd, kwk, role, None)
+}
+
+/// Reads the GSA and KD payloads of a GSA_INBAND_REKEY request (RFC 9838 2.4.2.2: "in
+/// the same manner as if they were received in a registration exchange"), checked with
+/// the rules of that exchange (Table 3: no member key bag, no GWP_SENDER_ID_BITS, no
+/// GSA_NEXT_SPI). The exchange carries no Sender-IDs (4.5.3.3), so a sender keeps those
+/// it registered with and the GWP_SENDER_ID_BITS that came with them: `held`.
+pub fn read_inband_rekey(
+    gsa: &GsaPayload,
+    kd: &KdPayload,
+    kwk: &KeyWrapKey,
+    role: Role,
+    held: &HeldSenderIds,
+) -> Result<GroupKeys, RegistrationError> {
+    read(gsa, kd, kwk, role, Some(held))
+}
+
+/// The Sender-IDs a member holds from its registration, with their GWP_SENDER_ID_BITS
+/// (RFC 9838 2.5.1, 4.4.3.1.2), kept across GSA_INBAND_REKEY exchanges.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HeldSenderIds {
+    pub ids: Vec<u32>,
+    pub bits: Option<u16>,
+}
+
+fn read(
+    gsa: &GsaPayload,
+    kd: &KdPayload,
+    kwk: &KeyWrapKey,
+    role: Role,
+    held: Option<&HeldSenderIds>,
+) -> Result<GroupKeys, RegistrationError> {
+    let context = if held.is_some() {
+        PolicyContext::InbandRekey
+    } else {
+        PolicyContext::Registration
+    };
+    validate_gsa_kd(gsa, kd, context)?;
+    let mut member = kd.member().cloned().unwrap_or_default();
+    let mut gw = gsa.gw().cloned().unwrap_or_default();
+    if let Some(h) = held {
+        member.sender_ids = h.ids.clone();
+        gw.sender_id_bits = h.bits;
+    }
 
     let (rekey, auth, key_path) = match gsa.kek() {
         Some(p) => {
