@@ -23,8 +23,9 @@ use gikev2_member::config::MembershipConfig;
 use gikev2_member::runtime::{self, RuntimeConfig};
 use gikev2_member::{AgentEvent, AgentHandle, NoDataPlane, SystemClock};
 use gikev2_policy::{
-    EspMode, GroupId, GroupSpec, GroupWidePolicy, Identity, MasterKey, NewCredential, RekeyConfig,
-    RekeyMode, Role, Selector, Store, TekPolicySpec, TekProtocol,
+    DEFAULT_MAX_PACKET_RATE, EspMode, GroupId, GroupSpec, GroupWidePolicy, Identity, MasterKey,
+    NewCredential, RekeyConfig, RekeyMode, Role, Selector, SnPolicy, Store, TekPolicySpec,
+    TekProtocol,
 };
 use gikev2_proto::crypto::{IkeSuite, SecretBytes, SignatureScheme, SigningKey, SystemRandom};
 use gikev2_proto::ike::{IkeConfig, LocalAuth, PeerAuth, PeerAuthResolver, SinglePeer};
@@ -155,8 +156,9 @@ async fn world_listening(
                 encr: EncrId::AesGcm16,
                 encr_key_bits: Some(256),
                 integ: None,
-                sn: SnId::Unspecified32,
+                sn: SnPolicy::Fixed(SnId::Unspecified32),
                 mode: EspMode::Transport,
+                max_packet_rate: DEFAULT_MAX_PACKET_RATE,
             },
         )
         .await
@@ -424,7 +426,7 @@ async fn tek_renewals_and_a_rekey_sa_rollover_reach_the_members_by_multicast() {
         .await
         .unwrap()
         .unwrap();
-    let renewed = ensure_current(&w.store, &cfg, t2).await.unwrap();
+    let renewed = ensure_current(&w.store, &cfg, 0, t2).await.unwrap();
     let (k2, tek_c) = (renewed.rekey.as_ref().unwrap().spi, renewed.teks[0].spi);
     assert_ne!(k2, k1);
     let s = &tick_one(&mut w, t2).await;
@@ -730,8 +732,9 @@ fn second_tek_policy() -> TekPolicySpec {
         encr: EncrId::AesGcm16,
         encr_key_bits: Some(256),
         integ: None,
-        sn: SnId::Unspecified32,
+        sn: SnPolicy::Fixed(SnId::Unspecified32),
         mode: EspMode::Transport,
+        max_packet_rate: DEFAULT_MAX_PACKET_RATE,
     }
 }
 

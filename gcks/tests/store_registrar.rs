@@ -11,8 +11,9 @@ use gikev2_gcks::credentials::{CacheConfig, CredentialCache, StoreLoader};
 use gikev2_gcks::{Registrar, RegistrationContext, ServeConfig, Server, StoreRegistrar};
 use gikev2_member::{JoinError, join};
 use gikev2_policy::{
-    AuditOutcome, EspMode, GroupId, GroupSpec, GroupWidePolicy, Identity, MasterKey, NewCredential,
-    RekeyConfig, RekeyMode, Role, Selector, Store, TekPolicySpec, TekProtocol,
+    AuditOutcome, DEFAULT_MAX_PACKET_RATE, EspMode, GroupId, GroupSpec, GroupWidePolicy, Identity,
+    MasterKey, NewCredential, RekeyConfig, RekeyMode, Role, Selector, SnPolicy, Store,
+    TekPolicySpec, TekProtocol,
 };
 use gikev2_proto::crypto::{
     IkeSuite, KeyWrapAlg, KeyWrapKey, SecretBytes, SignatureScheme, SigningKey, SystemRandom,
@@ -70,8 +71,9 @@ fn tek() -> TekPolicySpec {
         encr: EncrId::AesGcm16,
         encr_key_bits: Some(256),
         integ: None,
-        sn: SnId::Unspecified32,
+        sn: SnPolicy::Fixed(SnId::Unspecified32),
         mode: EspMode::TunnelAddressPreserving,
+        max_packet_rate: DEFAULT_MAX_PACKET_RATE,
     }
 }
 
@@ -577,7 +579,7 @@ async fn several_senders_and_sequential_numbers_refuse_with_the_field_named() {
         .await
         .unwrap();
     let mut spec = tek();
-    spec.sn = SnId::Seq32;
+    spec.sn = SnPolicy::Fixed(SnId::Seq32);
     spec.dst = Selector::host_port("239.1.2.9".parse().unwrap(), 5004);
     f.store.add_tek_policy(seq, &spec).await.unwrap();
     add_psk_member(&f.store, "one.example", &[("seq", Role::Sender)]).await;

@@ -75,8 +75,9 @@ fn tek_spec() -> TekPolicySpec {
         encr: EncrId::AesGcm16,
         encr_key_bits: Some(128),
         integ: None,
-        sn: SnId::Unspecified32,
+        sn: SnPolicy::Fixed(SnId::Unspecified32),
         mode: EspMode::TunnelAddressPreserving,
+        max_packet_rate: DEFAULT_MAX_PACKET_RATE,
     }
 }
 
@@ -113,6 +114,7 @@ fn tek(policy: TekPolicyId, spi: u32, keymat: &[u8]) -> TekSaRecord {
         policy,
         spi,
         keymat: SecretBytes::from_slice(keymat),
+        sn: SnId::Unspecified32,
         created: T0,
         expires: T0 + 3_600,
     }
@@ -1415,7 +1417,7 @@ async fn plain_sql_administration(db: &TestDb) {
     assert_eq!(cfg.group.spec.rekey.encr, EncrId::AesGcm16);
     assert_eq!(cfg.group.spec.policy.sender_id_bits, Some(8));
     assert_eq!(cfg.teks.len(), 1);
-    assert_eq!(cfg.teks[0].spec.sn, SnId::Unspecified32);
+    assert_eq!(cfg.teks[0].spec.sn, SnPolicy::Fixed(SnId::Unspecified32));
     assert_eq!(cfg.teks[0].spec.mode, EspMode::Transport);
     let cam = Identity::fqdn("cam1.example");
     let m = store.member_credential(&cam).await.unwrap().unwrap();
