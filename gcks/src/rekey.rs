@@ -214,7 +214,7 @@ impl Announced {
 /// renewed under an unchanged TEK policy changes nothing here. The SN transform is the one
 /// the TEK carried: a TEK of an `auto` policy replaced because a second sender was
 /// authorized goes from sequential to unspecified numbers, a policy change
-/// (docs/interop.md #57).
+/// (docs/interop.md #58).
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct GivenPolicy {
     /// For each TEK policy the members hold a TEK of, the policy that TEK came with
@@ -1042,7 +1042,7 @@ mod tests {
         );
     }
 
-    /// docs/interop.md #57: the SN transform a TEK carried is part of the policy the
+    /// docs/interop.md #58: the SN transform a TEK carried is part of the policy the
     /// members hold. A TEK of an `auto` policy replaced by one with other sequence numbers
     /// (a second sender authorized, R077) changes the policy; a TEK replaced under the
     /// same transform because `max_packet_rate` was raised (R049; not on the wire) does

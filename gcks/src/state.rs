@@ -61,7 +61,7 @@ fn rekey_suite(cfg: &GroupConfig) -> Result<Option<RekeySuite>, StoreError> {
 /// sender (RFC 9838 4.4.2.1.3: it "SHOULD be used by the GCKS for single-sender multicast
 /// Data-Security SAs", R077), else "32-bit Unspecified Numbers" (it "MUST be used ... in
 /// case of multi-sender multicast Data-Security SAs", R079; a unicast destination gets it
-/// too, since it promises nothing a receiver could rely on wrongly).
+/// too, since it promises nothing a receiver could rely on wrongly). docs/interop.md #56.
 pub fn tek_sn(p: &TekPolicy, senders: u64) -> SnId {
     match p.spec.sn {
         SnPolicy::Fixed(sn) => sn,
@@ -74,7 +74,7 @@ pub fn tek_sn(p: &TekPolicy, senders: u64) -> SnId {
 /// transform is still the one a new TEK would get, or, with `auto`, "32-bit Unspecified
 /// Numbers" (never wrong; the next TEK goes back to sequential numbers when there is one
 /// sender again). A TEK with sequential numbers must also still fit the policy's packet
-/// rate (the rate may have been raised since, R049).
+/// rate (the rate may have been raised since, R049). docs/interop.md #57, #59.
 fn sn_still_fits(p: &TekPolicy, t: &TekSaRecord, senders: u64) -> bool {
     let wanted = tek_sn(p, senders);
     let sn_ok = t.sn == wanted || (p.spec.sn == SnPolicy::Auto && t.sn == SnId::Unspecified32);
@@ -90,7 +90,7 @@ fn sn_still_fits(p: &TekPolicy, t: &TekSaRecord, senders: u64) -> bool {
 /// number (RFC 9838 2.6: "the GCKS MUST be configured to rekey the SA frequently enough so
 /// that the 32-bit sequence numbers do not wrap", R049; RFC 4303 3.3.3). The members are
 /// given this lifetime in GSA_KEY_LIFETIME; their ESP engine also refuses to cycle the
-/// counter.
+/// counter (docs/interop.md #38, #59).
 pub fn tek_lifetime(cfg: &GroupConfig, p: &TekPolicy, sn: SnId) -> u64 {
     let life = u64::from(cfg.group.spec.tek_lifetime);
     if sn == SnId::Seq32 {

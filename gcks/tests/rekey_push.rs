@@ -1055,7 +1055,7 @@ async fn held_tek(h: &AgentHandle, spi: u32) -> Option<String> {
 /// (no policy change, same KEK). When a second sender is authorized the next tick replaces
 /// it with a TEK with "32-bit Unspecified Numbers" (new SPI and keys, the group's
 /// lifetime) in a GSA_REKEY that also carries a new Rekey SA: the SN transform members
-/// hold changed, a policy change (3.2.1, docs/interop.md #57).
+/// hold changed, a policy change (3.2.1, docs/interop.md #58).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_sender_replaces_the_sequential_tek_by_multicast() {
     use gikev2_proto::group::{RekeyReader, Role as KeyRole, read_registration};

@@ -441,7 +441,7 @@ pub enum SnPolicy {
     /// with at most one sender authorized (4.4.2.1.3: it SHOULD be used for single-sender
     /// multicast SAs, R077), "32-bit Unspecified Numbers" otherwise (it MUST be used with
     /// several senders, R079). A TEK with sequential numbers is replaced when a second
-    /// sender is authorized (docs/interop.md #56).
+    /// sender is authorized (docs/interop.md #56, #57).
     Auto,
     /// This transform for every TEK of the policy.
     Fixed(SnId),
