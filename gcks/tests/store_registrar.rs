@@ -619,7 +619,7 @@ fn granted_tek(d: &Decision) -> (gikev2_proto::wire::gsa::Spi, SnId, u32) {
         .transform(gikev2_proto::registry::TransformType::Sn)
         .expect("every TEK carries the SN transform (RFC 9838 2.6)");
     (
-        teks[0].spi.clone(),
+        teks[0].spi,
         SnId::from(sn.id),
         teks[0].attributes.key_lifetime.expect("GSA_KEY_LIFETIME"),
     )
@@ -664,7 +664,7 @@ async fn auto_sequence_numbers_are_sequential_for_one_sender_within_the_packet_r
             .await
             .decision,
     );
-    assert_eq!((spi, sn), (spi1.clone(), SnId::Seq32), "the same TEK");
+    assert_eq!((spi, sn), (spi1, SnId::Seq32), "the same TEK");
 
     add_psk_member(&f.store, "two.example", &[("auto", Role::Sender)]).await;
     let second = registrar
