@@ -28,6 +28,7 @@ use std::time::{Duration, Instant};
 
 use gikev2_policy::{EspMode, GroupConfig, Identity, RekeyMode, Store};
 use gikev2_proto::group::GroupState;
+use gikev2_proto::registry::SnId;
 use gikev2_proto::wire::gsa::GsaPolicy;
 use gikev2_proto::wire::sa::SaPayload;
 
@@ -44,6 +45,11 @@ pub struct GroupView {
     /// USE_TRANSPORT_MODE: every TEK is transport mode (RFC 9838 2.3.4: one mode for every
     /// SA of the registration).
     pub transport_mode: bool,
+    /// Some TEK has "32-bit Sequential Numbers" on a multicast destination, handed out
+    /// while at most one member was authorized to send (RFC 9838 4.4.2.1.3): a sender
+    /// registering makes the registrar count the senders again
+    /// ([`crate::registrar`]), since its authorization may be younger than the view.
+    pub single_sender_teks: bool,
     /// The KEK (multicast rekey only) and TEK policies an SAg is checked against.
     sag_policies: Vec<GsaPolicy>,
     /// Unix time from which some SA in the view is inside its renew margin.
@@ -76,9 +82,11 @@ impl GroupView {
         let Some(cfg) = store.group_config(idg).await? else {
             return Ok(None);
         };
-        let stored = ensure_current(store, &cfg, now).await?;
-        let auth = group_auth(store, &cfg).await?;
+        // One count for both: the TEKs' sequence numbers are chosen with it (R077) and
+        // the group's policy is built with it.
         let senders = store.sender_count(cfg.group.id).await?;
+        let stored = ensure_current(store, &cfg, senders, now).await?;
+        let auth = group_auth(store, &cfg).await?;
         let rekey_src = match sources {
             Some(s) => s.selector(&cfg),
             None => cfg.group.spec.rekey.src_selector(),
@@ -95,24 +103,35 @@ impl GroupView {
         let transport_mode =
             !cfg.teks.is_empty() && cfg.teks.iter().all(|p| p.spec.mode == EspMode::Transport);
         let rekey_margin = renew_margin(u64::from(spec.rekey.lifetime));
-        let tek_margin = renew_margin(u64::from(spec.tek_lifetime));
+        // Each TEK's margin follows its own lifetime, as `state::plan` renews it.
+        let teks = stored
+            .teks
+            .iter()
+            .filter(|t| cfg.teks.iter().any(|p| p.id == t.policy));
         let fresh_until = state
             .rekey
             .iter()
             .map(|r| r.expires.saturating_sub(rekey_margin))
-            .chain(
-                state
-                    .teks
-                    .iter()
-                    .map(|t| t.expires.saturating_sub(tek_margin)),
-            )
+            .chain(teks.clone().map(|t| {
+                t.expires
+                    .saturating_sub(renew_margin(t.expires.saturating_sub(t.created)))
+            }))
             .min()
             .unwrap_or(u64::MAX);
+        let single_sender_teks = senders <= 1
+            && teks.clone().any(|t| {
+                t.sn == SnId::Seq32
+                    && cfg
+                        .teks
+                        .iter()
+                        .any(|p| p.id == t.policy && p.spec.dst.is_multicast())
+            });
         Ok(Some(Self {
             cfg,
             state,
             inband,
             transport_mode,
+            single_sender_teks,
             sag_policies,
             fresh_until,
         }))
@@ -201,6 +220,14 @@ impl GroupViews {
             },
         );
         Ok(view)
+    }
+
+    /// Forgets the view of `idg`: the next registration to it reads the store again.
+    pub fn forget(&self, idg: &Identity) {
+        self.entries
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(idg);
     }
 
     /// Forgets every view: the next registration reads the store again (after this

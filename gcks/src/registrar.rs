@@ -212,12 +212,27 @@ impl StoreRegistrar {
         idg: &Identity,
     ) -> Result<Verdict, Refusal> {
         let now = (self.clock)();
-        let view = self
+        let mut view = self
             .views
             .get(idg, now)
             .await?
             .ok_or_else(|| refuse(NotifyType::InvalidGroupId, "unknown group"))?;
         let wants_sender = ctx.request.sender_ids.is_some();
+        // RFC 9838 4.4.2.1.3 (R077, R079): a TEK with sequential numbers is for one sender.
+        // The view may be older than this sender's authorization (policy TTL): when the
+        // store now counts several, the view is loaded again, which replaces such a TEK
+        // chosen by `auto` (a fixed seq32 policy is refused there, naming the field).
+        if wants_sender
+            && view.single_sender_teks
+            && self.store.sender_count(view.cfg.group.id).await? > 1
+        {
+            self.views.forget(idg);
+            view = self
+                .views
+                .get(idg, now)
+                .await?
+                .ok_or_else(|| refuse(NotifyType::InvalidGroupId, "unknown group"))?;
+        }
         // Decided before the store, told after authorization (NO_PROPOSAL_CHOSEN): a SAg
         // the group's policy does not fit (RFC 9838 2.3.4), or an IKE SA whose key wrap
         // algorithm is shorter than the group's keys (3.1).

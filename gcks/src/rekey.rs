@@ -67,12 +67,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use gikev2_policy::{
-    GroupConfig, GroupId, GroupState as StoredState, RekeyMode, Store, StoreError, TekPolicyId,
-    TekPolicySpec,
+    GroupConfig, GroupId, GroupState as StoredState, RekeyMode, SnPolicy, Store, StoreError,
+    TekPolicyId, TekPolicySpec, TekSaRecord,
 };
 use gikev2_proto::crypto::{Random, SystemRandom};
 use gikev2_proto::group::{GroupAuth, RekeyBuildError, RekeyContent, RekeySender, RekeySpi};
-use gikev2_proto::registry::ProtocolId;
+use gikev2_proto::registry::{ProtocolId, SnId};
 use gikev2_proto::wire::DeletePayload;
 use tokio::net::UdpSocket;
 use tracing::{Instrument, debug, info, warn};
@@ -211,10 +211,14 @@ impl Announced {
 /// rekey message MUST NOT change the policy without creating a new KEK" (R055). Policy
 /// is read as the TEK policies (selectors, protocol, algorithms, mode, SN transform) and
 /// the group-wide policy (docs/interop.md #53); TEK SPIs and keys are not policy, so a TEK
-/// renewed under an unchanged TEK policy changes nothing here.
+/// renewed under an unchanged TEK policy changes nothing here. The SN transform is the one
+/// the TEK carried: a TEK of an `auto` policy replaced because a second sender was
+/// authorized goes from sequential to unspecified numbers, a policy change
+/// (docs/interop.md #58).
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct GivenPolicy {
-    /// For each TEK policy the members hold a TEK of, the policy that TEK came with.
+    /// For each TEK policy the members hold a TEK of, the policy that TEK came with
+    /// ([`as_given`]).
     teks: BTreeMap<TekPolicyId, TekPolicySpec>,
     /// GWP_ATD and GWP_DTD, the group-wide attributes a GSA_REKEY carries with every GSA
     /// (GWP_SENDER_ID_BITS never travels in one, RFC 9838 5 Table 2).
@@ -226,12 +230,32 @@ fn gw_of(cfg: &GroupConfig) -> (Option<u16>, Option<u16>) {
     (p.atd, p.dtd)
 }
 
+/// A TEK policy as the members of a TEK with transform `sn` were given it in the GSA: the
+/// SN transform fixed to the TEK's, and without `max_packet_rate`, which is not on the
+/// wire (a TEK replaced because the rate was raised is no policy change).
+fn as_given(spec: &TekPolicySpec, sn: SnId) -> TekPolicySpec {
+    TekPolicySpec {
+        sn: SnPolicy::Fixed(sn),
+        max_packet_rate: 0,
+        ..spec.clone()
+    }
+}
+
+/// The policy of `cur`'s TEK `t` as a GSA gives it now.
+fn given_spec(cfg: &GroupConfig, t: &TekSaRecord) -> Option<TekPolicySpec> {
+    tek_policy_spec(cfg, t.policy).map(|spec| as_given(spec, t.sn))
+}
+
 fn tek_policy_spec(cfg: &GroupConfig, id: TekPolicyId) -> Option<&TekPolicySpec> {
     cfg.teks.iter().find(|p| p.id == id).map(|p| &p.spec)
 }
 
+fn tek_of(s: &StoredState, spi: u32) -> Option<&TekSaRecord> {
+    s.teks.iter().find(|t| t.spi == spi)
+}
+
 fn tek_policy_of(s: &StoredState, spi: u32) -> Option<TekPolicyId> {
-    s.teks.iter().find(|t| t.spi == spi).map(|t| t.policy)
+    tek_of(s, spi).map(|t| t.policy)
 }
 
 impl GivenPolicy {
@@ -242,7 +266,7 @@ impl GivenPolicy {
         let teks = state
             .teks
             .iter()
-            .filter_map(|t| Some((t.policy, tek_policy_spec(cfg, t.policy)?.clone())))
+            .filter_map(|t| Some((t.policy, given_spec(cfg, t)?)))
             .collect();
         Self {
             teks,
@@ -262,7 +286,7 @@ impl GivenPolicy {
         told: &Changes,
     ) -> bool {
         let added_or_edited = told.new.iter().any(|&spi| {
-            tek_policy_of(cur, spi).is_none_or(|p| self.teks.get(&p) != tek_policy_spec(cfg, p))
+            tek_of(cur, spi).is_none_or(|t| self.teks.get(&t.policy) != given_spec(cfg, t).as_ref())
         });
         let removed = told.gone.iter().any(|&spi| {
             tek_policy_of(old, spi).is_none_or(|p| !cur.teks.iter().any(|t| t.policy == p))
@@ -279,17 +303,18 @@ impl GivenPolicy {
         // A TEK policy just sent is held as sent; the others as they were given before
         // (or, for a TEK the members got by registering only, as `cfg` has it).
         for t in sent {
-            if let Some(spec) = tek_policy_spec(cfg, t.policy) {
-                teks.insert(t.policy, spec.clone());
+            if let Some(spec) = given_spec(cfg, t) {
+                teks.insert(t.policy, spec);
             }
         }
         for t in kept {
             if let Some(spec) = self
                 .teks
                 .get(&t.policy)
-                .or_else(|| tek_policy_spec(cfg, t.policy))
+                .cloned()
+                .or_else(|| given_spec(cfg, t))
             {
-                teks.entry(t.policy).or_insert_with(|| spec.clone());
+                teks.entry(t.policy).or_insert(spec);
             }
         }
         let carries_gsa = told.kek.is_some() || !told.new.is_empty();
@@ -547,9 +572,13 @@ impl RekeyScheduler {
         let old = prev.state.clone();
         let given = prev.policy.clone();
         let mut next_mid = prev.next_message_id;
+        // One count for the whole tick: TEK sequence numbers are chosen with it (a TEK
+        // with sequential numbers is due once a second sender is authorized, R077) and
+        // the message's policy is built with it.
+        let senders = self.store.sender_count(id).await?;
         let due = {
             let mut rng = SystemRandom::new();
-            plan_with(&cfg, &before, now, &mut rng, push_margin)
+            plan_with(&cfg, &before, senders, now, &mut rng, push_margin)
                 .map_err(policy_err)?
                 .is_some()
         };
@@ -571,7 +600,7 @@ impl RekeyScheduler {
         let usable_kek = old.rekey.as_ref().is_some_and(|r| r.expires > now);
         let Some(over) = old_spi.filter(|_| usable_kek) else {
             // The members hold no Rekey SA we could send over: they re-register.
-            let cur = ensure_current_with(&self.store, &cfg, now, push_margin)
+            let cur = ensure_current_with(&self.store, &cfg, senders, now, push_margin)
                 .await
                 .map_err(state_err)?;
             debug!("no current Rekey SA to announce over; members re-register");
@@ -589,12 +618,12 @@ impl RekeyScheduler {
         set_mid(self, u64::from(message_id) + 1);
         if start_over {
             return self
-                .start_over(&cfg, &old, &before, message_id, now)
+                .start_over(&cfg, &old, &before, senders, message_id, now)
                 .await
                 .map(Some);
         }
         let cur = if due {
-            ensure_current_with(&self.store, &cfg, now, push_margin)
+            ensure_current_with(&self.store, &cfg, senders, now, push_margin)
                 .await
                 .map_err(state_err)?
         } else {
@@ -621,7 +650,9 @@ impl RekeyScheduler {
             (cur, told)
         };
         let now_given = given.after(&cfg, &cur, &told);
-        let mut sent = self.send(&cfg, &old, &cur, told, message_id, now).await?;
+        let mut sent = self
+            .send(&cfg, &old, &cur, told, senders, message_id, now)
+            .await?;
         sent.policy_changed = policy_changed;
         if let Some(v) = &self.views {
             v.invalidate();
@@ -694,6 +725,7 @@ impl RekeyScheduler {
         cfg: &GroupConfig,
         old: &StoredState,
         before: &StoredState,
+        senders: u64,
         message_id: u32,
         now: u64,
     ) -> Result<SentRekey, RekeyError> {
@@ -701,7 +733,7 @@ impl RekeyScheduler {
         let name = cfg.group.spec.name.clone();
         let fresh = {
             let mut rng = SystemRandom::new();
-            plan_with(cfg, before, now, &mut rng, replace_all)
+            plan_with(cfg, before, senders, now, &mut rng, replace_all)
         }
         .map_err(|reason| RekeyError::Policy {
             group: name.clone(),
@@ -716,6 +748,7 @@ impl RekeyScheduler {
         self.store
             .commit_group_state(id, before.generation, &fresh, now)
             .await?;
+        crate::state::log_shortened_teks(cfg, before, &fresh);
         let cur = self
             .store
             .group_state(id)
@@ -728,7 +761,15 @@ impl RekeyScheduler {
             v.invalidate();
         }
         let mut sent = self
-            .send(cfg, old, &cur, Changes::exclusion(), message_id, now)
+            .send(
+                cfg,
+                old,
+                &cur,
+                Changes::exclusion(),
+                senders,
+                message_id,
+                now,
+            )
             .await?;
         if sender_ids_wanted(cfg, before) {
             let epoch = self.store.reset_sender_ids(id).await?;
@@ -762,13 +803,15 @@ impl RekeyScheduler {
     }
 
     /// Builds the message over `old`'s Rekey SA announcing `told`, the changes from `old`
-    /// to `cur`, and sends it.
+    /// to `cur`, and sends it; `senders` members are authorized to send.
+    #[allow(clippy::too_many_arguments)]
     async fn send(
         &mut self,
         cfg: &GroupConfig,
         old: &StoredState,
         cur: &StoredState,
         told: Changes,
+        senders: u64,
         message_id: u32,
         now: u64,
     ) -> Result<SentRekey, RekeyError> {
@@ -787,7 +830,6 @@ impl RekeyScheduler {
                 group: name.clone(),
                 source,
             })?;
-        let senders = self.store.sender_count(cfg.group.id).await?;
         // Only `old`'s Rekey SA is needed (the message goes over it): its TEKs may belong to
         // a TEK policy edited since (another key size), which `to_proto` would refuse.
         let over_sa = StoredState {
@@ -914,6 +956,7 @@ mod tests {
                     policy: TekPolicyId(policy),
                     spi,
                     keymat: SecretBytes::from_slice(&[0; 8]),
+                    sn: SnId::Unspecified32,
                     created: 0,
                     expires: 100,
                 })
@@ -972,7 +1015,7 @@ mod tests {
         let after = both.after(&edited, &only_8, &changes(&added, &only_8));
         assert_eq!(
             after.teks[&TekPolicyId(7)],
-            two.teks[0].spec,
+            as_given(&two.teks[0].spec, SnId::Unspecified32),
             "still as given"
         );
         let then_7 = state_of(1, &[(7, 14), (8, 13)]);
@@ -996,6 +1039,47 @@ mod tests {
         assert!(
             !changed(&given, &dtd, &overlap, &renewed),
             "a Delete alone carries no group-wide policy"
+        );
+    }
+
+    /// docs/interop.md #58: the SN transform a TEK carried is part of the policy the
+    /// members hold. A TEK of an `auto` policy replaced by one with other sequence numbers
+    /// (a second sender authorized, R077) changes the policy; a TEK replaced under the
+    /// same transform because `max_packet_rate` was raised (R049; not on the wire) does
+    /// not.
+    #[test]
+    fn other_sequence_numbers_change_the_policy_and_the_packet_rate_does_not() {
+        let mut auto = crate::state::tests::cfg(RekeyMode::Multicast);
+        auto.teks[0].spec.sn = SnPolicy::Auto;
+        let with_sn = |spi: u32, sn: SnId| {
+            let mut s = state_of(1, &[(7, spi)]);
+            s.teks[0].sn = sn;
+            s
+        };
+        let old = with_sn(10, SnId::Seq32);
+        let given = GivenPolicy::current(&auto, &old);
+        assert_eq!(
+            given.teks[&TekPolicyId(7)].sn,
+            SnPolicy::Fixed(SnId::Seq32),
+            "held as the TEK carried it, not as `auto`"
+        );
+        let unspecified = with_sn(11, SnId::Unspecified32);
+        assert!(given.changed_by(&auto, &old, &unspecified, &changes(&old, &unspecified)));
+        let renewed = with_sn(11, SnId::Seq32);
+        assert!(
+            !given.changed_by(&auto, &old, &renewed, &changes(&old, &renewed)),
+            "renewed with the same transform"
+        );
+        let mut faster = auto.clone();
+        faster.teks[0].spec.max_packet_rate *= 10;
+        assert!(
+            !given.changed_by(&faster, &old, &renewed, &changes(&old, &renewed)),
+            "a TEK shortened for a higher packet rate"
+        );
+        let after = given.after(&auto, &unspecified, &changes(&old, &unspecified));
+        assert_eq!(
+            after.teks[&TekPolicyId(7)].sn,
+            SnPolicy::Fixed(SnId::Unspecified32)
         );
     }
 

@@ -4,8 +4,8 @@
 //! 239.192.0.1:5004. `gcks serve` does not use it.
 
 use gikev2_policy::{
-    EspMode, GroupId, GroupSpec, GroupWidePolicy, Identity, RekeyConfig, RekeyMode, Selector,
-    Store, TekPolicySpec, TekProtocol,
+    DEFAULT_MAX_PACKET_RATE, EspMode, GroupId, GroupSpec, GroupWidePolicy, Identity, RekeyConfig,
+    RekeyMode, Selector, SnPolicy, Store, TekPolicySpec, TekProtocol,
 };
 use gikev2_proto::crypto::{SignatureScheme, SigningKey};
 use gikev2_proto::registry::{EncrId, GcAuthId, KwaId, SnId};
@@ -63,8 +63,9 @@ pub async fn create(
                 encr: EncrId::AesGcm16,
                 encr_key_bits: Some(256),
                 integ: None,
-                sn: SnId::Unspecified32,
+                sn: SnPolicy::Fixed(SnId::Unspecified32),
                 mode: EspMode::Transport,
+                max_packet_rate: DEFAULT_MAX_PACKET_RATE,
             },
         )
         .await

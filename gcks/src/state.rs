@@ -9,13 +9,23 @@
 //! re-register on its soft expiry (multicast GSA_REKEY of the replacement is the rekey
 //! scheduler's job, not the registration path's). A Rekey SA whose GSA_REKEY Message IDs
 //! are exhausted is replaced too (RFC 9838 2.4.1.3).
+//!
+//! Sequence numbers (RFC 9838 2.6, 4.4.2.1.3): a TEK gets its Sequence Numbers transform
+//! when it is created and keeps it ([`TekSaRecord::sn`]); with `SnPolicy::Auto` that is
+//! "32-bit Sequential Numbers" while the destination is multicast and at most one sender
+//! is authorized ([`tek_sn`], R077). A TEK whose transform the policy no longer allows (a
+//! second sender authorized, an edited `tek_policies.sn_id`) is replaced like one at its
+//! margin. A TEK with sequential numbers lives at most
+//! [`gikev2_policy::TekPolicySpec::seq32_lifetime`] seconds, so that a sender at the
+//! policy's packet rate cannot wrap them (2.6, R049; [`tek_lifetime`]).
 
 use gikev2_policy::{
-    GroupConfig, GroupState as StoredState, NewGroupState, RekeyMode, RekeySaRecord, Store,
-    StoreError, TekPolicy, TekSaRecord,
+    GroupConfig, GroupState as StoredState, NewGroupState, RekeyMode, RekeySaRecord, SnPolicy,
+    Store, StoreError, TekPolicy, TekSaRecord,
 };
 use gikev2_proto::crypto::{Random, SystemRandom};
 use gikev2_proto::group::{GroupAuth, GroupState, RekeySaState, RekeySuite, TekProtocol, TekState};
+use gikev2_proto::registry::SnId;
 use gikev2_proto::wire::TrafficSelector;
 use tracing::info;
 
@@ -45,7 +55,57 @@ fn rekey_suite(cfg: &GroupConfig) -> Result<Option<RekeySuite>, StoreError> {
     }
 }
 
-fn tek_for(p: &TekPolicy, rng: &mut dyn Random, expires: u64) -> Result<TekState, String> {
+/// The Sequence Numbers transform of a new TEK of `p` while `senders` members are
+/// authorized to send in the group. A fixed `tek_policies.sn_id` is taken as it is. With
+/// `auto` (NULL): "32-bit Sequential Numbers" for a multicast destination with at most one
+/// sender (RFC 9838 4.4.2.1.3: it "SHOULD be used by the GCKS for single-sender multicast
+/// Data-Security SAs", R077), else "32-bit Unspecified Numbers" (it "MUST be used ... in
+/// case of multi-sender multicast Data-Security SAs", R079; a unicast destination gets it
+/// too, since it promises nothing a receiver could rely on wrongly). docs/interop.md #56.
+pub fn tek_sn(p: &TekPolicy, senders: u64) -> SnId {
+    match p.spec.sn {
+        SnPolicy::Fixed(sn) => sn,
+        SnPolicy::Auto if senders <= 1 && p.spec.dst.is_multicast() => SnId::Seq32,
+        SnPolicy::Auto => SnId::Unspecified32,
+    }
+}
+
+/// Whether a TEK of `p` holding `t.sn` may stay while `senders` members may send: its
+/// transform is still the one a new TEK would get, or, with `auto`, "32-bit Unspecified
+/// Numbers" (never wrong; the next TEK goes back to sequential numbers when there is one
+/// sender again). A TEK with sequential numbers must also still fit the policy's packet
+/// rate (the rate may have been raised since, R049). docs/interop.md #57, #59.
+fn sn_still_fits(p: &TekPolicy, t: &TekSaRecord, senders: u64) -> bool {
+    let wanted = tek_sn(p, senders);
+    let sn_ok = t.sn == wanted || (p.spec.sn == SnPolicy::Auto && t.sn == SnId::Unspecified32);
+    let rate_ok =
+        t.sn != SnId::Seq32 || t.expires.saturating_sub(t.created) <= p.spec.seq32_lifetime();
+    sn_ok && rate_ok
+}
+
+/// The lifetime of a new TEK of `p` with transform `sn`, in seconds: the group's
+/// `tek_lifetime`, and for "32-bit Sequential Numbers" at most
+/// [`gikev2_policy::TekPolicySpec::seq32_lifetime`] ((2^32 - 1) / `max_packet_rate`), so
+/// that the TEK is replaced before a sender at that rate could have used every sequence
+/// number (RFC 9838 2.6: "the GCKS MUST be configured to rekey the SA frequently enough so
+/// that the 32-bit sequence numbers do not wrap", R049; RFC 4303 3.3.3). The members are
+/// given this lifetime in GSA_KEY_LIFETIME; their ESP engine also refuses to cycle the
+/// counter (docs/interop.md #38, #59).
+pub fn tek_lifetime(cfg: &GroupConfig, p: &TekPolicy, sn: SnId) -> u64 {
+    let life = u64::from(cfg.group.spec.tek_lifetime);
+    if sn == SnId::Seq32 {
+        life.min(p.spec.seq32_lifetime())
+    } else {
+        life
+    }
+}
+
+fn tek_for(
+    p: &TekPolicy,
+    sn: SnId,
+    rng: &mut dyn Random,
+    expires: u64,
+) -> Result<TekState, String> {
     let s = &p.spec;
     TekState::generate(
         rng,
@@ -54,7 +114,7 @@ fn tek_for(p: &TekPolicy, rng: &mut dyn Random, expires: u64) -> Result<TekState
         s.dst_ts(),
         Some(s.encr_alg().map_err(|e| e.to_string())?),
         s.integ_alg().map_err(|e| e.to_string())?,
-        s.sn,
+        sn,
         expires,
     )
     .map_err(|e| format!("TEK policy {}: {e}", p.id))
@@ -69,20 +129,22 @@ fn tek_keymat_len(p: &TekPolicy) -> Result<usize, String> {
 }
 
 /// What must change in `stored` so every SA the group's policy asks for is there and
-/// usable at `now`; `None` when nothing must.
+/// usable at `now`, with `senders` members authorized to send; `None` when nothing must.
 pub fn plan(
     cfg: &GroupConfig,
     stored: &StoredState,
+    senders: u64,
     now: u64,
     rng: &mut dyn Random,
 ) -> Result<Option<NewGroupState>, String> {
-    plan_with(cfg, stored, now, rng, renew_margin)
+    plan_with(cfg, stored, senders, now, rng, renew_margin)
 }
 
 /// [`plan`] with SAs replaced `margin(lifetime)` seconds before they expire.
 pub fn plan_with(
     cfg: &GroupConfig,
     stored: &StoredState,
+    senders: u64,
     now: u64,
     rng: &mut dyn Random,
     margin: fn(u64) -> u64,
@@ -110,26 +172,31 @@ pub fn plan_with(
             }
         }
     };
-    let tek_life = u64::from(spec.tek_lifetime);
     let mut teks = Vec::new();
     for p in &cfg.teks {
         let len = tek_keymat_len(p)?;
+        // A TEK's margin follows its own lifetime (a sequential-numbers TEK may live less
+        // than the group's tek_lifetime, R049).
         let kept: Vec<&TekSaRecord> = stored
             .teks
             .iter()
             .filter(|t| {
                 t.policy == p.id
                     && t.keymat.len() == len
-                    && usable(t.expires, tek_life, now, margin)
+                    && sn_still_fits(p, t, senders)
+                    && usable(t.expires, t.expires.saturating_sub(t.created), now, margin)
             })
             .collect();
         if kept.is_empty() {
             changed = true;
-            let t = tek_for(p, rng, now.saturating_add(tek_life))?;
+            let sn = tek_sn(p, senders);
+            let life = tek_lifetime(cfg, p, sn);
+            let t = tek_for(p, sn, rng, now.saturating_add(life))?;
             teks.push(TekSaRecord {
                 policy: p.id,
                 spi: t.spi,
                 keymat: t.keymat().clone(),
+                sn,
                 created: now,
                 expires: t.expires,
             });
@@ -193,21 +260,53 @@ pub enum StateFailure {
     Policy(String),
 }
 
-/// The group's stored state, created or renewed first when [`plan`] says so. A writer
-/// that loses the generation race (another registration or another GCKS process) re-reads
-/// and decides again; so does an SPI collision (SPIs are unique store-wide).
+/// Logs, at info, each TEK of `next` that is new since `stored` and whose lifetime the
+/// packet-rate bound shortened (RFC 9838 2.6, R049; [`tek_lifetime`]), naming the fields.
+pub fn log_shortened_teks(cfg: &GroupConfig, stored: &StoredState, next: &NewGroupState) {
+    let group_life = u64::from(cfg.group.spec.tek_lifetime);
+    for t in &next.teks {
+        let life = t.expires.saturating_sub(t.created);
+        if life >= group_life || stored.teks.iter().any(|o| o.spi == t.spi) {
+            continue;
+        }
+        let rate = cfg
+            .teks
+            .iter()
+            .find(|p| p.id == t.policy)
+            .map(|p| p.spec.max_packet_rate);
+        info!(
+            group = %cfg.group.spec.name,
+            tek_policy = %t.policy,
+            spi = %format_args!("{:#010x}", t.spi),
+            lifetime = life,
+            tek_lifetime_secs = group_life,
+            max_packet_rate = ?rate,
+            "TEK with 32-bit Sequential Numbers lives {life} s, less than groups.tek_lifetime_secs \
+             ({group_life} s): at tek_policies.max_packet_rate its sequence numbers would wrap \
+             (RFC 9838 2.6)"
+        );
+    }
+}
+
+/// The group's stored state, created or renewed first when [`plan`] says so, with
+/// `senders` members authorized to send ([`gikev2_policy::Store::sender_count`]; the
+/// caller passes the count it builds the group's policy with). A writer that loses the
+/// generation race (another registration or another GCKS process) re-reads and decides
+/// again; so does an SPI collision (SPIs are unique store-wide).
 pub async fn ensure_current(
     store: &Store,
     cfg: &GroupConfig,
+    senders: u64,
     now: u64,
 ) -> Result<StoredState, StateFailure> {
-    ensure_current_with(store, cfg, now, renew_margin).await
+    ensure_current_with(store, cfg, senders, now, renew_margin).await
 }
 
 /// [`ensure_current`] with SAs replaced `margin(lifetime)` seconds before they expire.
 pub async fn ensure_current_with(
     store: &Store,
     cfg: &GroupConfig,
+    senders: u64,
     now: u64,
     margin: fn(u64) -> u64,
 ) -> Result<StoredState, StateFailure> {
@@ -219,7 +318,7 @@ pub async fn ensure_current_with(
             .ok_or_else(|| StateFailure::Policy(format!("group {group} has no state row")))?;
         let next = {
             let mut rng = SystemRandom::new();
-            plan_with(cfg, &stored, now, &mut rng, margin).map_err(StateFailure::Policy)?
+            plan_with(cfg, &stored, senders, now, &mut rng, margin).map_err(StateFailure::Policy)?
         };
         let Some(next) = next else {
             return Ok(stored);
@@ -228,13 +327,16 @@ pub async fn ensure_current_with(
             .commit_group_state(group, stored.generation, &next, now)
             .await
         {
-            Ok(generation) => info!(
-                group = %cfg.group.spec.name,
-                generation,
-                teks = next.teks.len(),
-                rekey_sa = next.rekey.is_some(),
-                "group key state committed"
-            ),
+            Ok(generation) => {
+                info!(
+                    group = %cfg.group.spec.name,
+                    generation,
+                    teks = next.teks.len(),
+                    rekey_sa = next.rekey.is_some(),
+                    "group key state committed"
+                );
+                log_shortened_teks(cfg, &stored, &next);
+            }
             Err(StoreError::GenerationConflict { .. }) => {}
             Err(e) if e.constraint_kind() == Some(gikev2_policy::ConstraintKind::Unique) => {}
             Err(e) => return Err(e.into()),
@@ -303,6 +405,8 @@ pub fn to_proto(
             continue;
         };
         let s = &p.spec;
+        // The TEK's own transform, as its members were told it (not re-derived from the
+        // policy, which may say `auto`).
         let tek = TekState::new(
             TekProtocol::Esp,
             t.spi,
@@ -310,7 +414,7 @@ pub fn to_proto(
             s.dst_ts(),
             Some(s.encr_alg().map_err(|e| e.to_string())?),
             s.integ_alg().map_err(|e| e.to_string())?,
-            s.sn,
+            t.sn,
             t.keymat.clone(),
             t.expires,
         )
@@ -387,8 +491,9 @@ pub(crate) mod tests {
                     encr: EncrId::AesGcm16,
                     encr_key_bits: Some(128),
                     integ: None,
-                    sn: SnId::Unspecified32,
+                    sn: SnPolicy::Fixed(SnId::Unspecified32),
                     mode: EspMode::Transport,
+                    max_packet_rate: gikev2_policy::DEFAULT_MAX_PACKET_RATE,
                 },
             }],
         }
@@ -423,7 +528,7 @@ pub(crate) mod tests {
     fn first_use_creates_then_reuses_until_the_margin() {
         let c = cfg(RekeyMode::Multicast);
         let mut rng = SeededRandom::new([7; 32]);
-        let first = plan(&c, &empty(), 1000, &mut rng)
+        let first = plan(&c, &empty(), 0, 1000, &mut rng)
             .unwrap()
             .expect("created");
         assert!(first.rekey.is_some());
@@ -432,10 +537,10 @@ pub(crate) mod tests {
         assert_eq!(first.teks[0].keymat.len(), 16 + 4, "AES-GCM-128 key + salt");
         let s = applied(&empty(), first);
         assert!(
-            plan(&c, &s, 1089, &mut rng).unwrap().is_none(),
+            plan(&c, &s, 0, 1089, &mut rng).unwrap().is_none(),
             "11 s left of 100: kept"
         );
-        let renewed = plan(&c, &s, 1090, &mut rng)
+        let renewed = plan(&c, &s, 0, 1090, &mut rng)
             .unwrap()
             .expect("margin reached");
         assert_ne!(renewed.teks[0].spi, s.teks[0].spi);
@@ -462,12 +567,12 @@ pub(crate) mod tests {
         second.spec.dst = Selector::host_port("239.1.1.3".parse().unwrap(), 5004);
         c.teks.push(second);
         let mut rng = SeededRandom::new([9; 32]);
-        let first = plan(&c, &empty(), 1000, &mut rng).unwrap().unwrap();
+        let first = plan(&c, &empty(), 0, 1000, &mut rng).unwrap().unwrap();
         assert_eq!(first.teks.len(), 2);
         assert_ne!(first.teks[0].spi, first.teks[1].spi);
         assert_ne!(first.teks[0].keymat, first.teks[1].keymat);
         let s = applied(&empty(), first);
-        let renewed = plan(&c, &s, 1095, &mut rng)
+        let renewed = plan(&c, &s, 0, 1095, &mut rng)
             .unwrap()
             .expect("margin reached");
         for (old, new) in s.teks.iter().zip(&renewed.teks) {
@@ -492,10 +597,13 @@ pub(crate) mod tests {
         // And a registration's renewal (the later margin) does not pre-empt it.
         let c = cfg(RekeyMode::Multicast);
         let mut rng = SeededRandom::new([3; 32]);
-        let s = applied(&empty(), plan(&c, &empty(), 0, &mut rng).unwrap().unwrap());
-        assert!(plan(&c, &s, 75, &mut rng).unwrap().is_none());
+        let s = applied(
+            &empty(),
+            plan(&c, &empty(), 0, 0, &mut rng).unwrap().unwrap(),
+        );
+        assert!(plan(&c, &s, 0, 75, &mut rng).unwrap().is_none());
         assert!(
-            plan_with(&c, &s, 75, &mut rng, push_margin)
+            plan_with(&c, &s, 0, 75, &mut rng, push_margin)
                 .unwrap()
                 .is_some()
         );
@@ -506,7 +614,10 @@ pub(crate) mod tests {
     fn a_new_kek_keeps_the_teks() {
         let c = cfg(RekeyMode::Multicast);
         let mut rng = SeededRandom::new([5; 32]);
-        let s = applied(&empty(), plan(&c, &empty(), 0, &mut rng).unwrap().unwrap());
+        let s = applied(
+            &empty(),
+            plan(&c, &empty(), 0, 0, &mut rng).unwrap().unwrap(),
+        );
         let n = plan_new_kek(&c, &s, 10, &mut rng).unwrap().unwrap();
         let (old, new) = (s.rekey.as_ref().unwrap(), n.rekey.as_ref().unwrap());
         assert_ne!(new.spi, old.spi);
@@ -515,7 +626,7 @@ pub(crate) mod tests {
         assert_eq!(n.teks, s.teks);
         let inband = applied(
             &empty(),
-            plan(&cfg(RekeyMode::Inband), &empty(), 0, &mut rng)
+            plan(&cfg(RekeyMode::Inband), &empty(), 0, 0, &mut rng)
                 .unwrap()
                 .unwrap(),
         );
@@ -526,11 +637,139 @@ pub(crate) mod tests {
         );
     }
 
+    /// RFC 9838 4.4.2.1.3 (R077, R079) with `tek_policies.sn_id` NULL: a new TEK gets
+    /// "32-bit Sequential Numbers" while its multicast destination has at most one
+    /// sender, else "32-bit Unspecified Numbers"; the TEK keeps its transform, and one
+    /// with sequential numbers is replaced once a second sender is authorized. A fixed
+    /// transform is taken as configured, and a TEK is replaced when it is edited.
+    #[test]
+    fn auto_sequence_numbers_follow_the_senders_and_the_destination() {
+        let mut c = cfg(RekeyMode::Multicast);
+        c.teks[0].spec.sn = SnPolicy::Auto;
+        let mut rng = SeededRandom::new([4; 32]);
+        let sn_of = |c: &GroupConfig, senders, rng: &mut SeededRandom| {
+            plan(c, &empty(), senders, 0, rng).unwrap().unwrap().teks[0].sn
+        };
+        assert_eq!(sn_of(&c, 0, &mut rng), SnId::Seq32, "receivers only");
+        assert_eq!(sn_of(&c, 1, &mut rng), SnId::Seq32, "one sender");
+        assert_eq!(sn_of(&c, 2, &mut rng), SnId::Unspecified32, "two senders");
+        let mut unicast = c.clone();
+        unicast.teks[0].spec.dst = Selector::host_port("192.0.2.7".parse().unwrap(), 5004);
+        assert_eq!(sn_of(&unicast, 1, &mut rng), SnId::Unspecified32);
+        let mut fixed = c.clone();
+        fixed.teks[0].spec.sn = SnPolicy::Fixed(SnId::Seq32);
+        assert_eq!(sn_of(&fixed, 2, &mut rng), SnId::Seq32, "as configured");
+
+        // The TEK keeps its transform; the protocol core gets it from the TEK.
+        let one = applied(
+            &empty(),
+            plan(&c, &empty(), 1, 0, &mut rng).unwrap().unwrap(),
+        );
+        assert_eq!(one.teks[0].sn, SnId::Seq32);
+        assert!(plan(&c, &one, 1, 10, &mut rng).unwrap().is_none());
+        assert!(plan(&c, &one, 0, 10, &mut rng).unwrap().is_none());
+        let src = c.group.spec.rekey.src_selector();
+        let proto = to_proto(&c, &one, GroupAuth::Implicit, false, &src).unwrap();
+        assert_eq!(proto.teks[0].sn, SnId::Seq32);
+        // With two senders it could not be handed out at all, so it is replaced.
+        assert!(to_proto(&c, &one, GroupAuth::Implicit, true, &src).is_err());
+        let two = plan(&c, &one, 2, 10, &mut rng)
+            .unwrap()
+            .expect("a second sender replaces the TEK");
+        assert_ne!(two.teks[0].spi, one.teks[0].spi);
+        assert_ne!(two.teks[0].keymat, one.teks[0].keymat);
+        assert_eq!(two.teks[0].sn, SnId::Unspecified32);
+        assert_eq!(two.rekey, one.rekey, "the Rekey SA is still good");
+        let two = applied(&one, two);
+        let proto = to_proto(&c, &two, GroupAuth::Implicit, true, &src).unwrap();
+        assert_eq!(proto.teks[0].sn, SnId::Unspecified32);
+        assert!(
+            plan(&c, &two, 1, 20, &mut rng).unwrap().is_none(),
+            "unspecified numbers stay when the second sender goes"
+        );
+
+        // An edited fixed transform replaces the TEK.
+        let mut edited = c.clone();
+        edited.teks[0].spec.sn = SnPolicy::Fixed(SnId::Unspecified32);
+        let n = plan(&edited, &one, 1, 10, &mut rng).unwrap().unwrap();
+        assert_eq!(n.teks[0].sn, SnId::Unspecified32);
+        assert_ne!(n.teks[0].spi, one.teks[0].spi);
+    }
+
+    /// RFC 9838 2.6 (R049): a TEK with "32-bit Sequential Numbers" lives at most
+    /// (2^32 - 1) / `max_packet_rate` seconds, so a sender at that rate cannot wrap its
+    /// sequence numbers before the GCKS replaces it; other TEKs live the group's
+    /// `tek_lifetime`. Its renew margin follows its own lifetime, and a TEK made before
+    /// the rate was raised is replaced.
+    #[test]
+    fn sequential_tek_lifetimes_are_bounded_by_the_packet_rate() {
+        let mut c = cfg(RekeyMode::Multicast);
+        c.group.spec.tek_lifetime = 86_400;
+        c.teks[0].spec.sn = SnPolicy::Auto;
+        let mut rng = SeededRandom::new([6; 32]);
+        for rate in [
+            1,
+            1_000,
+            50_000,
+            1_000_000,
+            10_000_000,
+            gikev2_policy::MAX_PACKET_RATE,
+        ] {
+            c.teks[0].spec.max_packet_rate = rate;
+            let t = &plan(&c, &empty(), 1, 1000, &mut rng).unwrap().unwrap().teks[0];
+            assert_eq!(t.sn, SnId::Seq32);
+            let life = t.expires - t.created;
+            assert!(
+                life * u64::from(rate) <= u64::from(u32::MAX),
+                "rate {rate}: {life} s would let the sequence numbers wrap"
+            );
+            assert_eq!(life, 86_400.min(u64::from(u32::MAX) / u64::from(rate)));
+            assert!(life >= gikev2_policy::MIN_SEQ32_LIFETIME);
+        }
+        c.teks[0].spec.max_packet_rate = gikev2_policy::DEFAULT_MAX_PACKET_RATE;
+        let t = &plan(&c, &empty(), 1, 1000, &mut rng).unwrap().unwrap().teks[0];
+        assert_eq!(t.expires, 1000 + 4294, "(2^32 - 1) / 1,000,000 s");
+        let t = &plan(&c, &empty(), 2, 1000, &mut rng).unwrap().unwrap().teks[0];
+        assert_eq!(
+            (t.sn, t.expires),
+            (SnId::Unspecified32, 1000 + 86_400),
+            "unspecified numbers may wrap"
+        );
+
+        // A higher rate since: the 4294-s TEK would live too long, so it is replaced.
+        let s = applied(
+            &empty(),
+            plan(&c, &empty(), 1, 0, &mut rng).unwrap().unwrap(),
+        );
+        assert!(plan(&c, &s, 1, 10, &mut rng).unwrap().is_none());
+        let mut faster = c.clone();
+        faster.teks[0].spec.max_packet_rate = 10_000_000;
+        let n = plan(&faster, &s, 1, 10, &mut rng).unwrap().unwrap();
+        assert_ne!(n.teks[0].spi, s.teks[0].spi);
+        assert_eq!(n.teks[0].expires, 10 + 429);
+
+        // Renewed at a tenth (42 s) and pushed at a quarter (108 s) of its own 429 s, not
+        // 300 s before like a TEK of the group's 86,400 s.
+        let s = applied(&s, n);
+        assert!(plan(&faster, &s, 1, 439 - 43, &mut rng).unwrap().is_none());
+        assert!(plan(&faster, &s, 1, 439 - 42, &mut rng).unwrap().is_some());
+        assert!(
+            plan_with(&faster, &s, 1, 439 - 109, &mut rng, push_margin)
+                .unwrap()
+                .is_none()
+        );
+        assert!(
+            plan_with(&faster, &s, 1, 439 - 108, &mut rng, push_margin)
+                .unwrap()
+                .is_some()
+        );
+    }
+
     #[test]
     fn inband_groups_have_no_rekey_sa() {
         let c = cfg(RekeyMode::Inband);
         let mut rng = SeededRandom::new([8; 32]);
-        let n = plan(&c, &empty(), 5, &mut rng).unwrap().unwrap();
+        let n = plan(&c, &empty(), 0, 5, &mut rng).unwrap().unwrap();
         assert!(n.rekey.is_none());
         let s = applied(&empty(), n);
         assert!(

@@ -166,6 +166,85 @@ fn errors_name_the_argument_at_fault() {
     );
 }
 
+/// `gcks group add-tek`: the Sequence Numbers transform is `auto` unless given (RFC 9838
+/// 4.4.2.1.3, R077), the packet rate 1,000,000/s unless given, and a rate that would leave
+/// a TEK with sequential numbers less than a minute is refused naming the flag (2.6, R049).
+#[test]
+fn add_tek_chooses_sequence_numbers_by_default_and_checks_the_packet_rate() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let ok = |args: &[&str]| {
+        let o = gcks(d, args);
+        assert!(o.status.success(), "{args:?}: {}", stderr(&o));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    ok(&[
+        "group",
+        "create",
+        "g",
+        "--rekey",
+        "inband",
+        "--sender-id-bits",
+        "8",
+    ]);
+    for (rate, shown) in [("0", "0"), ("71582789", "71582789")] {
+        let o = gcks(
+            d,
+            &[
+                "group",
+                "add-tek",
+                "g",
+                "--dst",
+                "239.0.0.1:5004",
+                "--max-packet-rate",
+                rate,
+            ],
+        );
+        assert!(!o.status.success());
+        let e = stderr(&o);
+        assert!(e.contains(&format!("--max-packet-rate: {shown}")), "{e}");
+        assert!(e.contains("RFC 9838 2.6"), "{e}");
+    }
+    let e = stderr(&gcks(
+        d,
+        &[
+            "group",
+            "add-tek",
+            "g",
+            "--dst",
+            "239.0.0.1",
+            "--sn",
+            "seq16",
+        ],
+    ));
+    assert!(
+        e.contains("--sn: \"seq16\" (auto, unspecified, seq32 or seq64)"),
+        "{e}"
+    );
+    let out = ok(&["group", "add-tek", "g", "--dst", "239.0.0.1:5004"]);
+    assert!(out.contains("SN auto"), "{out}");
+    ok(&[
+        "group",
+        "add-tek",
+        "g",
+        "--dst",
+        "239.0.0.2:5004",
+        "--sn",
+        "unspecified",
+        "--max-packet-rate",
+        "71582788",
+    ]);
+    let list = ok(&["group", "list"]);
+    assert!(
+        list.contains("SN auto transport max 1000000 packets/s"),
+        "{list}"
+    );
+    assert!(
+        list.contains("SN 32-bit Unspecified Numbers transport max 71582788 packets/s"),
+        "{list}"
+    );
+}
+
 #[test]
 fn the_demo_registers_three_members_with_identical_keys() {
     let o = Command::new(GCKS).arg("demo").output().unwrap();

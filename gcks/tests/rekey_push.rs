@@ -23,8 +23,9 @@ use gikev2_member::config::MembershipConfig;
 use gikev2_member::runtime::{self, RuntimeConfig};
 use gikev2_member::{AgentEvent, AgentHandle, NoDataPlane, SystemClock};
 use gikev2_policy::{
-    EspMode, GroupId, GroupSpec, GroupWidePolicy, Identity, MasterKey, NewCredential, RekeyConfig,
-    RekeyMode, Role, Selector, Store, TekPolicySpec, TekProtocol,
+    DEFAULT_MAX_PACKET_RATE, EspMode, GroupId, GroupSpec, GroupWidePolicy, Identity, MasterKey,
+    NewCredential, RekeyConfig, RekeyMode, Role, Selector, SnPolicy, Store, TekPolicySpec,
+    TekProtocol,
 };
 use gikev2_proto::crypto::{IkeSuite, SecretBytes, SignatureScheme, SigningKey, SystemRandom};
 use gikev2_proto::ike::{IkeConfig, LocalAuth, PeerAuth, PeerAuthResolver, SinglePeer};
@@ -155,8 +156,9 @@ async fn world_listening(
                 encr: EncrId::AesGcm16,
                 encr_key_bits: Some(256),
                 integ: None,
-                sn: SnId::Unspecified32,
+                sn: SnPolicy::Fixed(SnId::Unspecified32),
                 mode: EspMode::Transport,
+                max_packet_rate: DEFAULT_MAX_PACKET_RATE,
             },
         )
         .await
@@ -424,7 +426,7 @@ async fn tek_renewals_and_a_rekey_sa_rollover_reach_the_members_by_multicast() {
         .await
         .unwrap()
         .unwrap();
-    let renewed = ensure_current(&w.store, &cfg, t2).await.unwrap();
+    let renewed = ensure_current(&w.store, &cfg, 0, t2).await.unwrap();
     let (k2, tek_c) = (renewed.rekey.as_ref().unwrap().spi, renewed.teks[0].spi);
     assert_ne!(k2, k1);
     let s = &tick_one(&mut w, t2).await;
@@ -730,8 +732,9 @@ fn second_tek_policy() -> TekPolicySpec {
         encr: EncrId::AesGcm16,
         encr_key_bits: Some(256),
         integ: None,
-        sn: SnId::Unspecified32,
+        sn: SnPolicy::Fixed(SnId::Unspecified32),
         mode: EspMode::Transport,
+        max_packet_rate: DEFAULT_MAX_PACKET_RATE,
     }
 }
 
@@ -1032,5 +1035,156 @@ async fn the_kek_source_selector_names_the_address_and_port_gsa_rekey_comes_from
         kek_policy.src,
         "registrations and GSA_REKEY name the same source"
     );
+    let _ = w.stop.send(());
+}
+
+/// The SN transform of the inbound TEK `spi` an agent holds, as its status shows it.
+async fn held_tek(h: &AgentHandle, spi: u32) -> Option<String> {
+    let st = h.status().await.unwrap();
+    st.groups[0]
+        .teks
+        .iter()
+        .find(|t| t.spi == format!("{spi:#010x}") && t.direction == "inbound")
+        .map(|t| t.sn.clone())
+}
+
+/// RFC 9838 4.4.2.1.3 (R077) and 2.6 (R049), pushed by multicast, with
+/// `tek_policies.sn_id` NULL (`--sn auto`) and `max_packet_rate` 10,000,000: with one
+/// sender authorized the TEK has "32-bit Sequential Numbers" and lives (2^32 - 1) /
+/// 10,000,000 = 429 s instead of the group's 600 s, and its scheduled renewal keeps both
+/// (no policy change, same KEK). When a second sender is authorized the next tick replaces
+/// it with a TEK with "32-bit Unspecified Numbers" (new SPI and keys, the group's
+/// lifetime) in a GSA_REKEY that also carries a new Rekey SA: the SN transform members
+/// hold changed, a policy change (3.2.1, docs/interop.md #58).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_sender_replaces_the_sequential_tek_by_multicast() {
+    use gikev2_proto::group::{RekeyReader, Role as KeyRole, read_registration};
+
+    let dst = rekey_dst();
+    let mut w = world_with(dst, &["a.example", "b.example"], Role::Receiver, Some(8)).await;
+    let pool = sqlx::SqlitePool::connect(&w.url).await.unwrap();
+    let sql = |q: &'static str| {
+        let pool = pool.clone();
+        async move { sqlx::query(q).execute(&pool).await.unwrap() }
+    };
+    sql("UPDATE tek_policies SET sn_id = NULL, max_packet_rate = 10000000").await;
+    sql(
+        "UPDATE authorizations SET role = 'sender' WHERE member_id = \
+         (SELECT id FROM members WHERE id_value = CAST('a.example' AS BLOB))",
+    )
+    .await;
+    let bound = u64::from(u32::MAX) / 10_000_000;
+    assert_eq!(bound, 429);
+    let rx = listener(dst);
+    let t0 = unix_now();
+    let (k1, tek_1) = first_state(&mut w, t0).await;
+
+    // a, the only sender, registers: sequential numbers, 429 s.
+    let joined = register_once(w.gcks, "a.example", Some(1)).await.unwrap();
+    let keys = read_registration(
+        &joined.gsa,
+        &joined.kd,
+        &joined.kwk,
+        KeyRole::Sender { receives: true },
+    )
+    .unwrap();
+    assert_eq!(keys.teks.len(), 1);
+    assert_eq!((keys.teks[0].spi, keys.teks[0].sn), (tek_1, SnId::Seq32));
+    let life = u64::from(keys.teks[0].lifetime.unwrap());
+    assert!(life <= bound, "GSA_KEY_LIFETIME {life} s (R049)");
+    let mut reader = RekeyReader::new(&keys, std::time::Instant::now()).unwrap();
+    let read = |reader: &mut RekeyReader, s: &SentRekey| {
+        let mut update = None;
+        for d in &s.datagrams {
+            update = reader.handle(d, std::time::Instant::now()).unwrap();
+        }
+        update.expect("the GSA_REKEY is read")
+    };
+    // b, a receiver, runs the member runtime.
+    let b = agent();
+    let mut eb = b.subscribe().await.unwrap();
+    assert_eq!(
+        b.join(member("b.example", w.gcks), Some(WAIT))
+            .await
+            .unwrap()
+            .state,
+        "up"
+    );
+    assert_eq!(
+        held_tek(&b, tek_1).await.as_deref(),
+        Some("32-bit Sequential Numbers")
+    );
+    assert!(w.scheduler.tick(t0 + 1).await.is_empty(), "nothing changed");
+
+    // 1. Renewed on schedule, a quarter of its own 429 s early: sequential again, 429 s,
+    // same KEK.
+    let s = tick_one(&mut w, t0 + bound - 108).await;
+    let (_, teks) = stored(&w).await;
+    let tek_2 = teks[0];
+    assert_eq!(
+        (s.message_id, s.over, s.new_rekey_sa, s.policy_changed),
+        (0, k1, None, false)
+    );
+    assert_eq!(
+        (s.new_teks.clone(), s.deleted_teks.clone()),
+        (vec![tek_2], vec![tek_1])
+    );
+    let u = read(&mut reader, &s);
+    assert_eq!((u.teks[0].spi, u.teks[0].sn), (tek_2, SnId::Seq32));
+    let life = u64::from(u.teks[0].lifetime.unwrap());
+    assert!(
+        (bound - 1..=bound).contains(&life),
+        "pushed GSA_KEY_LIFETIME {life} s (R049)"
+    );
+    copies(&rx, &s, 3).await;
+    assert_eq!(
+        rekeyed(&mut eb).await,
+        pushed(0, hex(&[tek_2]), hex(&[tek_1]), false)
+    );
+
+    // 2. b becomes a second sender: its TEK is replaced at the next tick, with
+    // unspecified numbers and a new KEK, over the KEK the members hold.
+    sql(
+        "UPDATE authorizations SET role = 'sender' WHERE member_id = \
+         (SELECT id FROM members WHERE id_value = CAST('b.example' AS BLOB))",
+    )
+    .await;
+    pool.close().await;
+    let t1 = t0 + bound - 107;
+    let s = tick_one(&mut w, t1).await;
+    let (k2, teks) = stored(&w).await;
+    let tek_3 = teks[0];
+    assert_ne!(tek_3, tek_2);
+    assert_ne!(k2, k1);
+    assert_eq!(
+        (s.message_id, s.over, s.new_rekey_sa, s.policy_changed),
+        (1, k1, Some(k2), true),
+        "another SN transform is a policy change: a new KEK (3.2.1)"
+    );
+    assert_eq!(
+        (s.new_teks.clone(), s.deleted_teks.clone()),
+        (vec![tek_3], vec![tek_2])
+    );
+    let st = w.store.group_state(w.group).await.unwrap().unwrap();
+    assert_eq!(st.teks[0].sn, SnId::Unspecified32);
+    assert_eq!(st.teks[0].expires, t1 + u64::from(TEK_LIFETIME));
+    let u = read(&mut reader, &s);
+    assert_eq!((u.teks[0].spi, u.teks[0].sn), (tek_3, SnId::Unspecified32));
+    assert!(u.new_rekey.is_some());
+    let life = u64::from(u.teks[0].lifetime.unwrap());
+    assert!(
+        life > bound && life <= u64::from(TEK_LIFETIME),
+        "the group's lifetime: {life} s"
+    );
+    copies(&rx, &s, 3).await;
+    assert_eq!(
+        rekeyed(&mut eb).await,
+        pushed(1, hex(&[tek_3]), hex(&[tek_2]), true)
+    );
+    assert_eq!(
+        held_tek(&b, tek_3).await.as_deref(),
+        Some("32-bit Unspecified Numbers")
+    );
+    assert!(w.scheduler.tick(t1 + 1).await.is_empty(), "told once");
     let _ = w.stop.send(());
 }

@@ -11,8 +11,9 @@ use gikev2_gcks::credentials::{CacheConfig, CredentialCache, StoreLoader};
 use gikev2_gcks::{Registrar, RegistrationContext, ServeConfig, Server, StoreRegistrar};
 use gikev2_member::{JoinError, join};
 use gikev2_policy::{
-    AuditOutcome, EspMode, GroupId, GroupSpec, GroupWidePolicy, Identity, MasterKey, NewCredential,
-    RekeyConfig, RekeyMode, Role, Selector, Store, TekPolicySpec, TekProtocol,
+    AuditOutcome, DEFAULT_MAX_PACKET_RATE, EspMode, GroupId, GroupSpec, GroupWidePolicy, Identity,
+    MasterKey, NewCredential, RekeyConfig, RekeyMode, Role, Selector, SnPolicy, Store,
+    TekPolicySpec, TekProtocol,
 };
 use gikev2_proto::crypto::{
     IkeSuite, KeyWrapAlg, KeyWrapKey, SecretBytes, SignatureScheme, SigningKey, SystemRandom,
@@ -70,8 +71,9 @@ fn tek() -> TekPolicySpec {
         encr: EncrId::AesGcm16,
         encr_key_bits: Some(256),
         integ: None,
-        sn: SnId::Unspecified32,
+        sn: SnPolicy::Fixed(SnId::Unspecified32),
         mode: EspMode::TunnelAddressPreserving,
+        max_packet_rate: DEFAULT_MAX_PACKET_RATE,
     }
 }
 
@@ -577,7 +579,7 @@ async fn several_senders_and_sequential_numbers_refuse_with_the_field_named() {
         .await
         .unwrap();
     let mut spec = tek();
-    spec.sn = SnId::Seq32;
+    spec.sn = SnPolicy::Fixed(SnId::Seq32);
     spec.dst = Selector::host_port("239.1.2.9".parse().unwrap(), 5004);
     f.store.add_tek_policy(seq, &spec).await.unwrap();
     add_psk_member(&f.store, "one.example", &[("seq", Role::Sender)]).await;
@@ -604,6 +606,87 @@ async fn several_senders_and_sequential_numbers_refuse_with_the_field_named() {
         "{}",
         last[0].event.reason
     );
+}
+
+/// The one TEK policy of an accepted registration: (SPI, SN transform, GSA_KEY_LIFETIME).
+fn granted_tek(d: &Decision) -> (gikev2_proto::wire::gsa::Spi, SnId, u32) {
+    let Decision::Accept { gsa, .. } = d else {
+        panic!("{d:?}")
+    };
+    let teks: Vec<_> = gsa.teks().collect();
+    assert_eq!(teks.len(), 1, "{gsa:?}");
+    let sn = teks[0]
+        .transform(gikev2_proto::registry::TransformType::Sn)
+        .expect("every TEK carries the SN transform (RFC 9838 2.6)");
+    (
+        teks[0].spi,
+        SnId::from(sn.id),
+        teks[0].attributes.key_lifetime.expect("GSA_KEY_LIFETIME"),
+    )
+}
+
+/// RFC 9838 4.4.2.1.3 (R077) and 2.6 (R049) at registration, with `--sn auto`: the only
+/// sender gets "32-bit Sequential Numbers" on the multicast TEK, with a lifetime in which
+/// a sender at the policy's packet rate cannot wrap them. A second sender, authorized after
+/// the group's view was cached, gets a new TEK with "32-bit Unspecified Numbers" at once
+/// (the view is loaded again, not used for another hour), and so does the next receiver.
+#[tokio::test(flavor = "current_thread")]
+async fn auto_sequence_numbers_are_sequential_for_one_sender_within_the_packet_rate() {
+    let f = fixture().await;
+    let g = f
+        .store
+        .create_group(&group_spec("auto", RekeyMode::Multicast), 0)
+        .await
+        .unwrap();
+    let mut spec = tek();
+    spec.sn = SnPolicy::Auto;
+    spec.max_packet_rate = 10_000_000;
+    spec.dst = Selector::host_port("239.1.2.11".parse().unwrap(), 5004);
+    f.store.add_tek_policy(g, &spec).await.unwrap();
+    add_psk_member(&f.store, "one.example", &[("auto", Role::Sender)]).await;
+    add_psk_member(&f.store, "rx.example", &[("auto", Role::Receiver)]).await;
+    let registrar = StoreRegistrar::new(f.store.clone()).with_policy_ttl(Duration::from_secs(3600));
+
+    let first = registrar
+        .register(ctx("one.example", "auto", Some(1)))
+        .await;
+    let (spi1, sn, lifetime) = granted_tek(&first.decision);
+    assert_eq!(sn, SnId::Seq32, "one sender: sequential numbers (R077)");
+    // (2^32 - 1) / 10,000,000 = 429 s, less than the group's 600 s (R049).
+    assert!(
+        (1..=429).contains(&lifetime),
+        "GSA_KEY_LIFETIME {lifetime} s"
+    );
+    assert!(u64::from(lifetime) * 10_000_000 <= u64::from(u32::MAX));
+    let (spi, sn, _) = granted_tek(
+        &registrar
+            .register(ctx("rx.example", "auto", None))
+            .await
+            .decision,
+    );
+    assert_eq!((spi, sn), (spi1, SnId::Seq32), "the same TEK");
+
+    add_psk_member(&f.store, "two.example", &[("auto", Role::Sender)]).await;
+    let second = registrar
+        .register(ctx("two.example", "auto", Some(1)))
+        .await;
+    let (spi2, sn, lifetime) = granted_tek(&second.decision);
+    assert_ne!(spi2, spi1, "a new TEK");
+    assert_eq!(sn, SnId::Unspecified32, "two senders (R079)");
+    assert!(
+        (430..=600).contains(&lifetime),
+        "the group's lifetime: {lifetime} s"
+    );
+    let (spi, sn, _) = granted_tek(
+        &registrar
+            .register(ctx("rx.example", "auto", None))
+            .await
+            .decision,
+    );
+    assert_eq!((spi, sn), (spi2, SnId::Unspecified32));
+    let st = f.store.group_state(g).await.unwrap().unwrap();
+    assert_eq!(st.teks.len(), 1);
+    assert_eq!(st.teks[0].sn, SnId::Unspecified32);
 }
 
 /// RFC 9838 3.1 (R052): no KWK shorter than the group's keys. A member whose IKE SA

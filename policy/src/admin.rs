@@ -161,10 +161,25 @@ fn validate_tek(spec: &TekPolicySpec) -> Result<(), StoreError> {
     }
     check_key_bits(spec.encr_key_bits, "TEK ENCR")?;
     check_suite(spec.encr, spec.encr_key_bits, spec.integ, "TEK suite")?;
-    if spec.sn.value() > 2 {
+    if let SnPolicy::Fixed(sn) = spec.sn
+        && sn.value() > 2
+    {
         return Err(StoreError::invalid(
             "TEK SN",
-            format!("{} is not defined", spec.sn),
+            format!("{sn} is not defined"),
+        ));
+    }
+    // RFC 9838 2.6 (R049): the rate bounds the life of a TEK with sequential numbers;
+    // one that would leave it less than a minute is refused (also a CHECK constraint).
+    if !(1..=MAX_PACKET_RATE).contains(&spec.max_packet_rate) {
+        return Err(StoreError::invalid(
+            "TEK max_packet_rate",
+            format!(
+                "{} packets per second (1..={MAX_PACKET_RATE}: a TEK with 32-bit \
+                 Sequential Numbers must live at least {MIN_SEQ32_LIFETIME} s before its \
+                 sequence numbers could wrap, RFC 9838 2.6)",
+                spec.max_packet_rate
+            ),
         ));
     }
     Ok(())
@@ -281,9 +296,10 @@ impl Store {
             sqlx::query_scalar(
                 "INSERT INTO tek_policies (group_id, protocol, ip_protocol, src_addr_start, \
                  src_addr_end, src_port_start, src_port_end, dst_addr_start, dst_addr_end, \
-                 dst_port_start, dst_port_end, encr_id, encr_key_bits, integ_id, sn_id, mode) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16) \
-                 RETURNING id",
+                 dst_port_start, dst_port_end, encr_id, encr_key_bits, integ_id, sn_id, mode, \
+                 max_packet_rate) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, \
+                 $17) RETURNING id",
             )
             .bind(group.0)
             .bind(spec.protocol.as_db())
@@ -299,8 +315,12 @@ impl Store {
             .bind(i64::from(spec.encr.value()))
             .bind(spec.encr_key_bits.map(i64::from))
             .bind(spec.integ.map(|i| i64::from(i.value())))
-            .bind(i64::from(spec.sn.value()))
+            .bind(match spec.sn {
+                SnPolicy::Auto => None,
+                SnPolicy::Fixed(sn) => Some(i64::from(sn.value())),
+            })
             .bind(spec.mode.as_db())
+            .bind(i64::from(spec.max_packet_rate))
             .fetch_one(pool)
             .await?
         });

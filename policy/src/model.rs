@@ -408,6 +408,12 @@ impl Selector {
         }
     }
 
+    /// Every address of the range is a multicast address (the destination of a multicast
+    /// Data-Security SA; the same test the protocol core applies to a GSA TEK policy).
+    pub fn is_multicast(&self) -> bool {
+        self.start.is_multicast() && self.end.is_multicast()
+    }
+
     /// Same family, `start <= end` for addresses and ports.
     pub fn validate(&self) -> Result<(), String> {
         let ordered = match (self.start, self.end) {
@@ -425,6 +431,45 @@ impl Selector {
     }
 }
 
+/// The Sequence Numbers transform a TEK policy asks for (RFC 9838 2.6, 4.4.2.1.3), stored
+/// in `tek_policies.sn_id`: NULL for [`SnPolicy::Auto`], else the transform ID
+/// (migrations 0006).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SnPolicy {
+    /// The GCKS chooses when it creates each TEK, and the TEK keeps the choice
+    /// ([`TekSaRecord::sn`]): "32-bit Sequential Numbers" for a multicast destination
+    /// with at most one sender authorized (4.4.2.1.3: it SHOULD be used for single-sender
+    /// multicast SAs, R077), "32-bit Unspecified Numbers" otherwise (it MUST be used with
+    /// several senders, R079). A TEK with sequential numbers is replaced when a second
+    /// sender is authorized (docs/interop.md #56, #57).
+    Auto,
+    /// This transform for every TEK of the policy.
+    Fixed(SnId),
+}
+
+impl fmt::Display for SnPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Auto => f.write_str("auto"),
+            Self::Fixed(sn) => write!(f, "{sn}"),
+        }
+    }
+}
+
+/// `tek_policies.max_packet_rate` when none is given: packets per second one sender may
+/// send on a TEK. A TEK with "32-bit Sequential Numbers" then lives at most
+/// (2^32 - 1) / 1,000,000 = 4294 s (RFC 9838 2.6, R049).
+pub const DEFAULT_MAX_PACKET_RATE: u32 = 1_000_000;
+
+/// The shortest lifetime the packet-rate bound may impose on a TEK with "32-bit
+/// Sequential Numbers", in seconds: a higher rate is refused (it would make the GCKS
+/// replace the TEK all the time).
+pub const MIN_SEQ32_LIFETIME: u64 = 60;
+
+/// The highest `tek_policies.max_packet_rate`: (2^32 - 1) / [`MIN_SEQ32_LIFETIME`]
+/// (71,582,788 packets per second; also a CHECK constraint, migrations 0006).
+pub const MAX_PACKET_RATE: u32 = (u32::MAX as u64 / MIN_SEQ32_LIFETIME) as u32;
+
 /// The policy of one Data-Security SA (a GSA TEK policy, RFC 9838 4.4.2): everything but
 /// the SPI and keys, which change with every rekey and live in [`GroupState`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -440,9 +485,25 @@ pub struct TekPolicySpec {
     /// INTEG for non-AEAD ciphers; `None` with an AEAD cipher.
     pub integ: Option<IntegId>,
     /// The Sequence Numbers transform (RFC 9838 4.4.2.1.3): sequential (replay
-    /// protection possible) or unspecified (many senders).
-    pub sn: SnId,
+    /// protection possible), unspecified (many senders), or chosen per TEK.
+    pub sn: SnPolicy,
     pub mode: EspMode,
+    /// Most packets per second one sender sends on a TEK of this policy
+    /// (`tek_policies.max_packet_rate`, 1..=[`MAX_PACKET_RATE`]). It bounds the lifetime
+    /// of a TEK with "32-bit Sequential Numbers" ([`Self::seq32_lifetime`]); it is not on
+    /// the wire.
+    pub max_packet_rate: u32,
+}
+
+impl TekPolicySpec {
+    /// The longest lifetime, in seconds, of a TEK of this policy with "32-bit Sequential
+    /// Numbers": (2^32 - 1) / `max_packet_rate`. A sender at that rate uses sequence
+    /// numbers 1 to at most 2^32 - 1 before the TEK expires, so they never wrap (RFC 9838
+    /// 2.6: "the GCKS MUST be configured to rekey the SA frequently enough so that the
+    /// 32-bit sequence numbers do not wrap", R049; RFC 4303 3.3.3).
+    pub fn seq32_lifetime(&self) -> u64 {
+        u64::from(u32::MAX) / u64::from(self.max_packet_rate.max(1))
+    }
 }
 
 /// A stored TEK policy.
@@ -561,6 +622,10 @@ pub struct TekSaRecord {
     pub spi: u32,
     /// Encryption key (with salt) then integrity key (RFC 9838 3.4); encrypted at rest.
     pub keymat: SecretBytes,
+    /// The Sequence Numbers transform the TEK was created with (`tek_sas.sn_id`,
+    /// migrations 0006): members were told it, so it stays for the TEK's life even when
+    /// the policy says [`SnPolicy::Auto`] and the group's senders change.
+    pub sn: SnId,
     pub created: Seconds,
     pub expires: Seconds,
 }

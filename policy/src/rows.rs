@@ -147,7 +147,8 @@ impl TryFrom<GroupRow> for Group {
 /// The columns of [`TekPolicyRow`], in order.
 pub(crate) const TEK_POLICY_COLUMNS: &str = "id, group_id, protocol, ip_protocol, \
      src_addr_start, src_addr_end, src_port_start, src_port_end, dst_addr_start, \
-     dst_addr_end, dst_port_start, dst_port_end, encr_id, encr_key_bits, integ_id, sn_id, mode";
+     dst_addr_end, dst_port_start, dst_port_end, encr_id, encr_key_bits, integ_id, sn_id, mode, \
+     max_packet_rate";
 
 #[derive(sqlx::FromRow)]
 pub(crate) struct TekPolicyRow {
@@ -166,8 +167,10 @@ pub(crate) struct TekPolicyRow {
     encr_id: i64,
     encr_key_bits: Option<i64>,
     integ_id: Option<i64>,
-    sn_id: i64,
+    /// NULL: the GCKS chooses per TEK (migrations 0006).
+    sn_id: Option<i64>,
     mode: String,
+    max_packet_rate: i64,
 }
 
 impl TryFrom<TekPolicyRow> for TekPolicy {
@@ -202,8 +205,12 @@ impl TryFrom<TekPolicyRow> for TekPolicy {
                 encr_key_bits: opt_int(r.encr_key_bits, "tek_policies.encr_key_bits")?,
                 integ: opt_int::<u16>(r.integ_id, "tek_policies.integ_id")?
                     .map(IntegId::from_value),
-                sn: SnId::from_value(int(r.sn_id, "tek_policies.sn_id")?),
+                sn: match opt_int::<u16>(r.sn_id, "tek_policies.sn_id")? {
+                    None => SnPolicy::Auto,
+                    Some(v) => SnPolicy::Fixed(SnId::from_value(v)),
+                },
                 mode: text_enum(&r.mode, "tek_policies.mode", EspMode::from_db)?,
+                max_packet_rate: int(r.max_packet_rate, "tek_policies.max_packet_rate")?,
             },
         })
     }
@@ -306,6 +313,7 @@ pub(crate) struct TekSaRow {
     pub spi: i64,
     pub policy_id: i64,
     pub keymat_enc: Vec<u8>,
+    pub sn_id: i64,
     pub created_at: i64,
     pub expires_at: i64,
 }

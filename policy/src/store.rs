@@ -12,6 +12,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use gikev2_proto::crypto::{Random, SecretBytes, SystemRandom};
+use gikev2_proto::registry::SnId;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
@@ -412,7 +413,7 @@ impl Store {
             .fetch_optional(&mut *tx)
             .await?;
             let teks: Vec<TekSaRow> = sqlx::query_as(
-                "SELECT spi, policy_id, keymat_enc, created_at, expires_at FROM tek_sas \
+                "SELECT spi, policy_id, keymat_enc, sn_id, created_at, expires_at FROM tek_sas \
                  WHERE group_id = $1 ORDER BY policy_id, created_at, spi",
             )
             .bind(group.0)
@@ -452,6 +453,7 @@ impl Store {
                     policy: TekPolicyId(t.policy_id),
                     spi,
                     keymat: self.open_sealed(&tek_row(group, spi), &t.keymat_enc)?,
+                    sn: SnId::from_value(int(t.sn_id, "tek_sas.sn_id")?),
                     created: int(t.created_at, "tek_sas.created_at")?,
                     expires: int(t.expires_at, "tek_sas.expires_at")?,
                 })
@@ -517,6 +519,7 @@ impl Store {
                 i64::from(t.spi),
                 t.policy.0,
                 self.seal(&tek_row(group, t.spi), t.keymat.as_bytes())?,
+                i64::from(t.sn.value()),
                 to_db(t.created, "time")?,
                 to_db(t.expires, "expiry")?,
             ));
@@ -561,15 +564,16 @@ impl Store {
                         .bind(group.0)
                         .execute(&mut *tx)
                         .await?;
-                    for (spi, policy, enc, created, expires) in &teks {
+                    for (spi, policy, enc, sn, created, expires) in &teks {
                         sqlx::query(
                             "INSERT INTO tek_sas (spi, group_id, policy_id, keymat_enc, \
-                             created_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6)",
+                             sn_id, created_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
                         )
                         .bind(*spi)
                         .bind(group.0)
                         .bind(*policy)
                         .bind(enc)
+                        .bind(*sn)
                         .bind(*created)
                         .bind(*expires)
                         .execute(&mut *tx)

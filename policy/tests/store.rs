@@ -30,6 +30,8 @@ on_both_backends!(
     registration_batches_decide_in_order_and_commit_with_their_audit,
     registration_batches_respect_capacity_across_processes,
     member_count_follows_every_membership_change,
+    sequence_numbers_auto_and_packet_rate_round_trip_and_are_checked,
+    migration_0006_keeps_each_tek_policys_and_teks_sequence_numbers,
 );
 
 const T0: u64 = 1_800_000_000;
@@ -75,8 +77,9 @@ fn tek_spec() -> TekPolicySpec {
         encr: EncrId::AesGcm16,
         encr_key_bits: Some(128),
         integ: None,
-        sn: SnId::Unspecified32,
+        sn: SnPolicy::Fixed(SnId::Unspecified32),
         mode: EspMode::TunnelAddressPreserving,
+        max_packet_rate: DEFAULT_MAX_PACKET_RATE,
     }
 }
 
@@ -113,6 +116,7 @@ fn tek(policy: TekPolicyId, spi: u32, keymat: &[u8]) -> TekSaRecord {
         policy,
         spi,
         keymat: SecretBytes::from_slice(keymat),
+        sn: SnId::Unspecified32,
         created: T0,
         expires: T0 + 3_600,
     }
@@ -1415,7 +1419,7 @@ async fn plain_sql_administration(db: &TestDb) {
     assert_eq!(cfg.group.spec.rekey.encr, EncrId::AesGcm16);
     assert_eq!(cfg.group.spec.policy.sender_id_bits, Some(8));
     assert_eq!(cfg.teks.len(), 1);
-    assert_eq!(cfg.teks[0].spec.sn, SnId::Unspecified32);
+    assert_eq!(cfg.teks[0].spec.sn, SnPolicy::Fixed(SnId::Unspecified32));
     assert_eq!(cfg.teks[0].spec.mode, EspMode::Transport);
     let cam = Identity::fqdn("cam1.example");
     let m = store.member_credential(&cam).await.unwrap().unwrap();
@@ -1848,6 +1852,243 @@ async fn member_count_follows_every_membership_change(db: &TestDb) {
             ))
             .await
             .is_err()
+    );
+    store.close().await;
+}
+
+/// Migrations 0006 (RFC 9838 2.6, 4.4.2.1.3; R049, R077): `tek_policies.sn_id` NULL is
+/// `auto`, `tek_policies.max_packet_rate` (default 1,000,000) bounds a Seq32 TEK's
+/// lifetime, `tek_sas.sn_id` keeps each TEK's transform. The API and the constraints
+/// refuse a rate that would leave a Seq32 TEK less than a minute, and transforms other
+/// than 0..2.
+async fn sequence_numbers_auto_and_packet_rate_round_trip_and_are_checked(db: &TestDb) {
+    let store = db.open(key(21)).await;
+    let (g, _, fixed) = fixture(&store, Some(8)).await;
+    let mut spec = tek_spec();
+    spec.sn = SnPolicy::Auto;
+    spec.max_packet_rate = 5_000;
+    spec.dst = Selector::host_port(IpAddr::V4(Ipv4Addr::new(239, 2, 2, 3)), 5004);
+    let auto = store.add_tek_policy(g, &spec).await.unwrap();
+    let teks = store.tek_policies(g).await.unwrap();
+    assert_eq!(teks[0].id, fixed);
+    assert_eq!(
+        (teks[0].spec.sn, teks[0].spec.max_packet_rate),
+        (
+            SnPolicy::Fixed(SnId::Unspecified32),
+            DEFAULT_MAX_PACKET_RATE
+        )
+    );
+    assert_eq!(teks[1].id, auto);
+    assert_eq!(teks[1].spec, spec);
+    assert_eq!(
+        db.raw_int(&format!(
+            "SELECT COUNT(*) FROM tek_policies WHERE sn_id IS NULL AND id = {}",
+            auto.0
+        ))
+        .await,
+        1,
+        "auto is stored as NULL"
+    );
+
+    // Each TEK keeps its own transform, whatever its policy says.
+    let mut a = tek(fixed, 4096, b"0123456789abcdef0123");
+    a.sn = SnId::Unspecified32;
+    let mut b = tek(auto, 4097, b"0123456789abcdef0123");
+    b.sn = SnId::Seq32;
+    b.expires = T0 + 429;
+    store
+        .commit_group_state(
+            g,
+            0,
+            &NewGroupState {
+                rekey: None,
+                teks: vec![a.clone(), b.clone()],
+            },
+            T0,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        store.group_state(g).await.unwrap().unwrap().teks,
+        vec![a, b]
+    );
+
+    // The API refuses rates out of 1..=MAX_PACKET_RATE, naming the field.
+    for rate in [0, MAX_PACKET_RATE + 1, u32::MAX] {
+        spec.max_packet_rate = rate;
+        let err = store.add_tek_policy(g, &spec).await.unwrap_err();
+        assert!(
+            matches!(
+                err,
+                StoreError::Invalid {
+                    what: "TEK max_packet_rate",
+                    ..
+                }
+            ),
+            "{rate}: {err}"
+        );
+    }
+    spec.max_packet_rate = MAX_PACKET_RATE;
+    spec.dst = Selector::host_port(IpAddr::V4(Ipv4Addr::new(239, 2, 2, 4)), 5004);
+    let fastest = store.add_tek_policy(g, &spec).await.unwrap();
+    assert_eq!(
+        store.tek_policies(g).await.unwrap()[2]
+            .spec
+            .seq32_lifetime(),
+        MIN_SEQ32_LIFETIME,
+        "the highest rate leaves a Seq32 TEK one minute"
+    );
+    assert!(store.delete_tek_policy(fastest).await.unwrap());
+
+    // So do the constraints, for SQL edits.
+    for bad in [
+        "UPDATE tek_policies SET max_packet_rate = 0",
+        "UPDATE tek_policies SET max_packet_rate = 71582789",
+        "UPDATE tek_policies SET sn_id = 3",
+        "UPDATE tek_sas SET sn_id = 3",
+    ] {
+        let err = store.execute_admin_sql(bad).await.unwrap_err();
+        assert_eq!(
+            err.constraint_kind(),
+            Some(ConstraintKind::Check),
+            "{bad}: {err}"
+        );
+    }
+    let err = store
+        .execute_admin_sql("UPDATE tek_sas SET sn_id = NULL")
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.constraint_kind(),
+        Some(ConstraintKind::NotNull),
+        "a TEK always has a transform: {err}"
+    );
+    // A policy set to auto or to a rate with plain SQL reads back as such.
+    store
+        .execute_admin_sql(&format!(
+            "UPDATE tek_policies SET sn_id = NULL, max_packet_rate = 71582788 WHERE id = {}",
+            fixed.0
+        ))
+        .await
+        .unwrap();
+    let p = &store.tek_policies(g).await.unwrap()[0];
+    assert_eq!(
+        (p.spec.sn, p.spec.max_packet_rate),
+        (SnPolicy::Auto, 71_582_788)
+    );
+    store.close().await;
+}
+
+/// Migrations 0006 on a store that has TEK policies and TEKs: every policy keeps its
+/// transform (no policy becomes `auto`), gets the default packet rate, and each TEK gets
+/// its policy's transform. (SQLite replaces the `sn_id` column in place: nothing cascades
+/// to `tek_sas`.)
+async fn migration_0006_keeps_each_tek_policys_and_teks_sequence_numbers(db: &TestDb) {
+    // The migrations up to 0005, from copies of their files.
+    let backend = if db.is_pg() { "postgres" } else { "sqlite" };
+    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../migrations")
+        .join(backend);
+    let old = db.dir.0.join("migrations_0005");
+    std::fs::create_dir_all(&old).unwrap();
+    let mut copied = 0;
+    for e in std::fs::read_dir(&src).unwrap() {
+        let path = e.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        if name.as_str() < "0006" {
+            std::fs::copy(&path, old.join(&name)).unwrap();
+            copied += 1;
+        }
+    }
+    assert_eq!(copied, 5);
+    let migrator = sqlx::migrate::Migrator::new(old.as_path()).await.unwrap();
+    let blob = |hex: &str| {
+        if db.is_pg() {
+            format!("'\\x{hex}'::bytea")
+        } else {
+            format!("X'{hex}'")
+        }
+    };
+    let script = format!(
+        "INSERT INTO groups (name, idg_type, idg_value, capacity, rekey_mode, rekey_dst_addr, \
+             rekey_dst_port, rekey_lifetime_secs, rekey_encr_id, rekey_encr_key_bits, \
+             rekey_kwa_id, gcauth_id, tek_lifetime_secs, sender_id_bits, created_at) \
+         VALUES ('old', 11, {idg}, 50, 'multicast', '239.0.0.9', 848, 86400, 20, 256, 3, 1, \
+             3600, 8, 0); \
+         INSERT INTO tek_policies (id, group_id, ip_protocol, src_addr_start, src_addr_end, \
+             dst_addr_start, dst_addr_end, encr_id, encr_key_bits, sn_id, mode) \
+         SELECT 7, id, 17, '0.0.0.0', '255.255.255.255', '239.0.0.10', '239.0.0.10', 20, \
+             128, 0, 'transport' FROM groups; \
+         INSERT INTO tek_policies (id, group_id, ip_protocol, src_addr_start, src_addr_end, \
+             dst_addr_start, dst_addr_end, encr_id, encr_key_bits, sn_id, mode) \
+         SELECT 8, id, 17, '0.0.0.0', '255.255.255.255', '239.0.0.11', '239.0.0.11', 20, \
+             128, 2, 'transport' FROM groups; \
+         INSERT INTO tek_sas (spi, group_id, policy_id, keymat_enc, created_at, expires_at) \
+         SELECT 4096, id, 7, {keys}, 0, 3600 FROM groups; \
+         INSERT INTO tek_sas (spi, group_id, policy_id, keymat_enc, created_at, expires_at) \
+         SELECT 4097, id, 8, {keys}, 0, 3600 FROM groups;",
+        idg = blob("6f6c64"),
+        keys = blob(&"ab".repeat(48)),
+    );
+    if db.is_pg() {
+        let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
+        migrator.run(&pool).await.unwrap();
+        sqlx::raw_sql(&script).execute(&pool).await.unwrap();
+        pool.close().await;
+    } else {
+        let pool = sqlx::SqlitePool::connect(&db.url).await.unwrap();
+        migrator.run(&pool).await.unwrap();
+        sqlx::raw_sql(&script).execute(&pool).await.unwrap();
+        pool.close().await;
+    }
+
+    // Opening the store applies 0006.
+    let store = db.open(key(22)).await;
+    let cfg = store
+        .group_config(&Identity::key_id(b"old"))
+        .await
+        .unwrap()
+        .unwrap();
+    let kept: Vec<_> = cfg
+        .teks
+        .iter()
+        .map(|p| (p.id.0, p.spec.sn, p.spec.max_packet_rate))
+        .collect();
+    assert_eq!(
+        kept,
+        vec![
+            (7, SnPolicy::Fixed(SnId::Seq32), DEFAULT_MAX_PACKET_RATE),
+            (
+                8,
+                SnPolicy::Fixed(SnId::Unspecified32),
+                DEFAULT_MAX_PACKET_RATE
+            ),
+        ]
+    );
+    for (spi, sn) in [(4096, 0), (4097, 2)] {
+        assert_eq!(
+            db.raw_int(&format!("SELECT sn_id FROM tek_sas WHERE spi = {spi}"))
+                .await,
+            sn,
+            "TEK {spi}"
+        );
+    }
+    // The column is still checked, and NULL (auto) is now allowed.
+    assert_eq!(
+        store
+            .execute_admin_sql("UPDATE tek_policies SET sn_id = 5")
+            .await
+            .unwrap_err()
+            .constraint_kind(),
+        Some(ConstraintKind::Check)
+    );
+    store
+        .execute_admin_sql("UPDATE tek_policies SET sn_id = NULL WHERE id = 8")
+        .await
+        .unwrap();
+    assert_eq!(
+        store.tek_policies(cfg.group.id).await.unwrap()[1].spec.sn,
+        SnPolicy::Auto
     );
     store.close().await;
 }

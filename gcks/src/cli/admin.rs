@@ -226,14 +226,15 @@ async fn group_list(store: &Store) -> Result<String, String> {
             let p = &t.spec;
             let _ = writeln!(
                 out,
-                "    TEK {}: {} -> {} proto {} {} {} {}",
+                "    TEK {}: {} -> {} proto {} {} SN {} {} max {} packets/s",
                 t.id,
                 show_selector(&p.src),
                 show_selector(&p.dst),
                 p.ip_protocol,
                 names::cipher_name(p.encr, p.encr_key_bits, p.integ),
                 p.sn,
-                p.mode
+                p.mode,
+                p.max_packet_rate
             );
         }
     }
@@ -291,14 +292,16 @@ async fn add_tek(store: &Store, a: AddTekArgs) -> Result<String, String> {
         integ: c.integ,
         sn: names::sn(&a.sn)?,
         mode,
+        max_packet_rate: names::max_packet_rate(a.max_packet_rate)?,
     };
     let id = store.add_tek_policy(g.id, &spec).await.map_err(err)?;
     Ok(format!(
-        "added TEK policy {id} to {}: {} -> {} {} {}",
+        "added TEK policy {id} to {}: {} -> {} {} SN {} {}",
         a.group,
         show_selector(&src),
         show_selector(&dst),
         a.cipher,
+        spec.sn,
         mode
     ))
 }

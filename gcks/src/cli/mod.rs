@@ -152,12 +152,20 @@ pub struct AddTekArgs {
     /// aes-cbc-128|256+sha256|sha384|sha512, ...
     #[arg(long, default_value = "aes-gcm-256")]
     pub cipher: String,
-    /// Sequence numbers: unspecified (many senders), seq32, seq64.
-    #[arg(long, default_value = "unspecified")]
+    /// Sequence numbers (RFC 9838 4.4.2.1.3): auto (the GCKS gives each new TEK seq32
+    /// while a multicast destination has at most one authorized sender, else
+    /// unspecified; a seq32 TEK is replaced when a second sender is authorized),
+    /// unspecified (many senders), seq32 (one sender), seq64 (unicast only).
+    #[arg(long, default_value = "auto")]
     pub sn: String,
     /// ESP mode: transport, or tunnel (with address preservation).
     #[arg(long, default_value = "transport")]
     pub mode: String,
+    /// Most packets per second one sender sends on this policy's TEKs: a TEK with 32-bit
+    /// sequential numbers lives at most (2^32 - 1) / rate seconds, so that its sequence
+    /// numbers cannot wrap (RFC 9838 2.6). 1 to 71582788.
+    #[arg(long, default_value_t = gikev2_policy::DEFAULT_MAX_PACKET_RATE)]
+    pub max_packet_rate: u32,
 }
 
 #[derive(Debug, Subcommand)]

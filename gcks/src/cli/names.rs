@@ -2,7 +2,10 @@
 
 use std::net::{IpAddr, SocketAddr};
 
-use gikev2_policy::{EspMode, Identity, RekeyMode, Role, Selector, scheme_from_db};
+use gikev2_policy::{
+    EspMode, Identity, MAX_PACKET_RATE, MIN_SEQ32_LIFETIME, RekeyMode, Role, Selector, SnPolicy,
+    scheme_from_db,
+};
 use gikev2_proto::crypto::SignatureScheme;
 use gikev2_proto::registry::{EncrId, IdType, IntegId, KwaId, SnId};
 
@@ -114,13 +117,26 @@ pub fn mode(s: &str) -> Result<EspMode, String> {
     EspMode::from_db(s).ok_or_else(|| format!("--mode: {s:?} (transport or tunnel)"))
 }
 
-pub fn sn(s: &str) -> Result<SnId, String> {
+pub fn sn(s: &str) -> Result<SnPolicy, String> {
     match s {
-        "unspecified" => Ok(SnId::Unspecified32),
-        "seq32" => Ok(SnId::Seq32),
-        "seq64" => Ok(SnId::Seq64PartiallyTransmitted),
-        _ => Err(format!("--sn: {s:?} (unspecified, seq32 or seq64)")),
+        "auto" => Ok(SnPolicy::Auto),
+        "unspecified" => Ok(SnPolicy::Fixed(SnId::Unspecified32)),
+        "seq32" => Ok(SnPolicy::Fixed(SnId::Seq32)),
+        "seq64" => Ok(SnPolicy::Fixed(SnId::Seq64PartiallyTransmitted)),
+        _ => Err(format!("--sn: {s:?} (auto, unspecified, seq32 or seq64)")),
     }
+}
+
+/// `--max-packet-rate`: packets per second, 1..=[`MAX_PACKET_RATE`].
+pub fn max_packet_rate(rate: u32) -> Result<u32, String> {
+    if (1..=MAX_PACKET_RATE).contains(&rate) {
+        return Ok(rate);
+    }
+    Err(format!(
+        "--max-packet-rate: {rate} (1..={MAX_PACKET_RATE} packets per second: a TEK with \
+         32-bit Sequential Numbers lives at most (2^32 - 1) / rate seconds, at least \
+         {MIN_SEQ32_LIFETIME} s; RFC 9838 2.6)"
+    ))
 }
 
 pub fn ip_protocol(s: &str) -> Result<u8, String> {
