@@ -126,6 +126,8 @@ fn ctx(peer: &str, group: &str, sender: Option<u32>) -> RegistrationContext {
         },
         remote: "192.0.2.1:500".parse().unwrap(),
         kwk: KeyWrapKey::new(KeyWrapAlg::Kw5649_256, &[7; 32]).unwrap(),
+        post_quantum_ke: false,
+        ppk_used: false,
     }
 }
 
