@@ -8,7 +8,7 @@ use gikev2_policy::{
     GroupSpec, GroupWidePolicy, Identity, MasterKey, NewCredential, RekeyConfig, RekeyMode, Store,
     TekPolicySpec, TekProtocol, scheme_as_db,
 };
-use gikev2_proto::crypto::{EncrAlg, SigningKey, SystemRandom};
+use gikev2_proto::crypto::{EncrAlg, SecretBytes, SigningKey, SystemRandom};
 use gikev2_proto::registry::GcAuthId;
 use gikev2_proto::wire::gsa::is_counter_mode;
 
@@ -329,10 +329,10 @@ pub async fn member(store: &Store, cmd: MemberCommand) -> Result<String, String>
                 }
                 "no PPK".to_string()
             } else {
-                if a.ppk.ppk_file.is_none() {
+                let Some(ppk) = read_ppk(&a.ppk)? else {
                     return Err("--ppk-file and --ppk-id, or --none".into());
-                }
-                set_ppk(store, &ident, &a.ppk).await?
+                };
+                set_ppk(store, &ident, ppk).await?
             };
             Ok(format!("member {}: {what}", show_identity(&ident)))
         }
@@ -377,6 +377,8 @@ pub async fn member(store: &Store, cmd: MemberCommand) -> Result<String, String>
 
 async fn member_add(store: &Store, a: MemberAddArgs) -> Result<String, String> {
     let ident = names::identity("ID", &a.id)?;
+    // Checked before the member is added, so a bad PPK adds nothing.
+    let ppk = read_ppk(&a.ppk)?;
     let credential = if let Some(p) = &a.psk_file {
         NewCredential::Psk(files::load_psk("--psk-file", p)?)
     } else if let Some(p) = &a.raw_key {
@@ -419,17 +421,19 @@ async fn member_add(store: &Store, a: MemberAddArgs) -> Result<String, String> {
             show_identity(&ident)
         )))?;
     let mut out = format!("added member {} ({kind})", show_identity(&ident));
-    if a.ppk.ppk_file.is_some() {
-        let what = set_ppk(store, &ident, &a.ppk).await?;
+    if let Some(ppk) = ppk {
+        let what = set_ppk(store, &ident, ppk).await?;
         out.push_str(&format!(", {what}"));
     }
     Ok(out)
 }
 
-/// Stores the PPK of `--ppk-file`/`--ppk-id` for a member; what it did, for the output.
-async fn set_ppk(store: &Store, ident: &Identity, a: &PpkArgs) -> Result<String, String> {
-    let (Some(file), Some(id)) = (&a.ppk_file, &a.ppk_id) else {
-        return Err("--ppk-file and --ppk-id go together".into());
+/// `--ppk-file`, `--ppk-id`, `--ppk-required` read and checked: (PPK_ID, PPK, required).
+fn read_ppk(a: &PpkArgs) -> Result<Option<(String, SecretBytes, bool)>, String> {
+    let (file, id) = match (&a.ppk_file, &a.ppk_id) {
+        (None, None) => return Ok(None),
+        (Some(f), Some(i)) => (f, i),
+        _ => return Err("--ppk-file and --ppk-id go together".into()),
     };
     if id.is_empty() || id.len() > 255 {
         return Err("--ppk-id: 1 to 255 octets".into());
@@ -443,8 +447,17 @@ async fn set_ppk(store: &Store, ident: &Identity, a: &PpkArgs) -> Result<String,
             gikev2_policy::MIN_PPK_LEN
         ));
     }
+    Ok(Some((id.clone(), secret, a.ppk_required)))
+}
+
+/// Stores a member's PPK; what it did, for the output.
+async fn set_ppk(
+    store: &Store,
+    ident: &Identity,
+    (id, secret, required): (String, SecretBytes, bool),
+) -> Result<String, String> {
     if !store
-        .set_member_ppk(ident, Some((id.as_bytes(), &secret)), a.ppk_required)
+        .set_member_ppk(ident, Some((id.as_bytes(), &secret)), required)
         .await
         .map_err(err)?
     {
@@ -452,7 +465,7 @@ async fn set_ppk(store: &Store, ident: &Identity, a: &PpkArgs) -> Result<String,
     }
     Ok(format!(
         "PPK {id}{}",
-        if a.ppk_required { " (required)" } else { "" }
+        if required { " (required)" } else { "" }
     ))
 }
 
