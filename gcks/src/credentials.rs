@@ -18,6 +18,9 @@
 //! So a member added with `gcks member add` can register at once, a changed PSK or a
 //! deleted member takes effect within the TTL, and authorization (checked against the
 //! store for every registration) is never cached.
+//!
+//! The same entries answer the IKE SA's [`PpkResolver`] (RFC 8784): a member's PPK comes
+//! with its credential, so the PPK_ID lookup in GSA_AUTH right after `resolve` is a hit.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -25,10 +28,11 @@ use std::sync::mpsc::{self, Receiver, SyncSender};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
-use gikev2_policy::{Credential, Identity, MasterKey, MemberCredential, Store};
+use gikev2_policy::{Credential, Identity, MasterKey, MemberCredential, MemberPpk, Store};
+use gikev2_proto::crypto::SecretBytes;
 use gikev2_proto::crypto::{PublicKey, SignatureScheme};
 use gikev2_proto::ike::x509::{CertificateResolver, Clock};
-use gikev2_proto::ike::{PeerAuth, PeerAuthResolver};
+use gikev2_proto::ike::{PeerAuth, PeerAuthResolver, PpkResolver};
 use gikev2_proto::wire::cert::CertPayload;
 use gikev2_proto::wire::id::IdPayload;
 use tracing::{debug, info, warn};
@@ -81,6 +85,8 @@ enum Resolved {
 struct Entry {
     /// `None`: no member has this identity.
     resolved: Option<Resolved>,
+    /// The member's PPK (RFC 8784), if it has one.
+    ppk: Option<MemberPpk>,
     fetched: Instant,
 }
 
@@ -153,6 +159,7 @@ impl CredentialCache {
                     m.identity.clone(),
                     Entry {
                         resolved: Some(self.resolved(&c)),
+                        ppk: c.ppk.clone(),
                         fetched: now,
                     },
                 );
@@ -229,6 +236,7 @@ impl CredentialCache {
             Ok(found) => {
                 let e = Entry {
                     resolved: found.as_ref().map(|c| self.resolved(c)),
+                    ppk: found.as_ref().and_then(|c| c.ppk.clone()),
                     fetched: Instant::now(),
                 };
                 if let Ok(mut map) = self.entries.write()
@@ -254,6 +262,23 @@ impl PeerAuthResolver for CredentialCache {
             Resolved::Certificate(r) => r.resolve(peer_id, certs),
             Resolved::Unusable => None,
         }
+    }
+}
+
+/// RFC 8784 3, Table 1 from the store: the PPK whose PPK_ID is the member's, and whether
+/// the member must use it (`members.ppk_required`).
+impl PpkResolver for CredentialCache {
+    fn ppk(&self, peer_id: &IdPayload, ppk_id: &[u8]) -> Option<SecretBytes> {
+        let id = Identity::new(peer_id.ty, peer_id.data.clone());
+        let ppk = self.entry(&id)?.ppk?;
+        (ppk.id == ppk_id).then_some(ppk.secret)
+    }
+
+    fn ppk_required(&self, peer_id: &IdPayload) -> bool {
+        let id = Identity::new(peer_id.ty, peer_id.data.clone());
+        self.entry(&id)
+            .and_then(|e| e.ppk)
+            .is_some_and(|p| p.required)
     }
 }
 
@@ -376,8 +401,11 @@ mod tests {
                         name: None,
                         credential: CredentialKind::Psk,
                         created: 0,
+                        ppk_id: None,
+                        ppk_required: false,
                     },
                     credential: Credential::Psk(psk.clone()),
+                    ppk: None,
                 }))
         }
     }

@@ -245,6 +245,18 @@ impl StoreRegistrar {
                 view.state.check_kwk(ctx.kwk.alg()).err().map(|e| {
                     format!("{e}: the member's IKE SA must negotiate a longer key wrap algorithm")
                 })
+            })
+            .or_else(|| {
+                // R129 (RFC 9838 6.2): this group's other data over the initial IKE SA is
+                // to resist a quantum computer, which a PPK alone does not give (RFC 8784
+                // 6): the IKE SA must have included ML-KEM (RFC 9370). Like the KWA above,
+                // a property of the member's IKE SA that the group's policy does not fit:
+                // NO_PROPOSAL_CHOSEN, after authorization (docs/interop.md 63).
+                (view.cfg.group.spec.policy.require_pq_ike && !ctx.post_quantum_ke).then(|| {
+                    "the group requires a post-quantum key exchange (ML-KEM) in the \
+                     member's IKE SA"
+                        .to_string()
+                })
             });
         // RFC 9838 2.5.1: at least one, as many as asked up to the group's bound;
         // committed before the response reveals them.

@@ -87,6 +87,11 @@ pub struct RegistrationContext {
     pub remote: SocketAddr,
     /// The IKE SA's default key wrap key, to wrap SA keys for this member (RFC 9838 3.1.1).
     pub kwk: KeyWrapKey,
+    /// The IKE SA included a post-quantum key exchange (ML-KEM, RFC 9370): what a group
+    /// with `require_pq_ike` asks for (RFC 9838 6.2, R129).
+    pub post_quantum_ke: bool,
+    /// A PPK was mixed into the IKE SA's keys (RFC 8784), so GSK_w is PPK-protected.
+    pub ppk_used: bool,
 }
 
 /// A registration decision and what it means for the member's IKE SA.
@@ -482,6 +487,7 @@ impl<R: Registrar> Server<R> {
                 Event::RegistrationRequested { peer_id, request } => {
                     let Some(sa) = endpoint.sa(h) else { continue };
                     let remote = sa.remote();
+                    let (post_quantum_ke, ppk_used) = (sa.post_quantum_ke(), sa.ppk_used());
                     let group = request.group.clone();
                     tracker.pending.insert(h);
                     tracker.idle_until.remove(&h);
@@ -511,6 +517,8 @@ impl<R: Registrar> Server<R> {
                                 request,
                                 remote,
                                 kwk,
+                                post_quantum_ke,
+                                ppk_used,
                             })
                             .await;
                         let _ = tx

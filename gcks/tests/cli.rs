@@ -166,6 +166,93 @@ fn errors_name_the_argument_at_fault() {
     );
 }
 
+/// RFC 8784 and R129 on the command line: `member add --ppk-file --ppk-id --ppk-required`,
+/// `member set-ppk`, `member list` (PPK_ID, never the PPK), `group create --require-pq-ike`;
+/// a short PPK is refused before the member is added, naming the flag.
+#[test]
+fn member_ppks_and_post_quantum_groups() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(d.join("gm.psk"), b"psk\n").unwrap();
+    std::fs::write(d.join("short.ppk"), b"ten octets\n").unwrap();
+    std::fs::write(d.join("gm.ppk"), [b'q'; 40]).unwrap();
+    let ok = |args: &[&str]| {
+        let o = gcks(d, args);
+        assert!(o.status.success(), "{args:?}: {}", stderr(&o));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let add = ["member", "add", "gm1.example", "--psk-file", "gm.psk"];
+    let o = gcks(
+        d,
+        &[&add[..], &["--ppk-file", "short.ppk", "--ppk-id", "p1"]].concat(),
+    );
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("--ppk-file short.ppk: 10 octets; a PPK needs at least 32"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(
+        !ok(&["member", "list"]).contains("gm1.example"),
+        "nothing added"
+    );
+    let o = gcks(d, &[&add[..], &["--ppk-file", "gm.ppk"]].concat());
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("--ppk-id"), "{}", stderr(&o));
+    let out = ok(&[
+        &add[..],
+        &["--ppk-file", "gm.ppk", "--ppk-id", "p1", "--ppk-required"],
+    ]
+    .concat());
+    assert!(out.contains("PPK p1 (required)"), "{out}");
+    let list = ok(&["member", "list"]);
+    assert!(
+        list.contains("gm1.example  psk, PPK p1 (required)"),
+        "{list}"
+    );
+    assert!(!list.contains("qqqq"));
+    let out = ok(&["member", "set-ppk", "gm1.example", "--none"]);
+    assert!(out.contains("no PPK"), "{out}");
+    assert!(!ok(&["member", "list"]).contains("PPK"));
+    let out = ok(&[
+        "member",
+        "set-ppk",
+        "gm1.example",
+        "--ppk-file",
+        "gm.ppk",
+        "--ppk-id",
+        "p2",
+    ]);
+    assert!(out.contains("PPK p2") && !out.contains("required"), "{out}");
+    let o = gcks(
+        d,
+        &[
+            "member",
+            "set-ppk",
+            "nobody.example",
+            "--ppk-file",
+            "gm.ppk",
+            "--ppk-id",
+            "p",
+        ],
+    );
+    assert!(
+        stderr(&o).contains("ID: no member nobody.example"),
+        "{}",
+        stderr(&o)
+    );
+    let out = ok(&[
+        "group",
+        "create",
+        "pq",
+        "--rekey",
+        "inband",
+        "--require-pq-ike",
+    ]);
+    assert!(out.contains("post-quantum IKE SA required"), "{out}");
+    assert!(ok(&["group", "list"]).contains("post-quantum IKE SA required"));
+}
+
 /// `gcks group add-tek`: the Sequence Numbers transform is `auto` unless given (RFC 9838
 /// 4.4.2.1.3, R077), the packet rate 1,000,000/s unless given, and a rate that would leave
 /// a TEK with sequential numbers less than a minute is refused naming the flag (2.6, R049).

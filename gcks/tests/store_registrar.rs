@@ -19,8 +19,8 @@ use gikev2_proto::crypto::{
     IkeSuite, KeyWrapAlg, KeyWrapKey, SecretBytes, SignatureScheme, SigningKey, SystemRandom,
 };
 use gikev2_proto::ike::{
-    CloseReason, Decision, IkeConfig, LocalAuth, PeerAuth, PeerAuthResolver, RegistrationRequest,
-    SinglePeer,
+    CloseReason, Decision, IkeConfig, LocalAuth, LocalPpk, PeerAuth, PeerAuthResolver,
+    RegistrationRequest, SinglePeer,
 };
 use gikev2_proto::registry::{EncrId, GcAuthId, KeId, KwaId, NotifyType, PrfId, SnId};
 use gikev2_proto::wire::{IdPayload, Transform};
@@ -128,6 +128,8 @@ fn ctx(peer: &str, group: &str, sender: Option<u32>) -> RegistrationContext {
         },
         remote: "192.0.2.1:500".parse().unwrap(),
         kwk: KeyWrapKey::new(KeyWrapAlg::Kw5649_256, &[7; 32]).unwrap(),
+        post_quantum_ke: false,
+        ppk_used: false,
     }
 }
 
@@ -732,4 +734,233 @@ async fn key_wrap_keys_shorter_than_the_group_keys_are_refused() {
         "{}",
         last[0].event.reason
     );
+}
+
+// ------------------------------------------------------------------ RFC 8784, R129
+
+const PPK: &[u8] = b"a 32-octet PPK of high entropy!!";
+
+/// `gcks serve` in miniature: the store registrar and the credential cache, which also
+/// answers the IKE SA's PPK lookups, offering X25519 + ML-KEM-768 first (RFC 9370).
+async fn serve_with_ppks(
+    f: &Fixture,
+) -> (
+    SocketAddr,
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<()>,
+) {
+    let loader = StoreLoader::start(f.url.clone(), f.key_path.clone()).unwrap();
+    let cache = Arc::new(CredentialCache::new(
+        Arc::new(loader),
+        CacheConfig::default(),
+    ));
+    cache.preload(&f.store).await.unwrap();
+    let resolver: Arc<dyn PeerAuthResolver> = cache.clone();
+    let mut ike = IkeConfig::new(
+        gikev2_member::config::ml_kem_suites(),
+        IdPayload::fqdn("gcks.example").unwrap(),
+        LocalAuth::Psk(SecretBytes::from_slice(GCKS_PSK)),
+        resolver,
+    );
+    ike.ppk_resolver = Some(cache);
+    let cfg = ServeConfig {
+        listen: vec!["127.0.0.1:0".parse().unwrap()],
+        init_rate_per_source: 100,
+        ..ServeConfig::default()
+    };
+    let server = Server::bind(ike, cfg, StoreRegistrar::new(f.store.clone())).unwrap();
+    let addr = server.local_addrs()[0];
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(server.run(async {
+        let _ = stopped.await;
+    }));
+    (addr, stop, task)
+}
+
+/// A PSK member (PSK = its identity, as [`add_psk_member`] stores it) with an optional PPK
+/// and the hybrid ML-KEM suite first or not.
+fn psk_member(id: &str, ppk: Option<(&[u8], bool)>, ml_kem: bool) -> IkeConfig {
+    let psk = SecretBytes::from_slice(id.as_bytes());
+    let suites = if ml_kem {
+        gikev2_member::config::ml_kem_suites()
+    } else {
+        gikev2_member::config::default_suites()
+    };
+    let mut c = IkeConfig::new(
+        suites,
+        IdPayload::fqdn(id).unwrap(),
+        LocalAuth::Psk(psk.clone()),
+        Arc::new(SinglePeer {
+            id: None,
+            auth: PeerAuth::Psk(psk),
+        }),
+    );
+    c.ppk = ppk.map(|(secret, mandatory)| LocalPpk {
+        id: b"ppk-1".to_vec(),
+        secret: SecretBytes::from_slice(secret),
+        mandatory,
+    });
+    c
+}
+
+async fn join_group(
+    gcks: SocketAddr,
+    group: &str,
+    ike: IkeConfig,
+) -> Result<gikev2_member::Joined, JoinError> {
+    let req = RegistrationRequest {
+        group: IdPayload::key_id(group.as_bytes().to_vec()),
+        sag: None,
+        sender_ids: None,
+    };
+    join(ike, gcks, req, Duration::from_secs(10)).await
+}
+
+/// RFC 8784 end to end through the store: a member with a PPK in `members.ppk_enc`
+/// registers with SK_d mixed with it and unwraps the group keys; with the PPK required,
+/// no PPK or a wrong one is AUTHENTICATION_FAILED; a member without a stored PPK but an
+/// optional one of its own falls back through NO_PPK_AUTH.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_register_with_their_ppk_from_the_store() {
+    let f = fixture().await;
+    add_psk_member(&f.store, "ppk.example", &[("g", Role::Receiver)]).await;
+    add_psk_member(&f.store, "plain.example", &[("g", Role::Receiver)]).await;
+    let ppk_member = Identity::fqdn("ppk.example");
+    let secret = SecretBytes::from_slice(PPK);
+    assert!(
+        f.store
+            .set_member_ppk(&ppk_member, Some((b"ppk-1", &secret)), true)
+            .await
+            .unwrap()
+    );
+    let (addr, stop, task) = serve_with_ppks(&f).await;
+
+    let j = join_group(
+        addr,
+        "g",
+        psk_member("ppk.example", Some((PPK, true)), false),
+    )
+    .await
+    .expect("member with its PPK");
+    assert!(j.sa.ppk_used());
+    let bag = j.kd.group_bags().next().expect("a TEK");
+    assert!(j.kwk.unwrap(&bag.sa_keys[0].encrypted).is_ok());
+
+    for (what, cfg) in [
+        ("no PPK", psk_member("ppk.example", None, false)),
+        (
+            "a wrong PPK",
+            psk_member(
+                "ppk.example",
+                Some((b"another 32-octet PPK, not stored", true)),
+                false,
+            ),
+        ),
+        (
+            "a wrong optional PPK",
+            psk_member(
+                "ppk.example",
+                Some((b"another 32-octet PPK, not stored", false)),
+                false,
+            ),
+        ),
+    ] {
+        let r = join_group(addr, "g", cfg).await;
+        assert!(
+            matches!(r, Err(JoinError::Closed(CloseReason::AuthenticationFailed))),
+            "{what}: {:?}",
+            r.err()
+        );
+    }
+
+    let j = join_group(
+        addr,
+        "g",
+        psk_member("plain.example", Some((PPK, false)), false),
+    )
+    .await
+    .expect("optional PPK unknown to the GCKS: NO_PPK_AUTH");
+    assert!(!j.sa.ppk_used());
+    let r = join_group(
+        addr,
+        "g",
+        psk_member("plain.example", Some((PPK, true)), false),
+    )
+    .await;
+    assert!(
+        matches!(r, Err(JoinError::Closed(CloseReason::AuthenticationFailed))),
+        "{:?}",
+        r.err()
+    );
+    let _ = stop.send(());
+    task.await.unwrap();
+}
+
+/// R129 (RFC 9838 6.2): a group with `require_pq_ike` admits a member only over an IKE SA
+/// with ML-KEM (RFC 9370); without it, NO_PROPOSAL_CHOSEN and an audit row saying why,
+/// even with a PPK (which protects the group keys, not the rest of the SA). Groups without
+/// the setting still admit X25519 alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn require_pq_ike_groups_admit_only_ml_kem_ike_sas() {
+    let f = fixture().await;
+    let mut spec = group_spec("pq", RekeyMode::Multicast);
+    spec.policy.require_pq_ike = true;
+    spec.rekey.dst = Some("239.1.2.5:848".parse().unwrap());
+    let pq = f.store.create_group(&spec, 0).await.unwrap();
+    let mut t = tek();
+    t.dst = Selector::host_port("239.1.2.6".parse().unwrap(), 5004);
+    f.store.add_tek_policy(pq, &t).await.unwrap();
+    add_psk_member(
+        &f.store,
+        "pq.example",
+        &[("pq", Role::Receiver), ("g", Role::Receiver)],
+    )
+    .await;
+    let secret = SecretBytes::from_slice(PPK);
+    f.store
+        .set_member_ppk(
+            &Identity::fqdn("pq.example"),
+            Some((b"ppk-1", &secret)),
+            false,
+        )
+        .await
+        .unwrap();
+    let (addr, stop, task) = serve_with_ppks(&f).await;
+
+    let r = join_group(
+        addr,
+        "pq",
+        psk_member("pq.example", Some((PPK, true)), false),
+    )
+    .await;
+    assert!(
+        matches!(r, Err(JoinError::Refused(NotifyType::NoProposalChosen))),
+        "{:?}",
+        r.err()
+    );
+    let last = f.store.audit_events(1).await.unwrap();
+    assert_eq!(last[0].event.outcome, AuditOutcome::Refused);
+    assert!(
+        last[0].event.reason.contains("post-quantum"),
+        "{}",
+        last[0].event.reason
+    );
+    assert_eq!(f.store.member_count(pq).await.unwrap(), 0);
+
+    let j = join_group(
+        addr,
+        "pq",
+        psk_member("pq.example", Some((PPK, true)), true),
+    )
+    .await
+    .expect("X25519 + ML-KEM-768 (and the PPK)");
+    assert!(j.sa.post_quantum_ke() && j.sa.ppk_used());
+    assert_eq!(f.store.member_count(pq).await.unwrap(), 1);
+
+    let j = join_group(addr, "g", psk_member("pq.example", None, false))
+        .await
+        .expect("a group without the setting");
+    assert!(!j.sa.post_quantum_ke());
+    let _ = stop.send(());
+    task.await.unwrap();
 }

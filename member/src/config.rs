@@ -14,8 +14,8 @@ use base64::Engine as _;
 use gikev2_proto::crypto::PublicKey;
 use gikev2_proto::crypto::{IkeSuite, SecretBytes, SignatureScheme, SigningKey};
 use gikev2_proto::ike::x509::CertificateResolver;
-use gikev2_proto::ike::{IkeConfig, LocalAuth, PeerAuth, PeerAuthResolver, SinglePeer};
-use gikev2_proto::registry::{EncrId, KeId, KwaId, PrfId};
+use gikev2_proto::ike::{IkeConfig, LocalAuth, LocalPpk, PeerAuth, PeerAuthResolver, SinglePeer};
+use gikev2_proto::registry::{EncrId, KeId, KwaId, PrfId, TransformType};
 use gikev2_proto::wire::{IdPayload, Transform};
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
@@ -67,6 +67,18 @@ pub struct JoinArgs {
     /// host name.
     #[serde(default)]
     pub id: Option<String>,
+    /// A file holding a post-quantum preshared key for the GCKS (RFC 8784).
+    #[serde(default)]
+    pub ppk_file: Option<PathBuf>,
+    /// The PPK's PPK_ID (sent as PPK_ID_FIXED, RFC 8784 5.1).
+    #[serde(default)]
+    pub ppk_id: Option<String>,
+    /// The PPK is mandatory (RFC 8784 mandatory_or_not): no NO_PPK_AUTH fallback.
+    #[serde(default)]
+    pub ppk_required: bool,
+    /// Offer X25519 + ML-KEM-768 (RFC 9370) first.
+    #[serde(default)]
+    pub ml_kem: bool,
 }
 
 /// A configuration error, naming the field (flag) at fault.
@@ -128,6 +140,59 @@ pub fn default_suites() -> Vec<IkeSuite> {
             .ok()
         })
         .collect()
+}
+
+/// [`default_suites`] after X25519 with ML-KEM-768 as additional key exchange 1 (RFC 9370;
+/// KE method 36, `IANA.md`): the GCKS runs IKE_INTERMEDIATE and the registration IKE SA
+/// resists a quantum computer (RFC 9838 6.2).
+pub fn ml_kem_suites() -> Vec<IkeSuite> {
+    let hybrid = IkeSuite::from_transforms(&[
+        Transform::encr(EncrId::AesGcm16, Some(256)),
+        Transform::prf(PrfId::HmacSha2_256),
+        Transform::ke(KeId::Curve25519),
+        Transform::new(TransformType::AddKe1, KeId::MlKem768.value()),
+        Transform::kwa(KwaId::Kw5649_256),
+    ]);
+    hybrid.into_iter().chain(default_suites()).collect()
+}
+
+/// Shortest PPK accepted: RFC 8784 6 asks for at least 256 bits of entropy.
+pub const MIN_PPK_LEN: usize = 32;
+
+/// The `--ppk-file`/`--ppk-id` pair, read into an initiator's [`LocalPpk`].
+fn load_ppk(a: &JoinArgs) -> Result<Option<LocalPpk>, ConfigError> {
+    let (file, id) = match (&a.ppk_file, &a.ppk_id) {
+        (None, None) if a.ppk_required => {
+            return Err(bad("ppk_required", "needs --ppk-file and --ppk-id"));
+        }
+        (None, None) => return Ok(None),
+        (Some(_), None) => return Err(bad("ppk_id", "--ppk-file needs its --ppk-id")),
+        (None, Some(_)) => return Err(bad("ppk_file", "--ppk-id needs its --ppk-file")),
+        (Some(f), Some(i)) => (f, i),
+    };
+    if id.is_empty() || id.len() > 255 {
+        return Err(bad("ppk_id", "1 to 255 octets"));
+    }
+    let bytes = read_file("ppk_file", file)?;
+    let mut end = bytes.len();
+    while end > 0 && matches!(bytes[end - 1], b'\n' | b'\r') {
+        end -= 1;
+    }
+    if end < MIN_PPK_LEN {
+        return Err(bad(
+            "ppk_file",
+            format!(
+                "{}: {end} octets; a PPK needs at least {MIN_PPK_LEN} (RFC 8784 6: 256 bits of \
+                 entropy)",
+                file.display()
+            ),
+        ));
+    }
+    Ok(Some(LocalPpk {
+        id: id.as_bytes().to_vec(),
+        secret: SecretBytes::from_slice(&bytes[..end]),
+        mandatory: a.ppk_required,
+    }))
 }
 
 /// Parses an identity: an IP address, `user@domain`, or an FQDN.
@@ -385,8 +450,14 @@ impl JoinArgs {
                 ));
             }
         };
-        let mut ike = IkeConfig::new(default_suites(), local_id, local_auth, peer_auth);
+        let suites = if self.ml_kem {
+            ml_kem_suites()
+        } else {
+            default_suites()
+        };
+        let mut ike = IkeConfig::new(suites, local_id, local_auth, peer_auth);
         ike.remote_id = remote_id;
+        ike.ppk = load_ppk(self)?;
         Ok(MembershipConfig {
             group: self.group.clone(),
             group_id: IdPayload::key_id(self.group.as_bytes().to_vec()),
@@ -433,6 +504,61 @@ mod tests {
         let mut a = args();
         a.cert = Some("/x".into());
         assert_eq!(a.load().unwrap_err().field, "cert");
+    }
+
+    /// RFC 8784: `--ppk-file` and `--ppk-id` go together, a PPK is at least 32 octets, and
+    /// the loaded PPK is mandatory only with `--ppk-required`; `--ml-kem` puts the hybrid
+    /// X25519 + ML-KEM-768 suite first.
+    #[test]
+    fn ppk_and_ml_kem_options() {
+        let dir = std::env::temp_dir().join(format!("gm-ppk-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (psk, short, good) = (dir.join("psk"), dir.join("short"), dir.join("ppk"));
+        std::fs::write(&psk, b"a psk").unwrap();
+        std::fs::write(&short, b"too short\n").unwrap();
+        std::fs::write(&good, [b'k'; 40]).unwrap();
+        let mut a = args();
+        a.psk_file = Some(psk);
+        let mut b = a.clone();
+        b.ppk_file = Some(good.clone());
+        assert_eq!(b.load().unwrap_err().field, "ppk_id");
+        let mut b = a.clone();
+        b.ppk_id = Some("ppk1".into());
+        assert_eq!(b.load().unwrap_err().field, "ppk_file");
+        let mut b = a.clone();
+        b.ppk_required = true;
+        assert_eq!(b.load().unwrap_err().field, "ppk_required");
+        let mut b = a.clone();
+        (b.ppk_file, b.ppk_id) = (Some(short), Some("ppk1".into()));
+        let e = b.load().unwrap_err();
+        assert_eq!(e.field, "ppk_file");
+        assert!(e.reason.contains("9 octets"), "{e}");
+        let mut b = a.clone();
+        (b.ppk_file, b.ppk_id) = (Some(good), Some("ppk1".into()));
+        let ppk = b.load().unwrap().ike.ppk.unwrap();
+        assert_eq!(
+            (ppk.id.as_slice(), ppk.secret.len(), ppk.mandatory),
+            (&b"ppk1"[..], 40, false)
+        );
+        assert!(
+            !format!("{ppk:?}").contains("kkkk"),
+            "Debug redacts the PPK"
+        );
+        b.ppk_required = true;
+        assert!(b.load().unwrap().ike.ppk.unwrap().mandatory);
+        assert!(a.load().unwrap().ike.ppk.is_none());
+        assert!(
+            a.load()
+                .unwrap()
+                .ike
+                .proposals
+                .iter()
+                .all(|s| s.addke.is_empty())
+        );
+        a.ml_kem = true;
+        let first = a.load().unwrap().ike.proposals[0].clone();
+        assert_eq!(first.addke, [gikev2_proto::crypto::KeMethod::MlKem768]);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

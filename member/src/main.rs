@@ -184,6 +184,22 @@ struct JoinCli {
     /// Our identity: an IP address, user@domain or an FQDN (default: the host name).
     #[arg(long)]
     id: Option<String>,
+    /// File holding a post-quantum preshared key (RFC 8784) for the GCKS, at least 32
+    /// octets: mixed into the registration IKE SA's keys, so the group keys resist a
+    /// quantum computer.
+    #[arg(long, requires = "ppk_id")]
+    ppk_file: Option<PathBuf>,
+    /// The PPK's identifier (PPK_ID), as the GCKS knows it.
+    #[arg(long, requires = "ppk_file")]
+    ppk_id: Option<String>,
+    /// Fail rather than register without the PPK (no NO_PPK_AUTH fallback).
+    #[arg(long, requires = "ppk_file")]
+    ppk_required: bool,
+    /// Offer X25519 with ML-KEM-768 (RFC 9370, IKE_INTERMEDIATE) first, so the
+    /// registration IKE SA itself resists a quantum computer (groups created with
+    /// --require-pq-ike need it).
+    #[arg(long)]
+    ml_kem: bool,
     /// Run this membership here, without a daemon, until interrupted.
     #[arg(long)]
     foreground: bool,
@@ -226,6 +242,10 @@ impl JoinCli {
             sender: self.sender,
             receive: self.receive,
             id: self.id.clone(),
+            ppk_file: abs(&self.ppk_file),
+            ppk_id: self.ppk_id.clone(),
+            ppk_required: self.ppk_required,
+            ml_kem: self.ml_kem,
         }
     }
 }

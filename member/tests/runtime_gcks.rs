@@ -354,3 +354,62 @@ async fn raw_public_keys_both_ways_from_files() {
     assert!(st.groups[0].next_registration_in_ms.is_some());
     gcks.stop().await;
 }
+
+/// `gm join --psk-file --ppk-file --ppk-id --ppk-required --ml-kem` through the agent: a
+/// GCKS that accepts only X25519 + ML-KEM-768 and requires the member's PPK (RFC 8784,
+/// RFC 9370) admits it; the same join with another PPK is AUTHENTICATION_FAILED.
+#[tokio::test(flavor = "current_thread")]
+async fn join_args_with_a_required_ppk_and_ml_kem() {
+    use gikev2_member::JoinArgs;
+    use gikev2_proto::crypto::SecretBytes;
+    use gikev2_proto::ike::SinglePpk;
+
+    let dir = tempfile::tempdir().unwrap();
+    let (psk, ppk, other) = (
+        dir.path().join("psk"),
+        dir.path().join("ppk"),
+        dir.path().join("other"),
+    );
+    std::fs::write(&psk, PSK).unwrap();
+    std::fs::write(&ppk, b"0123456789abcdef0123456789abcdef\n").unwrap();
+    std::fs::write(&other, b"fedcba9876543210fedcba9876543210\n").unwrap();
+    let mut ike = psk_ike("gcks.test");
+    ike.proposals = gikev2_member::config::ml_kem_suites()[..1].to_vec();
+    ike.ppk_resolver = Some(Arc::new(SinglePpk {
+        id: b"gm-ppk".to_vec(),
+        secret: SecretBytes::from_slice(b"0123456789abcdef0123456789abcdef"),
+        required: true,
+    }));
+    let port = free_port();
+    let rekey = SocketAddr::new(IpAddr::V4(rekey_group(port)), port);
+    let gcks =
+        RunningGcks::start_with(TestGcks::new(group_state(rekey, 2), Policy::Normal), ike).await;
+    let args = JoinArgs {
+        group: GROUP.into(),
+        gcks: gcks.addr.to_string(),
+        psk_file: Some(psk),
+        id: Some("ppk.test".into()),
+        ppk_file: Some(ppk),
+        ppk_id: Some("gm-ppk".into()),
+        ppk_required: true,
+        ml_kem: true,
+        ..JoinArgs::default()
+    };
+    let a = agent(Arc::new(Engine::default()), Arc::new(SystemClock));
+    let g = a.join_args(&args, WAIT).await.unwrap();
+    assert_eq!((g.state.as_str(), g.auth.as_str()), ("up", "psk"));
+
+    let mut wrong = args.clone();
+    wrong.ppk_file = Some(other);
+    let b = agent(Arc::new(Engine::default()), Arc::new(SystemClock));
+    let mut events = b.subscribe().await.unwrap();
+    b.join_args(&wrong, None).await.unwrap();
+    let e = tokio::time::timeout(Duration::from_secs(10), events.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        matches!(&e, AgentEvent::Error { message, .. } if message.contains("AuthenticationFailed")),
+        "{e:?}"
+    );
+}

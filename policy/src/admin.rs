@@ -12,7 +12,7 @@ use gikev2_proto::registry::{EncrId, GcAuthId, IntegId};
 use crate::error::StoreError;
 use crate::model::*;
 use crate::rows::*;
-use crate::store::{Begin, Store, psk_row, signing_key_row};
+use crate::store::{Begin, Store, ppk_row, psk_row, signing_key_row};
 
 fn is_multicast(a: IpAddr) -> bool {
     match a {
@@ -206,9 +206,9 @@ impl Store {
                  rekey_lifetime_secs, rekey_encr_id, rekey_encr_key_bits, rekey_integ_id, \
                  rekey_kwa_id, gcauth_id, signing_key_id, tek_lifetime_secs, atd_secs, \
                  dtd_secs, sender_id_bits, max_sender_ids_per_member, forward_access_control, \
-                 created_at) \
+                 require_pq_ike, created_at) \
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, \
-                 $16, $17, $18, $19, $20, $21, $22, $23) RETURNING id",
+                 $16, $17, $18, $19, $20, $21, $22, $23, $24) RETURNING id",
             )
             .bind(&spec.name)
             .bind(i64::from(spec.idg.id_type.value()))
@@ -232,6 +232,7 @@ impl Store {
             .bind(p.sender_id_bits.map(i64::from))
             .bind(i64::from(p.max_sender_ids_per_member))
             .bind(p.forward_access_control)
+            .bind(p.require_pq_ike)
             .bind(now_db)
             .fetch_one(pool)
             .await?
@@ -447,6 +448,56 @@ impl Store {
             .bind(i64::from(identity.id_type.value()))
             .bind(&identity.value)
             .bind(&sealed)
+            .execute(pool)
+            .await?
+            .rows_affected()
+        });
+        Ok(n > 0)
+    }
+
+    /// Gives a member a post-quantum preshared key (RFC 8784) with its PPK_ID (without the
+    /// type octet), or removes it (`None`); `required` makes the GCKS refuse the member's
+    /// IKE SAs without it (mandatory_or_not, RFC 8784 2). The PPK is sealed with the
+    /// master key, bound to the identity and the PPK_ID. False if no member has this
+    /// identity.
+    pub async fn set_member_ppk(
+        &self,
+        identity: &Identity,
+        ppk: Option<(&[u8], &SecretBytes)>,
+        required: bool,
+    ) -> Result<bool, StoreError> {
+        let (id, sealed) = match ppk {
+            Some((id, secret)) => {
+                if id.is_empty() || id.len() > 255 {
+                    return Err(StoreError::invalid("PPK_ID", "1 to 255 octets"));
+                }
+                if secret.len() < MIN_PPK_LEN {
+                    return Err(StoreError::invalid(
+                        "PPK",
+                        format!(
+                            "{} octets; at least {MIN_PPK_LEN} (RFC 8784 6: 256 bits of entropy)",
+                            secret.len()
+                        ),
+                    ));
+                }
+                let sealed = self.seal(&ppk_row(identity, id), secret.as_bytes())?;
+                (Some(id.to_vec()), Some(sealed))
+            }
+            None if required => {
+                return Err(StoreError::invalid("PPK", "a required PPK needs a PPK"));
+            }
+            None => (None, None),
+        };
+        let n = on_backend!(self, |pool| {
+            sqlx::query(
+                "UPDATE members SET ppk_id = $3, ppk_enc = $4, ppk_required = $5 \
+                 WHERE id_type = $1 AND id_value = $2",
+            )
+            .bind(i64::from(identity.id_type.value()))
+            .bind(&identity.value)
+            .bind(&id)
+            .bind(&sealed)
+            .bind(required)
             .execute(pool)
             .await?
             .rows_affected()

@@ -189,6 +189,7 @@ mod tests {
             sender_id_bits: Some(12),
             max_sender_ids_per_member: 4,
             forward_access_control: false,
+            require_pq_ike: false,
         };
         assert_eq!(
             p.group_policy(true),

@@ -321,6 +321,10 @@ pub struct GroupWidePolicy {
     /// excludes every member and replaces the group's SAs; the members still authorized
     /// re-register (migrations 0005).
     pub forward_access_control: bool,
+    /// R129 (RFC 9838 6.2): admit members only over an IKE SA that included a
+    /// post-quantum key exchange (ML-KEM, RFC 9370); otherwise NO_PROPOSAL_CHOSEN
+    /// (migrations 0007).
+    pub require_pq_ike: bool,
 }
 
 impl Default for GroupWidePolicy {
@@ -331,6 +335,7 @@ impl Default for GroupWidePolicy {
             sender_id_bits: None,
             max_sender_ids_per_member: 16,
             forward_access_control: false,
+            require_pq_ike: false,
         }
     }
 }
@@ -566,13 +571,32 @@ pub struct Member {
     pub name: Option<String>,
     pub credential: CredentialKind,
     pub created: Seconds,
+    /// The PPK_ID of the member's post-quantum preshared key (RFC 8784), if it has one.
+    pub ppk_id: Option<Vec<u8>>,
+    /// The member must use its PPK (RFC 8784 mandatory_or_not).
+    pub ppk_required: bool,
 }
+
+/// A member's post-quantum preshared key (RFC 8784 2: PPK, PPK_ID, mandatory_or_not),
+/// encrypted at rest; `Debug` prints no secret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberPpk {
+    /// The PPK_ID without its PPK_ID_FIXED type octet (RFC 8784 5.1).
+    pub id: Vec<u8>,
+    pub secret: SecretBytes,
+    pub required: bool,
+}
+
+/// Shortest PPK accepted: RFC 8784 6 asks for at least 256 bits of entropy.
+pub const MIN_PPK_LEN: usize = 32;
 
 /// A member with its credential, as the GCKS needs it to authenticate a peer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MemberCredential {
     pub member: Member,
     pub credential: Credential,
+    /// Its PPK, decrypted (RFC 8784), if it has one.
+    pub ppk: Option<MemberPpk>,
 }
 
 /// Which identity may join which group, and how.

@@ -55,7 +55,7 @@ pub(crate) const GROUP_COLUMNS: &str = "id, name, idg_type, idg_value, capacity,
      rekey_dst_addr, rekey_dst_port, rekey_src_addr, rekey_src_port, rekey_lifetime_secs, \
      rekey_encr_id, rekey_encr_key_bits, rekey_integ_id, rekey_kwa_id, gcauth_id, \
      signing_key_id, tek_lifetime_secs, atd_secs, dtd_secs, sender_id_bits, \
-     max_sender_ids_per_member, forward_access_control, created_at";
+     max_sender_ids_per_member, forward_access_control, require_pq_ike, created_at";
 
 #[derive(sqlx::FromRow)]
 pub(crate) struct GroupRow {
@@ -82,6 +82,7 @@ pub(crate) struct GroupRow {
     sender_id_bits: Option<i64>,
     max_sender_ids_per_member: i64,
     forward_access_control: bool,
+    require_pq_ike: bool,
     created_at: i64,
 }
 
@@ -137,6 +138,7 @@ impl TryFrom<GroupRow> for Group {
                         "groups.max_sender_ids_per_member",
                     )?,
                     forward_access_control: r.forward_access_control,
+                    require_pq_ike: r.require_pq_ike,
                 },
             },
             created: int(r.created_at, "groups.created_at")?,
@@ -217,8 +219,8 @@ impl TryFrom<TekPolicyRow> for TekPolicy {
 }
 
 /// The columns of [`MemberRow`], in order.
-pub(crate) const MEMBER_COLUMNS: &str =
-    "id, id_type, id_value, name, credential_kind, psk_enc, public_spki, created_at";
+pub(crate) const MEMBER_COLUMNS: &str = "id, id_type, id_value, name, credential_kind, psk_enc, public_spki, created_at, ppk_id, \
+     ppk_enc, ppk_required";
 
 #[derive(sqlx::FromRow)]
 pub(crate) struct MemberRow {
@@ -230,6 +232,9 @@ pub(crate) struct MemberRow {
     pub psk_enc: Option<Vec<u8>>,
     pub public_spki: Option<Vec<u8>>,
     created_at: i64,
+    pub ppk_id: Option<Vec<u8>>,
+    pub ppk_enc: Option<Vec<u8>>,
+    pub ppk_required: bool,
 }
 
 impl MemberRow {
@@ -244,6 +249,8 @@ impl MemberRow {
                 CredentialKind::from_db,
             )?,
             created: int(self.created_at, "members.created_at")?,
+            ppk_id: self.ppk_id.clone(),
+            ppk_required: self.ppk_required,
         })
     }
 }

@@ -331,7 +331,20 @@ impl Store {
                 }
             }
         };
-        Ok(Some(MemberCredential { member, credential }))
+        let ppk = match (&row.ppk_id, &row.ppk_enc) {
+            (Some(id), Some(sealed)) => Some(MemberPpk {
+                id: id.clone(),
+                secret: self.open_sealed(&ppk_row(&member.identity, id), sealed)?,
+                required: row.ppk_required,
+            }),
+            (None, None) => None,
+            _ => return Err(StoreError::data("members.ppk_enc", "without ppk_id")),
+        };
+        Ok(Some(MemberCredential {
+            member,
+            credential,
+            ppk,
+        }))
     }
 
     /// The role `identity` holds in `group`, or `None` when it is not authorized.
@@ -1334,6 +1347,15 @@ pub(crate) fn psk_row(identity: &Identity) -> RowRef {
     RowRef::new(
         "members.psk_enc",
         &[&[identity.id_type.value()], &identity.value],
+    )
+}
+
+/// Where a member's PPK is sealed: bound to its identity and its PPK_ID, so neither a
+/// ciphertext copied to another row nor a changed PPK_ID opens it.
+pub(crate) fn ppk_row(identity: &Identity, ppk_id: &[u8]) -> RowRef {
+    RowRef::new(
+        "members.ppk_enc",
+        &[&[identity.id_type.value()], &identity.value, ppk_id],
     )
 }
 

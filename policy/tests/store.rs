@@ -32,6 +32,7 @@ on_both_backends!(
     member_count_follows_every_membership_change,
     sequence_numbers_auto_and_packet_rate_round_trip_and_are_checked,
     migration_0006_keeps_each_tek_policys_and_teks_sequence_numbers,
+    member_ppk_sealed_bound_and_checked,
 );
 
 const T0: u64 = 1_800_000_000;
@@ -64,6 +65,7 @@ fn group_spec(name: &str, idg: &str) -> GroupSpec {
             sender_id_bits: Some(16),
             max_sender_ids_per_member: 16,
             forward_access_control: false,
+            require_pq_ike: false,
         },
     }
 }
@@ -2090,5 +2092,116 @@ async fn migration_0006_keeps_each_tek_policys_and_teks_sequence_numbers(db: &Te
         store.tek_policies(cfg.group.id).await.unwrap()[1].spec.sn,
         SnPolicy::Auto
     );
+    store.close().await;
+}
+
+/// Migrations 0007: a member's PPK (RFC 8784) is sealed like its PSK, bound to its identity
+/// and PPK_ID, read back with the credential; the API and the CHECK constraints refuse a
+/// short PPK, a PPK_ID without PPK (or the reverse) and a required PPK that is not there;
+/// `groups.require_pq_ike` round-trips (R129).
+async fn member_ppk_sealed_bound_and_checked(db: &TestDb) {
+    let store = db.open(key(9)).await;
+    let a = Identity::fqdn("a.example");
+    let b = Identity::fqdn("b.example");
+    for m in [&a, &b] {
+        store.add_member(m, None, &psk("psk"), T0).await.unwrap();
+    }
+    let secret = SecretBytes::from_slice(b"a 32-octet PPK of high entropy!!");
+    assert!(
+        store
+            .set_member_ppk(&a, Some((b"ppk-a", &secret)), true)
+            .await
+            .unwrap()
+    );
+    let c = store.member_credential(&a).await.unwrap().unwrap();
+    assert_eq!(
+        c.ppk,
+        Some(MemberPpk {
+            id: b"ppk-a".to_vec(),
+            secret: secret.clone(),
+            required: true
+        })
+    );
+    let m = store.member(&a).await.unwrap().unwrap();
+    assert_eq!(
+        (m.ppk_id.as_deref(), m.ppk_required),
+        (Some(&b"ppk-a"[..]), true)
+    );
+    assert_eq!(
+        store.member_credential(&b).await.unwrap().unwrap().ppk,
+        None
+    );
+    // Encrypted at rest.
+    let blobs = db
+        .raw_blobs("SELECT ppk_enc FROM members WHERE ppk_enc IS NOT NULL")
+        .await;
+    assert_eq!(blobs.len(), 1);
+    assert!(!blobs[0].windows(8).any(|w| w == &secret.as_bytes()[..8]));
+    // The API refuses what makes no PPK.
+    let short = SecretBytes::from_slice(b"too short");
+    let e = store
+        .set_member_ppk(&b, Some((b"x", &short)), false)
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("PPK"), "{e}");
+    assert!(store.set_member_ppk(&b, None, true).await.is_err());
+    assert!(
+        store
+            .set_member_ppk(&b, Some((b"", &secret)), false)
+            .await
+            .is_err()
+    );
+    assert!(
+        !store
+            .set_member_ppk(
+                &Identity::fqdn("nobody.example"),
+                Some((b"p", &secret)),
+                false
+            )
+            .await
+            .unwrap()
+    );
+    // And so do the CHECK constraints of plain SQL edits.
+    let required = if db.is_pg() { "TRUE" } else { "1" };
+    for bad in [
+        format!("UPDATE members SET ppk_required = {required} WHERE ppk_enc IS NULL"),
+        "UPDATE members SET ppk_id = NULL WHERE ppk_enc IS NOT NULL".to_string(),
+        blob_literals(db, "UPDATE members SET ppk_id = {01} WHERE ppk_enc IS NULL"),
+        blob_literals(
+            db,
+            "UPDATE members SET ppk_id = {} WHERE ppk_enc IS NOT NULL",
+        ),
+    ] {
+        let err = store.execute_admin_sql(&bad).await.unwrap_err();
+        assert_eq!(
+            err.constraint_kind(),
+            Some(ConstraintKind::Check),
+            "{bad}: {err}"
+        );
+    }
+    // The sealed PPK is bound to its PPK_ID: renaming it in SQL does not open.
+    let n = store
+        .execute_admin_sql(&blob_literals(
+            db,
+            "UPDATE members SET ppk_id = {7070}  WHERE ppk_enc IS NOT NULL",
+        ))
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
+    let e = store.member_credential(&a).await.unwrap_err();
+    assert!(e.to_string().contains("members.ppk_enc"), "{e}");
+    // Removed.
+    assert!(store.set_member_ppk(&a, None, false).await.unwrap());
+    assert_eq!(
+        store.member_credential(&a).await.unwrap().unwrap().ppk,
+        None
+    );
+    // R129: the group setting round-trips.
+    let mut spec = group_spec("pq", "pq.example");
+    spec.policy.require_pq_ike = true;
+    let g = store.create_group(&spec, T0).await.unwrap();
+    let got = store.groups().await.unwrap();
+    let pq = got.iter().find(|x| x.id == g).unwrap();
+    assert!(pq.spec.policy.require_pq_ike);
     store.close().await;
 }

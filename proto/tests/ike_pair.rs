@@ -168,6 +168,9 @@ struct Pair {
     drop_from_gcks: usize,
     /// What the GCKS decides when asked.
     decision: Decider,
+    /// The GCKS's IKE SA keys just before it read the first GSA_AUTH or IKE_AUTH request
+    /// (after any IKE_INTERMEDIATE; before a PPK is mixed in, RFC 8784 3).
+    keys_before_auth: Option<gikev2_proto::crypto::IkeKeys>,
 }
 
 const MEMBER: &str = "10.0.0.2:500";
@@ -197,6 +200,7 @@ impl Pair {
             to_gcks: Vec::new(),
             to_member: Vec::new(),
             drop_from_gcks: 0,
+            keys_before_auth: None,
             decision: Box::new(|sa, _| Decision::Accept {
                 gsa: sample_gsa(2),
                 kd: sample_kd(sa, 2),
@@ -213,7 +217,15 @@ impl Pair {
                 moved = true;
                 self.to_gcks.push(d.clone());
                 match self.gcks.as_mut() {
-                    Some(g) => g.handle(&d, self.now, &mut self.rng),
+                    Some(g) => {
+                        let ex = Header::read_datagram(&d).map(|h| h.exchange);
+                        if self.keys_before_auth.is_none()
+                            && matches!(ex, Ok(ExchangeType::GsaAuth | ExchangeType::IkeAuth))
+                        {
+                            self.keys_before_auth = g.keys().cloned();
+                        }
+                        g.handle(&d, self.now, &mut self.rng)
+                    }
                     None => match IkeSa::respond(
                         self.gcks_config.clone(),
                         &d,
@@ -860,4 +872,267 @@ fn create_child_sa_on_the_registration_sa_gets_no_additional_sas() {
         .collect();
     assert_eq!(notifies, [NotifyType::NoAdditionalSas]);
     assert!(p.gcks().is_established() && !p.gcks().is_closed());
+}
+
+// ------------------------------------------------------------------ RFC 8784 PPK
+
+mod ppk {
+    use super::*;
+    use gikev2_proto::crypto::{IkeKeys, KeyWrapAlg, KeyWrapKey, SkKey};
+    use gikev2_proto::ike::protect::{self, Reassembly};
+    use gikev2_proto::ike::{LocalPpk, SinglePpk};
+    use gikev2_proto::wire::payload::Payload;
+
+    const PPK: [u8; 32] = [0xa5; 32];
+
+    fn member_ppk(id: &str, secret: &[u8], mandatory: bool) -> LocalPpk {
+        LocalPpk {
+            id: id.as_bytes().to_vec(),
+            secret: SecretBytes::from_slice(secret),
+            mandatory,
+        }
+    }
+
+    fn gcks_ppks(id: &str, required: bool) -> Arc<SinglePpk> {
+        Arc::new(SinglePpk {
+            id: id.as_bytes().to_vec(),
+            secret: SecretBytes::from_slice(&PPK),
+            required,
+        })
+    }
+
+    /// A GSA_AUTH run with these PPK settings (same seed as every [`Pair`], so the same
+    /// nonces, SPIs and key exchange as the run without PPK).
+    fn run(suites: Vec<IkeSuite>, member: Option<LocalPpk>, gcks: Option<Arc<SinglePpk>>) -> Pair {
+        let (mut m, mut g) = psk_configs("k", "k", suites);
+        m.ppk = member;
+        g.ppk_resolver = gcks.map(|r| r as Arc<dyn gikev2_proto::ike::PpkResolver>);
+        let mut p = Pair::new(m, g, Goal::GsaAuth(request(None)));
+        p.drive();
+        p
+    }
+
+    /// SK_d', SK_pi', SK_pr' (and the rest): the keys before GSA_AUTH.
+    fn plain_keys(p: &Pair) -> IkeKeys {
+        p.keys_before_auth
+            .clone()
+            .expect("GSA_AUTH reached the GCKS")
+    }
+
+    fn has_use_ppk(d: &[u8]) -> bool {
+        Message::decode(d)
+            .unwrap()
+            .notify(NotifyType::UsePpk)
+            .is_some()
+    }
+
+    /// The notifies (type, data) in the protected message `d`, opened with the keys the
+    /// sender's SK payload used (SK_e/SK_a do not depend on the PPK).
+    fn notifies(p: &Pair, d: &[u8], from_member: bool) -> Vec<(NotifyType, Vec<u8>)> {
+        let s = p.member.suite().unwrap().clone();
+        let key = SkKey::from_ike_keys(&s, p.member.keys().unwrap(), from_member).unwrap();
+        let opened = protect::open(&key, d, &mut Reassembly::default())
+            .unwrap()
+            .unwrap();
+        opened
+            .payloads
+            .iter()
+            .filter_map(|x| match x {
+                Payload::Notify(n) => Some((n.ty, n.data.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn only(v: &[(NotifyType, Vec<u8>)], ty: NotifyType) -> Vec<Vec<u8>> {
+        v.iter()
+            .filter(|(t, _)| *t == ty)
+            .map(|(_, d)| d.clone())
+            .collect()
+    }
+
+    /// RFC 8784 3: USE_PPK both ways, PPK_IDENTITY = PPK_ID_FIXED | id, SK_d, SK_pi and
+    /// SK_pr are prf+(PPK, SK_x') on both sides, and the group keys travel under the GSK_w
+    /// of the mixed SK_d.
+    #[test]
+    fn ppk_mixes_into_the_keys_and_both_sides_agree() {
+        let suites = vec![suite(KeId::Curve25519, None)];
+        let p = run(
+            suites,
+            Some(member_ppk("ppk1", &PPK, false)),
+            Some(gcks_ppks("ppk1", false)),
+        );
+        assert_eq!(registered(&p.member_events).len(), 1);
+        assert!(p.member.ppk_used() && p.gcks().ppk_used());
+        assert!(has_use_ppk(&p.to_gcks[0]) && has_use_ppk(&p.to_member[0]));
+        let plain = plain_keys(&p);
+        let keys = p.member.keys().unwrap();
+        assert_eq!(Some(keys), p.gcks().keys(), "both sides agree");
+        assert_eq!(keys, &plain.with_ppk(&PPK).unwrap());
+        assert_ne!(keys.sk_d, plain.sk_d);
+        let req = notifies(&p, &p.to_gcks[1], true);
+        assert_eq!(only(&req, NotifyType::PpkIdentity), [b"\x02ppk1".to_vec()]);
+        assert_eq!(
+            only(&req, NotifyType::NoPpkAuth).len(),
+            1,
+            "optional PPK: NO_PPK_AUTH is sent"
+        );
+        let resp = notifies(&p, &p.to_member[1], false);
+        assert_eq!(only(&resp, NotifyType::PpkIdentity), [Vec::<u8>::new()]);
+        // A mandatory PPK sends no NO_PPK_AUTH and ends the same way.
+        let p = run(
+            vec![suite(KeId::Curve25519, None)],
+            Some(member_ppk("ppk1", &PPK, true)),
+            Some(gcks_ppks("ppk1", true)),
+        );
+        assert!(p.member.ppk_used() && p.gcks().ppk_used());
+        let req = notifies(&p, &p.to_gcks[1], true);
+        assert!(only(&req, NotifyType::NoPpkAuth).is_empty());
+        assert_eq!(p.member.keys(), p.gcks().keys());
+    }
+
+    /// The KD a member unwraps is the GCKS's only with the right PPK: GSK_w comes from the
+    /// mixed SK_d (RFC 9838 6.2), so the key without the PPK (what breaking the key
+    /// exchange yields) does not unwrap it, and a wrong PPK fails authentication.
+    #[test]
+    fn group_keys_unwrap_only_with_the_right_ppk() {
+        let suites = vec![suite(KeId::Curve25519, None)];
+        let p = run(
+            suites.clone(),
+            Some(member_ppk("ppk1", &PPK, true)),
+            Some(gcks_ppks("ppk1", true)),
+        );
+        let plain = plain_keys(&p);
+        let (_, kd, _) = registered(&p.member_events).pop().expect("registered");
+        let wrapped = &kd.group_bags().next().unwrap().sa_keys[0].encrypted;
+        let kwk = p.member.key_wrap_key().unwrap();
+        assert_eq!(kwk.unwrap(wrapped).unwrap().as_bytes(), &[0u8; 36]);
+        let kwa = KeyWrapAlg::Kw5649_256;
+        let without = KeyWrapKey::new(kwa, plain.default_kwk(kwa).unwrap().as_bytes()).unwrap();
+        assert!(without.unwrap(wrapped).is_err(), "no PPK, no group keys");
+
+        let p = run(
+            suites,
+            Some(member_ppk("ppk1", &[0x5a; 32], true)),
+            Some(gcks_ppks("ppk1", true)),
+        );
+        assert!(registered(&p.member_events).is_empty());
+        assert!(
+            p.gcks_events
+                .contains(&Event::Closed(CloseReason::AuthenticationFailed))
+        );
+        assert!(
+            p.member_events
+                .contains(&Event::Closed(CloseReason::AuthenticationFailed))
+        );
+    }
+
+    /// RFC 8784 3, Table 1: an unknown PPK_ID when the PPK is mandatory for the member
+    /// (on either side) ends in AUTHENTICATION_FAILED.
+    #[test]
+    fn mandatory_ppk_with_unknown_id_is_refused() {
+        for (member_mandatory, gcks_required) in [(true, false), (false, true), (true, true)] {
+            let p = run(
+                vec![suite(KeId::Curve25519, None)],
+                Some(member_ppk("not-known", &PPK, member_mandatory)),
+                Some(gcks_ppks("ppk1", gcks_required)),
+            );
+            assert!(
+                p.gcks_events
+                    .contains(&Event::Closed(CloseReason::AuthenticationFailed)),
+                "{member_mandatory} {gcks_required}: {:?}",
+                p.gcks_events
+            );
+            assert!(
+                p.member_events
+                    .contains(&Event::Closed(CloseReason::AuthenticationFailed))
+            );
+            assert!(registered(&p.member_events).is_empty());
+            assert!(
+                !p.gcks_events
+                    .iter()
+                    .any(|e| matches!(e, Event::RegistrationRequested { .. }))
+            );
+        }
+    }
+
+    /// RFC 8784 3, Table 1: PPK optional on both sides, PPK_ID unknown, NO_PPK_AUTH sent:
+    /// the responder authenticates the member with NO_PPK_AUTH and both continue without
+    /// the PPK (no PPK_IDENTITY in the response).
+    #[test]
+    fn optional_ppk_falls_back_through_no_ppk_auth() {
+        let suites = vec![suite(KeId::Curve25519, None)];
+        let p = run(
+            suites,
+            Some(member_ppk("not-known", &PPK, false)),
+            Some(gcks_ppks("ppk1", false)),
+        );
+        assert_eq!(registered(&p.member_events).len(), 1);
+        assert!(!p.member.ppk_used() && !p.gcks().ppk_used());
+        let plain = plain_keys(&p);
+        assert_eq!(p.member.keys(), Some(&plain));
+        assert_eq!(p.gcks().keys(), Some(&plain));
+        let resp = notifies(&p, &p.to_member[1], false);
+        assert!(only(&resp, NotifyType::PpkIdentity).is_empty());
+    }
+
+    /// RFC 8784 3: without USE_PPK from the responder an optional PPK is skipped and a
+    /// mandatory one aborts after IKE_SA_INIT; Table 1 row 3: a responder that requires a
+    /// PPK refuses an initiator that sent no USE_PPK.
+    #[test]
+    fn missing_use_ppk_aborts_only_where_the_ppk_is_mandatory() {
+        let suites = vec![suite(KeId::Curve25519, None)];
+        let p = run(suites.clone(), Some(member_ppk("ppk1", &PPK, false)), None);
+        assert!(!has_use_ppk(&p.to_member[0]));
+        assert_eq!(registered(&p.member_events).len(), 1);
+        assert!(!p.member.ppk_used());
+
+        let p = run(suites.clone(), Some(member_ppk("ppk1", &PPK, true)), None);
+        assert_eq!(exchanges(&p.to_gcks), [ExchangeType::IkeSaInit]);
+        assert!(matches!(
+            p.member_events.as_slice(),
+            [Event::Closed(CloseReason::ProtocolError(_))]
+        ));
+
+        let p = run(suites.clone(), None, Some(gcks_ppks("ppk1", true)));
+        assert!(
+            !has_use_ppk(&p.to_member[0]),
+            "USE_PPK only answers USE_PPK"
+        );
+        assert!(
+            p.gcks_events
+                .contains(&Event::Closed(CloseReason::AuthenticationFailed))
+        );
+        assert!(registered(&p.member_events).is_empty());
+
+        let p = run(suites, None, Some(gcks_ppks("ppk1", false)));
+        assert_eq!(registered(&p.member_events).len(), 1);
+        assert!(!p.gcks().ppk_used());
+    }
+
+    /// RFC 9370 2.2.2 with RFC 8784: the PPK is mixed into the keys after the last
+    /// IKE_INTERMEDIATE exchange (hybrid X25519 + ML-KEM-768), once.
+    #[test]
+    fn ppk_with_ml_kem_768_applies_after_the_last_intermediate() {
+        let suites = vec![suite(KeId::Curve25519, Some(KeId::MlKem768))];
+        let p = run(
+            suites,
+            Some(member_ppk("ppk1", &PPK, false)),
+            Some(gcks_ppks("ppk1", true)),
+        );
+        assert_eq!(
+            exchanges(&p.to_gcks),
+            [
+                ExchangeType::IkeSaInit,
+                ExchangeType::IkeIntermediate,
+                ExchangeType::GsaAuth
+            ]
+        );
+        assert_eq!(registered(&p.member_events).len(), 1);
+        assert!(p.member.ppk_used() && p.gcks().ppk_used());
+        assert!(p.member.post_quantum_ke() && p.gcks().post_quantum_ke());
+        assert_eq!(p.member.keys(), p.gcks().keys());
+        let plain = plain_keys(&p);
+        assert_eq!(p.member.keys(), Some(&plain.with_ppk(&PPK).unwrap()));
+    }
 }

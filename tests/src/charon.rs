@@ -258,6 +258,22 @@ pub enum Auth {
     },
 }
 
+/// A post-quantum preshared key for charon (RFC 8784): `ppk_id` and `ppk_required` in
+/// the connection, the key in a `ppk-gikev2` secret with that id.
+#[derive(Clone, Debug)]
+pub struct CharonPpk {
+    /// The PPK_ID as swanctl spells it (charon sends its encoding after the PPK_ID_FIXED
+    /// octet).
+    pub id: String,
+    pub secret: Vec<u8>,
+    /// `ppk_required`: no fallback to NO_PPK_AUTH or to an IKE SA without PPK.
+    pub required: bool,
+    /// Write `ppk_id` in the connection (an initiator needs it to send PPK_IDENTITY). A
+    /// 5.9.8 responder with one refuses any other PPK_ID, even without `ppk_required`;
+    /// without one it looks the received PPK_ID up among its secrets.
+    pub in_conn: bool,
+}
+
 /// Whether charon initiates or only responds. A responder accepts any peer address
 /// unless `remote_addr` is set.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -307,6 +323,8 @@ pub struct CharonConfig {
     pub extra_conn: Vec<(String, String)>,
     /// Extra `key = value` lines for the `charon { }` section of strongswan.conf.
     pub extra_charon: Vec<(String, String)>,
+    /// A PPK (RFC 8784) for this connection.
+    pub ppk: Option<CharonPpk>,
 }
 
 impl CharonConfig {
@@ -341,6 +359,7 @@ impl CharonConfig {
             log_keys: true,
             extra_conn: Vec::new(),
             extra_charon: Vec::new(),
+            ppk: None,
         }
     }
 
@@ -458,6 +477,12 @@ impl CharonConfig {
             // `ifasked` would then leave its CERT out.
             let _ = writeln!(s, "    send_cert = always");
         }
+        if let Some(ppk) = &self.ppk {
+            if ppk.in_conn {
+                let _ = writeln!(s, "    ppk_id = \"{}\"", ppk.id);
+            }
+            let _ = writeln!(s, "    ppk_required = {}", yes_no(ppk.required));
+        }
         for (k, v) in &self.extra_conn {
             let _ = writeln!(s, "    {k} = {v}");
         }
@@ -478,15 +503,27 @@ impl CharonConfig {
         let _ = writeln!(s, "    }}");
         let _ = writeln!(s, "  }}");
         let _ = writeln!(s, "}}");
-        if let Auth::Psk(secret) = &self.auth {
+        let psk = match &self.auth {
+            Auth::Psk(secret) => Some(secret),
+            Auth::PubKey { .. } => None,
+        };
+        if psk.is_some() || self.ppk.is_some() {
             let _ = writeln!(s, "secrets {{");
-            let _ = writeln!(s, "  ike-gikev2 {{");
-            let _ = writeln!(s, "    id-local = \"{}\"", self.local_id.swanctl());
-            if let Some(remote) = &self.remote_id {
-                let _ = writeln!(s, "    id-remote = \"{}\"", remote.swanctl());
+            if let Some(secret) = psk {
+                let _ = writeln!(s, "  ike-gikev2 {{");
+                let _ = writeln!(s, "    id-local = \"{}\"", self.local_id.swanctl());
+                if let Some(remote) = &self.remote_id {
+                    let _ = writeln!(s, "    id-remote = \"{}\"", remote.swanctl());
+                }
+                let _ = writeln!(s, "    secret = 0x{}", hex::encode(secret));
+                let _ = writeln!(s, "  }}");
             }
-            let _ = writeln!(s, "    secret = 0x{}", hex::encode(secret));
-            let _ = writeln!(s, "  }}");
+            if let Some(ppk) = &self.ppk {
+                let _ = writeln!(s, "  ppk-gikev2 {{");
+                let _ = writeln!(s, "    id = \"{}\"", ppk.id);
+                let _ = writeln!(s, "    secret = 0x{}", hex::encode(&ppk.secret));
+                let _ = writeln!(s, "  }}");
+            }
             let _ = writeln!(s, "}}");
         }
         s
@@ -617,6 +654,9 @@ pub struct IkeKeys {
     pub sk_er: Vec<u8>,
     pub sk_pi: Vec<u8>,
     pub sk_pr: Vec<u8>,
+    /// When charon mixed a PPK into the keys (RFC 8784 3): SK_d', SK_pi', SK_pr' as first
+    /// logged; `sk_d`, `sk_pi`, `sk_pr` are then the keys after the PPK.
+    pub before_ppk: Option<[Vec<u8>; 3]>,
 }
 
 /// Reads the `Sk_* secret => N bytes` blocks of a charon log (with `ike_name = yes`,
@@ -625,6 +665,7 @@ pub struct IkeKeys {
 pub fn parse_ike_keys(log: &str) -> Vec<IkeKeys> {
     let lines: Vec<&str> = log.lines().collect();
     let mut out: Vec<IkeKeys> = Vec::new();
+    let mut ppk_pending = false;
     let mut i = 0;
     while i < lines.len() {
         let line = lines[i];
@@ -633,6 +674,14 @@ pub fn parse_ike_keys(log: &str) -> Vec<IkeKeys> {
             continue;
         };
         let (sa, rest) = split_sa_tag(rest);
+        if rest.starts_with("derive keys using PPK") {
+            // The next Sk_d, Sk_pi, Sk_pr replace this SA's keys (keymat_v2's PPK step).
+            if let Some(keys) = out.iter_mut().rev().find(|k| k.uniqueid == sa) {
+                keys.before_ppk = Some([keys.sk_d.clone(), keys.sk_pi.clone(), keys.sk_pr.clone()]);
+                ppk_pending = true;
+            }
+            continue;
+        }
         let Some((name, size)) = rest.split_once(" secret => ") else {
             continue;
         };
@@ -666,13 +715,21 @@ pub fn parse_ike_keys(log: &str) -> Vec<IkeKeys> {
             );
             i += 1;
         }
-        if name == "Sk_d" {
+        if name == "Sk_d" && !ppk_pending {
             out.push(IkeKeys {
                 uniqueid: sa,
                 ..IkeKeys::default()
             });
         }
-        let Some(keys) = out.last_mut() else { continue };
+        let keys = if ppk_pending {
+            if name == "Sk_pr" {
+                ppk_pending = false;
+            }
+            out.iter_mut().rev().find(|k| k.uniqueid == sa)
+        } else {
+            out.last_mut()
+        };
+        let Some(keys) = keys else { continue };
         let slot = match name {
             "Sk_d" => &mut keys.sk_d,
             "Sk_ai" => &mut keys.sk_ai,

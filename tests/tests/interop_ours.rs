@@ -20,17 +20,19 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use gikev2_proto::crypto::{
-    IkeSuite, KeMethod, SecretBytes, SignatureScheme, SigningKey, SystemRandom,
+    IkeKeys, IkeSuite, KeMethod, PrfAlg, SecretBytes, SignatureScheme, SigningKey, SystemRandom,
 };
 use gikev2_proto::ike::x509::CertificateResolver;
 use gikev2_proto::ike::{
     CloseReason, Endpoint, EndpointConfig, EndpointStats, Event, Goal, IkeConfig, IkeSa, LocalAuth,
-    PeerAuth, PeerAuthResolver, SinglePeer,
+    LocalPpk, PeerAuth, PeerAuthResolver, SinglePeer, SinglePpk,
 };
 use gikev2_proto::registry::{EncrId, ExchangeType, IntegId, KeId, PrfId};
 use gikev2_proto::wire::{Header, IdPayload, Transform};
 use gikev2_tests::capture::{self, Capture};
-use gikev2_tests::charon::{Auth, CharonConfig, CharonInstall, CharonPeer, Identity, IkeSaInfo};
+use gikev2_tests::charon::{
+    Auth, CharonConfig, CharonInstall, CharonPeer, CharonPpk, Identity, IkeSaInfo,
+};
 use gikev2_tests::driver;
 use gikev2_tests::gate;
 use gikev2_tests::netns::{self, Pair};
@@ -256,10 +258,16 @@ fn established_peer(events: &[Event]) -> Option<&IdPayload> {
     })
 }
 
-/// charon's logged SK_* equal ours (both ends ran the same key schedule).
-fn assert_same_keys(charon: &CharonPeer<'_>, info: &IkeSaInfo, sa: &IkeSa) {
+/// charon's logged SK_* equal ours (both ends ran the same key schedule). With `ppk`
+/// (RFC 8784 3) charon must have logged the PPK step, and its SK_d, SK_pi, SK_pr before it
+/// (SK_x') give ours as `prf+(PPK, SK_x')` (PRF-HMAC-SHA2-256 in these suites).
+fn assert_same_keys_ppk(
+    charon: &CharonPeer<'_>,
+    info: &IkeSaInfo,
+    ours: &IkeKeys,
+    ppk: Option<&[u8]>,
+) {
     let theirs = charon.keys_for(info).expect("charon logged its IKE keys");
-    let ours = sa.keys().expect("our IKE keys");
     let pairs = [
         ("SK_d", &theirs.sk_d, &ours.sk_d),
         ("SK_ai", &theirs.sk_ai, &ours.sk_ai),
@@ -271,6 +279,27 @@ fn assert_same_keys(charon: &CharonPeer<'_>, info: &IkeSaInfo, sa: &IkeSa) {
     ];
     for (name, t, o) in pairs {
         assert_eq!(t.as_slice(), o.as_bytes(), "{name} differs from charon's");
+    }
+    match (ppk, &theirs.before_ppk) {
+        (Some(p), Some(primes)) => {
+            for (name, prime, o) in [
+                ("SK_d", &primes[0], &ours.sk_d),
+                ("SK_pi", &primes[1], &ours.sk_pi),
+                ("SK_pr", &primes[2], &ours.sk_pr),
+            ] {
+                let mixed = PrfAlg::HmacSha2_256
+                    .prf_plus(p, &[prime], prime.len())
+                    .expect("prf+");
+                assert_eq!(&mixed, o, "{name} is not prf+(PPK, {name}')");
+                assert_ne!(prime.as_slice(), o.as_bytes(), "{name}: PPK mixed in");
+            }
+        }
+        (None, None) => {}
+        (ours_ppk, theirs_ppk) => panic!(
+            "PPK used by us: {}, by charon: {}",
+            ours_ppk.is_some(),
+            theirs_ppk.is_some()
+        ),
     }
 }
 
@@ -293,6 +322,7 @@ fn ours_to_charon<'p>(
     let mut ours = our_config(our_proposals, GM, s.local_auth, s.peer_auth);
     ours.remote_id = Some(fqdn(GCKS));
     tweak(&mut ours, &mut cfg);
+    let ppk = ours.ppk.as_ref().map(|p| p.secret.clone());
     let charon = CharonPeer::start(&pair.b, cfg).expect("charon responder");
     let mut run = InitiatorRun::start(pair, &charon, ours);
     run.handshake(&charon);
@@ -314,7 +344,13 @@ fn ours_to_charon<'p>(
     let (spi_i, spi_r) = run.sa.spis();
     assert_eq!((info.spi_i, info.spi_r), (spi_i, spi_r));
     assert_eq!(info.field("child-sas"), None, "childless");
-    assert_same_keys(&charon, &info, &run.sa);
+    let ppk = ppk.filter(|_| run.sa.ppk_used());
+    assert_same_keys_ppk(
+        &charon,
+        &info,
+        run.sa.keys().expect("our IKE keys"),
+        ppk.as_ref().map(SecretBytes::as_bytes),
+    );
     (run, info, charon)
 }
 
@@ -450,6 +486,8 @@ fn ours_to_charon_invalid_ke_payload_round() {
 /// What our responder saw while charon initiated.
 struct ResponderRun {
     events: Vec<Event>,
+    /// Our IKE SA mixed a PPK into its keys (RFC 8784).
+    ppk_used: bool,
     stats: EndpointStats,
     spis: Option<([u8; 8], [u8; 8])>,
     /// charon's whole log.
@@ -476,6 +514,7 @@ fn charon_to_ours(
     .with_proposals(&[proposal]);
     let mut ours = our_config(&[proposal], GCKS, s.local_auth, s.peer_auth);
     tweak(&mut ours, &mut cfg);
+    let ppk = cfg.ppk.as_ref().map(|p| p.secret.clone());
     let charon = CharonPeer::start(&pair.b, cfg).expect("charon initiator");
     let sock = pair
         .a
@@ -517,7 +556,9 @@ fn charon_to_ours(
             charon.log_tail(40)
         );
     }
-    let spis = established.and_then(|h| ep.sa(h)).map(IkeSa::spis);
+    let sa = established.and_then(|h| ep.sa(h));
+    let spis = sa.map(IkeSa::spis);
+    let ppk_used = sa.is_some_and(IkeSa::ppk_used);
     assert_eq!(
         established_peer(&events),
         Some(&fqdn(GM)),
@@ -533,8 +574,11 @@ fn charon_to_ours(
     assert_eq!(info.remote_id, GCKS, "charon authenticated our identity");
     assert_eq!(Some((info.spi_i, info.spi_r)), spis);
     assert_eq!(info.field("remote-port"), Some("500"));
+    let keys = sa.and_then(IkeSa::keys).expect("our IKE keys");
+    assert_same_keys_ppk(&charon, &info, keys, ppk.as_deref().filter(|_| ppk_used));
     ResponderRun {
         events,
+        ppk_used,
         stats: ep.stats().clone(),
         spis,
         charon_log: charon.log(),
@@ -831,4 +875,174 @@ fn ours_to_charon_over_ipv6() {
         info.field("remote-host"),
         Some(pair.link_a.v6.to_string().as_str())
     );
+}
+
+// ------------------------------------------------------------------ RFC 8784 PPK
+
+const PPK_ID: &str = "gikev2-ppk-1";
+const PPK: &[u8] = b"0123456789abcdef0123456789abcdef interop PPK";
+
+fn charon_ppk(id: &str, secret: &[u8], required: bool) -> CharonPpk {
+    CharonPpk {
+        id: id.into(),
+        secret: secret.to_vec(),
+        required,
+        in_conn: true,
+    }
+}
+
+fn our_ppk(id: &str, secret: &[u8], mandatory: bool) -> LocalPpk {
+    LocalPpk {
+        id: id.as_bytes().to_vec(),
+        secret: SecretBytes::from_slice(secret),
+        mandatory,
+    }
+}
+
+fn our_ppks(required: bool) -> Arc<SinglePpk> {
+    Arc::new(SinglePpk {
+        id: PPK_ID.as_bytes().to_vec(),
+        secret: SecretBytes::from_slice(PPK),
+        required,
+    })
+}
+
+/// RFC 8784 3 with our initiator: USE_PPK, PPK_IDENTITY (PPK_ID_FIXED | id) as charon
+/// reads it, and SK_d, SK_pi, SK_pr = prf+(PPK, SK_x') on both ends.
+#[test]
+fn ours_to_charon_psk_with_ppk() {
+    let Some(_) = charon_or_skip() else { return };
+    let pair = Pair::new("o2c-ppk").expect("namespaces");
+    let (run, _info, charon) = ours_to_charon(
+        &pair,
+        Creds::Psk,
+        &[GCM_X25519],
+        &[GCM_X25519],
+        |ours, c| {
+            ours.ppk = Some(our_ppk(PPK_ID, PPK, true));
+            c.ppk = Some(charon_ppk(PPK_ID, PPK, true));
+        },
+    );
+    assert!(run.sa.ppk_used());
+    assert!(
+        charon.log().contains("using PPK for PPK_ID"),
+        "{}",
+        charon.log_tail(40)
+    );
+}
+
+/// Our optional PPK with an id charon does not know: charon takes our NO_PPK_AUTH (AUTH
+/// computed with SK_pi', RFC 8784 3) and both continue without the PPK.
+#[test]
+fn ours_to_charon_unknown_ppk_falls_back_to_no_ppk_auth() {
+    let Some(_) = charon_or_skip() else { return };
+    let pair = Pair::new("o2c-noppk").expect("namespaces");
+    let (run, _info, charon) = ours_to_charon(
+        &pair,
+        Creds::Psk,
+        &[GCM_X25519],
+        &[GCM_X25519],
+        |ours, c| {
+            ours.ppk = Some(our_ppk("not-known-to-charon", PPK, false));
+            // No ppk_id in the connection: charon looks the PPK_ID up among its
+            // secrets, finds none, and takes NO_PPK_AUTH (with one, 5.9.8 refuses).
+            c.ppk = Some(CharonPpk {
+                in_conn: false,
+                ..charon_ppk(PPK_ID, PPK, false)
+            });
+        },
+    );
+    assert!(!run.sa.ppk_used());
+    assert!(
+        !charon.log().contains("using PPK for PPK_ID"),
+        "{}",
+        charon.log_tail(40)
+    );
+}
+
+/// The same PPK_ID with another secret: charon cannot verify our AUTH (SK_pi differs)
+/// and no IKE SA comes up on either end.
+#[test]
+fn ours_to_charon_mismatched_ppk_is_refused() {
+    let Some(_) = charon_or_skip() else { return };
+    let pair = Pair::new("o2c-badppk").expect("namespaces");
+    let s = setup(&Creds::Psk, GM, GCKS);
+    let mut cfg = CharonConfig::responder(
+        pair.link_b.v4.into(),
+        Identity::Fqdn(GCKS.into()),
+        Some(Identity::Fqdn(GM.into())),
+        s.charon_auth,
+    )
+    .with_proposals(&[GCM_X25519]);
+    cfg.ppk = Some(charon_ppk(PPK_ID, PPK, true));
+    let mut ours = our_config(&[GCM_X25519], GM, s.local_auth, s.peer_auth);
+    ours.remote_id = Some(fqdn(GCKS));
+    ours.ppk = Some(our_ppk(
+        PPK_ID,
+        b"another PPK under the same PPK_ID!!",
+        true,
+    ));
+    let charon = CharonPeer::start(&pair.b, cfg).expect("charon responder");
+    let mut run = InitiatorRun::start(&pair, &charon, ours);
+    run.handshake(&charon);
+    assert_eq!(
+        closed(&run.events),
+        Some(&CloseReason::AuthenticationFailed),
+        "{:?}\ncharon:\n{}",
+        run.events,
+        charon.log_tail(40)
+    );
+    assert!(established_peer(&run.events).is_none());
+    assert!(
+        charon
+            .ike_sa(CONN)
+            .expect("list-sas")
+            .is_none_or(|i| i.state != "ESTABLISHED")
+    );
+}
+
+/// charon initiating with a mandatory PPK to our responder (GSA side of RFC 8784 3):
+/// our USE_PPK answer, PPK lookup by charon's PPK_IDENTITY, the empty PPK_IDENTITY in
+/// our response, and keys equal to charon's mixed with the PPK.
+#[test]
+fn charon_to_ours_psk_with_ppk() {
+    let Some(_) = charon_or_skip() else { return };
+    let pair = Pair::new("c2o-ppk").expect("namespaces");
+    let run = charon_to_ours(
+        &pair,
+        Creds::Psk,
+        GCM_X25519,
+        EndpointConfig::default(),
+        |ours, c| {
+            c.childless = "allow".into();
+            c.ppk = Some(charon_ppk(PPK_ID, PPK, true));
+            ours.ppk_resolver = Some(our_ppks(true));
+        },
+    );
+    assert!(run.ppk_used);
+    assert!(
+        run.charon_log.contains("using PPK for PPK_ID"),
+        "charon marked the SA as using the PPK"
+    );
+}
+
+/// charon with an optional PPK our responder does not know: we authenticate charon with
+/// its NO_PPK_AUTH and answer without PPK_IDENTITY (RFC 8784 3, Table 1).
+#[test]
+fn charon_to_ours_unknown_ppk_falls_back_to_no_ppk_auth() {
+    let Some(_) = charon_or_skip() else { return };
+    let pair = Pair::new("c2o-noppk").expect("namespaces");
+    let run = charon_to_ours(
+        &pair,
+        Creds::Psk,
+        GCM_X25519,
+        EndpointConfig::default(),
+        |ours, c| {
+            c.childless = "allow".into();
+            c.ppk = Some(charon_ppk("not-known-to-us", PPK, false));
+            ours.ppk_resolver = Some(our_ppks(false));
+        },
+    );
+    assert!(!run.ppk_used);
+    assert!(!run.charon_log.contains("using PPK for PPK_ID"));
 }

@@ -5,17 +5,17 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use gikev2_policy::{
-    GroupSpec, GroupWidePolicy, MasterKey, NewCredential, RekeyConfig, RekeyMode, Store,
+    GroupSpec, GroupWidePolicy, Identity, MasterKey, NewCredential, RekeyConfig, RekeyMode, Store,
     TekPolicySpec, TekProtocol, scheme_as_db,
 };
-use gikev2_proto::crypto::{EncrAlg, SigningKey, SystemRandom};
+use gikev2_proto::crypto::{EncrAlg, SecretBytes, SigningKey, SystemRandom};
 use gikev2_proto::registry::GcAuthId;
 use gikev2_proto::wire::gsa::is_counter_mode;
 
 use super::names::{self, show_identity};
 use super::{
     AddTekArgs, AuthorizeArgs, GroupCommand, GroupCreateArgs, MemberAddArgs, MemberCommand,
-    SigningKeyCommand, StatusArgs, files, redacted,
+    PpkArgs, SigningKeyCommand, StatusArgs, files, redacted,
 };
 use gikev2_gcks::registrar::unix_now;
 
@@ -169,6 +169,7 @@ async fn group_create(store: &Store, a: GroupCreateArgs) -> Result<String, Strin
             sender_id_bits: a.sender_id_bits,
             max_sender_ids_per_member: a.max_sender_ids,
             forward_access_control: a.forward_access_control,
+            require_pq_ike: a.require_pq_ike,
         },
     };
     let id = store
@@ -180,12 +181,17 @@ async fn group_create(store: &Store, a: GroupCreateArgs) -> Result<String, Strin
             show_identity(&idg)
         )))?;
     let mut out = format!(
-        "created group {} (id {id}, IDg {}, rekey {}{})",
+        "created group {} (id {id}, IDg {}, rekey {}{}{})",
         a.name,
         show_identity(&idg),
         mode,
         if a.forward_access_control {
             ", forward access control"
+        } else {
+            ""
+        },
+        if a.require_pq_ike {
+            ", post-quantum IKE SA required"
         } else {
             ""
         }
@@ -214,13 +220,18 @@ async fn group_list(store: &Store) -> Result<String, String> {
         };
         let _ = writeln!(
             out,
-            "{}  IDg {}  rekey {}  members {}/{}  TEK policies {}",
+            "{}  IDg {}  rekey {}  members {}/{}  TEK policies {}{}",
             s.name,
             show_identity(&s.idg),
             rekey,
             members,
             s.capacity,
-            teks.len()
+            teks.len(),
+            if s.policy.require_pq_ike {
+                "  post-quantum IKE SA required"
+            } else {
+                ""
+            }
         );
         for t in teks {
             let p = &t.spec;
@@ -309,6 +320,25 @@ async fn add_tek(store: &Store, a: AddTekArgs) -> Result<String, String> {
 pub async fn member(store: &Store, cmd: MemberCommand) -> Result<String, String> {
     match cmd {
         MemberCommand::Add(a) => member_add(store, a).await,
+        MemberCommand::SetPpk(a) => {
+            let ident = names::identity("ID", &a.id)?;
+            let what = if a.none {
+                if !store
+                    .set_member_ppk(&ident, None, false)
+                    .await
+                    .map_err(err)?
+                {
+                    return Err(format!("ID: no member {}", show_identity(&ident)));
+                }
+                "no PPK".to_string()
+            } else {
+                let Some(ppk) = read_ppk(&a.ppk)? else {
+                    return Err("--ppk-file and --ppk-id, or --none".into());
+                };
+                set_ppk(store, &ident, ppk).await?
+            };
+            Ok(format!("member {}: {what}", show_identity(&ident)))
+        }
         MemberCommand::List => {
             let ms = store.members().await.map_err(err)?;
             if ms.is_empty() {
@@ -318,9 +348,17 @@ pub async fn member(store: &Store, cmd: MemberCommand) -> Result<String, String>
                 .iter()
                 .map(|m| {
                     format!(
-                        "{}  {}{}",
+                        "{}  {}{}{}",
                         show_identity(&m.identity),
                         m.credential,
+                        match (&m.ppk_id, m.ppk_required) {
+                            (Some(id), req) => format!(
+                                ", PPK {}{}",
+                                String::from_utf8_lossy(id),
+                                if req { " (required)" } else { "" }
+                            ),
+                            (None, _) => String::new(),
+                        },
                         m.name
                             .as_deref()
                             .map(|n| format!("  ({n})"))
@@ -342,6 +380,8 @@ pub async fn member(store: &Store, cmd: MemberCommand) -> Result<String, String>
 
 async fn member_add(store: &Store, a: MemberAddArgs) -> Result<String, String> {
     let ident = names::identity("ID", &a.id)?;
+    // Checked before the member is added, so a bad PPK adds nothing.
+    let ppk = read_ppk(&a.ppk)?;
     let credential = if let Some(p) = &a.psk_file {
         NewCredential::Psk(files::load_psk("--psk-file", p)?)
     } else if let Some(p) = &a.raw_key {
@@ -383,7 +423,53 @@ async fn member_add(store: &Store, a: MemberAddArgs) -> Result<String, String> {
             "ID: member {} already exists (gcks member delete it first)",
             show_identity(&ident)
         )))?;
-    Ok(format!("added member {} ({kind})", show_identity(&ident)))
+    let mut out = format!("added member {} ({kind})", show_identity(&ident));
+    if let Some(ppk) = ppk {
+        let what = set_ppk(store, &ident, ppk).await?;
+        out.push_str(&format!(", {what}"));
+    }
+    Ok(out)
+}
+
+/// `--ppk-file`, `--ppk-id`, `--ppk-required` read and checked: (PPK_ID, PPK, required).
+fn read_ppk(a: &PpkArgs) -> Result<Option<(String, SecretBytes, bool)>, String> {
+    let (file, id) = match (&a.ppk_file, &a.ppk_id) {
+        (None, None) => return Ok(None),
+        (Some(f), Some(i)) => (f, i),
+        _ => return Err("--ppk-file and --ppk-id go together".into()),
+    };
+    if id.is_empty() || id.len() > 255 {
+        return Err("--ppk-id: 1 to 255 octets".into());
+    }
+    let secret = files::load_psk("--ppk-file", file)?;
+    if secret.len() < gikev2_policy::MIN_PPK_LEN {
+        return Err(format!(
+            "--ppk-file {}: {} octets; a PPK needs at least {} (RFC 8784 6: 256 bits of entropy)",
+            file.display(),
+            secret.len(),
+            gikev2_policy::MIN_PPK_LEN
+        ));
+    }
+    Ok(Some((id.clone(), secret, a.ppk_required)))
+}
+
+/// Stores a member's PPK; what it did, for the output.
+async fn set_ppk(
+    store: &Store,
+    ident: &Identity,
+    (id, secret, required): (String, SecretBytes, bool),
+) -> Result<String, String> {
+    if !store
+        .set_member_ppk(ident, Some((id.as_bytes(), &secret)), required)
+        .await
+        .map_err(err)?
+    {
+        return Err(format!("ID: no member {}", show_identity(ident)));
+    }
+    Ok(format!(
+        "PPK {id}{}",
+        if required { " (required)" } else { "" }
+    ))
 }
 
 pub async fn authorize(store: &Store, a: AuthorizeArgs) -> Result<String, String> {

@@ -133,6 +133,12 @@ pub struct GroupCreateArgs {
     /// re-registration of the whole group per departure.
     #[arg(long)]
     pub forward_access_control: bool,
+    /// Admit members only over an IKE SA with a post-quantum key exchange (X25519 with
+    /// ML-KEM-768, RFC 9370; `gm join --ml-kem`), refusing others with NO_PROPOSAL_CHOSEN:
+    /// RFC 9838 6.2 (R129) for groups whose registration data, not only their keys, must
+    /// resist a quantum computer. A PPK alone does not satisfy it.
+    #[arg(long)]
+    pub require_pq_ike: bool,
 }
 
 #[derive(Debug, Args)]
@@ -179,6 +185,35 @@ pub enum MemberCommand {
         /// The member's identity.
         id: String,
     },
+    /// Give a member a post-quantum preshared key (RFC 8784), or remove it (--none).
+    SetPpk(MemberPpkArgs),
+}
+
+/// A member's PPK (RFC 8784): mixed into its registration IKE SA's SK_d, so the group
+/// keys it receives resist a quantum computer.
+#[derive(Debug, Args)]
+pub struct PpkArgs {
+    /// The PPK (at least 32 octets of high-entropy secret, RFC 8784 6), in this file.
+    #[arg(long, value_name = "FILE", requires = "ppk_id")]
+    pub ppk_file: Option<PathBuf>,
+    /// Its PPK_ID (sent by the member as PPK_ID_FIXED, RFC 8784 5.1).
+    #[arg(long, value_name = "ID", requires = "ppk_file")]
+    pub ppk_id: Option<String>,
+    /// The member must use the PPK: no fallback to NO_PPK_AUTH or to an IKE SA
+    /// without it (RFC 8784 mandatory_or_not).
+    #[arg(long, requires = "ppk_file")]
+    pub ppk_required: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct MemberPpkArgs {
+    /// The member's identity.
+    pub id: String,
+    #[command(flatten)]
+    pub ppk: PpkArgs,
+    /// Remove the member's PPK.
+    #[arg(long, conflicts_with_all = ["ppk_file", "ppk_id", "ppk_required"])]
+    pub none: bool,
 }
 
 #[derive(Debug, Args)]
@@ -200,6 +235,8 @@ pub struct MemberAddArgs {
     /// Trust anchor(s) for --x509-identity (PEM or DER CA certificates).
     #[arg(long, value_name = "FILE")]
     pub ca: Vec<PathBuf>,
+    #[command(flatten)]
+    pub ppk: PpkArgs,
 }
 
 #[derive(Debug, Args)]

@@ -10,7 +10,7 @@ use gikev2_gcks::credentials::{CacheConfig, CredentialCache, StoreLoader};
 use gikev2_gcks::{RekeyScheduler, RekeySchedulerConfig, ServeConfig, Server, StoreRegistrar};
 use gikev2_proto::crypto::IkeSuite;
 use gikev2_proto::ike::{EndpointConfig, IkeConfig, LocalAuth, PeerAuthResolver};
-use gikev2_proto::registry::{EncrId, KeId, KwaId, PrfId};
+use gikev2_proto::registry::{EncrId, KeId, KwaId, PrfId, TransformType};
 use gikev2_proto::wire::{IdPayload, Transform};
 use tracing::{info, warn};
 
@@ -91,16 +91,29 @@ pub struct ServeArgs {
 
 /// The IKE SA suites the GCKS accepts, in preference order (RFC 8247; the KWA is
 /// negotiated in IKE_SA_INIT, RFC 9838 4.5.4).
-fn suites() -> Vec<IkeSuite> {
+/// The IKE suites `gcks serve` accepts, in preference order: first X25519 with ML-KEM-768
+/// as additional key exchange 1 (RFC 9370, IKE_INTERMEDIATE), chosen whenever a member
+/// offers it, so that the initial IKE SA resists a quantum computer (RFC 9838 6.2; groups
+/// with `require_pq_ike` admit members only over such an SA); then X25519 and ECP-256
+/// alone (what strongSwan 5.9.8 and members without ML-KEM offer).
+pub fn suites() -> Vec<IkeSuite> {
     let mut v = Vec::new();
     for (bits, kwa) in [(256, KwaId::Kw5649_256), (128, KwaId::Kw5649_128)] {
-        for ke in [KeId::Curve25519, KeId::Ecp256] {
-            if let Ok(s) = IkeSuite::from_transforms(&[
+        for (ke, addke) in [
+            (KeId::Curve25519, Some(KeId::MlKem768)),
+            (KeId::Curve25519, None),
+            (KeId::Ecp256, None),
+        ] {
+            let mut t = vec![
                 Transform::encr(EncrId::AesGcm16, Some(bits)),
                 Transform::prf(PrfId::HmacSha2_256),
                 Transform::ke(ke),
-                Transform::kwa(kwa),
-            ]) {
+            ];
+            if let Some(a) = addke {
+                t.push(Transform::new(TransformType::AddKe1, a.value()));
+            }
+            t.push(Transform::kwa(kwa));
+            if let Ok(s) = IkeSuite::from_transforms(&t) {
                 v.push(s);
             }
         }
@@ -224,7 +237,10 @@ pub fn run(url: String, key_path: PathBuf, a: ServeArgs) -> Result<(), String> {
         .block_on(cache.preload(&store))
         .map_err(|e| format!("loading member credentials: {e}"))?;
     let resolver: Arc<dyn PeerAuthResolver> = cache.clone();
-    let ike = IkeConfig::new(suites(), id, auth, resolver);
+    let mut ike = IkeConfig::new(suites(), id, auth, resolver);
+    // Members' PPKs (RFC 8784) from the same cache: USE_PPK is answered, the PPK_ID
+    // looked up in the member's row (`gcks member set-ppk`).
+    ike.ppk_resolver = Some(cache.clone());
     let cfg = ServeConfig {
         listen,
         endpoint: EndpointConfig {

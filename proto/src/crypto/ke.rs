@@ -65,6 +65,12 @@ impl KeMethod {
         matches!(self, Self::MlKem512 | Self::MlKem768 | Self::MlKem1024)
     }
 
+    /// True for methods believed to resist a quantum computer: today the ML-KEM KEMs
+    /// (KE methods 35-37, `IANA.md`), the same set as [`KeMethod::is_kem`].
+    pub const fn is_post_quantum(self) -> bool {
+        self.is_kem()
+    }
+
     /// Length of the initiator's KE data (for a KEM, the encapsulation key; FIPS 203
     /// table 3).
     pub const fn initiator_value_len(self) -> usize {

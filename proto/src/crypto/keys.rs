@@ -130,6 +130,27 @@ impl IkeKeys {
         Self::from_skeyseed(new_suite, seed.as_bytes(), ni, nr, new_spi_i, new_spi_r)
     }
 
+    /// These keys with a post-quantum preshared key mixed in (RFC 8784 3): `self` holds
+    /// SK_d', SK_pi', SK_pr' and the result `SK_d = prf+(PPK, SK_d')`, `SK_pi =
+    /// prf+(PPK, SK_pi')`, `SK_pr = prf+(PPK, SK_pr')`, each as long as its primed input;
+    /// SK_a and SK_e are unchanged. With IKE_INTERMEDIATE key exchanges `self` is the
+    /// generation after the last one (RFC 9370 2.2.2 updates all seven keys at each step;
+    /// the PPK is applied once, to what IKE_AUTH would otherwise use). Only for the initial
+    /// IKE SA: a rekey starts from the already-mixed SK_d and MUST NOT mix again (RFC 8784 3).
+    pub fn with_ppk(&self, ppk: &[u8]) -> Result<Self, CryptoError> {
+        let mix = |k: &SecretBytes| self.prf.prf_plus(ppk, &[k.as_bytes()], k.len());
+        Ok(Self {
+            prf: self.prf,
+            sk_d: mix(&self.sk_d)?,
+            sk_ai: self.sk_ai.clone(),
+            sk_ar: self.sk_ar.clone(),
+            sk_ei: self.sk_ei.clone(),
+            sk_er: self.sk_er.clone(),
+            sk_pi: mix(&self.sk_pi)?,
+            sk_pr: mix(&self.sk_pr)?,
+        })
+    }
+
     /// The PRF these keys were derived with (and that uses SK_d, SK_pi, SK_pr).
     pub fn prf(&self) -> PrfAlg {
         self.prf
@@ -419,6 +440,39 @@ mod tests {
             &manual_prf_plus(keys.sk_d.as_bytes(), b"Key Wrap for G-IKEv2", 32)[..]
         );
         assert_eq!(KEY_WRAP_LABEL.len(), 20);
+    }
+
+    /// RFC 8784 3: for a PRF whose output is its key size, `SK_d = prf(PPK, SK_d' | 0x01)`
+    /// and likewise SK_pi, SK_pr; the other four keys stay as they were.
+    #[test]
+    fn ppk_mixes_into_sk_d_sk_pi_sk_pr_only() {
+        for prf in [PrfAlg::HmacSha2_256, PrfAlg::HmacSha2_512] {
+            let s = suite(EncrAlg::AesGcm16 { key_len: 32 }, None, prf);
+            let k = IkeKeys::initial(&s, b"ni", b"nr", b"gir", &[1; 8], &[2; 8]).unwrap();
+            let ppk = [0x5a_u8; 32];
+            let m = k.with_ppk(&ppk).unwrap();
+            let algo = match prf {
+                PrfAlg::HmacSha2_256 => hmac::HMAC_SHA256,
+                _ => hmac::HMAC_SHA512,
+            };
+            let one = |x: &SecretBytes| {
+                let mut v = x.as_bytes().to_vec();
+                v.push(1);
+                hmac::sign(&hmac::Key::new(algo, &ppk), &v)
+                    .as_ref()
+                    .to_vec()
+            };
+            assert_eq!(m.sk_d.as_bytes(), one(&k.sk_d));
+            assert_eq!(m.sk_pi.as_bytes(), one(&k.sk_pi));
+            assert_eq!(m.sk_pr.as_bytes(), one(&k.sk_pr));
+            assert_ne!(m.sk_d, k.sk_d);
+            assert_eq!(
+                (&m.sk_ai, &m.sk_ar, &m.sk_ei, &m.sk_er),
+                (&k.sk_ai, &k.sk_ar, &k.sk_ei, &k.sk_er)
+            );
+            // Another PPK gives other keys.
+            assert_ne!(k.with_ppk(&[0x5b; 32]).unwrap().sk_pi, m.sk_pi);
+        }
     }
 
     #[test]

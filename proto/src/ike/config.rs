@@ -91,6 +91,72 @@ impl PeerAuthResolver for SinglePeer {
     }
 }
 
+/// The type octet of a PPK_ID (RFC 8784 5.1): PPK_ID_FIXED, a fixed octet string mapped to
+/// one PPK. We send and accept only this type; PPK_ID_OPAQUE (1) has no format to look up.
+pub const PPK_ID_FIXED: u8 = 2;
+
+/// An initiator's post-quantum preshared key for its responder (RFC 8784 2: the tuple
+/// Peer, PPK, PPK_ID, mandatory_or_not). `Debug` never prints the secret.
+#[derive(Clone)]
+pub struct LocalPpk {
+    /// The configured PPK_ID, without the type octet: the PPK_IDENTITY notify carries
+    /// `PPK_ID_FIXED | id` (RFC 8784 5.1), as strongSwan's `ppk_id` does.
+    pub id: Vec<u8>,
+    /// The PPK itself (RFC 8784 6: at least 256 bits of entropy).
+    pub secret: SecretBytes,
+    /// mandatory_or_not (RFC 8784 2): when set, the IKE SA fails rather than continue
+    /// without the PPK, and no NO_PPK_AUTH is sent.
+    pub mandatory: bool,
+}
+
+impl core::fmt::Debug for LocalPpk {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("LocalPpk")
+            .field("id", &String::from_utf8_lossy(&self.id))
+            .field("secret", &self.secret)
+            .field("mandatory", &self.mandatory)
+            .finish()
+    }
+}
+
+/// A responder's PPKs (RFC 8784 3, Table 1). Having one makes the responder answer USE_PPK.
+pub trait PpkResolver: Send + Sync {
+    /// The PPK with this PPK_ID (type octet removed) configured for `peer_id`, or `None`
+    /// when the PPK_ID is unknown or not for this identity (RFC 8784 3).
+    fn ppk(&self, peer_id: &IdPayload, ppk_id: &[u8]) -> Option<SecretBytes>;
+    /// Whether a PPK is mandatory for `peer_id` ("PPK is Mandatory" in Table 1).
+    fn ppk_required(&self, peer_id: &IdPayload) -> bool;
+}
+
+/// A resolver with one PPK for every peer (tests, small deployments).
+#[derive(Clone)]
+pub struct SinglePpk {
+    /// The PPK_ID without its type octet.
+    pub id: Vec<u8>,
+    pub secret: SecretBytes,
+    pub required: bool,
+}
+
+impl core::fmt::Debug for SinglePpk {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("SinglePpk")
+            .field("id", &String::from_utf8_lossy(&self.id))
+            .field("secret", &self.secret)
+            .field("required", &self.required)
+            .finish()
+    }
+}
+
+impl PpkResolver for SinglePpk {
+    fn ppk(&self, _peer_id: &IdPayload, ppk_id: &[u8]) -> Option<SecretBytes> {
+        (ppk_id == self.id.as_slice()).then(|| self.secret.clone())
+    }
+
+    fn ppk_required(&self, _peer_id: &IdPayload) -> bool {
+        self.required
+    }
+}
+
 /// Everything an IKE SA needs besides bytes, time and randomness.
 #[derive(Clone)]
 pub struct IkeConfig {
@@ -111,6 +177,10 @@ pub struct IkeConfig {
     pub signature_hashes: Vec<HashAlgorithm>,
     /// How long a responder waits for the authentication exchange of a half-open SA.
     pub half_open_timeout: Duration,
+    /// Initiator: the PPK to mix into SK_d, SK_pi and SK_pr (RFC 8784 3).
+    pub ppk: Option<LocalPpk>,
+    /// Responder: where PPKs are found by PPK_ID (RFC 8784 3); `None` ignores USE_PPK.
+    pub ppk_resolver: Option<Arc<dyn PpkResolver>>,
 }
 
 impl core::fmt::Debug for IkeConfig {
@@ -122,6 +192,8 @@ impl core::fmt::Debug for IkeConfig {
             .field("remote_id", &self.remote_id)
             .field("fragment_size", &self.fragment_size)
             .field("childless", &self.childless)
+            .field("ppk", &self.ppk)
+            .field("ppk_resolver", &self.ppk_resolver.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -151,6 +223,8 @@ impl IkeConfig {
                 HashAlgorithm::Identity,
             ],
             half_open_timeout: Duration::from_secs(30),
+            ppk: None,
+            ppk_resolver: None,
         }
     }
 }

@@ -10,7 +10,10 @@ pub mod retransmit;
 pub mod sa;
 pub mod x509;
 
-pub use config::{IkeConfig, LocalAuth, PeerAuth, PeerAuthResolver, SinglePeer};
+pub use config::{
+    IkeConfig, LocalAuth, LocalPpk, PPK_ID_FIXED, PeerAuth, PeerAuthResolver, PpkResolver,
+    SinglePeer, SinglePpk,
+};
 pub use endpoint::{Endpoint, EndpointConfig, EndpointStats, SaHandle};
 pub use nat::{NAT_T_PORT, NatStatus};
 pub use retransmit::{RetransmitAction, RetransmitPolicy, RetransmitTimer};

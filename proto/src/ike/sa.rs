@@ -44,7 +44,7 @@ use crate::wire::payload::{Payload, PayloadsExt, encode_inner};
 use crate::wire::rules;
 use crate::wire::sa::{Proposal, SaPayload};
 
-use super::config::{IkeConfig, LocalAuth, PeerAuth};
+use super::config::{IkeConfig, LocalAuth, PPK_ID_FIXED, PeerAuth};
 use super::nat::{NAT_T_PORT, NatStatus, nat_detection_hash};
 use super::protect::{self, Opened, Reassembly, UnprotectError};
 use super::retransmit::{RetransmitAction, RetransmitTimer};
@@ -256,6 +256,14 @@ pub struct IkeSa {
     /// handler owns the previous state.
     closed: bool,
     peer_intermediate: bool,
+    /// The peer sent USE_PPK in IKE_SA_INIT (RFC 8784 3).
+    peer_use_ppk: bool,
+    /// Initiator, GSA_AUTH/IKE_AUTH sent with PPK_IDENTITY: the keys without the PPK
+    /// (SK_d', SK_pi', SK_pr'), kept until the response says which ones the responder
+    /// used (RFC 8784 3). `keys` holds the PPK ones meanwhile.
+    keys_without_ppk: Option<IkeKeys>,
+    /// A PPK was mixed into SK_d, SK_pi and SK_pr of this IKE SA (RFC 8784 3).
+    ppk_used: bool,
     peer_id: Option<IdPayload>,
     next_mid: u32,
     peer_next_mid: u32,
@@ -469,6 +477,9 @@ impl IkeSa {
             peer_hashes: Vec::new(),
             closed: false,
             peer_intermediate: false,
+            peer_use_ppk: false,
+            keys_without_ppk: None,
+            ppk_used: false,
             peer_id: None,
             next_mid: 0,
             peer_next_mid: 0,
@@ -576,6 +587,25 @@ impl IkeSa {
 
     pub fn is_closed(&self) -> bool {
         self.closed
+    }
+
+    /// True when a post-quantum preshared key was mixed into SK_d, SK_pi and SK_pr
+    /// (RFC 8784 3): the group keys wrapped with GSK_w (derived from SK_d) are then
+    /// protected against a quantum computer, the rest of this IKE SA's traffic is not
+    /// (RFC 9838 6.2).
+    pub fn ppk_used(&self) -> bool {
+        self.ppk_used
+    }
+
+    /// True when the negotiated suite includes a post-quantum key exchange (ML-KEM,
+    /// KE methods 35-37) in IKE_SA_INIT or an IKE_INTERMEDIATE exchange (RFC 9370), so
+    /// that the initial IKE SA itself resists a quantum computer (RFC 9838 6.2).
+    pub fn post_quantum_ke(&self) -> bool {
+        self.suite.as_ref().is_some_and(|s| {
+            std::iter::once(&s.ke)
+                .chain(s.addke.iter())
+                .any(|m| m.is_post_quantum())
+        })
     }
 
     /// The IKE SA keys (for a Wireshark key table when the operator asks for one).
@@ -875,7 +905,7 @@ impl IkeSa {
         match o.purpose {
             Purpose::Init => {}
             Purpose::Intermediate => self.on_intermediate_response(opened, now, rng),
-            Purpose::Auth => self.on_auth_response(opened),
+            Purpose::Auth => self.on_auth_response(opened, now, rng),
             Purpose::Register(group) => self.on_registration_result(group, &opened.payloads),
             Purpose::Leave | Purpose::InbandRekey => {}
             Purpose::Delete => self.close(CloseReason::Deleted),
@@ -1081,6 +1111,16 @@ impl IkeSa {
                 NotifyPayload::intermediate_exchange_supported(),
             ));
         }
+        // RFC 8784 3: an initiator with a PPK for this responder MUST send USE_PPK (again
+        // after a COOKIE); a responder with PPKs answers with it, otherwise ignores it.
+        if (!responding && self.config.ppk.is_some())
+            || (responding && self.peer_use_ppk && self.config.ppk_resolver.is_some())
+        {
+            v.push(Payload::Notify(NotifyPayload::new(
+                NotifyType::UsePpk,
+                Vec::new(),
+            )));
+        }
         // RFC 6023 3: a supporting responder MUST announce it in its IKE_SA_INIT response,
         // whether or not the initiator announced it.
         if self.config.childless {
@@ -1100,6 +1140,7 @@ impl IkeSa {
         self.peer_intermediate = msg
             .notify(NotifyType::IntermediateExchangeSupported)
             .is_some();
+        self.peer_use_ppk = msg.notify(NotifyType::UsePpk).is_some();
     }
 
     fn on_init_response(
@@ -1222,6 +1263,20 @@ impl IkeSa {
         self.nr = nr.as_bytes().to_vec();
         self.init_response = datagram.to_vec();
         self.note_peer_capabilities(&msg);
+        // RFC 8784 3: no USE_PPK in the response while our PPK is mandatory: "the initiator
+        // MUST abort the exchange". Optional: continue without a PPK.
+        if let Some(ppk) = &self.config.ppk
+            && !self.peer_use_ppk
+        {
+            if ppk.mandatory {
+                warn!("responder did not answer USE_PPK and our PPK is mandatory (RFC 8784 3)");
+                self.close(CloseReason::ProtocolError(
+                    "responder did not answer USE_PPK; the PPK is mandatory (RFC 8784 3)".into(),
+                ));
+                return;
+            }
+            info!("responder does not use PPKs; continuing without (RFC 8784 3)");
+        }
         let source = self.reply_path().0;
         self.nat = NatStatus::observe(&msg, &header.spi_i, &header.spi_r, source, self.local);
         if let Some(n) = self.nat.filter(NatStatus::any) {
@@ -1456,14 +1511,15 @@ impl IkeSa {
     // ---------------------------------------------------------------- authentication
 
     /// The octets the original initiator (`by_initiator`) or responder signs or MACs with
-    /// `id` (RFC 7296 2.15; with IntAuth, RFC 9242 3.3.2).
+    /// `id` (RFC 7296 2.15; with IntAuth, RFC 9242 3.3.2), with SK_pi/SK_pr of `keys`
+    /// (with or without a PPK, RFC 8784 3).
     fn signed_octets_of(
         &self,
+        keys: &IkeKeys,
         by_initiator: bool,
         id: &IdPayload,
         mid: u32,
     ) -> Result<Vec<u8>, CryptoError> {
-        let keys = self.keys.as_ref().ok_or(CryptoError::Internal("keys"))?;
         let maced = maced_id(
             keys.prf(),
             keys.sk_p(by_initiator).as_bytes(),
@@ -1488,16 +1544,17 @@ impl IkeSa {
     /// shared secret of the two peers), so one GCKS can serve members with distinct PSKs.
     fn our_auth(
         &self,
+        keys: &IkeKeys,
         mid: u32,
         pair_psk: Option<&SecretBytes>,
     ) -> Result<(Vec<Payload>, AuthPayload), CryptoError> {
-        let prf = self
-            .keys
-            .as_ref()
-            .ok_or(CryptoError::Internal("keys"))?
-            .prf();
-        let octets =
-            self.signed_octets_of(self.role == Role::Initiator, &self.config.local_id, mid)?;
+        let prf = keys.prf();
+        let octets = self.signed_octets_of(
+            keys,
+            self.role == Role::Initiator,
+            &self.config.local_id,
+            mid,
+        )?;
         let mut certs = Vec::new();
         let auth = match &self.config.local_auth {
             LocalAuth::Psk(psk) => AuthPayload::new(
@@ -1527,17 +1584,14 @@ impl IkeSa {
 
     fn verify_peer_auth(
         &self,
+        keys: &IkeKeys,
         peer_id: &IdPayload,
         certs: &[CertPayload],
         auth: &AuthPayload,
         mid: u32,
     ) -> Result<PeerAuth, CryptoError> {
-        let prf = self
-            .keys
-            .as_ref()
-            .ok_or(CryptoError::Internal("keys"))?
-            .prf();
-        let octets = self.signed_octets_of(self.role == Role::Responder, peer_id, mid)?;
+        let prf = keys.prf();
+        let octets = self.signed_octets_of(keys, self.role == Role::Responder, peer_id, mid)?;
         let cred = self.config.peer_auth.resolve(peer_id, certs).ok_or(
             CryptoError::AuthenticationFailed("no credentials for this identity"),
         )?;
@@ -1562,12 +1616,42 @@ impl IkeSa {
 
     fn send_auth_request(&mut self, now: Instant, rng: &mut dyn Random) {
         let mid = self.next_mid;
-        let (certs, auth) = match self.our_auth(mid, None) {
+        let Some(base) = self.keys.clone() else {
+            self.close(CloseReason::ProtocolError("no IKE keys".into()));
+            return;
+        };
+        // RFC 8784 3: with USE_PPK exchanged, AUTH is computed with SK_pi = prf+(PPK,
+        // SK_pi'); when the PPK is optional NO_PPK_AUTH carries the AUTH data computed
+        // with SK_pi'. With RFC 9370 additional exchanges `base` is already the generation
+        // after the last IKE_INTERMEDIATE.
+        let ppk = self.config.ppk.clone().filter(|_| self.peer_use_ppk);
+        let with_ppk = match &ppk {
+            Some(p) => match base.with_ppk(p.secret.as_bytes()) {
+                Ok(k) => Some(k),
+                Err(e) => {
+                    self.close(CloseReason::ProtocolError(e.to_string()));
+                    return;
+                }
+            },
+            None => None,
+        };
+        let auth_keys = with_ppk.as_ref().unwrap_or(&base);
+        let (certs, auth) = match self.our_auth(auth_keys, mid, None) {
             Ok(v) => v,
             Err(e) => {
                 self.close(CloseReason::ProtocolError(e.to_string()));
                 return;
             }
+        };
+        let no_ppk_auth = match &ppk {
+            Some(p) if !p.mandatory => match self.our_auth(&base, mid, None) {
+                Ok((_, a)) => Some(a.data),
+                Err(e) => {
+                    self.close(CloseReason::ProtocolError(e.to_string()));
+                    return;
+                }
+            },
+            _ => None,
         };
         let mut payloads = vec![Payload::IdI(self.config.local_id.clone())];
         payloads.extend(certs);
@@ -1582,11 +1666,28 @@ impl IkeSa {
                 ExchangeType::GsaAuth
             }
         };
+        if let (Some(p), Some(k)) = (&ppk, with_ppk) {
+            // N(PPK_IDENTITY, PPK_ID) with the PPK_ID_FIXED type octet (RFC 8784 3, 5.1).
+            let mut id = vec![PPK_ID_FIXED];
+            id.extend_from_slice(&p.id);
+            payloads.push(Payload::Notify(NotifyPayload::new(
+                NotifyType::PpkIdentity,
+                id,
+            )));
+            if let Some(data) = no_ppk_auth {
+                payloads.push(Payload::Notify(NotifyPayload::new(
+                    NotifyType::NoPpkAuth,
+                    data,
+                )));
+            }
+            self.keys_without_ppk = Some(base);
+            self.keys = Some(k);
+        }
         self.state = State::AuthSent;
         self.send_request(exchange, Purpose::Auth, &payloads, now, rng);
     }
 
-    fn on_auth_response(&mut self, opened: Opened) {
+    fn on_auth_response(&mut self, opened: Opened, now: Instant, rng: &mut dyn Random) {
         let p = &opened.payloads;
         let idr = p.iter().find_map(|x| match x {
             Payload::IdR(id) => Some(id.clone()),
@@ -1620,8 +1721,37 @@ impl IkeSa {
             self.close(CloseReason::AuthenticationFailed);
             return;
         }
+        // RFC 8784 3: PPK_IDENTITY in the response (its content ignored) means the
+        // responder used the PPK. Without it: fail if the PPK is mandatory (telling the
+        // responder with AUTHENTICATION_FAILED in an INFORMATIONAL exchange), or continue
+        // with SK_d', SK_pi', SK_pr' (the responder took our NO_PPK_AUTH).
+        if let Some(without) = self.keys_without_ppk.take() {
+            if p.notify(NotifyType::PpkIdentity).is_some() {
+                self.ppk_used = true;
+            } else if self.config.ppk.as_ref().is_none_or(|k| k.mandatory) {
+                warn!("responder did not use our mandatory PPK (RFC 8784 3)");
+                self.send_request(
+                    ExchangeType::Informational,
+                    Purpose::Delete,
+                    &[Payload::Notify(NotifyPayload::error(
+                        NotifyType::AuthenticationFailed,
+                    ))],
+                    now,
+                    rng,
+                );
+                self.close(CloseReason::AuthenticationFailed);
+                return;
+            } else {
+                info!("responder did not use the PPK; continuing without (RFC 8784 3)");
+                self.keys = Some(without);
+            }
+        }
         let mid = opened.header.message_id;
-        if let Err(e) = self.verify_peer_auth(&idr, &certs, &auth, mid).map(drop) {
+        let verified = match self.keys.as_ref() {
+            Some(k) => self.verify_peer_auth(k, &idr, &certs, &auth, mid).map(drop),
+            None => Err(CryptoError::Internal("keys")),
+        };
+        if let Err(e) = verified {
             warn!(error = %e, "responder AUTH did not verify");
             self.close(CloseReason::AuthenticationFailed);
             return;
@@ -1671,7 +1801,18 @@ impl IkeSa {
             fail(self, rng, "IDi or AUTH missing");
             return;
         };
-        let cred = match self.verify_peer_auth(&idi, &certs, &auth, mid) {
+        let Some(base) = self.keys.clone() else {
+            fail(self, rng, "no IKE keys");
+            return;
+        };
+        let (keys, auth, ppk_used) = match self.choose_ppk(&idi, p, base, auth) {
+            Ok(v) => v,
+            Err(why) => {
+                fail(self, rng, why);
+                return;
+            }
+        };
+        let cred = match self.verify_peer_auth(&keys, &idi, &certs, &auth, mid) {
             Ok(c) => c,
             Err(e) => {
                 fail(self, rng, &e.to_string());
@@ -1682,18 +1823,29 @@ impl IkeSa {
             PeerAuth::Psk(k) => Some(k),
             PeerAuth::PublicKey { .. } => None,
         };
-        let (our_certs, our_auth) = match self.our_auth(mid, pair_psk) {
+        let (our_certs, our_auth) = match self.our_auth(&keys, mid, pair_psk) {
             Ok(v) => v,
             Err(e) => {
                 fail(self, rng, &e.to_string());
                 return;
             }
         };
+        // From here on SK_d (hence GSK_w, RFC 9838 3.1.1) is the PPK one when used.
+        self.keys = Some(keys);
+        self.ppk_used = ppk_used;
         self.peer_id = Some(idi.clone());
         self.half_open_deadline = None;
         let mut auth_payloads = vec![Payload::IdR(self.config.local_id.clone())];
         auth_payloads.extend(our_certs);
         auth_payloads.push(Payload::Auth(our_auth));
+        if ppk_used {
+            // RFC 8784 3: "PPK_IDENTITY notification with no data to indicate that the
+            // PPK is used".
+            auth_payloads.push(Payload::Notify(NotifyPayload::new(
+                NotifyType::PpkIdentity,
+                Vec::new(),
+            )));
+        }
         info!(peer = ?idi, exchange = %exchange, "initiator authenticated");
         self.events.push_back(Event::Established {
             peer_id: idi.clone(),
@@ -1729,6 +1881,57 @@ impl IkeSa {
             }
             self.state = State::Established;
             self.send_response(exchange, mid, &auth_payloads, rng);
+        }
+    }
+
+    /// Responder: RFC 8784 3, Table 1. Returns the keys to authenticate with (SK_d,
+    /// SK_pi, SK_pr with the PPK mixed in, or the plain ones), the AUTH to verify (the AUTH
+    /// payload, or its method with the NO_PPK_AUTH data on fallback) and whether the PPK
+    /// is used; `Err` means AUTHENTICATION_FAILED.
+    fn choose_ppk(
+        &self,
+        idi: &IdPayload,
+        p: &[Payload],
+        base: IkeKeys,
+        auth: AuthPayload,
+    ) -> Result<(IkeKeys, AuthPayload, bool), &'static str> {
+        let Some(resolver) = self.config.ppk_resolver.as_ref() else {
+            // No PPKs configured: USE_PPK was ignored, standard IKEv2 (Table 1, row 1).
+            return Ok((base, auth, false));
+        };
+        let required = resolver.ppk_required(idi);
+        if !self.peer_use_ppk {
+            // Table 1, rows 2 and 3.
+            return if required {
+                Err("a PPK is mandatory for this peer and it did not send USE_PPK (RFC 8784 3)")
+            } else {
+                Ok((base, auth, false))
+            };
+        }
+        let Some(ppk_id) = p.notify(NotifyType::PpkIdentity) else {
+            return Err("USE_PPK was exchanged but no PPK_IDENTITY came (RFC 8784 3)");
+        };
+        // Only PPK_ID_FIXED names a PPK we can look up (RFC 8784 5.1).
+        let ppk = match ppk_id.data.split_first() {
+            Some((&PPK_ID_FIXED, id)) => resolver.ppk(idi, id),
+            _ => None,
+        };
+        if let Some(ppk) = ppk {
+            // Table 1, last row: use the PPK.
+            let keys = base
+                .with_ppk(ppk.as_bytes())
+                .map_err(|_| "PPK key derivation failed")?;
+            return Ok((keys, auth, true));
+        }
+        match p.notify(NotifyType::NoPpkAuth) {
+            // Table 1: PPK unknown, optional, NO_PPK_AUTH present: the initiator is
+            // authenticated with the NO_PPK_AUTH data and the AUTH payload's method.
+            Some(n) if !required => {
+                info!("unknown PPK_ID; falling back to NO_PPK_AUTH (RFC 8784 3)");
+                Ok((base, AuthPayload::new(auth.method, n.data.clone()), false))
+            }
+            Some(_) => Err("unknown PPK_ID and a PPK is mandatory for this peer (RFC 8784 3)"),
+            None => Err("unknown PPK_ID and no NO_PPK_AUTH (RFC 8784 3)"),
         }
     }
 
