@@ -11,6 +11,7 @@
 //! - [`commit_queue`]: registrations' store writes, committed in batches.
 //! - [`state`]: a group's key state, created on first use and committed before use.
 //! - [`rekey`]: the multicast GSA_REKEY sender (new SAs pushed to the group).
+//! - [`inband`]: the GSA_INBAND_REKEY sender (new TEKs pushed over members' IKE SAs).
 //! - [`rekey_source`]: where GSA_REKEY leaves from, and the KEK policy's source selector.
 //! - [`sample_group`]: the group `gcks demo` and `gcks-load` provision.
 //! - [`sag`]: a member's SAg against the group's policy (NO_PROPOSAL_CHOSEN).
@@ -18,6 +19,7 @@
 pub mod commit_queue;
 pub mod credentials;
 pub mod group_view;
+pub mod inband;
 pub mod registrar;
 pub mod rekey;
 pub mod rekey_source;
@@ -27,8 +29,10 @@ pub mod server;
 pub mod state;
 pub mod udp;
 
+pub use inband::{InbandScheduler, SentInband};
 pub use registrar::StoreRegistrar;
 pub use rekey::{RekeyScheduler, RekeySchedulerConfig, SentRekey};
 pub use server::{
-    AuthFailure, Registrar, RegistrationContext, ServeConfig, ServeError, Server, Verdict,
+    AuthFailure, InbandMember, InbandPush, InbandPusher, Registrar, RegistrationContext,
+    ServeConfig, ServeError, Server, Verdict,
 };

@@ -41,7 +41,7 @@ use tracing::{info, warn};
 
 use crate::commit_queue::{AuditFn, CommitQueue};
 use crate::group_view::GroupViews;
-use crate::server::{AuthFailure, Registrar, RegistrationContext, Verdict};
+use crate::server::{AuthFailure, InbandMember, Registrar, RegistrationContext, Verdict};
 use crate::state::StateFailure;
 
 /// Seconds since the Unix epoch (the store's clock).
@@ -333,6 +333,10 @@ impl StoreRegistrar {
                     // itself excluded when its IKE SA closes; in-band rekey needs the
                     // IKE SA (2.4.2).
                     keep_ike_sa: view.inband || view.state.rekey.is_none(),
+                    // RFC 9838 2.4.2: later keys come over this IKE SA.
+                    inband: view.inband.then_some(InbandMember {
+                        sender: wants_sender,
+                    }),
                 })
             }
             Err(e) => {
@@ -391,6 +395,7 @@ impl Registrar for StoreRegistrar {
                 Verdict {
                     decision: Decision::Refuse(r.notify),
                     keep_ike_sa: false,
+                    inband: None,
                 }
             }
         }

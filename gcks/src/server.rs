@@ -29,6 +29,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use gikev2_proto::crypto::{SystemRandom, keywrap::KeyWrapKey};
+use gikev2_proto::group::{BuildContext, GroupState, build_inband_rekey};
 use gikev2_proto::ike::{
     CloseReason, Decision, Endpoint, EndpointConfig, Event, IkeConfig, PeerAuth, PeerAuthResolver,
     RegistrationRequest, SaHandle,
@@ -102,6 +103,39 @@ pub struct Verdict {
     /// (RFC 9838 2.4.2), or the member got no Rekey SA (2.3.3: without GIKE_UPDATE policy
     /// a member whose IKE SA closes must consider itself excluded).
     pub keep_ike_sa: bool,
+    /// The member is rekeyed in-band: new keys of its group reach it over this IKE SA
+    /// with GSA_INBAND_REKEY ([`InbandPusher`], RFC 9838 2.4.2).
+    pub inband: Option<InbandMember>,
+}
+
+/// What the server remembers of a member rekeyed in-band, to build its GSA_INBAND_REKEY.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InbandMember {
+    /// It registered as a sender (RFC 9838 2.3.3): its TEKs are installed outbound.
+    pub sender: bool,
+}
+
+/// A group's new key state, for every member of the group rekeyed in-band over an IKE
+/// SA of this server (RFC 9838 2.4.2).
+#[derive(Debug, Clone)]
+pub struct InbandPush {
+    /// The group (IDg).
+    pub group: IdPayload,
+    /// The state each member gets, built for it as a registration would be (2.4.2.1).
+    pub state: Arc<GroupState>,
+    /// Unix time, on the clock of the state's expiry times.
+    pub now: u64,
+}
+
+/// Hands [`InbandPush`]es to a running [`Server`] ([`Server::inband_pusher`]).
+#[derive(Debug, Clone)]
+pub struct InbandPusher(mpsc::Sender<InbandPush>);
+
+impl InbandPusher {
+    /// Queues `push` for the server; false once the server stopped.
+    pub async fn push(&self, push: InbandPush) -> bool {
+        self.0.send(push).await.is_ok()
+    }
 }
 
 /// An initiator failed authentication (the responder sent AUTHENTICATION_FAILED).
@@ -127,6 +161,7 @@ pub trait Registrar: Send + Sync + 'static {
             Verdict {
                 decision: self.decide(ctx).await,
                 keep_ike_sa: false,
+                inband: None,
             }
         }
     }
@@ -178,6 +213,8 @@ struct SaTracker {
     pending: HashSet<SaHandle>,
     /// SAs the registrar asked to keep open, with the groups that need them.
     kept: HashMap<SaHandle, HashSet<IdPayload>>,
+    /// By group: the SAs of its members rekeyed in-band (RFC 9838 2.4.2).
+    inband: HashMap<IdPayload, HashMap<SaHandle, InbandMember>>,
     /// When each idle SA gets deleted (the truth; `heap` may hold stale entries).
     idle_until: HashMap<SaHandle, Instant>,
     heap: BinaryHeap<Reverse<(Instant, SaHandle)>>,
@@ -208,8 +245,25 @@ impl SaTracker {
 
     fn forget(&mut self, h: SaHandle) {
         self.pending.remove(&h);
-        self.kept.remove(&h);
+        if let Some(groups) = self.kept.remove(&h) {
+            for g in groups {
+                self.left(h, &g);
+            }
+        }
         self.idle_until.remove(&h);
+    }
+
+    /// The member of `h` no longer needs its IKE SA for `group`.
+    fn left(&mut self, h: SaHandle, group: &IdPayload) {
+        if let Some(g) = self.kept.get_mut(&h) {
+            g.remove(group);
+        }
+        if let Some(members) = self.inband.get_mut(group) {
+            members.remove(&h);
+            if members.is_empty() {
+                self.inband.remove(group);
+            }
+        }
     }
 
     /// SAs whose idle time ran out.
@@ -246,6 +300,8 @@ pub struct Server<R: Registrar> {
     config: ServeConfig,
     registrar: Arc<R>,
     claimed: Claimed,
+    inband_tx: mpsc::Sender<InbandPush>,
+    inband_rx: mpsc::Receiver<InbandPush>,
 }
 
 fn bind_udp(addr: SocketAddr) -> std::io::Result<UdpSocket> {
@@ -287,13 +343,22 @@ impl<R: Registrar> Server<R> {
             inner: ike.peer_auth.clone(),
             seen: claimed.clone(),
         });
+        let (inband_tx, inband_rx) = mpsc::channel(64);
         Ok(Self {
             sockets,
             ike,
             config,
             registrar: Arc::new(registrar),
             claimed,
+            inband_tx,
+            inband_rx,
         })
+    }
+
+    /// Where the in-band rekey sender hands new group states to this server, which sends
+    /// each member of the group its GSA_INBAND_REKEY (RFC 9838 2.4.2).
+    pub fn inband_pusher(&self) -> InbandPusher {
+        InbandPusher(self.inband_tx.clone())
     }
 
     /// The bound addresses (with the ports the OS chose for port 0).
@@ -308,7 +373,7 @@ impl<R: Registrar> Server<R> {
     }
 
     /// Serves until `shutdown` completes.
-    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+    pub async fn run(mut self, shutdown: impl Future<Output = ()>) {
         let (dg_tx, mut dg_rx) = mpsc::channel::<Received>(1024);
         let (dec_tx, mut dec_rx) = mpsc::channel::<Decided>(256);
         // The per-source IKE_SA_INIT limit is applied by the readers, so that a flood is
@@ -406,12 +471,23 @@ impl<R: Registrar> Server<R> {
                     let now = Instant::now();
                     tracker.pending.remove(&d.handle);
                     if d.verdict.keep_ike_sa && endpoint.sa(d.handle).is_some() {
+                        if let Some(m) = d.verdict.inband {
+                            tracker
+                                .inband
+                                .entry(d.group.clone())
+                                .or_default()
+                                .insert(d.handle, m);
+                        }
                         tracker.kept.entry(d.handle).or_default().insert(d.group);
                     }
                     if endpoint.sa(d.handle).is_some() {
                         endpoint.decide(d.handle, d.verdict.decision, now, &mut rng);
                         tracker.touched(d.handle, now, idle);
                     }
+                }
+                Some(p) = self.inband_rx.recv() => {
+                    let now = Instant::now();
+                    push_inband(&mut endpoint, &tracker, &p, now, &mut rng);
                 }
                 _ = sleep => {
                     let now = Instant::now();
@@ -503,6 +579,7 @@ impl<R: Registrar> Server<R> {
                                         gikev2_proto::registry::NotifyType::NoProposalChosen,
                                     ),
                                     keep_ike_sa: false,
+                                    inband: None,
                                 },
                             });
                             continue;
@@ -535,9 +612,7 @@ impl<R: Registrar> Server<R> {
                     group,
                     notify,
                 } => {
-                    if let Some(g) = tracker.kept.get_mut(&h) {
-                        g.remove(&group);
-                    }
+                    tracker.left(h, &group);
                     tracker.touched(h, now, idle);
                     let registrar = self.registrar.clone();
                     tokio::spawn(async move { registrar.left(peer_id, group, notify).await });
@@ -568,6 +643,46 @@ impl<R: Registrar> Server<R> {
             }
         }
     }
+}
+
+/// Sends `push` to every member of its group rekeyed in-band over an IKE SA of
+/// `endpoint`: GSA and KD built for that member as a registration would be, wrapped with
+/// its IKE SA's default KWK (RFC 9838 2.4.2.1, 3.1.1). An IKE SA busy with another
+/// exchange queues it (RFC 7296 2.3, window of one).
+fn push_inband(
+    endpoint: &mut Endpoint,
+    tracker: &SaTracker,
+    push: &InbandPush,
+    now: Instant,
+    rng: &mut SystemRandom,
+) {
+    let Some(members) = tracker.inband.get(&push.group) else {
+        debug!(group = ?push.group, "no member rekeyed in-band here");
+        return;
+    };
+    let ctx = BuildContext { now: push.now };
+    let (mut sent, mut failed) = (0usize, 0usize);
+    for (&h, m) in members {
+        let built = endpoint.sa(h).map(|sa| {
+            sa.key_wrap_key()
+                .map_err(|e| e.to_string())
+                .and_then(|kwk| {
+                    build_inband_rekey(&push.state, m.sender, &kwk, &ctx).map_err(|e| e.to_string())
+                })
+        });
+        match built {
+            Some(Ok((gsa, kd))) => {
+                endpoint.with_sa(h, now, |sa| sa.inband_rekey(gsa, kd, now, rng));
+                sent += 1;
+            }
+            Some(Err(e)) => {
+                failed += 1;
+                warn!(group = ?push.group, handle = h.0, error = %e, "GSA_INBAND_REKEY not built");
+            }
+            None => {}
+        }
+    }
+    info!(group = ?push.group, members = sent, failed, "GSA_INBAND_REKEY sent");
 }
 
 /// A token bucket per source address for new IKE_SA_INIT requests.

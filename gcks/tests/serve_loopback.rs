@@ -180,6 +180,7 @@ impl Registrar for Recording {
         gikev2_gcks::Verdict {
             decision: self.inner.decide(ctx).await,
             keep_ike_sa: self.keep,
+            inband: None,
         }
     }
 

@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use clap::Args;
 use gikev2_gcks::credentials::{CacheConfig, CredentialCache, StoreLoader};
-use gikev2_gcks::{RekeyScheduler, RekeySchedulerConfig, ServeConfig, Server, StoreRegistrar};
+use gikev2_gcks::{
+    InbandScheduler, RekeyScheduler, RekeySchedulerConfig, ServeConfig, Server, StoreRegistrar,
+};
 use gikev2_proto::crypto::IkeSuite;
 use gikev2_proto::ike::{EndpointConfig, IkeConfig, LocalAuth, PeerAuthResolver};
 use gikev2_proto::registry::{EncrId, KeId, KwaId, PrfId, TransformType};
@@ -60,9 +62,9 @@ pub struct ServeArgs {
     /// docs/performance.md.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
     pub threads: u16,
-    /// Milliseconds between two looks at every multicast group by the GSA_REKEY sender, which
-    /// renews SAs with a quarter of their lifetime left and pushes them to the group (RFC
-    /// 9838 2.4.1).
+    /// Milliseconds between two looks at every group by the GSA_REKEY sender (multicast
+    /// groups, RFC 9838 2.4.1) and the GSA_INBAND_REKEY sender (in-band groups, 2.4.2),
+    /// which renew SAs with a quarter of their lifetime left and push them to the members.
     #[arg(long, default_value_t = 1000, value_name = "MS")]
     pub rekey_tick_ms: u64,
     /// Copies of each GSA_REKEY message, bitwise identical (RFC 9838 2.4.1.3).
@@ -264,6 +266,7 @@ pub fn run(url: String, key_path: PathBuf, a: ServeArgs) -> Result<(), String> {
         let registrar = StoreRegistrar::new(store.clone())
             .with_policy_ttl(Duration::from_millis(a.policy_ttl_ms));
         let views = registrar.group_views();
+        let views_for_inband = views.clone();
         let server =
             Server::bind(ike, cfg, registrar).map_err(|e| format!("--listen: {e}"))?;
         // The GSA_REKEY sender (RFC 9838 2.4.1), from the server's IKE sockets.
@@ -272,6 +275,17 @@ pub fn run(url: String, key_path: PathBuf, a: ServeArgs) -> Result<(), String> {
         let (rekey_stop, rekey_stopped) = tokio::sync::oneshot::channel::<()>();
         let rekey_task = tokio::spawn(rekey.run(async {
             let _ = rekey_stopped.await;
+        }));
+        // The GSA_INBAND_REKEY sender (RFC 9838 2.4.2), through the server's IKE SAs.
+        let inband = InbandScheduler::new(
+            store.clone(),
+            server.inband_pusher(),
+            Duration::from_millis(a.rekey_tick_ms),
+        )
+        .with_views(views_for_inband);
+        let (inband_stop, inband_stopped) = tokio::sync::oneshot::channel::<()>();
+        let inband_task = tokio::spawn(inband.run(async {
+            let _ = inband_stopped.await;
         }));
         let addrs: Vec<String> = server.local_addrs().iter().map(|a| a.to_string()).collect();
         info!(
@@ -310,6 +324,8 @@ pub fn run(url: String, key_path: PathBuf, a: ServeArgs) -> Result<(), String> {
         // The sender gives its leases up, so another GCKS can take over at once.
         let _ = rekey_stop.send(());
         let _ = rekey_task.await;
+        let _ = inband_stop.send(());
+        let _ = inband_task.await;
         store.close().await;
         Ok::<(), String>(())
     })

@@ -1,0 +1,330 @@
+//! The GCKS's GSA_INBAND_REKEY sender (`gikev2_gcks::inband`) on a SQLite store, through
+//! the server over loopback, with two members running the member runtime: a group rekeyed
+//! in-band keeps its members' IKE SAs open, and a TEK renewal reaches them over those SAs
+//! (RFC 9838 2.4.2) without a registration; the sender keeps its Sender-IDs (4.5.3.3).
+//!
+//! The sender's clock is passed to `tick`, so the test moves to the renew margin without
+//! waiting; members keep the real clock (in-band members get no lifetimes, 4.4.2.2.1).
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use gikev2_esp::Engine;
+use gikev2_gcks::credentials::{CacheConfig, CredentialCache, StoreLoader};
+use gikev2_gcks::registrar::unix_now;
+use gikev2_gcks::state::push_margin;
+use gikev2_gcks::{InbandScheduler, ServeConfig, Server, StoreRegistrar};
+use gikev2_member::config::MembershipConfig;
+use gikev2_member::runtime::{self, RuntimeConfig};
+use gikev2_member::{AgentEvent, AgentHandle, NoDataPlane, SystemClock};
+use gikev2_policy::{
+    DEFAULT_MAX_PACKET_RATE, EspMode, GroupId, GroupSpec, GroupWidePolicy, Identity, MasterKey,
+    NewCredential, RekeyConfig, RekeyMode, Role, Selector, SnPolicy, Store, TekPolicySpec,
+    TekProtocol,
+};
+use gikev2_proto::crypto::{IkeSuite, SecretBytes, SystemRandom};
+use gikev2_proto::ike::{IkeConfig, LocalAuth, PeerAuth, PeerAuthResolver, SinglePeer};
+use gikev2_proto::registry::{EncrId, GcAuthId, KeId, KwaId, PrfId, SnId};
+use gikev2_proto::wire::{IdPayload, Transform};
+
+const GCKS_PSK: &[u8] = b"inband push gcks psk";
+const TEK_LIFETIME: u32 = 600;
+const WAIT: Duration = Duration::from_secs(20);
+/// The server deletes an idle registration IKE SA after this, unless it is kept.
+const IDLE: Duration = Duration::from_millis(200);
+
+fn suite() -> IkeSuite {
+    IkeSuite::from_transforms(&[
+        Transform::encr(EncrId::AesGcm16, Some(256)),
+        Transform::prf(PrfId::HmacSha2_256),
+        Transform::ke(KeId::Curve25519),
+        Transform::kwa(KwaId::Kw5649_256),
+    ])
+    .unwrap()
+}
+
+struct World {
+    _dir: tempfile::TempDir,
+    store: Arc<Store>,
+    group: GroupId,
+    gcks: SocketAddr,
+    scheduler: InbandScheduler,
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+/// An in-band group with one AES-GCM TEK (a counter mode: senders get Sender-IDs);
+/// a.example authorized as sender, b.example as receiver.
+async fn world() -> World {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}?mode=rwc", dir.path().join("gcks.db").display());
+    let key_path = dir.path().join("gcks.key");
+    let key = MasterKey::load_or_create(&key_path, &mut SystemRandom::new()).unwrap();
+    let store = Arc::new(Store::open(&url, key).await.unwrap());
+    let group = store
+        .create_group(
+            &GroupSpec {
+                name: "g".into(),
+                idg: Identity::key_id(b"g"),
+                capacity: 10,
+                rekey: RekeyConfig {
+                    mode: RekeyMode::Inband,
+                    dst: None,
+                    src_addr: None,
+                    src_port: None,
+                    lifetime: 3600,
+                    encr: EncrId::AesGcm16,
+                    encr_key_bits: Some(256),
+                    integ: None,
+                    kwa: KwaId::Kw5649_256,
+                    gcauth: GcAuthId::Implicit,
+                    signing_key: None,
+                },
+                tek_lifetime: TEK_LIFETIME,
+                policy: GroupWidePolicy {
+                    dtd: Some(1),
+                    sender_id_bits: Some(8),
+                    ..GroupWidePolicy::default()
+                },
+            },
+            0,
+        )
+        .await
+        .unwrap();
+    store
+        .add_tek_policy(
+            group,
+            &TekPolicySpec {
+                protocol: TekProtocol::Esp,
+                ip_protocol: 17,
+                src: Selector::any(false),
+                dst: Selector::host_port("239.78.0.1".parse().unwrap(), 5004),
+                encr: EncrId::AesGcm16,
+                encr_key_bits: Some(256),
+                integ: None,
+                sn: SnPolicy::Fixed(SnId::Unspecified32),
+                mode: EspMode::Transport,
+                max_packet_rate: DEFAULT_MAX_PACKET_RATE,
+            },
+        )
+        .await
+        .unwrap();
+    for (id, role) in [("a.example", Role::Sender), ("b.example", Role::Receiver)] {
+        let m = store
+            .add_member(
+                &Identity::fqdn(id),
+                None,
+                &NewCredential::Psk(SecretBytes::from_slice(id.as_bytes())),
+                0,
+            )
+            .await
+            .unwrap();
+        store.authorize(m, group, role, 0).await.unwrap();
+    }
+    let loader = StoreLoader::start(url.clone(), key_path).unwrap();
+    let cache = Arc::new(CredentialCache::new(
+        Arc::new(loader),
+        CacheConfig::default(),
+    ));
+    cache.preload(&store).await.unwrap();
+    let resolver: Arc<dyn PeerAuthResolver> = cache;
+    let ike = IkeConfig::new(
+        vec![suite()],
+        IdPayload::fqdn("gcks.example").unwrap(),
+        LocalAuth::Psk(SecretBytes::from_slice(GCKS_PSK)),
+        resolver,
+    );
+    let cfg = ServeConfig {
+        listen: vec![SocketAddr::from((Ipv4Addr::LOCALHOST, 0))],
+        init_rate_per_source: 100,
+        ike_idle_close: Some(IDLE),
+        ..ServeConfig::default()
+    };
+    let registrar = StoreRegistrar::new(store.clone());
+    let views = registrar.group_views();
+    let server = Server::bind(ike, cfg, registrar).unwrap();
+    let gcks = server.local_addrs()[0];
+    let scheduler = InbandScheduler::new(
+        store.clone(),
+        server.inband_pusher(),
+        Duration::from_secs(1),
+    )
+    .with_views(views);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(server.run(async {
+        let _ = stopped.await;
+    }));
+    World {
+        _dir: dir,
+        store,
+        group,
+        gcks,
+        scheduler,
+        _stop: stop,
+    }
+}
+
+fn member(id: &str, gcks: SocketAddr, sender: bool) -> MembershipConfig {
+    MembershipConfig {
+        group: "g".into(),
+        group_id: IdPayload::key_id(b"g".to_vec()),
+        gcks,
+        ike: IkeConfig::new(
+            vec![suite()],
+            IdPayload::fqdn(id).unwrap(),
+            LocalAuth::Psk(SecretBytes::from_slice(id.as_bytes())),
+            // With PSKs the GCKS answers with the member's own key (RFC 7296 2.15).
+            Arc::new(SinglePeer {
+                id: None,
+                auth: PeerAuth::Psk(SecretBytes::from_slice(id.as_bytes())),
+            }),
+        ),
+        sender_ids: sender.then_some(1),
+        receive: sender,
+        auth_kind: "psk",
+    }
+}
+
+fn agent() -> AgentHandle {
+    runtime::spawn(
+        Arc::new(Engine::default()),
+        Arc::new(NoDataPlane),
+        RuntimeConfig::default(),
+        Arc::new(SystemClock),
+    )
+    .0
+}
+
+/// The next event of an agent that `pick` takes.
+async fn next_event<T>(
+    events: &mut tokio::sync::mpsc::Receiver<AgentEvent>,
+    mut pick: impl FnMut(AgentEvent) -> Option<T>,
+) -> T {
+    tokio::time::timeout(WAIT, async {
+        loop {
+            match events.recv().await {
+                Some(e) => {
+                    if let Some(t) = pick(e) {
+                        return t;
+                    }
+                }
+                None => panic!("agent stopped"),
+            }
+        }
+    })
+    .await
+    .expect("the event comes")
+}
+
+/// The TEK SPIs an agent holds and does not delete.
+async fn active_teks(h: &AgentHandle) -> Vec<String> {
+    let st = h.status().await.unwrap();
+    let mut teks: Vec<_> = st.groups[0]
+        .teks
+        .iter()
+        .filter(|t| t.state == "active")
+        .map(|t| t.spi.clone())
+        .collect();
+    teks.sort();
+    teks.dedup();
+    teks
+}
+
+/// Every TEK SPI an agent holds, active or being deleted.
+async fn held_teks(h: &AgentHandle) -> Vec<String> {
+    let st = h.status().await.unwrap();
+    let mut teks: Vec<_> = st.groups[0].teks.iter().map(|t| t.spi.clone()).collect();
+    teks.sort();
+    teks.dedup();
+    teks
+}
+
+fn hex(spi: u32) -> String {
+    format!("{spi:#010x}")
+}
+
+/// RFC 9838 2.4.2: the members of an in-band group keep their IKE SAs past the server's
+/// idle close; a TEK due for renewal is renewed in the store and sent to each of them in
+/// a GSA_INBAND_REKEY built for it (2.4.2.1), which they install without registering
+/// again; the sender keeps its Sender-ID (no GM_SENDER_ID in the exchange, 4.5.3.3); the
+/// old TEK is dropped after GWP_DTD; and a tick with nothing new sends nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tek_renewal_reaches_the_members_of_an_inband_group_over_their_ike_sas() {
+    let mut w = world().await;
+    let t0 = unix_now();
+    let mut members = Vec::new();
+    for (id, sender) in [("a.example", true), ("b.example", false)] {
+        let h = agent();
+        let events = h.subscribe().await.unwrap();
+        let g = h
+            .join(member(id, w.gcks, sender), Some(WAIT))
+            .await
+            .unwrap();
+        assert_eq!(g.state, "up", "{g:?}");
+        assert!(g.rekey_sas.is_empty(), "no Rekey SA in-band (Table 3)");
+        members.push((h, events, g.sender_ids.clone()));
+    }
+    assert_eq!(members[0].2.len(), 1, "the sender's Sender-ID");
+    let first = w.store.group_state(w.group).await.unwrap().unwrap();
+    let old = first.teks[0].spi;
+    for (h, _, _) in &members {
+        assert_eq!(active_teks(h).await, vec![hex(old)]);
+    }
+    // What the registrations reported.
+    for (_, events, _) in &mut members {
+        while events.try_recv().is_ok() {}
+    }
+    // Nothing due, nothing new: nothing sent.
+    assert!(w.scheduler.tick(t0).await.is_empty());
+    // Past the server's idle close: in-band members' IKE SAs are kept (2.4.2).
+    tokio::time::sleep(IDLE * 3).await;
+
+    let due = t0 + u64::from(TEK_LIFETIME) - push_margin(u64::from(TEK_LIFETIME)) + 1;
+    let sent = w.scheduler.tick(due).await;
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    let sent = sent.into_iter().next().unwrap().unwrap();
+    let now = w.store.group_state(w.group).await.unwrap().unwrap();
+    assert_eq!(now.teks.len(), 1);
+    let new = now.teks[0].spi;
+    assert_ne!(new, old);
+    assert_eq!((sent.new_teks, sent.dropped_teks), (vec![new], vec![old]));
+
+    for (h, events, sender_ids) in &mut members {
+        let (id, mut installed, mut deleting) = next_event(events, |e| match e {
+            AgentEvent::Rekeyed {
+                message_id,
+                installed,
+                deleting,
+                ..
+            } => Some((message_id, installed, deleting)),
+            AgentEvent::GroupUp { .. } => panic!("registered again instead"),
+            _ => None,
+        })
+        .await;
+        // In-band: no Message ID of a Rekey SA. (A sender that also receives holds each
+        // TEK in both directions.)
+        assert_eq!(id, None);
+        installed.dedup();
+        deleting.dedup();
+        assert_eq!(installed, vec![hex(new)]);
+        assert_eq!(deleting, vec![hex(old)]);
+        let st = h.status().await.unwrap();
+        assert_eq!(st.groups[0].state, "up");
+        assert_eq!(&st.groups[0].sender_ids, sender_ids);
+        assert_eq!(st.groups[0].registrations, 1, "{st:?}");
+    }
+    // The old TEK is kept for GWP_DTD (1 s), then removed.
+    for (h, _, _) in &members {
+        assert_eq!(active_teks(h).await, vec![hex(new)]);
+        tokio::time::timeout(WAIT, async {
+            while held_teks(h).await.contains(&hex(old)) {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+        .await
+        .expect("the old TEK is removed after GWP_DTD");
+        assert_eq!(held_teks(h).await, vec![hex(new)]);
+    }
+    // Told once.
+    assert!(w.scheduler.tick(due).await.is_empty());
+}
