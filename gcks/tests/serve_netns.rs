@@ -1102,6 +1102,102 @@ fn serve_pushes_tek_renewals_to_members_on_the_lan() {
     assert_eq!(sent(), 2, "{}", server.log_text());
 }
 
+/// `gcks serve` with a group rekeyed in-band (RFC 9838 2.4.2): the members' registration
+/// IKE SAs outlive `--ike-idle`, and each TEK renewal reaches both members over their own
+/// IKE SA as a GSA_INBAND_REKEY (an event without a Message ID, no registration), twice in
+/// a row, both members holding the same new TEK each time.
+#[test]
+fn serve_rekeys_an_inband_group_over_the_members_ike_sas() {
+    let Some(w) = World::new("gkib", false) else {
+        return;
+    };
+    w.cli(&[
+        "group",
+        "create",
+        "live",
+        "--rekey",
+        "inband",
+        // Renewed and pushed with 2 s left.
+        "--tek-lifetime",
+        "8",
+        "--sender-id-bits",
+        "8",
+    ]);
+    w.cli(&[
+        "group",
+        "add-tek",
+        "live",
+        "--dst",
+        "239.0.0.23:5004",
+        "--cipher",
+        "aes-gcm-256",
+    ]);
+    for id in ["live1.gk", "live2.gk"] {
+        let psk = w.write(&format!("{id}.psk"), &psk_of(id));
+        w.cli(&["member", "add", id, "--psk-file", &psk]);
+        w.cli(&["authorize", id, "live"]);
+    }
+    let server = w.serve(&["--rekey-tick-ms", "200"]);
+    let members = [
+        rekeyed_member(&w.hosts[0], w.links[0].v4, w.addr(848), "live1.gk"),
+        rekeyed_member(&w.hosts[1], w.links[1].v4, w.addr(500), "live2.gk"),
+    ];
+    let results: Vec<(String, Vec<AgentEvent>)> = members
+        .into_iter()
+        .map(|h| h.join().expect("member thread"))
+        .collect();
+    let registered = &results[0].0;
+    let mut held = registered.clone();
+    for i in 0..2 {
+        let mut new = None;
+        for (tek, rekeys) in &results {
+            assert_eq!(tek, registered);
+            match &rekeys[i] {
+                AgentEvent::Rekeyed {
+                    message_id,
+                    installed,
+                    deleting,
+                    new_rekey_sa,
+                    ..
+                } => {
+                    // In-band: no Rekey SA, no Message ID (a GSA_REKEY would have one).
+                    assert_eq!((*message_id, *new_rekey_sa), (None, false), "{rekeys:?}");
+                    assert_eq!(installed.len(), 1, "{rekeys:?}");
+                    assert!(deleting.contains(&held), "{rekeys:?}");
+                    assert_eq!(
+                        new.get_or_insert_with(|| installed[0].clone()),
+                        &installed[0]
+                    );
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        let new = new.unwrap();
+        assert_ne!(new, held);
+        held = new;
+    }
+    // Each push went to both members, over the IKE SAs kept past --ike-idle (2 s).
+    let pushes = || {
+        server
+            .log_text()
+            .lines()
+            .filter(|l| l.contains("GSA_INBAND_REKEY sent") && l.contains("members=2"))
+            .count()
+    };
+    let _ = poll_until(
+        "two in-band pushes in the log",
+        Duration::from_secs(10),
+        || (pushes() >= 2).then_some(()),
+    );
+    assert!(
+        !server
+            .log_text()
+            .contains("closing the idle registration IKE SA"),
+        "{}",
+        server.log_text()
+    );
+}
+
 /// RFC 9838 4.4.2 (R063): the KEK policy's source selector names "a single IP address,
 /// an IP protocol (assumed to be UDP) and a single port the GSA_REKEY messages will be
 /// originated from". A group created with `--rekey-src-port` and no `--rekey-src`, a
