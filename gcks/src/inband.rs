@@ -40,7 +40,7 @@ use tracing::{Instrument, info, warn};
 
 use crate::group_view::GroupViews;
 use crate::server::{InbandPush, InbandPusher};
-use crate::state::{StateFailure, ensure_current_with, plan_with, push_margin, to_proto};
+use crate::state::{StateFailure, Ticks, ensure_current_with, plan_with, push_margin, to_proto};
 
 /// One push the sender handed to the server.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -103,19 +103,10 @@ impl InbandScheduler {
 
     /// Runs a tick every `tick` until `shutdown` completes.
     pub async fn run(mut self, shutdown: impl std::future::Future<Output = ()>) {
-        let mut every = tokio::time::interval(self.tick);
-        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        tokio::pin!(shutdown);
-        loop {
-            tokio::select! {
-                _ = &mut shutdown => break,
-                _ = every.tick() => {
-                    for r in self.tick(crate::registrar::unix_now()).await {
-                        if let Err(e) = r {
-                            warn!(error = %e, "GSA_INBAND_REKEY not sent");
-                        }
-                    }
-                }
+        let mut ticks = Ticks::new(self.tick, shutdown);
+        while let Some(now) = ticks.next().await {
+            for e in self.tick(now).await.into_iter().filter_map(Result::err) {
+                warn!(error = %e, "GSA_INBAND_REKEY not sent");
             }
         }
     }

@@ -80,7 +80,8 @@ use tracing::{Instrument, debug, info, warn};
 use crate::group_view::GroupViews;
 use crate::rekey_source::{MulticastOptions, RekeySources};
 use crate::state::{
-    StateFailure, ensure_current_with, group_auth, plan_new_kek, plan_with, push_margin, to_proto,
+    StateFailure, Ticks, ensure_current_with, group_auth, plan_new_kek, plan_with, push_margin,
+    to_proto,
 };
 
 /// How the scheduler runs and sends.
@@ -464,19 +465,10 @@ impl RekeyScheduler {
 
     /// Runs a tick every [`RekeySchedulerConfig::tick`] until `shutdown` completes.
     pub async fn run(mut self, shutdown: impl std::future::Future<Output = ()>) {
-        let mut every = tokio::time::interval(self.config.tick);
-        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        tokio::pin!(shutdown);
-        loop {
-            tokio::select! {
-                _ = &mut shutdown => break,
-                _ = every.tick() => {
-                    for r in self.tick(crate::registrar::unix_now()).await {
-                        if let Err(e) = r {
-                            warn!(error = %e, "GSA_REKEY not sent");
-                        }
-                    }
-                }
+        let mut ticks = Ticks::new(self.config.tick, shutdown);
+        while let Some(now) = ticks.next().await {
+            for e in self.tick(now).await.into_iter().filter_map(Result::err) {
+                warn!(error = %e, "GSA_REKEY not sent");
             }
         }
         for group in self.lease_until.keys() {

@@ -440,6 +440,32 @@ pub fn to_proto(
     Ok(state)
 }
 
+/// The clock of the rekey senders: the Unix time every `period` (a late tick is
+/// delayed, not doubled) until `shutdown` completes.
+pub struct Ticks<S> {
+    every: tokio::time::Interval,
+    shutdown: std::pin::Pin<Box<S>>,
+}
+
+impl<S: std::future::Future<Output = ()>> Ticks<S> {
+    pub fn new(period: std::time::Duration, shutdown: S) -> Self {
+        let mut every = tokio::time::interval(period);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        Self {
+            every,
+            shutdown: Box::pin(shutdown),
+        }
+    }
+
+    /// The next tick's Unix time; `None` once `shutdown` completed.
+    pub async fn next(&mut self) -> Option<u64> {
+        tokio::select! {
+            _ = &mut self.shutdown => None,
+            _ = self.every.tick() => Some(crate::registrar::unix_now()),
+        }
+    }
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
