@@ -650,6 +650,19 @@ impl RekeyScheduler {
             (cur, told)
         };
         let now_given = given.after(&cfg, &cur, &told);
+        // RFC 9838 4.4.2.1.3 (R077): the message reaches the group's senders too, so a
+        // TEK with sequential numbers it carries while a sender is authorized goes to no
+        // later sender registration (that one gets a new TEK, docs/interop.md #65);
+        // committed before the message is sent.
+        if senders > 0 {
+            let sequential: Vec<u32> = told
+                .new
+                .iter()
+                .copied()
+                .filter(|&spi| tek_of(&cur, spi).is_some_and(|t| t.sn == SnId::Seq32))
+                .collect();
+            self.store.mark_teks_sender_claimed(id, &sequential).await?;
+        }
         let mut sent = self
             .send(&cfg, &old, &cur, told, senders, message_id, now)
             .await?;

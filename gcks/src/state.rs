@@ -149,6 +149,23 @@ pub fn plan_with(
     rng: &mut dyn Random,
     margin: fn(u64) -> u64,
 ) -> Result<Option<NewGroupState>, String> {
+    plan_replacing(cfg, stored, senders, now, rng, margin, &[])
+}
+
+/// [`plan_with`] that also replaces the TEKs `retire` (by SPI) while they are there: a
+/// TEK with sequential numbers an earlier sender registration was given, which the next
+/// sender registration must not get (RFC 9838 4.4.2.1.3, R077; docs/interop.md #65). The
+/// replacement is made like one at its margin: the same TEK policy, a new SPI and keys,
+/// the transform [`tek_sn`] chooses for `senders` and its [`tek_lifetime`].
+pub fn plan_replacing(
+    cfg: &GroupConfig,
+    stored: &StoredState,
+    senders: u64,
+    now: u64,
+    rng: &mut dyn Random,
+    margin: fn(u64) -> u64,
+    retire: &[u32],
+) -> Result<Option<NewGroupState>, String> {
     let spec = &cfg.group.spec;
     let mut changed = false;
     let rekey_life = u64::from(spec.rekey.lifetime);
@@ -182,6 +199,7 @@ pub fn plan_with(
             .iter()
             .filter(|t| {
                 t.policy == p.id
+                    && !retire.contains(&t.spi)
                     && t.keymat.len() == len
                     && sn_still_fits(p, t, senders)
                     && usable(t.expires, t.expires.saturating_sub(t.created), now, margin)
@@ -310,6 +328,33 @@ pub async fn ensure_current_with(
     now: u64,
     margin: fn(u64) -> u64,
 ) -> Result<StoredState, StateFailure> {
+    ensure_replacing(store, cfg, senders, now, margin, &[]).await
+}
+
+/// [`ensure_current`] that also replaces the group's TEKs `spis` while the store still
+/// has them ([`plan_replacing`]): for a sender registration that would hand out TEKs with
+/// sequential numbers an earlier sender registration was given (RFC 9838 4.4.2.1.3,
+/// R077; [`gikev2_policy::RegistrationOutcome::SequentialTekTaken`]). A TEK another writer
+/// replaced meanwhile is left to it. The rekey scheduler pushes the replacement to the
+/// group like any TEK a registration renewed ([`crate::rekey`]).
+pub async fn replace_teks(
+    store: &Store,
+    cfg: &GroupConfig,
+    senders: u64,
+    now: u64,
+    spis: &[u32],
+) -> Result<StoredState, StateFailure> {
+    ensure_replacing(store, cfg, senders, now, renew_margin, spis).await
+}
+
+async fn ensure_replacing(
+    store: &Store,
+    cfg: &GroupConfig,
+    senders: u64,
+    now: u64,
+    margin: fn(u64) -> u64,
+    retire: &[u32],
+) -> Result<StoredState, StateFailure> {
     let group = cfg.group.id;
     for _ in 0..8 {
         let stored = store
@@ -318,7 +363,8 @@ pub async fn ensure_current_with(
             .ok_or_else(|| StateFailure::Policy(format!("group {group} has no state row")))?;
         let next = {
             let mut rng = SystemRandom::new();
-            plan_with(cfg, &stored, senders, now, &mut rng, margin).map_err(StateFailure::Policy)?
+            plan_replacing(cfg, &stored, senders, now, &mut rng, margin, retire)
+                .map_err(StateFailure::Policy)?
         };
         let Some(next) = next else {
             return Ok(stored);
@@ -335,6 +381,18 @@ pub async fn ensure_current_with(
                     rekey_sa = next.rekey.is_some(),
                     "group key state committed"
                 );
+                for spi in retire
+                    .iter()
+                    .filter(|s| stored.teks.iter().any(|t| t.spi == **s))
+                {
+                    info!(
+                        group = %cfg.group.spec.name,
+                        spi = %format_args!("{spi:#010x}"),
+                        "TEK with 32-bit Sequential Numbers replaced: an earlier sender \
+                         registration was given it, and a sender registering again starts its \
+                         sequence numbers at 1 (RFC 9838 4.4.2.1.3, RFC 4303 3.4.3)"
+                    );
+                }
                 log_shortened_teks(cfg, &stored, &next);
             }
             Err(StoreError::GenerationConflict { .. }) => {}
