@@ -17,7 +17,10 @@
 //! second sender authorized, an edited `tek_policies.sn_id`) is replaced like one at its
 //! margin. A TEK with sequential numbers lives at most
 //! [`gikev2_policy::TekPolicySpec::seq32_lifetime`] seconds, so that a sender at the
-//! policy's packet rate cannot wrap them (2.6, R049; [`tek_lifetime`]).
+//! policy's packet rate cannot wrap them (2.6, R049; [`tek_lifetime`]). And such a TEK goes
+//! to at most one sender registration: a sender registering again starts its numbers at 1,
+//! which receivers' anti-replay windows would drop (RFC 4303 3.4.3), so the registrar has
+//! the TEK replaced first ([`replace_teks`]; docs/interop.md #65).
 
 use gikev2_policy::{
     GroupConfig, GroupState as StoredState, NewGroupState, RekeyMode, RekeySaRecord, SnPolicy,
@@ -820,6 +823,40 @@ pub(crate) mod tests {
             plan_with(&faster, &s, 1, 439 - 108, &mut rng, push_margin)
                 .unwrap()
                 .is_some()
+        );
+    }
+
+    /// RFC 9838 4.4.2.1.3 (R077), docs/interop.md #65: a TEK with sequential numbers an
+    /// earlier sender registration was given is replaced for the next one: the same TEK
+    /// policy and transform (one sender still), a new SPI and keys, the same Rekey SA; an
+    /// SPI the group no longer has retires nothing.
+    #[test]
+    fn a_retired_sequential_tek_is_replaced_with_the_same_policy() {
+        let mut c = cfg(RekeyMode::Multicast);
+        c.teks[0].spec.sn = SnPolicy::Auto;
+        let mut rng = SeededRandom::new([2; 32]);
+        let s = applied(
+            &empty(),
+            plan(&c, &empty(), 1, 0, &mut rng).unwrap().unwrap(),
+        );
+        let old = &s.teks[0];
+        assert_eq!(old.sn, SnId::Seq32);
+        let n = plan_replacing(&c, &s, 1, 10, &mut rng, renew_margin, &[old.spi])
+            .unwrap()
+            .expect("replaced");
+        assert_eq!(n.teks.len(), 1);
+        let new = &n.teks[0];
+        assert_ne!(new.spi, old.spi);
+        assert_ne!(new.keymat, old.keymat);
+        assert_eq!(
+            (new.policy, new.sn, new.created),
+            (old.policy, SnId::Seq32, 10)
+        );
+        assert_eq!(n.rekey, s.rekey, "the Rekey SA is still good");
+        assert!(
+            plan_replacing(&c, &s, 1, 10, &mut rng, renew_margin, &[old.spi + 1])
+                .unwrap()
+                .is_none()
         );
     }
 
