@@ -63,6 +63,17 @@ impl GroupView {
         crate::sag::check(sag, &policies)
     }
 
+    /// The SPIs of the TEKs with "32-bit Sequential Numbers": a sender registration
+    /// claims them (RFC 9838 4.4.2.1.3, R077; [`gikev2_policy::RegistrationWrite::sequential_teks`]).
+    pub fn sequential_teks(&self) -> Vec<u32> {
+        self.state
+            .teks
+            .iter()
+            .filter(|t| t.sn == SnId::Seq32)
+            .map(|t| t.spi)
+            .collect()
+    }
+
     /// The TEK SPIs, for logs and the audit trail.
     pub fn tek_spis(&self) -> String {
         self.state

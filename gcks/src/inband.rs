@@ -34,6 +34,7 @@ use std::time::Duration;
 use gikev2_policy::{GroupId, GroupState as StoredState, RekeyMode, Store, StoreError};
 use gikev2_proto::crypto::SystemRandom;
 use gikev2_proto::group::GroupAuth;
+use gikev2_proto::registry::SnId;
 use gikev2_proto::wire::TrafficSelector;
 use gikev2_proto::wire::id::IdPayload;
 use tracing::{Instrument, info, warn};
@@ -193,6 +194,18 @@ impl InbandScheduler {
             &TrafficSelector::any(false),
         )
         .map_err(&policy_err)?;
+        // RFC 9838 4.4.2.1.3 (R077): the push reaches the group's senders too, so a TEK
+        // with sequential numbers it brings while a sender is authorized goes to no later
+        // sender registration (docs/interop.md #65); committed before it is sent.
+        if senders > 0 {
+            let sequential: Vec<u32> = cur
+                .teks
+                .iter()
+                .filter(|t| t.sn == SnId::Seq32 && !old.contains(&t.spi))
+                .map(|t| t.spi)
+                .collect();
+            self.store.mark_teks_sender_claimed(id, &sequential).await?;
+        }
         if let Some(v) = &self.views {
             v.invalidate();
         }

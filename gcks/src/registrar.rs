@@ -40,7 +40,7 @@ use gikev2_proto::wire::id::IdPayload;
 use tracing::{info, warn};
 
 use crate::commit_queue::{AuditFn, CommitQueue};
-use crate::group_view::GroupViews;
+use crate::group_view::{GroupView, GroupViews};
 use crate::server::{AuthFailure, InbandMember, Registrar, RegistrationContext, Verdict};
 use crate::state::StateFailure;
 
@@ -152,6 +152,10 @@ fn refusal_text(r: &Refusal) -> String {
     format!("{}: {}", notify_name(r.notify), r.reason)
 }
 
+/// Times a sender registration has TEKs with sequential numbers replaced because other
+/// sender registrations took them first, before it is refused (REGISTRATION_FAILED).
+const MAX_SEQUENTIAL_REPLACEMENTS: usize = 4;
+
 /// How long a group's view is used before the store is read again (see
 /// [`crate::group_view`]).
 pub const DEFAULT_POLICY_TTL: Duration = Duration::from_secs(1);
@@ -203,36 +207,18 @@ impl StoreRegistrar {
         }
     }
 
-    /// Decides one registration; the store's part (authorization, capacity, Sender-IDs
-    /// and the audit row) is committed with the others in flight, before the answer.
-    async fn evaluate(
+    /// Decides one registration from `view` in the store, with the others in flight:
+    /// authorization, capacity, Sender-IDs and a sender's claims on TEKs with sequential
+    /// numbers, committed with the audit row before this returns.
+    async fn commit(
         &self,
         ctx: &RegistrationContext,
         peer: &Identity,
         idg: &Identity,
-    ) -> Result<Verdict, Refusal> {
-        let now = (self.clock)();
-        let mut view = self
-            .views
-            .get(idg, now)
-            .await?
-            .ok_or_else(|| refuse(NotifyType::InvalidGroupId, "unknown group"))?;
+        view: &GroupView,
+        now: u64,
+    ) -> Result<RegistrationOutcome, Refusal> {
         let wants_sender = ctx.request.sender_ids.is_some();
-        // RFC 9838 4.4.2.1.3 (R077, R079): a TEK with sequential numbers is for one sender.
-        // The view may be older than this sender's authorization (policy TTL): when the
-        // store now counts several, the view is loaded again, which replaces such a TEK
-        // chosen by `auto` (a fixed seq32 policy is refused there, naming the field).
-        if wants_sender
-            && view.single_sender_teks
-            && self.store.sender_count(view.cfg.group.id).await? > 1
-        {
-            self.views.forget(idg);
-            view = self
-                .views
-                .get(idg, now)
-                .await?
-                .ok_or_else(|| refuse(NotifyType::InvalidGroupId, "unknown group"))?;
-        }
         // Decided before the store, told after authorization (NO_PROPOSAL_CHOSEN): a SAg
         // the group's policy does not fit (RFC 9838 2.3.4), or an IKE SA whose key wrap
         // algorithm is shorter than the group's keys (3.1).
@@ -268,6 +254,11 @@ impl StoreRegistrar {
             wants_sender,
             sender_ids,
             refused_before,
+            sequential_teks: if wants_sender {
+                view.sequential_teks()
+            } else {
+                Vec::new()
+            },
             now,
         };
         // What the audit log says of a granted registration (the Sender-IDs are known
@@ -287,6 +278,14 @@ impl StoreRegistrar {
                 RegistrationOutcome::Refused(r) => {
                     (AuditOutcome::Refused, refusal_text(&store_refusal(r)))
                 }
+                // The store writes no event for it (decided again); said in case.
+                RegistrationOutcome::SequentialTekTaken { spis } => (
+                    AuditOutcome::Refused,
+                    format!(
+                        "undecided: TEKs {spis:#010x?} were given to an earlier sender \
+                         registration (RFC 9838 4.4.2.1.3)"
+                    ),
+                ),
             };
             AuditEvent {
                 at: w.now,
@@ -296,19 +295,98 @@ impl StoreRegistrar {
                 reason: clip(reason),
             }
         });
-        let outcome = self
-            .queue
+        self.queue
             .register(write, audit)
             .await
-            .map_err(|e| refuse(NotifyType::RegistrationFailed, format!("store: {e}")))?;
-        let (member, newly, sender_ids) = match outcome {
-            RegistrationOutcome::Admitted {
-                member,
-                newly,
-                sender_ids,
-            } => (member, newly, sender_ids),
-            // Already in the audit log, with the batch.
-            RegistrationOutcome::Refused(r) => return Err(Refusal::audited(store_refusal(&r))),
+            .map_err(|e| refuse(NotifyType::RegistrationFailed, format!("store: {e}")))
+    }
+
+    /// Replaces the TEKs `spis` of `view`'s group, which an earlier sender registration
+    /// was given ([`crate::state::replace_teks`]), and returns the group's view read again.
+    async fn replace_sequential_teks(
+        &self,
+        idg: &Identity,
+        view: &GroupView,
+        spis: &[u32],
+        now: u64,
+    ) -> Result<Arc<GroupView>, Refusal> {
+        let senders = self.store.sender_count(view.cfg.group.id).await?;
+        crate::state::replace_teks(&self.store, &view.cfg, senders, now, spis).await?;
+        self.views.forget(idg);
+        self.views
+            .get(idg, now)
+            .await?
+            .ok_or_else(|| refuse(NotifyType::InvalidGroupId, "unknown group"))
+    }
+
+    /// Decides one registration; the store's part (authorization, capacity, Sender-IDs
+    /// and the audit row) is committed with the others in flight, before the answer.
+    async fn evaluate(
+        &self,
+        ctx: &RegistrationContext,
+        peer: &Identity,
+        idg: &Identity,
+    ) -> Result<Verdict, Refusal> {
+        let now = (self.clock)();
+        let mut view = self
+            .views
+            .get(idg, now)
+            .await?
+            .ok_or_else(|| refuse(NotifyType::InvalidGroupId, "unknown group"))?;
+        let wants_sender = ctx.request.sender_ids.is_some();
+        // RFC 9838 4.4.2.1.3 (R077, R079): a TEK with sequential numbers is for one sender.
+        // The view may be older than this sender's authorization (policy TTL): when the
+        // store now counts several, the view is loaded again, which replaces such a TEK
+        // chosen by `auto` (a fixed seq32 policy is refused there, naming the field).
+        if wants_sender
+            && view.single_sender_teks
+            && self.store.sender_count(view.cfg.group.id).await? > 1
+        {
+            self.views.forget(idg);
+            view = self
+                .views
+                .get(idg, now)
+                .await?
+                .ok_or_else(|| refuse(NotifyType::InvalidGroupId, "unknown group"))?;
+        }
+        // RFC 9838 4.4.2.1.3 (R077) with RFC 4303 3.4.3: a TEK with sequential numbers goes
+        // to one sender registration, since a sender registering again (a restarted `gm`)
+        // starts its numbers at 1, which receivers would drop as replays. When an earlier
+        // sender registration was given the view's, the store leaves this one undecided;
+        // the TEK is replaced (and pushed by the rekey scheduler) and this registration is
+        // decided again with the new one (docs/interop.md #65).
+        let role = if wants_sender { "sender" } else { "receiver" };
+        let mut replaced = 0;
+        let (member, newly, sender_ids) = loop {
+            match self.commit(ctx, peer, idg, &view, now).await? {
+                RegistrationOutcome::Admitted {
+                    member,
+                    newly,
+                    sender_ids,
+                } => break (member, newly, sender_ids),
+                // Already in the audit log, with the batch.
+                RegistrationOutcome::Refused(r) => {
+                    return Err(Refusal::audited(store_refusal(&r)));
+                }
+                RegistrationOutcome::SequentialTekTaken { spis } => {
+                    if replaced == MAX_SEQUENTIAL_REPLACEMENTS {
+                        return Err(refuse(
+                            NotifyType::RegistrationFailed,
+                            format!(
+                                "TEKs with 32-bit Sequential Numbers [{}] were given to other \
+                                 sender registrations {replaced} times while this one was \
+                                 decided (RFC 9838 4.4.2.1.3)",
+                                spis.iter()
+                                    .map(|s| format!("{s:#010x}"))
+                                    .collect::<Vec<_>>()
+                                    .join(", ")
+                            ),
+                        ));
+                    }
+                    replaced += 1;
+                    view = self.replace_sequential_teks(idg, &view, &spis, now).await?;
+                }
+            }
         };
         let grant = MemberGrant {
             sender: wants_sender,

@@ -24,7 +24,10 @@
 //!    replaced, or the group-wide policy a GSA carries) and the Rekey SA was not due, a
 //!    new Rekey SA is committed first, like a scheduled renewal, and goes in the same
 //!    message. A TEK renewed under an unchanged TEK policy keeps the KEK
-//!    (docs/interop.md #53).
+//!    (docs/interop.md #53). A TEK with sequential numbers in the message is marked as
+//!    given to the group's senders first (when one is authorized), so that no later sender
+//!    registration gets it (RFC 9838 4.4.2.1.3; docs/interop.md #65); one a sender
+//!    registration had replaced goes out like any TEK a registration renewed, with the KEK.
 //! 4. The same datagrams go out [`RekeySchedulerConfig::copies`] times,
 //!    [`RekeySchedulerConfig::spacing`] apart: "bitwise identical and ... within a short
 //!    time interval" (2.4.1.3, R034). There is no response and no IKE window (2.4.1, R026).
@@ -642,6 +645,19 @@ impl RekeyScheduler {
             (cur, told)
         };
         let now_given = given.after(&cfg, &cur, &told);
+        // RFC 9838 4.4.2.1.3 (R077): the message reaches the group's senders too, so a
+        // TEK with sequential numbers it carries while a sender is authorized goes to no
+        // later sender registration (that one gets a new TEK, docs/interop.md #65);
+        // committed before the message is sent.
+        if senders > 0 {
+            let sequential: Vec<u32> = told
+                .new
+                .iter()
+                .copied()
+                .filter(|&spi| tek_of(&cur, spi).is_some_and(|t| t.sn == SnId::Seq32))
+                .collect();
+            self.store.mark_teks_sender_claimed(id, &sequential).await?;
+        }
         let mut sent = self
             .send(&cfg, &old, &cur, told, senders, message_id, now)
             .await?;

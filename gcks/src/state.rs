@@ -17,7 +17,10 @@
 //! second sender authorized, an edited `tek_policies.sn_id`) is replaced like one at its
 //! margin. A TEK with sequential numbers lives at most
 //! [`gikev2_policy::TekPolicySpec::seq32_lifetime`] seconds, so that a sender at the
-//! policy's packet rate cannot wrap them (2.6, R049; [`tek_lifetime`]).
+//! policy's packet rate cannot wrap them (2.6, R049; [`tek_lifetime`]). And such a TEK goes
+//! to at most one sender registration: a sender registering again starts its numbers at 1,
+//! which receivers' anti-replay windows would drop (RFC 4303 3.4.3), so the registrar has
+//! the TEK replaced first ([`replace_teks`]; docs/interop.md #65).
 
 use gikev2_policy::{
     GroupConfig, GroupState as StoredState, NewGroupState, RekeyMode, RekeySaRecord, SnPolicy,
@@ -149,6 +152,23 @@ pub fn plan_with(
     rng: &mut dyn Random,
     margin: fn(u64) -> u64,
 ) -> Result<Option<NewGroupState>, String> {
+    plan_replacing(cfg, stored, senders, now, rng, margin, &[])
+}
+
+/// [`plan_with`] that also replaces the TEKs `retire` (by SPI) while they are there: a
+/// TEK with sequential numbers an earlier sender registration was given, which the next
+/// sender registration must not get (RFC 9838 4.4.2.1.3, R077; docs/interop.md #65). The
+/// replacement is made like one at its margin: the same TEK policy, a new SPI and keys,
+/// the transform [`tek_sn`] chooses for `senders` and its [`tek_lifetime`].
+pub fn plan_replacing(
+    cfg: &GroupConfig,
+    stored: &StoredState,
+    senders: u64,
+    now: u64,
+    rng: &mut dyn Random,
+    margin: fn(u64) -> u64,
+    retire: &[u32],
+) -> Result<Option<NewGroupState>, String> {
     let spec = &cfg.group.spec;
     let mut changed = false;
     let rekey_life = u64::from(spec.rekey.lifetime);
@@ -182,6 +202,7 @@ pub fn plan_with(
             .iter()
             .filter(|t| {
                 t.policy == p.id
+                    && !retire.contains(&t.spi)
                     && t.keymat.len() == len
                     && sn_still_fits(p, t, senders)
                     && usable(t.expires, t.expires.saturating_sub(t.created), now, margin)
@@ -310,6 +331,33 @@ pub async fn ensure_current_with(
     now: u64,
     margin: fn(u64) -> u64,
 ) -> Result<StoredState, StateFailure> {
+    ensure_replacing(store, cfg, senders, now, margin, &[]).await
+}
+
+/// [`ensure_current`] that also replaces the group's TEKs `spis` while the store still
+/// has them ([`plan_replacing`]): for a sender registration that would hand out TEKs with
+/// sequential numbers an earlier sender registration was given (RFC 9838 4.4.2.1.3,
+/// R077; [`gikev2_policy::RegistrationOutcome::SequentialTekTaken`]). A TEK another writer
+/// replaced meanwhile is left to it. The rekey scheduler pushes the replacement to the
+/// group like any TEK a registration renewed ([`crate::rekey`]).
+pub async fn replace_teks(
+    store: &Store,
+    cfg: &GroupConfig,
+    senders: u64,
+    now: u64,
+    spis: &[u32],
+) -> Result<StoredState, StateFailure> {
+    ensure_replacing(store, cfg, senders, now, renew_margin, spis).await
+}
+
+async fn ensure_replacing(
+    store: &Store,
+    cfg: &GroupConfig,
+    senders: u64,
+    now: u64,
+    margin: fn(u64) -> u64,
+    retire: &[u32],
+) -> Result<StoredState, StateFailure> {
     let group = cfg.group.id;
     for _ in 0..8 {
         let stored = store
@@ -318,7 +366,8 @@ pub async fn ensure_current_with(
             .ok_or_else(|| StateFailure::Policy(format!("group {group} has no state row")))?;
         let next = {
             let mut rng = SystemRandom::new();
-            plan_with(cfg, &stored, senders, now, &mut rng, margin).map_err(StateFailure::Policy)?
+            plan_replacing(cfg, &stored, senders, now, &mut rng, margin, retire)
+                .map_err(StateFailure::Policy)?
         };
         let Some(next) = next else {
             return Ok(stored);
@@ -335,6 +384,18 @@ pub async fn ensure_current_with(
                     rekey_sa = next.rekey.is_some(),
                     "group key state committed"
                 );
+                for spi in retire
+                    .iter()
+                    .filter(|s| stored.teks.iter().any(|t| t.spi == **s))
+                {
+                    info!(
+                        group = %cfg.group.spec.name,
+                        spi = %format_args!("{spi:#010x}"),
+                        "TEK with 32-bit Sequential Numbers replaced: an earlier sender \
+                         registration was given it, and a sender registering again starts its \
+                         sequence numbers at 1 (RFC 9838 4.4.2.1.3, RFC 4303 3.4.3)"
+                    );
+                }
                 log_shortened_teks(cfg, &stored, &next);
             }
             Err(StoreError::GenerationConflict { .. }) => {}
@@ -788,6 +849,40 @@ pub(crate) mod tests {
             plan_with(&faster, &s, 1, 439 - 108, &mut rng, push_margin)
                 .unwrap()
                 .is_some()
+        );
+    }
+
+    /// RFC 9838 4.4.2.1.3 (R077), docs/interop.md #65: a TEK with sequential numbers an
+    /// earlier sender registration was given is replaced for the next one: the same TEK
+    /// policy and transform (one sender still), a new SPI and keys, the same Rekey SA; an
+    /// SPI the group no longer has retires nothing.
+    #[test]
+    fn a_retired_sequential_tek_is_replaced_with_the_same_policy() {
+        let mut c = cfg(RekeyMode::Multicast);
+        c.teks[0].spec.sn = SnPolicy::Auto;
+        let mut rng = SeededRandom::new([2; 32]);
+        let s = applied(
+            &empty(),
+            plan(&c, &empty(), 1, 0, &mut rng).unwrap().unwrap(),
+        );
+        let old = &s.teks[0];
+        assert_eq!(old.sn, SnId::Seq32);
+        let n = plan_replacing(&c, &s, 1, 10, &mut rng, renew_margin, &[old.spi])
+            .unwrap()
+            .expect("replaced");
+        assert_eq!(n.teks.len(), 1);
+        let new = &n.teks[0];
+        assert_ne!(new.spi, old.spi);
+        assert_ne!(new.keymat, old.keymat);
+        assert_eq!(
+            (new.policy, new.sn, new.created),
+            (old.policy, SnId::Seq32, 10)
+        );
+        assert_eq!(n.rekey, s.rekey, "the Rekey SA is still good");
+        assert!(
+            plan_replacing(&c, &s, 1, 10, &mut rng, renew_margin, &[old.spi + 1])
+                .unwrap()
+                .is_none()
         );
     }
 

@@ -102,7 +102,8 @@ async fn world() -> World {
                 encr: EncrId::AesGcm16,
                 encr_key_bits: Some(256),
                 integ: None,
-                sn: SnPolicy::Fixed(SnId::Unspecified32),
+                // One sender, a multicast destination: 32-bit Sequential Numbers (R077).
+                sn: SnPolicy::Auto,
                 mode: EspMode::Transport,
                 max_packet_rate: DEFAULT_MAX_PACKET_RATE,
             },
@@ -247,7 +248,8 @@ fn hex(spi: u32) -> String {
 /// idle close; a TEK due for renewal is renewed in the store and sent to each of them in
 /// a GSA_INBAND_REKEY built for it (2.4.2.1), which they install without registering
 /// again; the sender keeps its Sender-ID (no GM_SENDER_ID in the exchange, 4.5.3.3); the
-/// old TEK is dropped after GWP_DTD; and a tick with nothing new sends nothing.
+/// old TEK is dropped after GWP_DTD; a TEK with sequential numbers pushed to a sender is
+/// marked as given to it; and a tick with nothing new sends nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tek_renewal_reaches_the_members_of_an_inband_group_over_their_ike_sas() {
     let mut w = world().await;
@@ -288,6 +290,16 @@ async fn a_tek_renewal_reaches_the_members_of_an_inband_group_over_their_ike_sas
     let new = now.teks[0].spi;
     assert_ne!(new, old);
     assert_eq!((sent.new_teks, sent.dropped_teks), (vec![new], vec![old]));
+    // The sequential-numbers TEK reached the sender in-band: no later sender registration
+    // may get it (RFC 9838 4.4.2.1.3, docs/interop.md #65), marked before it was sent.
+    assert_eq!(now.teks[0].sn, SnId::Seq32);
+    assert!(
+        w.store
+            .sender_claimed_teks(w.group)
+            .await
+            .unwrap()
+            .contains(&new)
+    );
 
     for (h, events, sender_ids) in &mut members {
         let (id, mut installed, mut deleting) = next_event(events, |e| match e {

@@ -1188,3 +1188,115 @@ async fn a_second_sender_replaces_the_sequential_tek_by_multicast() {
     assert!(w.scheduler.tick(t1 + 1).await.is_empty(), "told once");
     let _ = w.stop.send(());
 }
+
+/// RFC 9838 4.4.2.1.3 (R077) with RFC 4303 3.4.3, docs/interop.md #65: a TEK with
+/// sequential numbers goes to at most one sender registration. The only sender registers
+/// (its TEK stays: nothing to push), then registers again as a restarted `gm` would: it
+/// gets a new TEK with sequential numbers, and the next tick pushes that TEK to the
+/// receivers in a GSA_REKEY over the KEK they hold, with a Delete of the old one and no new
+/// KEK (the policy is unchanged, docs/interop.md #53). A TEK the scheduler pushed while a
+/// sender was authorized reached that sender too, so the sender's next registration
+/// replaces it as well.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sender_registering_again_gets_a_new_sequential_tek_pushed_without_a_new_kek() {
+    use gikev2_proto::group::{Role as KeyRole, read_registration};
+
+    let dst = rekey_dst();
+    let mut w = world_with(dst, &["a.example", "b.example"], Role::Receiver, Some(8)).await;
+    let pool = sqlx::SqlitePool::connect(&w.url).await.unwrap();
+    sqlx::query("UPDATE tek_policies SET sn_id = NULL")
+        .execute(&pool)
+        .await
+        .unwrap();
+    sqlx::query(
+        "UPDATE authorizations SET role = 'sender' WHERE member_id = \
+         (SELECT id FROM members WHERE id_value = CAST('a.example' AS BLOB))",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    pool.close().await;
+    let gcks = w.gcks;
+    // a registers as a sender: the SPI of its one TEK, which has sequential numbers.
+    let a_registers = || async move {
+        let joined = register_once(gcks, "a.example", Some(1)).await.unwrap();
+        let keys = read_registration(
+            &joined.gsa,
+            &joined.kd,
+            &joined.kwk,
+            KeyRole::Sender { receives: true },
+        )
+        .unwrap();
+        assert_eq!(keys.teks.len(), 1);
+        assert_eq!(keys.teks[0].sn, SnId::Seq32);
+        keys.teks[0].spi
+    };
+    let rx = listener(dst);
+    let t0 = unix_now();
+    let (k1, tek_1) = first_state(&mut w, t0).await;
+    // b, a receiver, runs the member runtime.
+    let b = agent();
+    let mut eb = b.subscribe().await.unwrap();
+    assert_eq!(
+        b.join(member("b.example", w.gcks), Some(WAIT))
+            .await
+            .unwrap()
+            .state,
+        "up"
+    );
+    assert_eq!(
+        held_tek(&b, tek_1).await.as_deref(),
+        Some("32-bit Sequential Numbers")
+    );
+
+    // 1. The first sender registration keeps the TEK.
+    assert_eq!(a_registers().await, tek_1);
+    assert!(w.scheduler.tick(t0 + 1).await.is_empty(), "nothing changed");
+
+    // 2. a again: a new TEK, pushed to b over the KEK it holds, no new KEK.
+    let tek_2 = a_registers().await;
+    assert_ne!(tek_2, tek_1);
+    assert_eq!(stored(&w).await, (k1, vec![tek_2]));
+    let s = tick_one(&mut w, t0 + 2).await;
+    assert_eq!(
+        (s.message_id, s.over, s.new_rekey_sa, s.policy_changed),
+        (0, k1, None, false),
+        "a new TEK under the same policy keeps the KEK (docs/interop.md #53)"
+    );
+    assert_eq!(
+        (s.new_teks.clone(), s.deleted_teks.clone()),
+        (vec![tek_2], vec![tek_1])
+    );
+    copies(&rx, &s, 3).await;
+    assert_eq!(
+        rekeyed(&mut eb).await,
+        pushed(0, hex(&[tek_2]), hex(&[tek_1]), false)
+    );
+    assert_eq!(
+        held_tek(&b, tek_2).await.as_deref(),
+        Some("32-bit Sequential Numbers")
+    );
+    assert!(w.scheduler.tick(t0 + 3).await.is_empty(), "told once");
+
+    // 3. A scheduled renewal pushed while a is authorized to send: a got it too, so its
+    // next registration replaces it.
+    let renewal = u64::from(TEK_LIFETIME) - u64::from(TEK_LIFETIME) / 4 + 10;
+    let s = tick_one(&mut w, t0 + renewal).await;
+    let (_, teks) = stored(&w).await;
+    let tek_3 = teks[0];
+    assert_eq!(
+        (s.message_id, s.new_rekey_sa, s.new_teks.clone()),
+        (1, None, vec![tek_3])
+    );
+    assert_eq!(
+        w.store.sender_claimed_teks(w.group).await.unwrap(),
+        vec![tek_3]
+    );
+    let tek_4 = a_registers().await;
+    assert!(tek_4 != tek_3 && tek_4 != tek_2, "{tek_4:#x}");
+    assert_eq!(
+        w.store.sender_claimed_teks(w.group).await.unwrap(),
+        vec![tek_4]
+    );
+    let _ = w.stop.send(());
+}

@@ -34,7 +34,7 @@ use gikev2_proto::ike::{
     CloseReason, Event, Goal, IkeConfig, IkeSa, LocalAuth, PeerAuth, RegistrationRequest,
     SinglePeer,
 };
-use gikev2_proto::registry::{EncrId, IntegId, KeId, KwaId, NotifyType, PrfId, ProtocolId};
+use gikev2_proto::registry::{EncrId, IntegId, KeId, KwaId, NotifyType, PrfId, ProtocolId, SnId};
 use gikev2_proto::wire::{IdPayload, Proposal, SaPayload, Transform};
 use gikev2_tests::netns::{Bridge, Netns};
 use gikev2_tests::{gate, ikeprobe, netns, poll_until};
@@ -793,7 +793,10 @@ fn registration_scenario(postgres: bool) {
     }
 
     // kill -9 between registrations: the next registration of the sender gets a new
-    // Sender-ID (never 0 again) and the same group keys.
+    // Sender-ID (never 0 again) and the same Rekey SA. Being the sender's second
+    // registration, it gets a new TEK with sequential numbers (the group's only sender,
+    // `--sn auto`), committed before the answer: a TEK with sequential numbers goes to one
+    // sender registration (RFC 9838 4.4.2.1.3, docs/interop.md #65).
     gcks.kill9();
     let _gcks = w.serve(&[]);
     let again = join_in(
@@ -809,8 +812,19 @@ fn registration_scenario(postgres: bool) {
         vec![1, 2],
         "Sender-IDs continue after a crash"
     );
-    assert_eq!(key_table(&again.keys), table, "group keys unchanged");
-    assert_eq!(again.keys.teks[0].spi, tek_spi);
+    let rekey_sa = |t: Vec<(u32, Vec<u8>, Vec<u8>)>| t.into_iter().find(|e| e.0 == 0);
+    assert_eq!(
+        rekey_sa(key_table(&again.keys)),
+        rekey_sa(table.clone()),
+        "Rekey SA unchanged"
+    );
+    assert_eq!(sender.keys.teks[0].sn, SnId::Seq32);
+    assert_eq!(again.keys.teks.len(), 1);
+    assert_eq!(again.keys.teks[0].sn, SnId::Seq32);
+    assert_ne!(again.keys.teks[0].spi, tek_spi, "a new TEK (#65)");
+    let stored = w.rt.block_on(store.group_state(group.id)).unwrap().unwrap();
+    assert_eq!(stored.teks.len(), 1);
+    assert_eq!(stored.teks[0].spi, again.keys.teks[0].spi);
     let sids: Vec<u32> =
         w.rt.block_on(store.sender_ids(group.id))
             .unwrap()

@@ -691,6 +691,109 @@ async fn auto_sequence_numbers_are_sequential_for_one_sender_within_the_packet_r
     assert_eq!(st.teks[0].sn, SnId::Unspecified32);
 }
 
+/// The SPI of the one TEK of an accepted registration, which must have "32-bit
+/// Sequential Numbers".
+fn sequential_spi(d: &Decision) -> u32 {
+    match granted_tek(d) {
+        (gikev2_proto::wire::gsa::Spi::Ipsec(spi), SnId::Seq32, _) => spi,
+        other => panic!("{other:?}"),
+    }
+}
+
+/// One registration of `who` to the group "restart": the SPI of its sequential TEK.
+async fn register(r: &StoreRegistrar, who: &str, sender: bool) -> u32 {
+    sequential_spi(
+        &r.register(ctx(who, "restart", sender.then_some(1)))
+            .await
+            .decision,
+    )
+}
+
+/// RFC 9838 4.4.2.1.3 (R077) with RFC 4303 3.4.3, docs/interop.md #65: a TEK with
+/// sequential numbers goes to at most one sender registration. The only sender registers
+/// again (as a restarted `gm` would, its counter back at 1): the GCKS replaces the TEK
+/// first (new SPI, still sequential numbers) and hands it the new one, in the store at
+/// once; receivers registering in between get the sender's TEK and replace nothing. Another
+/// GCKS process with an old view of the group does the same. The rule holds for a policy
+/// fixed to sequential numbers too.
+#[tokio::test(flavor = "current_thread")]
+async fn a_sender_registering_again_gets_a_new_sequential_tek() {
+    let f = fixture().await;
+    let g = f
+        .store
+        .create_group(&group_spec("restart", RekeyMode::Multicast), 0)
+        .await
+        .unwrap();
+    let mut spec = tek();
+    spec.sn = SnPolicy::Auto;
+    spec.dst = Selector::host_port("239.1.2.12".parse().unwrap(), 5004);
+    f.store.add_tek_policy(g, &spec).await.unwrap();
+    add_psk_member(&f.store, "one.example", &[("restart", Role::Sender)]).await;
+    add_psk_member(&f.store, "rx.example", &[("restart", Role::Receiver)]).await;
+    // Views kept an hour: what decides is the store, not a view.
+    let ttl = Duration::from_secs(3600);
+    let a = StoreRegistrar::new(f.store.clone()).with_policy_ttl(ttl);
+    let b = StoreRegistrar::new(f.store.clone()).with_policy_ttl(ttl);
+    let stored = || async {
+        let st = f.store.group_state(g).await.unwrap().unwrap();
+        let teks: Vec<(u32, SnId)> = st.teks.iter().map(|t| (t.spi, t.sn)).collect();
+        (teks, f.store.sender_claimed_teks(g).await.unwrap())
+    };
+
+    let spi1 = register(&b, "rx.example", false).await; // b's view: the first TEK
+    assert_eq!(stored().await, (vec![(spi1, SnId::Seq32)], vec![]));
+    assert_eq!(
+        register(&a, "one.example", true).await,
+        spi1,
+        "the first sender: kept"
+    );
+    assert_eq!(stored().await, (vec![(spi1, SnId::Seq32)], vec![spi1]));
+    assert_eq!(
+        register(&a, "rx.example", false).await,
+        spi1,
+        "a receiver: kept"
+    );
+    assert_eq!(stored().await.1, vec![spi1]);
+
+    let spi2 = register(&a, "one.example", true).await;
+    assert_ne!(spi2, spi1, "the sender again: a new TEK");
+    assert_eq!(stored().await, (vec![(spi2, SnId::Seq32)], vec![spi2]));
+    let audit = f.store.audit_events(1).await.unwrap().remove(0).event;
+    assert_eq!(audit.outcome, AuditOutcome::Registered);
+    assert!(
+        audit.reason.contains(&format!("TEK SPIs [{spi2:#010x}]")),
+        "the audit row names the TEK given: {}",
+        audit.reason
+    );
+    assert_eq!(register(&a, "rx.example", false).await, spi2);
+    assert_eq!(stored().await.1, vec![spi2], "a receiver claims nothing");
+
+    // b still holds a view with the first TEK (gone) and the store's says spi2 was given.
+    let spi3 = register(&b, "one.example", true).await;
+    assert!(spi3 != spi1 && spi3 != spi2, "{spi3:#x}");
+    assert_eq!(stored().await, (vec![(spi3, SnId::Seq32)], vec![spi3]));
+
+    // A TEK policy fixed to sequential numbers.
+    let fixed = f
+        .store
+        .create_group(&group_spec("fixed", RekeyMode::Multicast), 0)
+        .await
+        .unwrap();
+    spec.sn = SnPolicy::Fixed(SnId::Seq32);
+    spec.dst = Selector::host_port("239.1.2.13".parse().unwrap(), 5004);
+    f.store.add_tek_policy(fixed, &spec).await.unwrap();
+    add_psk_member(&f.store, "fx.example", &[("fixed", Role::Sender)]).await;
+    let fx = || async {
+        sequential_spi(
+            &a.register(ctx("fx.example", "fixed", Some(1)))
+                .await
+                .decision,
+        )
+    };
+    let (first, second) = (fx().await, fx().await);
+    assert_ne!(first, second);
+}
+
 /// RFC 9838 3.1 (R052): no KWK shorter than the group's keys. A member whose IKE SA
 /// negotiated KW_5649_128 is refused with NO_PROPOSAL_CHOSEN before anything is stored;
 /// a group whose Rekey SA uses KW_5649_128 for 256-bit keys is a configuration error that

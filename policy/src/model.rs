@@ -729,6 +729,14 @@ pub struct RegistrationWrite {
     /// 2.3.4); applied after the authorization checks so that the order of refusals stays
     /// the registrar's (an unauthorized member learns nothing about the policy).
     pub refused_before: Option<String>,
+    /// The TEKs with "32-bit Sequential Numbers" the registration hands out (their SPIs).
+    /// A sender registration (`wants_sender`) claims each of them when it is admitted
+    /// (`tek_sas.sender_claimed`, migrations 0008): such a TEK goes to at most one sender
+    /// registration, so that a sender whose counter starts again at 1 never sends on a TEK
+    /// whose receivers' anti-replay windows already moved (RFC 9838 4.4.2.1.3, R077; RFC
+    /// 4303 3.4.3). One already claimed, or gone, makes the outcome
+    /// [`RegistrationOutcome::SequentialTekTaken`]. Ignored for a receiver.
+    pub sequential_teks: Vec<u32>,
     pub now: Seconds,
 }
 
@@ -743,6 +751,13 @@ pub enum RegistrationOutcome {
         sender_ids: Vec<u32>,
     },
     Refused(RegistrationRefusal),
+    /// Not decided: a sender registration would hand out these TEKs of
+    /// [`RegistrationWrite::sequential_teks`], which an earlier sender registration was
+    /// given (or which are gone). Nothing was committed for it and no audit event written:
+    /// the caller replaces them and asks again.
+    SequentialTekTaken {
+        spis: Vec<u32>,
+    },
 }
 
 /// Why the store refused a registration.

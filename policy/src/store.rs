@@ -573,6 +573,15 @@ impl Store {
                     })
                 }
                 Some(new_gen) => {
+                    // A TEK that stays keeps its claim by a sender (migrations 0008); claims
+                    // are made with the state row locked, which this transaction holds
+                    // now, so none is lost between this read and the rewrite.
+                    let claimed: Vec<i64> = sqlx::query_scalar(
+                        "SELECT spi FROM tek_sas WHERE group_id = $1 AND sender_claimed",
+                    )
+                    .bind(group.0)
+                    .fetch_all(&mut *tx)
+                    .await?;
                     sqlx::query("DELETE FROM tek_sas WHERE group_id = $1")
                         .bind(group.0)
                         .execute(&mut *tx)
@@ -580,7 +589,8 @@ impl Store {
                     for (spi, policy, enc, sn, created, expires) in &teks {
                         sqlx::query(
                             "INSERT INTO tek_sas (spi, group_id, policy_id, keymat_enc, \
-                             sn_id, created_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                             sn_id, created_at, expires_at, sender_claimed) \
+                             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
                         )
                         .bind(*spi)
                         .bind(group.0)
@@ -589,6 +599,7 @@ impl Store {
                         .bind(*sn)
                         .bind(*created)
                         .bind(*expires)
+                        .bind(claimed.contains(spi))
                         .execute(&mut *tx)
                         .await?;
                     }
@@ -598,6 +609,68 @@ impl Store {
             }
         });
         int(result?, "group_state.generation")
+    }
+
+    /// Marks the group's TEKs `spis` as given to a sender (`tek_sas.sender_claimed`,
+    /// migrations 0008): a GSA_REKEY that carries a TEK with "32-bit Sequential Numbers"
+    /// reaches the group's senders too, so no later sender registration may get it (RFC
+    /// 9838 4.4.2.1.3, R077; [`RegistrationWrite::sequential_teks`]). Commit this before
+    /// the message is sent. SPIs the group does not have are skipped; returns how many
+    /// TEKs were newly marked.
+    pub async fn mark_teks_sender_claimed(
+        &self,
+        group: GroupId,
+        spis: &[u32],
+    ) -> Result<u64, StoreError> {
+        if spis.is_empty() {
+            return Ok(0);
+        }
+        let spis: Vec<i64> = spis.iter().map(|&s| i64::from(s)).collect();
+        on_backend!(self, |pool, pg| {
+            // With the group's state row locked, as claims in a registration batch are
+            // made: a state commit running at the same time keeps the mark.
+            let mut tx = pool.begin_write().await?;
+            let locked: Option<i64> = sqlx::query_scalar(&format!(
+                "SELECT gs.group_id FROM group_state gs WHERE gs.group_id = $1{}",
+                lock_state(pg)
+            ))
+            .bind(group.0)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if locked.is_none() {
+                return Err(StoreError::NotFound(format!("group {group}")));
+            }
+            let mut marked = 0;
+            for chunk in spis.chunks(BATCH_BINDS - 2) {
+                let mut q = sqlx::QueryBuilder::new("UPDATE tek_sas SET sender_claimed = ");
+                q.push_bind(true)
+                    .push(" WHERE NOT sender_claimed AND group_id = ")
+                    .push_bind(group.0)
+                    .push(" AND spi IN (");
+                let mut list = q.separated(", ");
+                for s in chunk {
+                    list.push_bind(*s);
+                }
+                q.push(")");
+                marked += q.build().execute(&mut *tx).await?.rows_affected();
+            }
+            tx.commit().await?;
+            Ok(marked)
+        })
+    }
+
+    /// The group's TEKs a sender was given (`tek_sas.sender_claimed`, migrations 0008),
+    /// by SPI.
+    pub async fn sender_claimed_teks(&self, group: GroupId) -> Result<Vec<u32>, StoreError> {
+        let spis: Vec<i64> = on_backend!(self, |pool| {
+            sqlx::query_scalar(
+                "SELECT spi FROM tek_sas WHERE group_id = $1 AND sender_claimed ORDER BY spi",
+            )
+            .bind(group.0)
+            .fetch_all(pool)
+            .await?
+        });
+        spis.into_iter().map(|s| int(s, "tek_sas.spi")).collect()
     }
 
     /// Takes the next GSA_REKEY Message ID of the group's Rekey SA `rekey_spi` and commits
@@ -883,7 +956,10 @@ impl Store {
     /// authorized for the group (with the `sender` role to send), then
     /// [`RegistrationWrite::refused_before`] applies, then the group's capacity (a member
     /// already counted is not refused), then the Sender-IDs (as
-    /// [`Self::allocate_sender_ids`] allocates them). The memberships, Sender-IDs and one
+    /// [`Self::allocate_sender_ids`] allocates them), then a sender's claims on TEKs with
+    /// sequential numbers ([`RegistrationWrite::sequential_teks`]; one already claimed
+    /// leaves the write undecided, [`RegistrationOutcome::SequentialTekTaken`], with
+    /// nothing committed for it). The memberships, Sender-IDs, claims and one
     /// audit event per write (`audit` makes it from the write's index and outcome) are committed together
     /// before this returns, so the caller may reveal what it got. Each group's
     /// `group_state` row is locked for the batch, as every other state write does.
@@ -1012,8 +1088,11 @@ impl Store {
                     };
                     outcome.push(refused.map(RegistrationOutcome::Refused));
                 }
-                // 4. Per group: capacity and Sender-IDs.
+                // 4. Per group: capacity, Sender-IDs and the claims on TEKs with sequential
+                // numbers.
                 let mut joins: Vec<(i64, i64, i64)> = Vec::new();
+                // Per group: the TEKs with sequential numbers sender registrations claimed.
+                let mut claimed: BTreeMap<i64, Vec<i64>> = BTreeMap::new();
                 let mut allocations: Vec<(i64, i64, i64, i64, i64)> = Vec::new();
                 // Per group: the next Sender-ID and the refusals for want of one.
                 let mut counters: BTreeMap<i64, (i64, i64)> = BTreeMap::new();
@@ -1040,6 +1119,36 @@ impl Store {
                         Some(b) => Some(1i64 << int::<u32>(b, "groups.sender_id_bits")?.min(32)),
                         None => None,
                     };
+                    // RFC 9838 4.4.2.1.3 (R077): a TEK with sequential numbers goes to one
+                    // sender registration (migrations 0008). Those of the group that no
+                    // sender registration was given yet, among those the batch's senders
+                    // would get; locked until the commit on PostgreSQL.
+                    let mut wanted_claims: Vec<i64> = wanted
+                        .iter()
+                        .filter(|&&i| batch[i].wants_sender)
+                        .flat_map(|&i| batch[i].sequential_teks.iter().map(|&s| i64::from(s)))
+                        .collect();
+                    wanted_claims.sort_unstable();
+                    wanted_claims.dedup();
+                    let mut unclaimed: HashSet<u32> = HashSet::new();
+                    for chunk in wanted_claims.chunks(BATCH_BINDS - 1) {
+                        let mut q =
+                            sqlx::QueryBuilder::new("SELECT spi FROM tek_sas WHERE group_id = ");
+                        q.push_bind(g.0)
+                            .push(" AND NOT sender_claimed AND spi IN (");
+                        let mut spis = q.separated(", ");
+                        for s in chunk {
+                            spis.push_bind(*s);
+                        }
+                        q.push(")");
+                        if pg {
+                            q.push(" FOR UPDATE");
+                        }
+                        let found: Vec<i64> = q.build_query_scalar().fetch_all(&mut *tx).await?;
+                        for s in found {
+                            unclaimed.insert(int(s, "tek_sas.spi")?);
+                        }
+                    }
                     for &i in &wanted {
                         let w = &batch[i];
                         let member = members[&w.member].0;
@@ -1052,7 +1161,7 @@ impl Store {
                             ));
                             continue;
                         }
-                        let mut granted_ids = Vec::new();
+                        let mut granted = 0;
                         if let Some(n) = w.sender_ids {
                             let Some(space) = space else {
                                 outcome[i] = Some(RegistrationOutcome::Refused(
@@ -1062,7 +1171,7 @@ impl Store {
                                 ));
                                 continue;
                             };
-                            let granted = i64::from(n.max(1))
+                            granted = i64::from(n.max(1))
                                 .min(per_member)
                                 .min((space - next).max(0));
                             if granted == 0 {
@@ -1074,6 +1183,31 @@ impl Store {
                                 }
                                 continue;
                             }
+                        }
+                        // Last, so that a registration refused anyway costs no TEK: one
+                        // another sender registration was given (in an earlier batch or
+                        // earlier in this one) leaves this one undecided.
+                        let claims: &[u32] = if w.wants_sender {
+                            &w.sequential_teks
+                        } else {
+                            &[]
+                        };
+                        let taken: Vec<u32> = claims
+                            .iter()
+                            .copied()
+                            .filter(|s| !unclaimed.contains(s))
+                            .collect();
+                        if !taken.is_empty() {
+                            outcome[i] =
+                                Some(RegistrationOutcome::SequentialTekTaken { spis: taken });
+                            continue;
+                        }
+                        for s in claims {
+                            unclaimed.remove(s);
+                            claimed.entry(g.0).or_default().push(i64::from(*s));
+                        }
+                        let mut granted_ids = Vec::new();
+                        if granted > 0 {
                             for id in next..next + granted {
                                 allocations.push((g.0, id, member.0, epoch, to_db(w.now, "time")?));
                                 granted_ids.push(int(id, "sender_ids.sender_id")?);
@@ -1117,6 +1251,21 @@ impl Store {
                     });
                     q.build().execute(&mut *tx).await?;
                 }
+                for (g, spis) in &claimed {
+                    for chunk in spis.chunks(BATCH_BINDS - 2) {
+                        let mut q = sqlx::QueryBuilder::new("UPDATE tek_sas SET sender_claimed = ");
+                        q.push_bind(true)
+                            .push(" WHERE group_id = ")
+                            .push_bind(*g)
+                            .push(" AND spi IN (");
+                        let mut list = q.separated(", ");
+                        for s in chunk {
+                            list.push_bind(*s);
+                        }
+                        q.push(")");
+                        q.build().execute(&mut *tx).await?;
+                    }
+                }
                 for (g, (next, refused)) in &counters {
                     sqlx::query(
                         "UPDATE group_state SET next_sender_id = $2, \
@@ -1136,10 +1285,14 @@ impl Store {
                         ))
                     })
                     .collect();
+                // An undecided registration is decided again: its audit event comes then.
                 let events: Vec<AuditRow7> = batch
                     .iter()
                     .zip(&outcome)
                     .enumerate()
+                    .filter(|(_, (_, o))| {
+                        !matches!(o, RegistrationOutcome::SequentialTekTaken { .. })
+                    })
                     .map(|(i, (w, o))| audit_binds(&audit(i, w, o)))
                     .collect::<Result<_, _>>()?;
                 insert_audit!(tx, events);

@@ -33,6 +33,8 @@ on_both_backends!(
     sequence_numbers_auto_and_packet_rate_round_trip_and_are_checked,
     migration_0006_keeps_each_tek_policys_and_teks_sequence_numbers,
     member_ppk_sealed_bound_and_checked,
+    sequential_teks_go_to_one_sender_registration_across_processes,
+    migration_0008_counts_existing_sequential_teks_as_claimed,
 );
 
 const T0: u64 = 1_800_000_000;
@@ -1457,6 +1459,7 @@ fn write(group: GroupId, who: &str, sender_ids: Option<u32>) -> RegistrationWrit
         wants_sender: sender_ids.is_some(),
         sender_ids,
         refused_before: None,
+        sequential_teks: Vec::new(),
         now: T0,
     }
 }
@@ -1468,6 +1471,8 @@ fn audit_of(_: usize, w: &RegistrationWrite, o: &RegistrationOutcome) -> AuditEv
             (AuditOutcome::Registered, format!("ids {sender_ids:?}"))
         }
         RegistrationOutcome::Refused(r) => (AuditOutcome::Refused, format!("{r:?}")),
+        // Decided again by the caller: the store asks for no event.
+        RegistrationOutcome::SequentialTekTaken { .. } => panic!("audit event asked for {o:?}"),
     };
     AuditEvent {
         at: w.now,
@@ -1689,6 +1694,7 @@ async fn registration_batches_respect_capacity_across_processes(db: &TestDb) {
                 RegistrationOutcome::Refused(r) => {
                     assert_eq!(r, RegistrationRefusal::GroupFull { capacity: 25 })
                 }
+                o => panic!("{o:?}"),
             }
         }
     }
@@ -2203,5 +2209,257 @@ async fn member_ppk_sealed_bound_and_checked(db: &TestDb) {
     let got = store.groups().await.unwrap();
     let pq = got.iter().find(|x| x.id == g).unwrap();
     assert!(pq.spec.policy.require_pq_ike);
+    store.close().await;
+}
+
+fn seq_tek(policy: TekPolicyId, spi: u32) -> TekSaRecord {
+    TekSaRecord {
+        sn: SnId::Seq32,
+        ..tek(policy, spi, &[spi as u8; 20])
+    }
+}
+
+fn claiming(group: GroupId, who: &str, sender: bool, spis: &[u32]) -> RegistrationWrite {
+    RegistrationWrite {
+        sequential_teks: spis.to_vec(),
+        ..write(group, who, sender.then_some(1))
+    }
+}
+
+/// Migrations 0008 (RFC 9838 4.4.2.1.3, R077; RFC 4303 3.4.3): a TEK with "32-bit
+/// Sequential Numbers" goes to at most one sender registration. In a batch, the first
+/// sender that claims it is admitted; a second sender (another member, or the same one
+/// again, from this process or another) is left undecided, `SequentialTekTaken`, with no
+/// membership, Sender-ID, claim or audit row committed for it. A receiver claims nothing.
+/// Concurrent claims from two processes admit exactly one; a state commit keeps the claim
+/// of a TEK that stays; a GSA_REKEY's mark is idempotent; the column is checked.
+async fn sequential_teks_go_to_one_sender_registration_across_processes(db: &TestDb) {
+    let a = Arc::new(db.open(key(31)).await);
+    let b = Arc::new(db.open(key(31)).await);
+    let (g, _, p) = fixture(&a, Some(8)).await;
+    for (name, role) in [
+        ("gm2.example", Role::Sender),
+        ("rx.example", Role::Receiver),
+    ] {
+        let m = a
+            .add_member(&Identity::fqdn(name), None, &psk("p"), T0)
+            .await
+            .unwrap();
+        a.authorize(m, g, role, T0).await.unwrap();
+    }
+    let state = NewGroupState {
+        rekey: Some(rekey_sa(5, &[1; 36])),
+        teks: vec![seq_tek(p, 4096), tek(p, 4097, &[7; 20])],
+    };
+    a.commit_group_state(g, 0, &state, T0).await.unwrap();
+    assert_eq!(a.sender_claimed_teks(g).await.unwrap(), Vec::<u32>::new());
+
+    let audits = a.audit_events(1000).await.unwrap().len();
+    let got = a
+        .commit_registrations(
+            &[
+                claiming(g, "rx.example", false, &[4096]),
+                claiming(g, "gm1.example", true, &[4096]),
+                claiming(g, "gm2.example", true, &[4096]),
+            ],
+            audit_of,
+        )
+        .await
+        .unwrap();
+    assert!(
+        matches!(&got[0], RegistrationOutcome::Admitted { sender_ids, .. } if sender_ids.is_empty()),
+        "{got:?}"
+    );
+    assert!(
+        matches!(&got[1], RegistrationOutcome::Admitted { sender_ids, .. } if sender_ids == &[0]),
+        "{got:?}"
+    );
+    assert_eq!(
+        got[2],
+        RegistrationOutcome::SequentialTekTaken { spis: vec![4096] },
+        "a second sender in the same batch"
+    );
+    assert_eq!(a.sender_claimed_teks(g).await.unwrap(), vec![4096]);
+    assert_eq!(a.member_count(g).await.unwrap(), 2, "gm2 is not admitted");
+    assert_eq!(
+        a.sender_ids(g).await.unwrap().len(),
+        1,
+        "nor given a Sender-ID"
+    );
+    assert_eq!(
+        a.audit_events(1000).await.unwrap().len(),
+        audits + 2,
+        "no audit row for the undecided one"
+    );
+    // The same sender again, through another process: taken too.
+    let again = b
+        .commit_registrations(&[claiming(g, "gm1.example", true, &[4096])], audit_of)
+        .await
+        .unwrap();
+    assert_eq!(
+        again,
+        vec![RegistrationOutcome::SequentialTekTaken { spis: vec![4096] }]
+    );
+    // A TEK that is gone cannot be claimed either; a refusal comes before the claim.
+    let gone = b
+        .commit_registrations(
+            &[
+                claiming(g, "gm2.example", true, &[9999]),
+                claiming(g, "nobody.example", true, &[4096]),
+            ],
+            audit_of,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        gone,
+        vec![
+            RegistrationOutcome::SequentialTekTaken { spis: vec![9999] },
+            RegistrationOutcome::Refused(RegistrationRefusal::UnknownMember),
+        ]
+    );
+
+    // A state commit keeps the claim of a TEK that stays; a new TEK starts unclaimed.
+    let cur = a.group_state(g).await.unwrap().unwrap();
+    let next = NewGroupState {
+        rekey: cur.rekey.clone(),
+        teks: vec![seq_tek(p, 4096), seq_tek(p, 4098)],
+    };
+    a.commit_group_state(g, cur.generation, &next, T0 + 1)
+        .await
+        .unwrap();
+    assert_eq!(a.sender_claimed_teks(g).await.unwrap(), vec![4096]);
+
+    // Two processes, one sender registration each, at once: exactly one gets each TEK.
+    for (round, spi) in (4100..4108).enumerate() {
+        let cur = a.group_state(g).await.unwrap().unwrap();
+        let next = NewGroupState {
+            rekey: cur.rekey.clone(),
+            teks: vec![seq_tek(p, spi)],
+        };
+        a.commit_group_state(g, cur.generation, &next, T0 + 2)
+            .await
+            .unwrap();
+        let one = |s: Arc<Store>, who: &'static str| {
+            tokio::spawn(async move {
+                s.commit_registrations(&[claiming(g, who, true, &[spi])], audit_of)
+                    .await
+                    .unwrap()
+                    .remove(0)
+            })
+        };
+        let (x, y) = tokio::join!(one(a.clone(), "gm1.example"), one(b.clone(), "gm2.example"));
+        let outcomes = [x.unwrap(), y.unwrap()];
+        let admitted = outcomes
+            .iter()
+            .filter(|o| matches!(o, RegistrationOutcome::Admitted { .. }))
+            .count();
+        let taken = outcomes
+            .iter()
+            .filter(|o| **o == RegistrationOutcome::SequentialTekTaken { spis: vec![spi] })
+            .count();
+        assert_eq!((admitted, taken), (1, 1), "round {round}: {outcomes:?}");
+        assert_eq!(a.sender_claimed_teks(g).await.unwrap(), vec![spi]);
+    }
+
+    // The mark a GSA_REKEY makes: once, and only on the group's TEKs.
+    let cur = a.group_state(g).await.unwrap().unwrap();
+    let next = NewGroupState {
+        rekey: cur.rekey.clone(),
+        teks: vec![seq_tek(p, 4200)],
+    };
+    a.commit_group_state(g, cur.generation, &next, T0 + 3)
+        .await
+        .unwrap();
+    assert_eq!(
+        a.mark_teks_sender_claimed(g, &[4200, 77_777])
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(a.mark_teks_sender_claimed(g, &[4200]).await.unwrap(), 0);
+    assert_eq!(b.sender_claimed_teks(g).await.unwrap(), vec![4200]);
+    let taken = b
+        .commit_registrations(&[claiming(g, "gm2.example", true, &[4200])], audit_of)
+        .await
+        .unwrap();
+    assert_eq!(
+        taken,
+        vec![RegistrationOutcome::SequentialTekTaken { spis: vec![4200] }]
+    );
+
+    // The column is checked (SQLite: 0 or 1; PostgreSQL: a boolean, so 2 is refused
+    // before any constraint).
+    let err = a
+        .execute_admin_sql("UPDATE tek_sas SET sender_claimed = 2")
+        .await
+        .unwrap_err();
+    if !db.is_pg() {
+        assert_eq!(err.constraint_kind(), Some(ConstraintKind::Check), "{err}");
+    }
+    a.close().await;
+    b.close().await;
+}
+
+/// Migrations 0008: a TEK with sequential numbers made before it may already be in a
+/// sender's hands, so it counts as claimed (the next sender registration gets a new one);
+/// other TEKs do not.
+async fn migration_0008_counts_existing_sequential_teks_as_claimed(db: &TestDb) {
+    let backend = if db.is_pg() { "postgres" } else { "sqlite" };
+    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../migrations")
+        .join(backend);
+    let old = db.dir.0.join("migrations_0007");
+    std::fs::create_dir_all(&old).unwrap();
+    let mut copied = 0;
+    for e in std::fs::read_dir(&src).unwrap() {
+        let path = e.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        if name.as_str() < "0008" {
+            std::fs::copy(&path, old.join(&name)).unwrap();
+            copied += 1;
+        }
+    }
+    assert_eq!(copied, 7);
+    let migrator = sqlx::migrate::Migrator::new(old.as_path()).await.unwrap();
+    let blob = |hex: &str| {
+        if db.is_pg() {
+            format!("'\\x{hex}'::bytea")
+        } else {
+            format!("X'{hex}'")
+        }
+    };
+    let script = format!(
+        "INSERT INTO groups (name, idg_type, idg_value, capacity, rekey_mode, rekey_dst_addr, \
+             rekey_dst_port, rekey_lifetime_secs, rekey_encr_id, rekey_encr_key_bits, \
+             rekey_kwa_id, gcauth_id, tek_lifetime_secs, sender_id_bits, created_at) \
+         VALUES ('old', 11, {idg}, 50, 'multicast', '239.0.0.9', 848, 86400, 20, 256, 3, 1, \
+             3600, 8, 0); \
+         INSERT INTO tek_policies (id, group_id, ip_protocol, src_addr_start, src_addr_end, \
+             dst_addr_start, dst_addr_end, encr_id, encr_key_bits, sn_id, mode) \
+         SELECT 7, id, 17, '0.0.0.0', '255.255.255.255', '239.0.0.10', '239.0.0.10', 20, \
+             128, NULL, 'transport' FROM groups; \
+         INSERT INTO tek_sas (spi, group_id, policy_id, keymat_enc, sn_id, created_at, \
+             expires_at) SELECT 4096, id, 7, {keys}, 0, 0, 3600 FROM groups; \
+         INSERT INTO tek_sas (spi, group_id, policy_id, keymat_enc, sn_id, created_at, \
+             expires_at) SELECT 4097, id, 7, {keys}, 2, 0, 3600 FROM groups;",
+        idg = blob("6f6c64"),
+        keys = blob(&"ab".repeat(48)),
+    );
+    if db.is_pg() {
+        let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
+        migrator.run(&pool).await.unwrap();
+        sqlx::raw_sql(&script).execute(&pool).await.unwrap();
+        pool.close().await;
+    } else {
+        let pool = sqlx::SqlitePool::connect(&db.url).await.unwrap();
+        migrator.run(&pool).await.unwrap();
+        sqlx::raw_sql(&script).execute(&pool).await.unwrap();
+        pool.close().await;
+    }
+    // Opening the store applies 0008.
+    let store = db.open(key(32)).await;
+    let g = store.group_by_name("old").await.unwrap().unwrap();
+    assert_eq!(store.sender_claimed_teks(g.id).await.unwrap(), vec![4096]);
     store.close().await;
 }
