@@ -6,6 +6,10 @@
 //! The sender's clock is passed to `tick`, so the test moves to the renew margin without
 //! waiting; members keep the real clock (in-band members get no lifetimes, 4.4.2.2.1).
 
+mod common;
+
+use common::{WAIT, next_event, suite};
+
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,26 +27,15 @@ use gikev2_policy::{
     NewCredential, RekeyConfig, RekeyMode, Role, Selector, SnPolicy, Store, TekPolicySpec,
     TekProtocol,
 };
-use gikev2_proto::crypto::{IkeSuite, SecretBytes, SystemRandom};
+use gikev2_proto::crypto::{SecretBytes, SystemRandom};
 use gikev2_proto::ike::{IkeConfig, LocalAuth, PeerAuth, PeerAuthResolver, SinglePeer};
-use gikev2_proto::registry::{EncrId, GcAuthId, KeId, KwaId, PrfId, SnId};
-use gikev2_proto::wire::{IdPayload, Transform};
+use gikev2_proto::registry::{EncrId, GcAuthId, KwaId, SnId};
+use gikev2_proto::wire::IdPayload;
 
 const GCKS_PSK: &[u8] = b"inband push gcks psk";
 const TEK_LIFETIME: u32 = 600;
-const WAIT: Duration = Duration::from_secs(20);
 /// The server deletes an idle registration IKE SA after this, unless it is kept.
 const IDLE: Duration = Duration::from_millis(200);
-
-fn suite() -> IkeSuite {
-    IkeSuite::from_transforms(&[
-        Transform::encr(EncrId::AesGcm16, Some(256)),
-        Transform::prf(PrfId::HmacSha2_256),
-        Transform::ke(KeId::Curve25519),
-        Transform::kwa(KwaId::Kw5649_256),
-    ])
-    .unwrap()
-}
 
 struct World {
     _dir: tempfile::TempDir,
@@ -194,27 +187,6 @@ fn agent() -> AgentHandle {
         Arc::new(SystemClock),
     )
     .0
-}
-
-/// The next event of an agent that `pick` takes.
-async fn next_event<T>(
-    events: &mut tokio::sync::mpsc::Receiver<AgentEvent>,
-    mut pick: impl FnMut(AgentEvent) -> Option<T>,
-) -> T {
-    tokio::time::timeout(WAIT, async {
-        loop {
-            match events.recv().await {
-                Some(e) => {
-                    if let Some(t) = pick(e) {
-                        return t;
-                    }
-                }
-                None => panic!("agent stopped"),
-            }
-        }
-    })
-    .await
-    .expect("the event comes")
 }
 
 /// The TEK SPIs an agent holds and does not delete.

@@ -8,6 +8,10 @@
 //! without waiting; the members keep the real clock (the lifetimes in GSA_REKEY are
 //! relative, RFC 9838 4.4.2.2.1).
 
+mod common;
+
+use common::{WAIT, next_event, suite};
+
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,25 +31,14 @@ use gikev2_policy::{
     NewCredential, RekeyConfig, RekeyMode, Role, Selector, SnPolicy, Store, TekPolicySpec,
     TekProtocol,
 };
-use gikev2_proto::crypto::{IkeSuite, SecretBytes, SignatureScheme, SigningKey, SystemRandom};
+use gikev2_proto::crypto::{SecretBytes, SignatureScheme, SigningKey, SystemRandom};
 use gikev2_proto::ike::{IkeConfig, LocalAuth, PeerAuth, PeerAuthResolver, SinglePeer};
-use gikev2_proto::registry::{EncrId, GcAuthId, KeId, KwaId, PrfId, SnId};
-use gikev2_proto::wire::{IdPayload, Transform};
+use gikev2_proto::registry::{EncrId, GcAuthId, KwaId, SnId};
+use gikev2_proto::wire::IdPayload;
 
 const GCKS_PSK: &[u8] = b"rekey push gcks psk";
 const TEK_LIFETIME: u32 = 600;
 const REKEY_LIFETIME: u32 = 3600;
-const WAIT: Duration = Duration::from_secs(20);
-
-fn suite() -> IkeSuite {
-    IkeSuite::from_transforms(&[
-        Transform::encr(EncrId::AesGcm16, Some(256)),
-        Transform::prf(PrfId::HmacSha2_256),
-        Transform::ke(KeId::Curve25519),
-        Transform::kwa(KwaId::Kw5649_256),
-    ])
-    .unwrap()
-}
 
 /// A multicast group address and port nobody else in this test run uses.
 fn rekey_dst() -> SocketAddrV4 {
@@ -496,27 +489,6 @@ async fn tek_renewals_and_a_rekey_sa_rollover_reach_the_members_by_multicast() {
         Some("test-gcks".into())
     );
     let _ = w.stop.send(());
-}
-
-/// The next event of an agent that `pick` takes.
-async fn next_event<T>(
-    events: &mut tokio::sync::mpsc::Receiver<AgentEvent>,
-    mut pick: impl FnMut(AgentEvent) -> Option<T>,
-) -> T {
-    tokio::time::timeout(WAIT, async {
-        loop {
-            match events.recv().await {
-                Some(e) => {
-                    if let Some(t) = pick(e) {
-                        return t;
-                    }
-                }
-                None => panic!("agent stopped"),
-            }
-        }
-    })
-    .await
-    .expect("the event comes")
 }
 
 /// RFC 9838 2.5.1 step 5 (R046): once the Sender-ID space is exhausted and a sender was

@@ -1,6 +1,10 @@
 //! `Server` over real UDP on loopback: members register on the IKE port and on the NAT-T
 //! port (non-ESP marker framing, RFC 3948 2.2), and all get the same group keys.
 
+mod common;
+
+use common::suite;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -8,28 +12,18 @@ use std::time::Duration;
 
 use gikev2_gcks::{Registrar, RegistrationContext, ServeConfig, Server};
 use gikev2_member::{JoinError, join};
-use gikev2_proto::crypto::{IkeSuite, SecretBytes};
+use gikev2_proto::crypto::SecretBytes;
 use gikev2_proto::ike::{
     Decision, EndpointConfig, IkeConfig, LocalAuth, NatStatus, PeerAuth, RegistrationRequest,
     SinglePeer,
 };
-use gikev2_proto::registry::{EncrId, KeId, KwaId, NotifyType, PrfId, SnId};
+use gikev2_proto::registry::{EncrId, NotifyType, SnId};
 use gikev2_proto::wire::gsa::{GsaPayload, GsaPolicy, GwPolicy};
 use gikev2_proto::wire::id::IdPayload;
 use gikev2_proto::wire::kd::{GroupKeyBag, KdPayload, MemberKeyBag, WrappedKey};
 use gikev2_proto::wire::{TrafficSelector, Transform};
 
 const KEYMAT: [u8; 36] = [0x5a; 36];
-
-fn suite() -> IkeSuite {
-    IkeSuite::from_transforms(&[
-        Transform::encr(EncrId::AesGcm16, Some(256)),
-        Transform::prf(PrfId::HmacSha2_256),
-        Transform::ke(KeId::Curve25519),
-        Transform::kwa(KwaId::Kw5649_256),
-    ])
-    .unwrap()
-}
 
 fn config(id: &str) -> IkeConfig {
     let k = SecretBytes::from_slice(b"loopback psk");

@@ -15,6 +15,10 @@
 //! Unix socket (the namespaces cannot reach the host's 127.0.0.1): skipped without them
 //! unless GIKEV2_REQUIRE_ALL=1.
 
+mod common;
+
+use common::suite;
+
 use std::io::{BufRead, BufReader};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -28,13 +32,13 @@ use gikev2_member::config::MembershipConfig;
 use gikev2_member::runtime::{self, RuntimeConfig};
 use gikev2_member::{AgentEvent, GroupStatus, JoinError, NoDataPlane, SystemClock, join};
 use gikev2_policy::{AuditOutcome, AuditRecord, Identity, MasterKey, Store};
-use gikev2_proto::crypto::{IkeSuite, SecretBytes, SystemRandom};
+use gikev2_proto::crypto::{SecretBytes, SystemRandom};
 use gikev2_proto::group::{GroupKeys, Role as KeyRole, read_registration};
 use gikev2_proto::ike::{
     CloseReason, Event, Goal, IkeConfig, IkeSa, LocalAuth, PeerAuth, RegistrationRequest,
     SinglePeer,
 };
-use gikev2_proto::registry::{EncrId, IntegId, KeId, KwaId, NotifyType, PrfId, ProtocolId, SnId};
+use gikev2_proto::registry::{EncrId, IntegId, NotifyType, ProtocolId, SnId};
 use gikev2_proto::wire::{IdPayload, Proposal, SaPayload, Transform};
 use gikev2_tests::netns::{Bridge, Netns};
 use gikev2_tests::{gate, ikeprobe, netns, poll_until};
@@ -357,16 +361,6 @@ impl Drop for Gcks {
 }
 
 // ----------------------------------------------------------------- members
-
-fn suite() -> IkeSuite {
-    IkeSuite::from_transforms(&[
-        Transform::encr(EncrId::AesGcm16, Some(256)),
-        Transform::prf(PrfId::HmacSha2_256),
-        Transform::ke(KeId::Curve25519),
-        Transform::kwa(KwaId::Kw5649_256),
-    ])
-    .unwrap()
-}
 
 fn member_ike(id: &str, psk: &[u8]) -> IkeConfig {
     let mut c = IkeConfig::new(

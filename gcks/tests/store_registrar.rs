@@ -3,6 +3,10 @@
 //! raw-key and X.509 members registering over loopback UDP through the cache, including
 //! members added while the server runs and a member deleted after it was cached.
 
+mod common;
+
+use common::suite;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,14 +20,14 @@ use gikev2_policy::{
     TekPolicySpec, TekProtocol,
 };
 use gikev2_proto::crypto::{
-    IkeSuite, KeyWrapAlg, KeyWrapKey, SecretBytes, SignatureScheme, SigningKey, SystemRandom,
+    KeyWrapAlg, KeyWrapKey, SecretBytes, SignatureScheme, SigningKey, SystemRandom,
 };
 use gikev2_proto::ike::{
     CloseReason, Decision, IkeConfig, LocalAuth, LocalPpk, PeerAuth, PeerAuthResolver,
     RegistrationRequest, SinglePeer,
 };
-use gikev2_proto::registry::{EncrId, GcAuthId, KeId, KwaId, NotifyType, PrfId, SnId};
-use gikev2_proto::wire::{IdPayload, Transform};
+use gikev2_proto::registry::{EncrId, GcAuthId, KwaId, NotifyType, SnId};
+use gikev2_proto::wire::IdPayload;
 use gikev2_tests::pki::{KeyType, Pki};
 
 const GCKS_PSK: &[u8] = b"the gcks's own psk";
@@ -386,16 +390,6 @@ async fn group_views_renew_at_the_margin_and_never_cache_authorizations() {
         "{}",
         last[0].event.reason
     );
-}
-
-fn suite() -> IkeSuite {
-    IkeSuite::from_transforms(&[
-        Transform::encr(EncrId::AesGcm16, Some(256)),
-        Transform::prf(PrfId::HmacSha2_256),
-        Transform::ke(KeId::Curve25519),
-        Transform::kwa(KwaId::Kw5649_256),
-    ])
-    .unwrap()
 }
 
 fn member_ike(id: &str, auth: LocalAuth) -> IkeConfig {
