@@ -1375,8 +1375,9 @@ fn held_member(
 /// the NAT); the GCKS's own request, the INFORMATIONAL Delete of an idle registration SA,
 /// goes from 4500 to the mapping the member's GSA_AUTH came from and is answered through
 /// the NAT; the member keeps its in-band group's IKE SA mapped with NAT-keepalives to
-/// 4500 (RFC 3948 4). The keys equal those of a member on the LAN without a NAT, whose
-/// IKE SA stays on port 848.
+/// 4500 (RFC 3948 4), and the GCKS's GSA_INBAND_REKEY of that group's renewed TEK goes to
+/// that mapping from 4500 and is answered through the NAT (2.4.2). The keys equal those of
+/// a member on the LAN without a NAT, whose IKE SA stays on port 848.
 #[test]
 fn a_member_behind_a_nat_moves_to_port_4500_and_the_gcks_reaches_it_there() {
     let Some(w) = World::new("gknat", false) else {
@@ -1403,6 +1404,9 @@ fn a_member_behind_a_nat_moves_to_port_4500_and_the_gcks_reaches_it_there() {
         "nati",
         "--rekey",
         "inband",
+        // Renewed and pushed in-band with 2 s left.
+        "--tek-lifetime",
+        "8",
         "--sender-id-bits",
         "8",
     ]);
@@ -1446,7 +1450,12 @@ fn a_member_behind_a_nat_moves_to_port_4500_and_the_gcks_reaches_it_there() {
     router.exec("nft", &["-f", &rules]).unwrap();
 
     let cap = gikev2_tests::capture::Capture::start(&w.gcks_ns, "any", "udp").unwrap();
-    let _server = w.serve(&["--listen", &format!("{}:4500", w.gcks_ip)]);
+    let _server = w.serve(&[
+        "--listen",
+        &format!("{}:4500", w.gcks_ip),
+        "--rekey-tick-ms",
+        "200",
+    ]);
     let direct = join_in(
         &w.hosts[0],
         w.addr(848),
@@ -1476,14 +1485,15 @@ fn a_member_behind_a_nat_moves_to_port_4500_and_the_gcks_reaches_it_there() {
         Duration::from_millis(300),
         stopped,
     );
-    // Three INFORMATIONAL messages: the idle Deletes of join_in's SA (whose member is
-    // gone) and of the runtime's natm SA, and the runtime's answer; keepalives meanwhile.
+    // By the time nati's TEK is renewed and pushed in-band (6 s after it was created) and
+    // the member answered: the idle Deletes of join_in's SA (whose member is gone) and of
+    // the runtime's natm SA and the runtime's answer (INFORMATIONAL); keepalives.
     let decode_848 = vec!["-d".to_string(), "udp.port==848,isakmp".to_string()];
     let pcap = cap
         .stop_after_count(
-            "isakmp.exchangetype == 37",
-            3,
-            Duration::from_secs(30),
+            "isakmp.exchangetype == 42",
+            2,
+            Duration::from_secs(40),
             &decode_848,
         )
         .unwrap();
@@ -1591,6 +1601,26 @@ fn a_member_behind_a_nat_moves_to_port_4500_and_the_gcks_reaches_it_there() {
             && r.dport == 4500
             && Some(r.sport) == mapping(&r.spi)),
         "the member answered a Delete through the NAT: {rows:?}"
+    );
+    // The in-band rekey of nati (RFC 9838 2.4.2), a request of the GCKS like the Delete:
+    // from 4500 to the mapping of the SA's GSA_AUTH, answered through the NAT.
+    let inband: Vec<&Row> = rows.iter().filter(|r| r.exchange == Some(42)).collect();
+    let push = inband
+        .iter()
+        .find(|r| r.src == gcks && r.dst == wan && !r.response)
+        .unwrap_or_else(|| panic!("no GSA_INBAND_REKEY to the home member: {rows:?}"));
+    assert_eq!(
+        (push.sport, Some(push.dport)),
+        (4500, mapping(&push.spi)),
+        "{push:?}"
+    );
+    assert!(
+        inband.iter().any(|r| r.response
+            && r.src == wan
+            && r.dport == 4500
+            && r.spi == push.spi
+            && Some(r.sport) == mapping(&r.spi)),
+        "the member answered the GSA_INBAND_REKEY through the NAT: {rows:?}"
     );
     // NAT-keepalives (one octet) from one of the member's 4500 mappings.
     let keepalives: Vec<&Row> = rows
