@@ -152,7 +152,103 @@ pub fn fuzz_gsa_kd(data: &[u8]) {
         ] {
             let _ = crate::wire::kd::validate_gsa_kd(&gsa, &kd, ctx);
         }
+        // The member's reading of them, at registration and in GSA_INBAND_REKEY (RFC 9838
+        // 2.3.3, 2.4.2.2): validation, unwrapping and key sizes, for both roles.
+        use crate::group::{HeldSenderIds, Role, read_inband_rekey, read_registration};
+        let kwk = fuzz_kwk();
+        let held = HeldSenderIds {
+            ids: vec![1],
+            bits: Some(8),
+        };
+        for role in [Role::Receiver, Role::Sender { receives: true }] {
+            let _ = read_registration(&gsa, &kd, &kwk, role);
+            let _ = read_inband_rekey(&gsa, &kd, &kwk, role, &held);
+        }
     }
+}
+
+/// The key wrap key [`fuzz_gsa_kd`] reads with, and [`seed_gsa_kd`]'s payloads are
+/// wrapped under.
+fn fuzz_kwk() -> crate::crypto::KeyWrapKey {
+    crate::crypto::KeyWrapKey::new(crate::crypto::KeyWrapAlg::Kw5649_256, &[7; 32])
+        .expect("a 32-octet KW-256 key")
+}
+
+/// Seeds for [`fuzz_gsa_kd`]: what the GCKS builds (`build_registration`,
+/// `build_inband_rekey`) for a group with a multicast Rekey SA and an AES-GCM TEK
+/// with several senders, for a receiver, a sender with Sender-IDs, an in-band member and
+/// an in-band rekey, framed as the target reads them (two octets of GSA length, GSA body,
+/// KD body) and wrapped with the key the target reads with.
+pub fn seed_gsa_kd() -> Vec<(&'static str, Vec<u8>)> {
+    use crate::crypto::{EncrAlg, KeyWrapAlg, SeededRandom};
+    use crate::group::state::TekProtocol;
+    use crate::group::{
+        BuildContext, GroupAuth, GroupPolicy, GroupState, MemberGrant, RekeySaState, RekeySuite,
+        TekState, build_inband_rekey, build_registration,
+    };
+    use crate::registry::SnId;
+    use crate::wire::TrafficSelector;
+    let mut rng = SeededRandom::from_u64(0x6a);
+    let now = 1_000_000;
+    let suite = RekeySuite::new(
+        EncrAlg::AesGcm16 { key_len: 32 },
+        None,
+        KeyWrapAlg::Kw5649_256,
+    )
+    .expect("AES-GCM-256 with KW-256");
+    let tek = TekState::generate(
+        &mut rng,
+        TekProtocol::Esp,
+        TrafficSelector::any(false),
+        TrafficSelector::single([239, 1, 1, 1].into(), 17, Some(5004)),
+        Some(EncrAlg::AesGcm16 { key_len: 32 }),
+        None,
+        SnId::Unspecified32,
+        now + 3600,
+    )
+    .expect("an AES-GCM TEK");
+    let state = GroupState {
+        rekey: Some(RekeySaState::generate(
+            &mut rng,
+            TrafficSelector::single([192, 0, 2, 1].into(), 17, Some(848)),
+            TrafficSelector::single([239, 9, 9, 9].into(), 17, Some(848)),
+            suite,
+            now + 86_400,
+        )),
+        teks: vec![tek],
+        policy: GroupPolicy {
+            atd: Some(1),
+            dtd: Some(4),
+            sender_id_bits: Some(8),
+            multiple_senders: true,
+        },
+        // Implicit: the seeds stay the same from run to run (a signing key would not).
+        auth: GroupAuth::Implicit,
+    };
+    let (kwk, ctx) = (fuzz_kwk(), BuildContext { now });
+    let frame = |(gsa, kd): (GsaPayload, KdPayload)| {
+        let g = gsa.to_bytes();
+        let mut v = (g.len() as u16).to_be_bytes().to_vec();
+        v.extend_from_slice(&g);
+        v.extend_from_slice(&kd.to_bytes());
+        v
+    };
+    let grant = |sender: bool, inband: bool| MemberGrant {
+        sender,
+        sender_ids: if sender { vec![1, 2] } else { Vec::new() },
+        wrap_keys: Vec::new(),
+        inband,
+    };
+    let built = |m: MemberGrant| frame(build_registration(&state, &m, &kwk, &ctx).expect("built"));
+    vec![
+        ("registration_receiver", built(grant(false, false))),
+        ("registration_sender", built(grant(true, false))),
+        ("registration_inband", built(grant(true, true))),
+        (
+            "inband_rekey",
+            frame(build_inband_rekey(&state, true, &kwk, &ctx).expect("built")),
+        ),
+    ]
 }
 
 /// Drives a GCKS responder [`crate::ike::Endpoint`] with a sequence of datagrams (issue 3:

@@ -87,3 +87,39 @@ fn responder_corpus() {
     }
     assert!(n >= count);
 }
+
+#[test]
+fn gsa_kd_corpus() {
+    use gikev2_proto::Codec;
+    use gikev2_proto::crypto::{KeyWrapAlg, KeyWrapKey};
+    use gikev2_proto::group::{HeldSenderIds, Role, read_inband_rekey, read_registration};
+    use gikev2_proto::wire::gsa::GsaPayload;
+    use gikev2_proto::wire::kd::KdPayload;
+    let seeds = gikev2_proto::fuzzing::seed_gsa_kd();
+    let count = seeds.len();
+    // The seeds reach the member's reading whole (the target's key unwraps them).
+    let kwk = KeyWrapKey::new(KeyWrapAlg::Kw5649_256, &[7; 32]).unwrap();
+    let sender = Role::Sender { receives: true };
+    for (name, bytes) in &seeds {
+        let (len, rest) = bytes.split_first_chunk::<2>().unwrap();
+        let (gsa, kd) = rest.split_at(usize::from(u16::from_be_bytes(*len)));
+        let (gsa, kd) = (
+            GsaPayload::read_bytes(gsa).unwrap(),
+            KdPayload::read_bytes(kd).unwrap(),
+        );
+        let read = if *name == "inband_rekey" {
+            let held = HeldSenderIds {
+                ids: vec![1],
+                bits: Some(8),
+            };
+            read_inband_rekey(&gsa, &kd, &kwk, sender, &held)
+        } else if *name == "registration_receiver" {
+            read_registration(&gsa, &kd, &kwk, Role::Receiver)
+        } else {
+            read_registration(&gsa, &kd, &kwk, sender)
+        };
+        assert!(read.is_ok(), "{name}: {read:?}");
+    }
+    sync_seeds("gsa_kd", seeds);
+    assert!(run_all("gsa_kd", gikev2_proto::fuzzing::fuzz_gsa_kd) >= count);
+}
