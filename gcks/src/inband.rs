@@ -184,6 +184,13 @@ impl InbandScheduler {
         if spis == old {
             return Ok(None);
         }
+        if old.is_empty() {
+            // The group had no TEK when this sender first looked (its state row exists
+            // from creation): every member registered since got what the store has, and
+            // none can hold less (a registration needs a TEK in an in-band group).
+            self.announced.insert(id, spis);
+            return Ok(None);
+        }
         // No Rekey SA in an in-band group (`to_proto` builds none), so neither its
         // authentication nor its source selector is used.
         let state = to_proto(

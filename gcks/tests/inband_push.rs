@@ -226,6 +226,8 @@ fn hex(spi: u32) -> String {
 async fn a_tek_renewal_reaches_the_members_of_an_inband_group_over_their_ike_sas() {
     let mut w = world().await;
     let t0 = unix_now();
+    // A first look before anyone registered: the group has no TEK yet.
+    assert!(w.scheduler.tick(t0).await.is_empty());
     let mut members = Vec::new();
     for (id, sender) in [("a.example", true), ("b.example", false)] {
         let h = agent();
@@ -248,7 +250,7 @@ async fn a_tek_renewal_reaches_the_members_of_an_inband_group_over_their_ike_sas
     for (_, events, _) in &mut members {
         while events.try_recv().is_ok() {}
     }
-    // Nothing due, nothing new: nothing sent.
+    // Nothing due, nothing new (the TEK the registrations created is theirs): nothing sent.
     assert!(w.scheduler.tick(t0).await.is_empty());
     // Past the server's idle close: in-band members' IKE SAs are kept (2.4.2).
     tokio::time::sleep(IDLE * 3).await;
