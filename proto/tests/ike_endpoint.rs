@@ -294,7 +294,7 @@ fn half_open_sas_expire_and_are_removed() {
     assert_eq!(ep.len(), 10);
     let t = ep.poll_timeout().expect("half-open timers are armed");
     assert!(t <= now + Duration::from_secs(30));
-    ep.handle_timeout(now + Duration::from_secs(31));
+    ep.handle_timeout(now + Duration::from_secs(31), &mut rng);
     let mut closed = 0;
     while let Some((_, e)) = ep.poll_event() {
         if matches!(e, Event::Closed(_)) {

@@ -280,9 +280,9 @@ impl Pair {
                 match next {
                     Some(t) if t <= self.now + Duration::from_secs(600) => {
                         self.now = self.now.max(t);
-                        self.member.handle_timeout(self.now);
+                        self.member.handle_timeout(self.now, &mut self.rng);
                         if let Some(g) = self.gcks.as_mut() {
-                            g.handle_timeout(self.now);
+                            g.handle_timeout(self.now, &mut self.rng);
                         }
                     }
                     _ => return,

@@ -214,7 +214,7 @@ impl InitiatorRun {
                 sa.handle(data, now, rng);
             }
             if sa.poll_timeout().is_some_and(|t| t <= now) {
-                sa.handle_timeout(now);
+                sa.handle_timeout(now, rng);
             }
             let mut out = Vec::new();
             while let Some(d) = sa.poll_transmit() {
@@ -531,7 +531,7 @@ fn charon_to_ours(
                 ep.handle(data, from, now, &mut rng);
             }
             if ep.poll_timeout().is_some_and(|t| t <= now) {
-                ep.handle_timeout(now);
+                ep.handle_timeout(now, &mut rng);
             }
             let mut out = Vec::new();
             while let Some((to, d)) = ep.poll_transmit() {
