@@ -1370,6 +1370,7 @@ mod ike_rekey {
 
     #[test]
     fn simultaneous_rekeys_leave_one_new_sa_on_both_sides() {
+        let mut winners = Vec::new();
         for seed in 0..8u64 {
             let mut p = registered_pair();
             p.rng = SeededRandom::from_u64(100 + seed);
@@ -1390,8 +1391,16 @@ mod ike_rekey {
                 .filter(|h| h.exchange == ExchangeType::Informational && !h.flags.is_response())
                 .count();
             assert_eq!(deletes, 2, "seed {seed}");
+            // The survivor's original initiator is the side whose SPI is SPIi.
+            let member_won = p.member.local_spis()[0] == p.member.spis().0;
+            winners.push(member_won);
             registration_and_inband_rekey_work(&mut p);
         }
+        // The seeds cover both outcomes of the nonce comparison.
+        assert!(
+            winners.contains(&true) && winners.contains(&false),
+            "{winners:?}"
+        );
     }
 
     /// A CREATE_CHILD_SA rekey request built by hand on the member's current SA.
