@@ -491,7 +491,7 @@ impl<R: Registrar> Server<R> {
                 }
                 _ = sleep => {
                     let now = Instant::now();
-                    endpoint.handle_timeout(now);
+                    endpoint.handle_timeout(now, &mut rng);
                     for h in tracker.due(now) {
                         if tracker.pending.contains(&h) {
                             continue;

@@ -304,7 +304,7 @@ async fn register_then_watch(gcks: SocketAddr, watch: Duration) -> bool {
         match tokio::time::timeout(wait, sock.recv(&mut buf)).await {
             Ok(Ok(n)) => sa.handle(&buf[..n], Instant::now(), &mut rng),
             Ok(Err(_)) => {}
-            Err(_) => sa.handle_timeout(Instant::now()),
+            Err(_) => sa.handle_timeout(Instant::now(), &mut rng),
         }
     }
 }

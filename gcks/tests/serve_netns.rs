@@ -491,7 +491,7 @@ fn join_then_leave(ns: &Netns, gcks: SocketAddr, id: &str, group: &str) {
                 match tokio::time::timeout(wait, sock.recv(&mut buf)).await {
                     Ok(Ok(n)) => sa.handle(&buf[..n], Instant::now(), &mut rng),
                     Ok(Err(_)) => {}
-                    Err(_) => sa.handle_timeout(Instant::now()),
+                    Err(_) => sa.handle_timeout(Instant::now(), &mut rng),
                 }
             }
         })

@@ -1065,7 +1065,7 @@ impl Membership {
         if let Some(sa) = self.ike.as_mut()
             && sa.poll_timeout().is_some_and(|t| t <= now)
         {
-            sa.handle_timeout(now);
+            sa.handle_timeout(now, rng);
         }
         if let Some(r) = self.reader.as_mut() {
             r.handle_timeout(now);

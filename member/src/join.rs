@@ -121,7 +121,7 @@ pub async fn join(
             }
             // ICMP port unreachable and the like: the retransmission timer decides.
             Ok(Err(e)) => debug!(error = %e, "recv"),
-            Err(_) => sa.handle_timeout(Instant::now()),
+            Err(_) => sa.handle_timeout(Instant::now(), &mut rng),
         }
     }
 }

@@ -331,7 +331,7 @@ pub fn fuzz_responder(data: &[u8], start: std::time::Instant) {
         while ep.poll_datagram().is_some() {}
         now += Duration::from_secs(7);
         if ep.poll_timeout().is_some_and(|t| t <= now) {
-            ep.handle_timeout(now);
+            ep.handle_timeout(now, &mut rng);
         }
     }
 }

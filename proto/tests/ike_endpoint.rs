@@ -294,7 +294,7 @@ fn half_open_sas_expire_and_are_removed() {
     assert_eq!(ep.len(), 10);
     let t = ep.poll_timeout().expect("half-open timers are armed");
     assert!(t <= now + Duration::from_secs(30));
-    ep.handle_timeout(now + Duration::from_secs(31));
+    ep.handle_timeout(now + Duration::from_secs(31), &mut rng);
     let mut closed = 0;
     while let Some((_, e)) = ep.poll_event() {
         if matches!(e, Event::Closed(_)) {
@@ -507,4 +507,71 @@ fn a_gcks_behind_a_nat_follows_the_move_to_4500_and_nothing_after() {
     ep.handle_at(&d.data, moved_to, addr("10.0.0.1:4500"), now, &mut rng);
     let answer = ep.poll_datagram().unwrap();
     assert_eq!(answer.remote, moved_to);
+}
+
+/// RFC 7296 2.18 through the endpoint: the rekeyed SA keeps its handle (what a runtime
+/// tracks), the index follows its new SPIs, and the replaced SPIs stop routing once the
+/// old SA is deleted. Rekeys from both sides in turn.
+#[test]
+fn rekeyed_ike_sa_keeps_its_handle_and_routes_by_its_new_spis() {
+    let now = Instant::now();
+    let mut rng = SeededRandom::from_u64(23);
+    let mut ep = endpoint(EndpointConfig::default(), now, &mut rng);
+    let addr: SocketAddr = "192.0.2.50:500".parse().unwrap();
+    let mut m = member(addr, now, &mut rng);
+    let first = drive(&mut ep, &mut m, &mut |_| addr, now, &mut rng);
+    let h = first.handle.expect("an SA");
+    assert!(m.is_established());
+    let mut seen = vec![m.spis()];
+    // The member rekeys, then the GCKS does (through with_sa, as a runtime would).
+    for gcks_turn in [false, true] {
+        if gcks_turn {
+            ep.with_sa(h, now, |sa| sa.rekey(now, &mut rng));
+            // `drive` answers only what the member sent first; hand it the request.
+            while let Some(d) = ep.poll_datagram() {
+                m.handle(&d.data, now, &mut rng);
+            }
+        } else {
+            m.rekey(now, &mut rng);
+        }
+        let d = drive(&mut ep, &mut m, &mut |_| addr, now, &mut rng);
+        let sa = ep.sa(h).expect("same handle");
+        assert_eq!(sa.spis(), m.spis());
+        assert_eq!(sa.keys(), m.keys());
+        assert!(!seen.contains(&m.spis()));
+        seen.push(m.spis());
+        assert_eq!(sa.local_spis().len(), 1, "old SA deleted");
+        assert_eq!(ep.len(), 1);
+        assert!(
+            d.events.is_empty(),
+            "nothing for the member's host: {:?}",
+            d.events
+        );
+        // Even new events come from the same handle.
+        while let Some((eh, _)) = ep.poll_event() {
+            assert_eq!(eh, h);
+        }
+    }
+    // A registration over the twice-rekeyed SA reaches the same handle.
+    m.register(
+        RegistrationRequest {
+            group: IdPayload::key_id(b"g2".to_vec()),
+            sag: None,
+            sender_ids: None,
+        },
+        now,
+        &mut rng,
+    );
+    let d = drive(&mut ep, &mut m, &mut |_| addr, now, &mut rng);
+    assert_eq!(d.handle, Some(h));
+    assert!(
+        d.events
+            .iter()
+            .any(|e| matches!(e, Event::Registered { .. }))
+    );
+    // A datagram for the first SPIs is no longer routed.
+    let before = ep.stats().unroutable;
+    let stale = first.member_sent.last().unwrap().data.clone();
+    ep.handle_at(&stale, addr, GCKS.parse().unwrap(), now, &mut rng);
+    assert_eq!(ep.stats().unroutable, before + 1);
 }

@@ -280,9 +280,9 @@ impl Pair {
                 match next {
                     Some(t) if t <= self.now + Duration::from_secs(600) => {
                         self.now = self.now.max(t);
-                        self.member.handle_timeout(self.now);
+                        self.member.handle_timeout(self.now, &mut self.rng);
                         if let Some(g) = self.gcks.as_mut() {
-                            g.handle_timeout(self.now);
+                            g.handle_timeout(self.now, &mut self.rng);
                         }
                     }
                     _ => return,
@@ -1134,5 +1134,361 @@ mod ppk {
         assert_eq!(p.member.keys(), p.gcks().keys());
         let plain = plain_keys(&p);
         assert_eq!(p.member.keys(), Some(&plain.with_ppk(&PPK).unwrap()));
+    }
+}
+
+// ------------------------------------------------------------------ IKE SA rekey
+
+mod ike_rekey {
+    use super::*;
+    use gikev2_proto::crypto::SkKey;
+    use gikev2_proto::ike::protect::{self, Reassembly};
+    use gikev2_proto::wire::header::Flags;
+    use gikev2_proto::wire::ke::KePayload;
+    use gikev2_proto::wire::nonce::NoncePayload;
+    use gikev2_proto::wire::payload::Payload;
+    use gikev2_proto::wire::sa::{Proposal, SaPayload};
+
+    /// A registered member and its GCKS, with no rekey timer of their own.
+    fn registered_pair() -> Pair {
+        let (mut m, mut g) = psk_configs("s3cret", "s3cret", vec![suite(KeId::Curve25519, None)]);
+        m.rekey_after = None;
+        g.rekey_after = None;
+        let mut p = Pair::new(m, g, Goal::GsaAuth(request(None)));
+        p.drive();
+        assert!(p.member.is_established() && p.gcks().is_established());
+        assert_eq!(registered(&p.member_events).len(), 1);
+        p
+    }
+
+    fn headers(wire: &[Vec<u8>]) -> Vec<Header> {
+        wire.iter()
+            .map(|d| Header::read_datagram(d).unwrap())
+            .collect()
+    }
+
+    /// Both sides hold the same new SA: SPIs, seven keys, GSK_w (a key wrapped by one
+    /// unwraps with the other), all different from before; the old SA is gone.
+    fn assert_rekeyed(
+        p: &Pair,
+        old_spis: ([u8; 8], [u8; 8]),
+        old_keys: &gikev2_proto::crypto::IkeKeys,
+    ) {
+        let (m, g) = (&p.member, p.gcks());
+        assert_eq!(m.spis(), g.spis());
+        assert_ne!(m.spis().0, old_spis.0);
+        assert_ne!(m.spis().1, old_spis.1);
+        assert_eq!(m.keys(), g.keys());
+        let new = m.keys().unwrap();
+        assert_ne!(new.sk_d, old_keys.sk_d);
+        assert_ne!(new.sk_ei, old_keys.sk_ei);
+        assert_ne!(new.sk_pi, old_keys.sk_pi);
+        let wrapped = g.key_wrap_key().unwrap().wrap(&[7; 32]).unwrap();
+        assert_eq!(
+            m.key_wrap_key()
+                .unwrap()
+                .unwrap(&wrapped)
+                .unwrap()
+                .as_bytes(),
+            &[7; 32]
+        );
+        assert_eq!(m.local_spis().len(), 1, "member still holds a replaced SA");
+        assert_eq!(g.local_spis().len(), 1, "GCKS still holds a replaced SA");
+        assert!(!m.is_closed() && !g.is_closed());
+    }
+
+    /// After a rekey, GSA_INBAND_REKEY and GSA_REGISTRATION run over the new SA with
+    /// Message IDs from 0 (RFC 7296 2.18) and GSK_w of the new SK_d (RFC 9838 3.1.1).
+    fn registration_and_inband_rekey_work(p: &mut Pair) {
+        let spis = p.member.spis();
+        let (to_gcks, to_member) = (p.to_gcks.len(), p.to_member.len());
+        let kd = sample_kd(p.gcks(), 1);
+        let kwk_member = p.member.key_wrap_key().unwrap();
+        let (now, g) = (p.now, p.gcks.as_mut().unwrap());
+        g.inband_rekey(sample_gsa(1), kd.clone(), now, &mut p.rng);
+        p.drive();
+        assert!(p.member_events.contains(&Event::InbandRekey {
+            gsa: sample_gsa(1),
+            kd: kd.clone()
+        }));
+        // The member unwraps the TEK with its own GSK_w of the new SA.
+        let gikev2_proto::wire::kd::KeyBag::Group(bag) = &kd.bags[0] else {
+            panic!("a group key bag");
+        };
+        let wrapped = &bag.sa_keys[0].encrypted;
+        assert_eq!(kwk_member.unwrap(wrapped).unwrap().as_bytes(), &[0u8; 36]);
+        p.member.register(
+            RegistrationRequest {
+                group: IdPayload::key_id(b"group-2".to_vec()),
+                sag: None,
+                sender_ids: None,
+            },
+            p.now,
+            &mut p.rng,
+        );
+        p.drive();
+        assert_eq!(registered(&p.member_events).len(), 2);
+        let sent: Vec<Header> = headers(&p.to_member[to_member..])
+            .into_iter()
+            .chain(headers(&p.to_gcks[to_gcks..]))
+            .collect();
+        assert!(sent.iter().all(|h| (h.spi_i, h.spi_r) == spis));
+        let inband = sent
+            .iter()
+            .find(|h| h.exchange == ExchangeType::GsaInbandRekey)
+            .unwrap();
+        let registration = sent
+            .iter()
+            .find(|h| h.exchange == ExchangeType::GsaRegistration)
+            .unwrap();
+        assert_eq!((inband.message_id, registration.message_id), (0, 0));
+    }
+
+    #[test]
+    fn gcks_rekeys_the_ike_sa_and_the_member_follows() {
+        let mut p = registered_pair();
+        let old_spis = p.member.spis();
+        let old_keys = p.member.keys().unwrap().clone();
+        let (to_gcks, to_member) = (p.to_gcks.len(), p.to_member.len());
+        let (now, g) = (p.now, p.gcks.as_mut().unwrap());
+        g.rekey(now, &mut p.rng);
+        p.drive();
+        assert_eq!((p.member.rekeys(), p.gcks().rekeys()), (1, 1));
+        assert_rekeyed(&p, old_spis, &old_keys);
+        // RFC 7296 2.18: the GCKS initiated the rekey, so it is the new SA's original
+        // initiator: SPIi is its SPI and its requests carry the I flag.
+        let from_gcks = headers(&p.to_member[to_member..]);
+        let from_member = headers(&p.to_gcks[to_gcks..]);
+        let ccsa = &from_gcks[0];
+        assert_eq!(ccsa.exchange, ExchangeType::CreateChildSa);
+        assert!(!ccsa.flags.is_response());
+        assert_eq!(
+            (ccsa.spi_i, ccsa.spi_r),
+            old_spis,
+            "rekey runs on the old SA"
+        );
+        let delete = &from_gcks[1];
+        assert_eq!(delete.exchange, ExchangeType::Informational);
+        assert_eq!(
+            (delete.spi_i, delete.spi_r),
+            old_spis,
+            "old SA deleted on itself"
+        );
+        assert_eq!(from_member.len(), 2, "CREATE_CHILD_SA and Delete responses");
+        registration_and_inband_rekey_work(&mut p);
+        let first_new = headers(&p.to_member[to_member + 2..]);
+        assert!(
+            first_new[0].flags.is_initiator(),
+            "GCKS is the new original initiator"
+        );
+    }
+
+    #[test]
+    fn member_rekeys_the_ike_sa_and_the_gcks_follows() {
+        let mut p = registered_pair();
+        let old_spis = p.member.spis();
+        let old_keys = p.member.keys().unwrap().clone();
+        let old_kwk = p.gcks().key_wrap_key().unwrap().wrap(&[7; 32]).unwrap();
+        p.member.rekey(p.now, &mut p.rng);
+        p.drive();
+        assert_eq!((p.member.rekeys(), p.gcks().rekeys()), (1, 1));
+        assert_rekeyed(&p, old_spis, &old_keys);
+        // The member initiated: its CREATE_CHILD_SA ran on the old SA with the I flag
+        // (the member was the original initiator), and the new SPIi is the member's.
+        let ccsa = headers(&p.to_gcks)
+            .into_iter()
+            .find(|h| h.exchange == ExchangeType::CreateChildSa)
+            .unwrap();
+        assert_eq!((ccsa.spi_i, ccsa.spi_r), old_spis);
+        assert!(ccsa.flags.is_initiator());
+        // GSK_w changed: a key wrapped with the old one no longer unwraps.
+        assert!(p.member.key_wrap_key().unwrap().unwrap(&old_kwk).is_err());
+        registration_and_inband_rekey_work(&mut p);
+        // And a second rekey, now from the GCKS, starts from the new SK_d.
+        let spis = p.member.spis();
+        let keys = p.member.keys().unwrap().clone();
+        let (now, g) = (p.now, p.gcks.as_mut().unwrap());
+        g.rekey(now, &mut p.rng);
+        p.drive();
+        assert_eq!((p.member.rekeys(), p.gcks().rekeys()), (2, 2));
+        assert_rekeyed(&p, spis, &keys);
+    }
+
+    #[test]
+    fn the_rekey_timer_fires_and_poll_timeout_shows_it() {
+        let (mut m, mut g) = psk_configs("s3cret", "s3cret", vec![suite(KeId::Curve25519, None)]);
+        m.rekey_after = Some(Duration::from_secs(1000));
+        m.rekey_jitter = Duration::ZERO;
+        g.rekey_after = None;
+        let mut p = Pair::new(m, g, Goal::GsaAuth(request(None)));
+        p.drive();
+        let established = p.now;
+        assert_eq!(
+            p.member.rekey_time(),
+            Some(established + Duration::from_secs(1000))
+        );
+        assert_eq!(p.member.poll_timeout(), p.member.rekey_time());
+        assert_eq!(p.gcks().rekey_time(), None);
+        let old_spis = p.member.spis();
+        let old_keys = p.member.keys().unwrap().clone();
+        p.now += Duration::from_secs(999);
+        p.member.handle_timeout(p.now, &mut p.rng);
+        assert!(p.member.poll_transmit().is_none(), "not yet");
+        p.now += Duration::from_secs(1);
+        p.member.handle_timeout(p.now, &mut p.rng);
+        p.drive();
+        assert_eq!((p.member.rekeys(), p.gcks().rekeys()), (1, 1));
+        assert_rekeyed(&p, old_spis, &old_keys);
+        // The next rekey is scheduled from this one.
+        assert_eq!(
+            p.member.rekey_time(),
+            Some(established + Duration::from_secs(2000))
+        );
+    }
+
+    #[test]
+    fn the_hard_lifetime_deletes_the_ike_sa() {
+        let (mut m, mut g) = psk_configs("s3cret", "s3cret", vec![suite(KeId::Curve25519, None)]);
+        m.rekey_after = None;
+        m.lifetime = Some(Duration::from_secs(700));
+        g.rekey_after = None;
+        g.lifetime = None;
+        let mut p = Pair::new(m, g, Goal::IkeAuth);
+        p.drive();
+        assert!(p.member.is_established() && !p.member.is_closed());
+        p.now += Duration::from_secs(700);
+        p.member.handle_timeout(p.now, &mut p.rng);
+        p.drive();
+        assert!(p.member.is_closed());
+        assert!(
+            p.member_events
+                .contains(&Event::Closed(CloseReason::Deleted))
+        );
+        assert!(p.gcks().is_closed());
+        assert!(p.gcks_events.contains(&Event::Closed(CloseReason::Deleted)));
+    }
+
+    #[test]
+    fn simultaneous_rekeys_leave_one_new_sa_on_both_sides() {
+        let mut winners = Vec::new();
+        for seed in 0..8u64 {
+            let mut p = registered_pair();
+            p.rng = SeededRandom::from_u64(100 + seed);
+            let old_spis = p.member.spis();
+            let old_keys = p.member.keys().unwrap().clone();
+            let (to_gcks, to_member) = (p.to_gcks.len(), p.to_member.len());
+            // Both requests are on the wire before either side sees the other's.
+            p.member.rekey(p.now, &mut p.rng);
+            let (now, g) = (p.now, p.gcks.as_mut().unwrap());
+            g.rekey(now, &mut p.rng);
+            p.drive();
+            assert_rekeyed(&p, old_spis, &old_keys);
+            // RFC 7296 2.8.2: two deletes, the old SA (by the winner) and the redundant
+            // new SA (by its creator, the loser); nothing timed out.
+            let deletes = headers(&p.to_gcks[to_gcks..])
+                .into_iter()
+                .chain(headers(&p.to_member[to_member..]))
+                .filter(|h| h.exchange == ExchangeType::Informational && !h.flags.is_response())
+                .count();
+            assert_eq!(deletes, 2, "seed {seed}");
+            // The survivor's original initiator is the side whose SPI is SPIi.
+            let member_won = p.member.local_spis()[0] == p.member.spis().0;
+            winners.push(member_won);
+            registration_and_inband_rekey_work(&mut p);
+        }
+        // The seeds cover both outcomes of the nonce comparison.
+        assert!(
+            winners.contains(&true) && winners.contains(&false),
+            "{winners:?}"
+        );
+    }
+
+    /// A CREATE_CHILD_SA rekey request built by hand on the member's current SA.
+    fn rekey_request(p: &mut Pair, proposal: Vec<Transform>, ke: KeId, mid: u32) -> Vec<Payload> {
+        let s = p.member.suite().unwrap().clone();
+        let keys = p.member.keys().unwrap();
+        let to_gcks = SkKey::from_ike_keys(&s, keys, true).unwrap();
+        let from_gcks = SkKey::from_ike_keys(&s, keys, false).unwrap();
+        let (spi_i, spi_r) = p.member.spis();
+        let method = gikev2_proto::crypto::KeMethod::from_id(ke).unwrap();
+        let share = method.start(&mut p.rng).unwrap();
+        let request = protect::seal(
+            &to_gcks,
+            &mut p.rng,
+            &Header::new(
+                spi_i,
+                spi_r,
+                ExchangeType::CreateChildSa,
+                Flags::new(true, false),
+                mid,
+            ),
+            &[
+                Payload::Sa(SaPayload::new(vec![Proposal::new(
+                    1,
+                    ProtocolId::Ike,
+                    vec![9; 8],
+                    proposal,
+                )])),
+                Payload::Nonce(NoncePayload::new(vec![0x42; 32]).unwrap()),
+                Payload::Ke(KePayload::new(ke, share.pub_key().to_vec())),
+            ],
+            None,
+        )
+        .unwrap();
+        let g = p.gcks.as_mut().unwrap();
+        g.handle(&request[0], p.now, &mut p.rng);
+        let reply = g.poll_transmit().expect("an answer");
+        let opened = protect::open(&from_gcks, &reply, &mut Reassembly::default())
+            .unwrap()
+            .unwrap();
+        assert_eq!(opened.header.exchange, ExchangeType::CreateChildSa);
+        assert!(opened.header.flags.is_response());
+        opened.payloads
+    }
+
+    #[test]
+    fn rekey_with_the_wrong_ke_group_gets_invalid_ke_payload() {
+        let mut p = registered_pair();
+        let ours = suite(KeId::Curve25519, None).transforms();
+        let answer = rekey_request(&mut p, ours, KeId::Ecp256, 2);
+        match answer.as_slice() {
+            [Payload::Notify(n)] => {
+                assert_eq!(n.ty, NotifyType::InvalidKePayload);
+                assert_eq!(n.invalid_ke_group().unwrap(), KeId::Curve25519);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(p.gcks().rekeys(), 0);
+        assert!(p.gcks().is_established());
+    }
+
+    #[test]
+    fn rekey_requiring_an_additional_key_exchange_is_refused() {
+        let mut p = registered_pair();
+        // RFC 9370 2.2.4 (IKE_FOLLOWUP_KE) is not implemented: ADDKE1 = ML-KEM-768
+        // without NONE gets NO_PROPOSAL_CHOSEN; the SA stays.
+        let with_addke = suite(KeId::Curve25519, Some(KeId::MlKem768)).transforms();
+        let answer = rekey_request(&mut p, with_addke, KeId::Curve25519, 2);
+        match answer.as_slice() {
+            [Payload::Notify(n)] => assert_eq!(n.ty, NotifyType::NoProposalChosen),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(p.gcks().rekeys(), 0);
+        assert!(p.gcks().is_established());
+        // With NONE allowed in the slot, the rekey goes through without it.
+        let mut optional = suite(KeId::Curve25519, Some(KeId::MlKem768)).transforms();
+        optional.push(Transform::new(TransformType::AddKe1, 0));
+        let answer = rekey_request(&mut p, optional, KeId::Curve25519, 3);
+        let Some(Payload::Sa(sa)) = answer.first() else {
+            panic!("{answer:?}");
+        };
+        assert_eq!(sa.proposals[0].spi.len(), 8);
+        assert!(
+            sa.proposals[0]
+                .transforms_of(TransformType::AddKe1)
+                .next()
+                .is_none()
+        );
+        assert_eq!(p.gcks().rekeys(), 1);
     }
 }

@@ -214,7 +214,7 @@ impl InitiatorRun {
                 sa.handle(data, now, rng);
             }
             if sa.poll_timeout().is_some_and(|t| t <= now) {
-                sa.handle_timeout(now);
+                sa.handle_timeout(now, rng);
             }
             let mut out = Vec::new();
             while let Some(d) = sa.poll_transmit() {
@@ -230,6 +230,49 @@ impl InitiatorRun {
             panic!(
                 "our initiator: {e}; events {events:?}\ncharon:\n{}",
                 charon.log_tail(40)
+            );
+        }
+    }
+
+    /// Runs the socket loop until `done(our IKE SA)` or the timeout.
+    fn drive_sa(
+        &mut self,
+        charon: &CharonPeer<'_>,
+        timeout: Duration,
+        done: impl Fn(&IkeSa) -> bool,
+    ) {
+        let Self {
+            sock,
+            remote,
+            rng,
+            sa,
+            events,
+            sent,
+        } = self;
+        let remote = *remote;
+        let result = driver::run_udp(sock, timeout, |ev, now| {
+            if let driver::Event::Datagram { data, from } = ev
+                && from == remote
+            {
+                sa.handle(data, now, rng);
+            }
+            if sa.poll_timeout().is_some_and(|t| t <= now) {
+                sa.handle_timeout(now, rng);
+            }
+            let mut out = Vec::new();
+            while let Some(d) = sa.poll_transmit() {
+                sent.push(Header::read_datagram(&d).expect("we send decodable headers"));
+                out.push((d, remote));
+            }
+            while let Some(e) = sa.poll_event() {
+                events.push(e);
+            }
+            (out, done(sa))
+        });
+        if let Err(e) = result {
+            panic!(
+                "our initiator: {e}; events {events:?}\ncharon:\n{}",
+                charon.log_tail(60)
             );
         }
     }
@@ -531,7 +574,7 @@ fn charon_to_ours(
                 ep.handle(data, from, now, &mut rng);
             }
             if ep.poll_timeout().is_some_and(|t| t <= now) {
-                ep.handle_timeout(now);
+                ep.handle_timeout(now, &mut rng);
             }
             let mut out = Vec::new();
             while let Some((to, d)) = ep.poll_transmit() {
@@ -1045,4 +1088,195 @@ fn charon_to_ours_unknown_ppk_falls_back_to_no_ppk_auth() {
     );
     assert!(!run.ppk_used);
     assert!(!run.charon_log.contains("using PPK for PPK_ID"));
+}
+
+// ------------------------------------------------------------------ IKE SA rekey
+
+/// charon's IKE SA of `conn` with these SPIs, once it is ESTABLISHED.
+fn charon_sa_with(charon: &CharonPeer<'_>, spis: ([u8; 8], [u8; 8])) -> IkeSaInfo {
+    poll_until(
+        "charon lists the rekeyed IKE SA",
+        Duration::from_secs(5),
+        || {
+            charon.list_sas().ok()?.into_iter().find(|sa| {
+                sa.conn == CONN && sa.state == "ESTABLISHED" && (sa.spi_i, sa.spi_r) == spis
+            })
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", charon.log_tail(60)))
+}
+
+/// charon's keys of the IKE SA a rekey made are the last of two `Sk_d` blocks: when charon
+/// initiated the rekey it logs them under the tag of the IKE SA the rekey ran on (not
+/// found by the new SA's unique id), as responder under the new one. They equal ours, and
+/// differ from the first block's.
+fn assert_rekeyed_keys_match(charon: &CharonPeer<'_>, ours: &IkeKeys) {
+    let logged = charon.ike_keys();
+    let [first, theirs] = logged.as_slice() else {
+        panic!("charon logged {} key blocks, not 2", logged.len());
+    };
+    let pairs = [
+        ("SK_d", &theirs.sk_d, &ours.sk_d),
+        ("SK_ai", &theirs.sk_ai, &ours.sk_ai),
+        ("SK_ar", &theirs.sk_ar, &ours.sk_ar),
+        ("SK_ei", &theirs.sk_ei, &ours.sk_ei),
+        ("SK_er", &theirs.sk_er, &ours.sk_er),
+        ("SK_pi", &theirs.sk_pi, &ours.sk_pi),
+        ("SK_pr", &theirs.sk_pr, &ours.sk_pr),
+    ];
+    for (name, t, o) in pairs {
+        assert_eq!(
+            t.as_slice(),
+            o.as_bytes(),
+            "{name} of the new SA differs from charon's"
+        );
+    }
+    assert_ne!(first.sk_d, theirs.sk_d);
+}
+
+/// charon no longer lists an IKE SA with these SPIs (the replaced one was deleted).
+fn charon_forgot(charon: &CharonPeer<'_>, spis: ([u8; 8], [u8; 8])) {
+    poll_until(
+        "charon drops the replaced IKE SA",
+        Duration::from_secs(5),
+        || {
+            let sas = charon.list_sas().ok()?;
+            (!sas.iter().any(|sa| (sa.spi_i, sa.spi_r) == spis)).then_some(())
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", charon.log_tail(60)));
+}
+
+/// Our initiator rekeys its IKE SA with a charon responder (RFC 7296 1.3.2, 2.18): charon
+/// lists the new SPIs, its logged keys of the new SA equal ours, the old SA is gone on
+/// both sides, and the new SA carries an exchange from Message ID 0 (our Delete).
+#[test]
+fn ours_to_charon_rekeys_the_ike_sa() {
+    let Some(_) = charon_or_skip() else { return };
+    let pair = Pair::new("o2c-rekey").expect("namespaces");
+    let (mut run, _info, charon) =
+        ours_to_charon(&pair, Creds::Psk, &[GCM_X25519], &[GCM_X25519], |_, _| {});
+    let old = run.sa.spis();
+    let old_keys = run.sa.keys().expect("keys").clone();
+    run.sa.rekey(Instant::now(), &mut run.rng);
+    run.drive_sa(&charon, Duration::from_secs(10), |sa| {
+        sa.rekeys() == 1 && sa.local_spis().len() == 1
+    });
+    let new = run.sa.spis();
+    assert_ne!(new.0, old.0);
+    assert_ne!(new.1, old.1);
+    let info = charon_sa_with(&charon, new);
+    // `initiator` is charon's own role: we initiated the rekey, so we are the new SA's
+    // original initiator (RFC 7296 2.18) and charon its responder.
+    assert!(!info.initiator);
+    charon_forgot(&charon, old);
+    let keys = run.sa.keys().expect("keys").clone();
+    assert_ne!(keys.sk_d, old_keys.sk_d);
+    assert_rekeyed_keys_match(&charon, &keys);
+    let ccsa = run
+        .sent
+        .iter()
+        .find(|h| h.exchange == ExchangeType::CreateChildSa)
+        .expect("we sent CREATE_CHILD_SA");
+    assert_eq!((ccsa.spi_i, ccsa.spi_r), old);
+    // The new SA works: our Delete on it, Message ID 0, answered by charon.
+    run.sa.delete(Instant::now(), &mut run.rng);
+    run.drive_sa(&charon, Duration::from_secs(10), IkeSa::is_closed);
+    assert_eq!(closed(&run.events), Some(&CloseReason::Deleted));
+    let last = run.sent.last().expect("our Delete");
+    assert_eq!(
+        (last.exchange, last.message_id, (last.spi_i, last.spi_r)),
+        (ExchangeType::Informational, 0, new)
+    );
+}
+
+/// charon rekeys its IKE SA with our responder (`swanctl --rekey --ike`): our SA keeps
+/// its endpoint handle, takes charon's new SPIs, derives the keys charon logged, and the
+/// old SA is deleted by charon (the rekey's initiator).
+#[test]
+fn charon_rekeys_the_ike_sa_with_ours() {
+    let Some(_) = charon_or_skip() else { return };
+    let pair = Pair::new("c2o-rekey").expect("namespaces");
+    let s = setup(&Creds::Psk, GCKS, GM);
+    let local = SocketAddr::new(pair.link_a.v4.into(), 500);
+    let mut cfg = CharonConfig::initiator(
+        pair.link_b.v4.into(),
+        local,
+        Identity::Fqdn(GM.into()),
+        Some(Identity::Fqdn(GCKS.into())),
+        s.charon_auth,
+    )
+    .with_proposals(&[GCM_X25519]);
+    cfg.childless = "allow".into();
+    let ours = our_config(&[GCM_X25519], GCKS, s.local_auth, s.peer_auth);
+    let charon = CharonPeer::start(&pair.b, cfg).expect("charon initiator");
+    let sock = pair
+        .a
+        .udp_socket(local)
+        .expect("our UDP 500 in namespace A");
+    let mut rng = SystemRandom::new();
+    let mut ep = Endpoint::new(
+        ours,
+        EndpointConfig::default(),
+        local,
+        Instant::now(),
+        &mut rng,
+    );
+    let mut events = Vec::new();
+    let mut established = None;
+    let mut old = None;
+    let outcome = std::thread::scope(|scope| {
+        let initiation = scope.spawn(|| charon.initiate());
+        let mut rekey = None;
+        let served = driver::run_udp(&sock, Duration::from_secs(30), |ev, now| {
+            if let driver::Event::Datagram { data, from } = ev {
+                ep.handle(data, from, now, &mut rng);
+            }
+            if ep.poll_timeout().is_some_and(|t| t <= now) {
+                ep.handle_timeout(now, &mut rng);
+            }
+            let mut out = Vec::new();
+            while let Some((to, d)) = ep.poll_transmit() {
+                out.push((d, to));
+            }
+            while let Some((h, e)) = ep.poll_event() {
+                if matches!(e, Event::Established { .. }) {
+                    established = Some(h);
+                }
+                events.push(e);
+            }
+            let sa = established.and_then(|h| ep.sa(h));
+            if rekey.is_none() && initiation.is_finished() && sa.is_some() {
+                old = sa.map(IkeSa::spis);
+                rekey = Some(scope.spawn(|| charon.swanctl(&["--rekey", "--ike", CONN])));
+            }
+            let done = rekey.as_ref().is_some_and(|r| r.is_finished())
+                && sa.is_some_and(|sa| sa.rekeys() == 1 && sa.local_spis().len() == 1);
+            (out, done)
+        });
+        let initiated = initiation.join().expect("initiate thread");
+        let rekeyed = rekey.map(|r| r.join().expect("rekey thread"));
+        (served, initiated, rekeyed)
+    });
+    let (served, initiated, rekeyed) = outcome;
+    if let Err(e) = served.and(initiated).and(rekeyed.expect("rekey started")) {
+        panic!("{e}\nours: {events:?}\ncharon:\n{}", charon.log_tail(60));
+    }
+    let h = established.expect("established");
+    let sa = ep.sa(h).expect("the same handle after the rekey");
+    let (old, new) = (old.expect("spis before"), sa.spis());
+    assert_ne!(new.0, old.0);
+    assert_ne!(new.1, old.1);
+    assert_eq!(ep.len(), 1);
+    let info = charon_sa_with(&charon, new);
+    assert!(
+        info.initiator,
+        "charon initiated the rekey: original initiator (2.18)"
+    );
+    charon_forgot(&charon, old);
+    assert_rekeyed_keys_match(&charon, sa.keys().expect("keys"));
+    assert!(
+        !events.iter().any(|e| matches!(e, Event::Closed(_))),
+        "{events:?}"
+    );
 }

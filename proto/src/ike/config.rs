@@ -181,6 +181,15 @@ pub struct IkeConfig {
     pub ppk: Option<LocalPpk>,
     /// Responder: where PPKs are found by PPK_ID (RFC 8784 3); `None` ignores USE_PPK.
     pub ppk_resolver: Option<Arc<dyn PpkResolver>>,
+    /// Rekey the IKE SA with CREATE_CHILD_SA this long after it was established or last
+    /// rekeyed (RFC 7296 2.8, 1.3.2), less a random part of `rekey_jitter` so that both
+    /// ends do not fire together; `None` never initiates a rekey (the peer still may).
+    pub rekey_after: Option<Duration>,
+    /// Largest random amount taken off `rekey_after` (strongSwan's `rand_time`).
+    pub rekey_jitter: Duration,
+    /// Hard limit: the IKE SA is deleted this long after it was established or last
+    /// rekeyed, if no rekey replaced it before (strongSwan's `rekey_time + over_time`).
+    pub lifetime: Option<Duration>,
 }
 
 impl core::fmt::Debug for IkeConfig {
@@ -194,6 +203,8 @@ impl core::fmt::Debug for IkeConfig {
             .field("childless", &self.childless)
             .field("ppk", &self.ppk)
             .field("ppk_resolver", &self.ppk_resolver.is_some())
+            .field("rekey_after", &self.rekey_after)
+            .field("lifetime", &self.lifetime)
             .finish_non_exhaustive()
     }
 }
@@ -225,6 +236,11 @@ impl IkeConfig {
             half_open_timeout: Duration::from_secs(30),
             ppk: None,
             ppk_resolver: None,
+            // strongSwan's IKE SA defaults: rekey_time 4 h, over_time and rand_time 10 %
+            // of it.
+            rekey_after: Some(Duration::from_secs(4 * 3600)),
+            rekey_jitter: Duration::from_secs(24 * 60),
+            lifetime: Some(Duration::from_secs(4 * 3600 + 24 * 60)),
         }
     }
 }

@@ -79,6 +79,8 @@ pub struct Endpoint {
     sas: HashMap<SaHandle, Box<IkeSa>>,
     /// By our SPI (SPIr), for every message after IKE_SA_INIT.
     by_spi: HashMap<[u8; 8], SaHandle>,
+    /// The SPIs each SA is indexed under in `by_spi` (its current and replaced IKE SAs).
+    spis_of: HashMap<SaHandle, Vec<[u8; 8]>>,
     /// By (SPIi, initiator address), for retransmitted IKE_SA_INIT requests.
     by_init: HashMap<([u8; 8], SocketAddr), SaHandle>,
     half_open: HashSet<SaHandle>,
@@ -108,6 +110,7 @@ impl Endpoint {
             local,
             sas: HashMap::new(),
             by_spi: HashMap::new(),
+            spis_of: HashMap::new(),
             by_init: HashMap::new(),
             half_open: HashSet::new(),
             half_open_per_ip: HashMap::new(),
@@ -191,7 +194,15 @@ impl Endpoint {
             self.new_sa(datagram, &header, remote, local, now, rng);
             return;
         }
-        match self.by_spi.get(&header.spi_r).copied() {
+        // Our SPI: SPIr in what the original initiator sends, SPIi in what the original
+        // responder sends (RFC 7296 2.2, 3.1); after a rekey we initiated we are the
+        // original initiator of the new IKE SA (2.18).
+        let ours = if header.flags.is_initiator() {
+            header.spi_r
+        } else {
+            header.spi_i
+        };
+        match self.by_spi.get(&ours).copied() {
             Some(h) => {
                 self.with_sa(h, now, |sa| {
                     sa.handle_via(datagram, remote, local, now, rng)
@@ -223,6 +234,19 @@ impl Endpoint {
         let r = f(sa);
         if let Some(t) = sa.poll_timeout() {
             self.timers.push(Reverse((t, h)));
+        }
+        // A rekey (RFC 7296 2.18) gives the SA new SPIs and retires old ones: the handle
+        // stays, the index follows.
+        let spis = sa.local_spis();
+        let known = self.spis_of.entry(h).or_default();
+        if *known != spis {
+            for old in known.iter().filter(|s| !spis.contains(s)) {
+                self.by_spi.remove(old);
+            }
+            for new in &spis {
+                self.by_spi.insert(*new, h);
+            }
+            *known = spis;
         }
         if self.dirty_set.insert(h) {
             self.dirty.push_back(h);
@@ -400,9 +424,15 @@ impl Endpoint {
                 self.events.push_back((h, e));
             }
             if sa.is_closed() {
-                let (spi_i, spi_r) = sa.spis();
-                self.by_spi.remove(&spi_r);
-                self.by_init.remove(&(spi_i, remote));
+                for s in self.spis_of.remove(&h).unwrap_or_default() {
+                    self.by_spi.remove(&s);
+                }
+                if sa.rekeys() == 0 {
+                    self.by_init.remove(&(sa.spis().0, remote));
+                } else {
+                    // Keyed by the SPIi of IKE_SA_INIT, which a rekey replaced.
+                    self.by_init.retain(|_, v| *v != h);
+                }
                 self.sas.remove(&h);
                 info!(handle = h.0, "IKE SA removed");
             }
@@ -448,7 +478,7 @@ impl Endpoint {
         None
     }
 
-    pub fn handle_timeout(&mut self, now: Instant) {
+    pub fn handle_timeout(&mut self, now: Instant, rng: &mut dyn Random) {
         while let Some(Reverse((t, h))) = self.timers.peek().copied() {
             if t > now {
                 break;
@@ -460,7 +490,7 @@ impl Endpoint {
                 .and_then(|sa| sa.poll_timeout())
                 .is_some_and(|cur| cur <= now);
             if due {
-                self.with_sa(h, now, |sa| sa.handle_timeout(now));
+                self.with_sa(h, now, |sa| sa.handle_timeout(now, rng));
             }
         }
     }

@@ -162,6 +162,8 @@ enum Command {
         gsa: GsaPayload,
         kd: KdPayload,
     },
+    /// Rekey the IKE SA with CREATE_CHILD_SA (RFC 7296 1.3.2).
+    RekeyIke,
     Delete,
 }
 
@@ -174,7 +176,10 @@ enum Purpose {
     Register(IdPayload),
     Leave,
     InbandRekey,
+    RekeyIke,
     Delete,
+    /// INFORMATIONAL Delete of a replaced (retired) IKE SA.
+    DeleteRetired,
 }
 
 struct Outstanding {
@@ -182,6 +187,96 @@ struct Outstanding {
     purpose: Purpose,
     packets: Vec<Vec<u8>>,
     timer: RetransmitTimer,
+}
+
+/// The wire state of one IKE SA: what a CREATE_CHILD_SA rekey replaces (RFC 7296 2.18:
+/// new SPIs, new keys, Message IDs restarting at 0) while the authenticated peer,
+/// registrations and NAT state stay with the [`IkeSa`].
+struct Channel {
+    /// We are the "original initiator" of this IKE SA (the I flag, RFC 7296 3.1). After a
+    /// rekey this is whoever initiated the rekey (RFC 7296 2.18), not the member.
+    initiator: bool,
+    spi_i: [u8; 8],
+    spi_r: [u8; 8],
+    sk_out: Option<SkKey>,
+    sk_in: Option<SkKey>,
+    next_mid: u32,
+    peer_next_mid: u32,
+    outstanding: Option<Outstanding>,
+    cached_response: Option<(u32, Vec<Vec<u8>>)>,
+    reassembly_requests: Reassembly,
+    reassembly_responses: Reassembly,
+}
+
+impl Channel {
+    fn new(initiator: bool) -> Self {
+        Self {
+            initiator,
+            spi_i: [0; 8],
+            spi_r: [0; 8],
+            sk_out: None,
+            sk_in: None,
+            next_mid: 0,
+            peer_next_mid: 0,
+            outstanding: None,
+            cached_response: None,
+            reassembly_requests: Reassembly::default(),
+            reassembly_responses: Reassembly::default(),
+        }
+    }
+
+    /// The channel of an IKE SA made by a rekey, with Message IDs at 0 (RFC 7296 2.18).
+    fn rekeyed(
+        initiator: bool,
+        spi_i: [u8; 8],
+        spi_r: [u8; 8],
+        suite: &IkeSuite,
+        keys: &IkeKeys,
+    ) -> Result<Self, CryptoError> {
+        Ok(Self {
+            spi_i,
+            spi_r,
+            sk_out: Some(SkKey::from_ike_keys(suite, keys, initiator)?),
+            sk_in: Some(SkKey::from_ike_keys(suite, keys, !initiator)?),
+            ..Self::new(initiator)
+        })
+    }
+
+    /// Our SPI of this IKE SA.
+    fn local_spi(&self) -> [u8; 8] {
+        if self.initiator {
+            self.spi_i
+        } else {
+            self.spi_r
+        }
+    }
+}
+
+/// A replaced IKE SA, kept until its Delete (RFC 7296 1.3.2, 2.8: "the responder
+/// continues to send traffic on the old SA until" the initiator closes it): it still
+/// answers requests and takes responses to what was sent on it.
+struct Retired {
+    ch: Channel,
+    /// Dropped at this time when no Delete came (and none of ours is outstanding).
+    until: Instant,
+}
+
+/// A new IKE SA from a rekey exchange, not yet the current one.
+struct Rekeyed {
+    ch: Channel,
+    suite: IkeSuite,
+    keys: IkeKeys,
+    /// The nonces of the exchange that made it (RFC 7296 2.8.2 compares them).
+    ni: Vec<u8>,
+    nr: Vec<u8>,
+}
+
+/// Our IKE SA rekey request in flight (RFC 7296 1.3.2).
+struct RekeyInit {
+    ke: ActiveKe,
+    ni: Vec<u8>,
+    spi: [u8; 8],
+    retries: u32,
 }
 
 /// Where the SA is in its life.
@@ -204,6 +299,8 @@ enum State {
         mid: u32,
         exchange: ExchangeType,
         auth_payloads: Vec<Payload>,
+        /// SPIi of the IKE SA the request came on (a rekey may complete meanwhile).
+        spi_i: [u8; 8],
     },
     Established,
     Closed,
@@ -235,8 +332,8 @@ pub struct IkeSa {
     goal: Goal,
     local: SocketAddr,
     remote: SocketAddr,
-    spi_i: [u8; 8],
-    spi_r: [u8; 8],
+    /// The wire state of the current IKE SA: SPIs, SK keys, Message IDs.
+    ch: Channel,
     state: State,
     ni: Vec<u8>,
     nr: Vec<u8>,
@@ -245,8 +342,6 @@ pub struct IkeSa {
     init_response: Vec<u8>,
     suite: Option<IkeSuite>,
     keys: Option<IkeKeys>,
-    sk_out: Option<SkKey>,
-    sk_in: Option<SkKey>,
     int_auth: Option<IntAuth>,
     addke_done: usize,
     peer_fragmentation: bool,
@@ -265,12 +360,6 @@ pub struct IkeSa {
     /// A PPK was mixed into SK_d, SK_pi and SK_pr of this IKE SA (RFC 8784 3).
     ppk_used: bool,
     peer_id: Option<IdPayload>,
-    next_mid: u32,
-    peer_next_mid: u32,
-    outstanding: Option<Outstanding>,
-    cached_response: Option<(u32, Vec<Vec<u8>>)>,
-    reassembly_requests: Reassembly,
-    reassembly_responses: Reassembly,
     commands: VecDeque<Command>,
     /// Datagrams to send, each with the address it goes to.
     transmits: VecDeque<Datagram>,
@@ -285,14 +374,31 @@ pub struct IkeSa {
     arrived: Option<(SocketAddr, SocketAddr)>,
     events: VecDeque<Event>,
     half_open_deadline: Option<Instant>,
+    /// Replaced IKE SAs waiting for their Delete (RFC 7296 2.18, 2.8.2).
+    retired: Vec<Retired>,
+    /// While handling a datagram of a retired IKE SA (swapped into `ch`).
+    serving_retired: bool,
+    /// Set by a handler when the retired IKE SA being served is deleted.
+    retired_gone: bool,
+    /// Our IKE SA rekey in flight.
+    rekey_out: Option<RekeyInit>,
+    /// The peer's rekey we answered while ours was in flight (RFC 7296 2.8.2).
+    peer_rekey: Option<Rekeyed>,
+    /// Rekey responder: no new request on the new IKE SA until the initiator showed it
+    /// uses it (a message on it, or the Delete of the old one; RFC 7296 2.8).
+    hold_new: bool,
+    /// When we initiate the next rekey (RFC 7296 2.8), and when the IKE SA expires.
+    rekey_at: Option<Instant>,
+    expire_at: Option<Instant>,
+    rekeys: u32,
 }
 
 impl core::fmt::Debug for IkeSa {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("IkeSa")
             .field("role", &self.role)
-            .field("spi_i", &hex_spi(&self.spi_i))
-            .field("spi_r", &hex_spi(&self.spi_r))
+            .field("spi_i", &hex_spi(&self.ch.spi_i))
+            .field("spi_r", &hex_spi(&self.ch.spi_r))
             .field("state", &self.state_name())
             .field("suite", &self.suite)
             .finish_non_exhaustive()
@@ -332,7 +438,7 @@ impl IkeSa {
             .ok_or(CryptoError::NoProposalChosen("no proposals configured"))?
             .ke;
         let mut sa = Self::blank(Role::Initiator, config, goal, local, remote);
-        sa.spi_i = nonzero_spi(rng);
+        sa.ch.spi_i = nonzero_spi(rng);
         sa.ni = random_nonce(rng);
         let ke = first.start(rng)?;
         sa.send_init_request(ke, 0, now);
@@ -390,8 +496,8 @@ impl IkeSa {
             return Err(reply(NotifyPayload::invalid_ke_payload(suite.ke.id())));
         }
         let mut sa = Self::blank(Role::Responder, config, Goal::IkeAuth, local, remote);
-        sa.spi_i = h.spi_i;
-        sa.spi_r = nonzero_spi(rng);
+        sa.ch.spi_i = h.spi_i;
+        sa.ch.spi_r = nonzero_spi(rng);
         sa.ni = ni.as_bytes().to_vec();
         sa.nr = random_nonce(rng);
         sa.init_request = request.to_vec();
@@ -425,8 +531,8 @@ impl IkeSa {
         ];
         payloads.extend(sa.capability_notifies(&suite, true));
         let header = Header::new(
-            sa.spi_i,
-            sa.spi_r,
+            sa.ch.spi_i,
+            sa.ch.spi_r,
             ExchangeType::IkeSaInit,
             Flags::new(false, true),
             0,
@@ -436,13 +542,13 @@ impl IkeSa {
             return Err(InitRefusal::Drop);
         }
         sa.init_response = response.clone();
-        sa.peer_next_mid = 1;
-        sa.cached_response = Some((0, vec![response.clone()]));
+        sa.ch.peer_next_mid = 1;
+        sa.ch.cached_response = Some((0, vec![response.clone()]));
         sa.transmits
             .push_back(Datagram::new(remote, local, response));
         sa.state = State::AwaitingAuth;
         sa.half_open_deadline = Some(now + sa.config.half_open_timeout);
-        debug!(spi_i = %hex_spi(&sa.spi_i), spi_r = %hex_spi(&sa.spi_r), "IKE_SA_INIT answered");
+        debug!(spi_i = %hex_spi(&sa.ch.spi_i), spi_r = %hex_spi(&sa.ch.spi_r), "IKE_SA_INIT answered");
         Ok(sa)
     }
 
@@ -459,8 +565,7 @@ impl IkeSa {
             goal,
             local,
             remote,
-            spi_i: [0; 8],
-            spi_r: [0; 8],
+            ch: Channel::new(role == Role::Initiator),
             state: State::Closed,
             ni: Vec::new(),
             nr: Vec::new(),
@@ -469,8 +574,6 @@ impl IkeSa {
             init_response: Vec::new(),
             suite: None,
             keys: None,
-            sk_out: None,
-            sk_in: None,
             int_auth: None,
             addke_done: 0,
             peer_fragmentation: false,
@@ -481,12 +584,6 @@ impl IkeSa {
             keys_without_ppk: None,
             ppk_used: false,
             peer_id: None,
-            next_mid: 0,
-            peer_next_mid: 0,
-            outstanding: None,
-            cached_response: None,
-            reassembly_requests: Reassembly::default(),
-            reassembly_responses: Reassembly::default(),
             commands: VecDeque::new(),
             transmits: VecDeque::new(),
             origin: remote,
@@ -494,6 +591,15 @@ impl IkeSa {
             arrived: None,
             events: VecDeque::new(),
             half_open_deadline: None,
+            retired: Vec::new(),
+            serving_retired: false,
+            retired_gone: false,
+            rekey_out: None,
+            peer_rekey: None,
+            hold_new: false,
+            rekey_at: None,
+            expire_at: None,
+            rekeys: 0,
         }
     }
 
@@ -505,7 +611,7 @@ impl IkeSa {
 
     /// (SPIi, SPIr); SPIr is zero until the IKE_SA_INIT response arrives.
     pub fn spis(&self) -> ([u8; 8], [u8; 8]) {
-        (self.spi_i, self.spi_r)
+        (self.ch.spi_i, self.ch.spi_r)
     }
 
     pub fn local(&self) -> SocketAddr {
@@ -552,7 +658,7 @@ impl IkeSa {
         match self.nat {
             Some(n) if !n.local_behind || to_nat_t => {
                 info!(
-                    spi_i = %hex_spi(&self.spi_i),
+                    spi_i = %hex_spi(&self.ch.spi_i),
                     old = %self.remote,
                     new = %from,
                     "peer moved (NAT traversal); following it"
@@ -561,7 +667,7 @@ impl IkeSa {
                 self.local = to;
             }
             _ => debug!(
-                spi_i = %hex_spi(&self.spi_i),
+                spi_i = %hex_spi(&self.ch.spi_i),
                 from = %from,
                 "message from another address; answering there without following"
             ),
@@ -662,25 +768,57 @@ impl IkeSa {
         self.events.pop_front()
     }
 
-    /// When [`IkeSa::handle_timeout`] must next be called.
+    /// When [`IkeSa::handle_timeout`] must next be called: a retransmission, the
+    /// half-open limit, the IKE SA's rekey or hard lifetime (RFC 7296 2.8), or the end of
+    /// a replaced IKE SA's wait for its Delete.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let r = self.outstanding.as_ref().map(|o| o.timer.deadline());
-        match (r, self.half_open_deadline) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
+        if self.closed {
+            return None;
         }
+        let r = self.ch.outstanding.as_ref().map(|o| o.timer.deadline());
+        let retired = self.retired.iter().map(|r| match &r.ch.outstanding {
+            Some(o) => o.timer.deadline(),
+            None => r.until,
+        });
+        // A rekey waits for a free window; its time then is the next event anyway.
+        let rekey = self.rekey_at.filter(|_| self.rekey_out.is_none());
+        [r, self.half_open_deadline, rekey, self.expire_at]
+            .into_iter()
+            .flatten()
+            .chain(retired)
+            .min()
     }
 
-    pub fn handle_timeout(&mut self, now: Instant) {
+    /// Retransmits, expires, and starts an IKE SA rekey when its time has come (hence
+    /// the randomness: a new SPI, nonce and key share, RFC 7296 1.3.2).
+    pub fn handle_timeout(&mut self, now: Instant, rng: &mut dyn Random) {
         if self.is_closed() {
             return;
         }
         if self.half_open_deadline.is_some_and(|d| now >= d) {
-            info!(spi_i = %hex_spi(&self.spi_i), "half-open IKE SA expired");
+            info!(spi_i = %hex_spi(&self.ch.spi_i), "half-open IKE SA expired");
             self.close(CloseReason::HalfOpenExpired);
             return;
         }
-        let Some(o) = self.outstanding.as_mut() else {
+        self.retired_timeouts(now);
+        if self.expire_at.is_some_and(|t| now >= t) {
+            // Hard lifetime without a successful rekey: delete it (RFC 7296 2.8).
+            info!(spi_i = %hex_spi(&self.ch.spi_i), "IKE SA lifetime reached; deleting it");
+            self.expire_at = None;
+            self.rekey_at = None;
+            self.commands.clear();
+            if self.ch.outstanding.is_some() {
+                self.close(CloseReason::Deleted);
+            } else {
+                self.delete(now, rng);
+            }
+            return;
+        }
+        if self.rekey_out.is_none() && self.rekey_at.is_some_and(|t| now >= t) {
+            self.rekey_at = None;
+            self.rekey(now, rng);
+        }
+        let Some(o) = self.ch.outstanding.as_mut() else {
             return;
         };
         match o.timer.on_timeout(now) {
@@ -710,6 +848,7 @@ impl IkeSa {
             mid,
             exchange,
             auth_payloads,
+            spi_i,
         } = std::mem::replace(&mut self.state, State::Established)
         else {
             warn!("decision without a pending registration request");
@@ -730,7 +869,9 @@ impl IkeSa {
             }
             Decision::Refuse(n) => payloads.push(Payload::Notify(NotifyPayload::error(n))),
         }
-        self.send_response(exchange, mid, &payloads, rng);
+        // The answer goes out on the IKE SA the request came on, even when a rekey
+        // replaced it meanwhile (RFC 7296 2.8: the old SA still answers until deleted).
+        self.on_channel(spi_i, |sa| sa.send_response(exchange, mid, &payloads, rng));
         let _ = now;
         self.pump(now, rng);
     }
@@ -778,13 +919,21 @@ impl IkeSa {
 
     /// Sends the next queued command if the window is free.
     fn pump(&mut self, now: Instant, rng: &mut dyn Random) {
-        if self.outstanding.is_some() || !matches!(self.state, State::Established) {
+        if self.ch.outstanding.is_some()
+            || !matches!(self.state, State::Established)
+            || self.hold_new
+            || self.is_closed()
+        {
             return;
         }
         let Some(cmd) = self.commands.pop_front() else {
             return;
         };
         let (exchange, purpose, payloads) = match cmd {
+            Command::RekeyIke => {
+                self.send_rekey_request(None, 0, now, rng);
+                return;
+            }
             Command::Register(req) => {
                 let group = req.group.clone();
                 (
@@ -852,12 +1001,21 @@ impl IkeSa {
                 return;
             }
         };
-        if header.spi_i != self.spi_i {
+        if header.spi_i != self.ch.spi_i {
+            // A replaced IKE SA still answers until it is deleted (RFC 7296 2.8).
+            if let Some(i) = self
+                .retired
+                .iter()
+                .position(|r| r.ch.spi_i == header.spi_i && r.ch.spi_r == header.spi_r)
+            {
+                self.handle_on_retired(i, &header, datagram, now, rng);
+                self.pump(now, rng);
+            }
             return;
         }
         // RFC 7296 2.2: the I flag tells who sent the message; it must be the other side.
         let from_initiator = header.flags.is_initiator();
-        if from_initiator == (self.role == Role::Initiator) {
+        if from_initiator == self.ch.initiator {
             return;
         }
         if header.flags.is_response() {
@@ -868,6 +1026,63 @@ impl IkeSa {
         self.pump(now, rng);
     }
 
+    /// Runs the request or response handlers with retired IKE SA `i` in place of the
+    /// current one; only its Delete, INFORMATIONAL and outstanding answers mean
+    /// anything there (see `handle_request`).
+    fn handle_on_retired(
+        &mut self,
+        i: usize,
+        header: &Header,
+        datagram: &[u8],
+        now: Instant,
+        rng: &mut dyn Random,
+    ) {
+        let mut r = self.retired.swap_remove(i);
+        if header.flags.is_initiator() == r.ch.initiator {
+            self.retired.push(r);
+            return;
+        }
+        std::mem::swap(&mut self.ch, &mut r.ch);
+        self.serving_retired = true;
+        self.retired_gone = false;
+        if header.flags.is_response() {
+            self.handle_response(header, datagram, now, rng);
+        } else {
+            self.handle_request(header, datagram, now, rng);
+        }
+        self.serving_retired = false;
+        std::mem::swap(&mut self.ch, &mut r.ch);
+        if std::mem::take(&mut self.retired_gone) {
+            info!(
+                spi_i = %hex_spi(&r.ch.spi_i),
+                spi_r = %hex_spi(&r.ch.spi_r),
+                "replaced IKE SA deleted"
+            );
+            // RFC 7296 2.8: the Delete of the old SA shows the initiator uses the new one.
+            self.hold_new = false;
+            self.on_retired_deleted(&r.ch, now);
+        } else {
+            self.retired.push(r);
+        }
+    }
+
+    /// Runs `f` with the IKE SA whose SPIi is `spi_i` (current or retired) in place.
+    fn on_channel(&mut self, spi_i: [u8; 8], f: impl FnOnce(&mut Self)) {
+        if spi_i == self.ch.spi_i {
+            f(self);
+            return;
+        }
+        let Some(i) = self.retired.iter().position(|r| r.ch.spi_i == spi_i) else {
+            debug!("the IKE SA of a pending answer is gone");
+            return;
+        };
+        std::mem::swap(&mut self.ch, &mut self.retired[i].ch);
+        let serving = std::mem::replace(&mut self.serving_retired, true);
+        f(self);
+        self.serving_retired = serving;
+        std::mem::swap(&mut self.ch, &mut self.retired[i].ch);
+    }
+
     fn handle_response(
         &mut self,
         header: &Header,
@@ -875,7 +1090,7 @@ impl IkeSa {
         now: Instant,
         rng: &mut dyn Random,
     ) {
-        let Some(o) = self.outstanding.as_ref() else {
+        let Some(o) = self.ch.outstanding.as_ref() else {
             return;
         };
         if header.message_id != o.mid {
@@ -885,7 +1100,7 @@ impl IkeSa {
             self.on_init_response(header, datagram, now, rng);
             return;
         }
-        if header.spi_r != self.spi_r {
+        if header.spi_r != self.ch.spi_r {
             return;
         }
         let opened = match self.open(datagram, true) {
@@ -897,18 +1112,23 @@ impl IkeSa {
             self.close(CloseReason::ProtocolError(e.to_string()));
             return;
         }
-        let Some(o) = self.outstanding.take() else {
+        let Some(o) = self.ch.outstanding.take() else {
             return;
         };
         self.follow_peer();
-        self.next_mid = o.mid.wrapping_add(1);
+        if !self.serving_retired {
+            self.hold_new = false;
+        }
+        self.ch.next_mid = o.mid.wrapping_add(1);
         match o.purpose {
             Purpose::Init => {}
             Purpose::Intermediate => self.on_intermediate_response(opened, now, rng),
             Purpose::Auth => self.on_auth_response(opened, now, rng),
             Purpose::Register(group) => self.on_registration_result(group, &opened.payloads),
             Purpose::Leave | Purpose::InbandRekey => {}
+            Purpose::RekeyIke => self.on_rekey_response(opened, now, rng),
             Purpose::Delete => self.close(CloseReason::Deleted),
+            Purpose::DeleteRetired => self.retired_gone = true,
         }
     }
 
@@ -926,10 +1146,10 @@ impl IkeSa {
             }
             return;
         }
-        if header.spi_r != self.spi_r {
+        if header.spi_r != self.ch.spi_r {
             return;
         }
-        if header.message_id.wrapping_add(1) == self.peer_next_mid {
+        if header.message_id.wrapping_add(1) == self.ch.peer_next_mid {
             // RFC 7296 2.1; RFC 7383 2.6.1: answer a retransmission once per copy of the
             // request (its SK, or its first fragment).
             if is_first_piece(datagram) {
@@ -937,19 +1157,24 @@ impl IkeSa {
             }
             return;
         }
-        if header.message_id != self.peer_next_mid {
+        if header.message_id != self.ch.peer_next_mid {
             return;
         }
-        if matches!(self.state, State::AwaitingDecision { .. }) {
+        if matches!(self.state, State::AwaitingDecision { spi_i, .. } if spi_i == self.ch.spi_i) {
             // Still deciding on the previous request; the member will retransmit.
             return;
         }
         let Some(opened) = self.open(datagram, false) else {
             return;
         };
+        if !self.serving_retired {
+            // RFC 7296 2.8: a valid message on the new IKE SA shows the rekey initiator
+            // uses it.
+            self.hold_new = false;
+        }
         if let Err(e) = rules::check(header.exchange, false, &opened.payloads) {
             debug!(error = %e, exchange = %header.exchange, "malformed request");
-            self.peer_next_mid = header.message_id.wrapping_add(1);
+            self.ch.peer_next_mid = header.message_id.wrapping_add(1);
             self.send_response(
                 header.exchange,
                 header.message_id,
@@ -958,35 +1183,30 @@ impl IkeSa {
             );
             return;
         }
-        self.peer_next_mid = header.message_id.wrapping_add(1);
+        self.ch.peer_next_mid = header.message_id.wrapping_add(1);
         self.follow_peer();
+        if self.serving_retired {
+            self.on_retired_request(header, opened, now, rng);
+            return;
+        }
         match (header.exchange, &self.state) {
             (ExchangeType::IkeIntermediate, State::AwaitingAuth) => {
                 self.on_intermediate_request(opened, rng)
             }
             (ExchangeType::IkeAuth | ExchangeType::GsaAuth, State::AwaitingAuth) => {
-                self.on_auth_request(opened, rng)
+                self.on_auth_request(opened, now, rng)
             }
             (ExchangeType::GsaRegistration, State::Established) if self.role == Role::Responder => {
                 self.on_registration_request(opened, rng)
             }
             (ExchangeType::GsaInbandRekey, State::Established) if self.role == Role::Initiator => {
-                let gsa = opened.payloads.iter().find_map(|p| match p {
-                    Payload::Gsa(g) => Some(g.clone()),
-                    _ => None,
-                });
-                let kd = opened.payloads.iter().find_map(|p| match p {
-                    Payload::Kd(k) => Some(k.clone()),
-                    _ => None,
-                });
-                if let (Some(gsa), Some(kd)) = (gsa, kd) {
-                    self.events.push_back(Event::InbandRekey { gsa, kd });
-                }
-                self.send_response(header.exchange, header.message_id, &[], rng);
+                self.on_inband_rekey_request(header, &opened, rng)
+            }
+            (ExchangeType::CreateChildSa, State::Established) if is_ike_rekey(&opened.payloads) => {
+                self.on_rekey_request(opened, now, rng)
             }
             (ExchangeType::CreateChildSa, State::Established) => {
-                // RFC 9838 2.3 (R004): this IKE SA is not for unicast Child SAs, and its
-                // lifetime is the GCKS's to decide (no rekey of it either). RFC 7296
+                // RFC 9838 2.3 (R004): this IKE SA is not for unicast Child SAs. RFC 7296
                 // 3.10.1: NO_ADDITIONAL_SAS tells the peer so without closing the SA.
                 debug!("CREATE_CHILD_SA refused with NO_ADDITIONAL_SAS");
                 self.send_response(
@@ -1005,8 +1225,19 @@ impl IkeSa {
                     .any(|p| matches!(p, Payload::Delete(d) if d.protocol == ProtocolId::Ike));
                 self.send_response(header.exchange, header.message_id, &[], rng);
                 if deleted {
-                    info!("peer deleted the IKE SA");
-                    self.close(CloseReason::Deleted);
+                    if let Some(new) = self.peer_rekey.take() {
+                        // RFC 7296 2.8.2: the peer did not see our simultaneous rekey and
+                        // deletes the old IKE SA; ours is forgotten, its one stays.
+                        info!("peer deleted the rekeyed IKE SA; forgetting our own rekey");
+                        self.rekey_out = None;
+                        self.ch.outstanding = None;
+                        self.switch_to(new, now, rng);
+                        // The old IKE SA (just retired by switch_to) is deleted.
+                        self.retired.pop();
+                    } else {
+                        info!("peer deleted the IKE SA");
+                        self.close(CloseReason::Deleted);
+                    }
                 }
             }
             (ex, _) => {
@@ -1062,7 +1293,7 @@ impl IkeSa {
             payloads.extend(caps);
         }
         let header = Header::new(
-            self.spi_i,
+            self.ch.spi_i,
             [0; 8],
             ExchangeType::IkeSaInit,
             Flags::new(true, false),
@@ -1072,7 +1303,7 @@ impl IkeSa {
         self.init_request = bytes.clone();
         self.transmits
             .push_back(Datagram::new(self.remote, self.local, bytes.clone()));
-        self.outstanding = Some(Outstanding {
+        self.ch.outstanding = Some(Outstanding {
             mid: 0,
             purpose: Purpose::Init,
             packets: vec![bytes],
@@ -1086,12 +1317,12 @@ impl IkeSa {
     fn capability_notifies(&self, suite: &IkeSuite, responding: bool) -> Vec<Payload> {
         let mut v = vec![
             Payload::Notify(NotifyPayload::nat_detection_source_ip(nat_detection_hash(
-                &self.spi_i,
-                &self.spi_r,
+                &self.ch.spi_i,
+                &self.ch.spi_r,
                 self.local,
             ))),
             Payload::Notify(NotifyPayload::nat_detection_destination_ip(
-                nat_detection_hash(&self.spi_i, &self.spi_r, self.remote),
+                nat_detection_hash(&self.ch.spi_i, &self.ch.spi_r, self.remote),
             )),
         ];
         if self.config.fragment_size.is_some() && (!responding || self.peer_fragmentation) {
@@ -1259,7 +1490,7 @@ impl IkeSa {
                 return;
             }
         };
-        self.spi_r = header.spi_r;
+        self.ch.spi_r = header.spi_r;
         self.nr = nr.as_bytes().to_vec();
         self.init_response = datagram.to_vec();
         self.note_peer_capabilities(&msg);
@@ -1298,21 +1529,28 @@ impl IkeSa {
             self.close(CloseReason::ProtocolError(e.to_string()));
             return;
         }
-        self.outstanding = None;
-        self.next_mid = 1;
-        info!(spi_i = %hex_spi(&self.spi_i), spi_r = %hex_spi(&self.spi_r), suite = ?self.suite, "IKE_SA_INIT done");
+        self.ch.outstanding = None;
+        self.ch.next_mid = 1;
+        info!(spi_i = %hex_spi(&self.ch.spi_i), spi_r = %hex_spi(&self.ch.spi_r), suite = ?self.suite, "IKE_SA_INIT done");
         self.after_key_exchange(now, rng);
     }
 
     fn install_initial_keys(&mut self, suite: IkeSuite, g_ir: &[u8]) -> Result<(), CryptoError> {
-        let keys = IkeKeys::initial(&suite, &self.ni, &self.nr, g_ir, &self.spi_i, &self.spi_r)?;
+        let keys = IkeKeys::initial(
+            &suite,
+            &self.ni,
+            &self.nr,
+            g_ir,
+            &self.ch.spi_i,
+            &self.ch.spi_r,
+        )?;
         self.install_keys(suite, keys)
     }
 
     fn install_keys(&mut self, suite: IkeSuite, keys: IkeKeys) -> Result<(), CryptoError> {
-        let we_initiated = self.role == Role::Initiator;
-        self.sk_out = Some(SkKey::from_ike_keys(&suite, &keys, we_initiated)?);
-        self.sk_in = Some(SkKey::from_ike_keys(&suite, &keys, !we_initiated)?);
+        let we_initiated = self.ch.initiator;
+        self.ch.sk_out = Some(SkKey::from_ike_keys(&suite, &keys, we_initiated)?);
+        self.ch.sk_in = Some(SkKey::from_ike_keys(&suite, &keys, !we_initiated)?);
         if self.int_auth.is_none() {
             self.int_auth = Some(IntAuth::new(suite.prf));
         }
@@ -1470,8 +1708,8 @@ impl IkeSa {
         response: bool,
         first: PayloadType,
     ) -> Vec<u8> {
-        let flags = Flags::new(self.role == Role::Initiator, response);
-        let mut h = Header::new(self.spi_i, self.spi_r, exchange, flags, mid);
+        let flags = Flags::new(self.ch.initiator, response);
+        let mut h = Header::new(self.ch.spi_i, self.ch.spi_r, exchange, flags, mid);
         h.next_payload = PayloadType::Sk;
         let mut a = h.to_bytes();
         a.extend_from_slice(&[first.value(), 0, 0, 0]);
@@ -1503,7 +1741,14 @@ impl IkeSa {
             .keys
             .as_ref()
             .ok_or(CryptoError::Internal("keys"))?
-            .after_additional_ke(&suite, secret, &self.ni, &self.nr, &self.spi_i, &self.spi_r)?;
+            .after_additional_ke(
+                &suite,
+                secret,
+                &self.ni,
+                &self.nr,
+                &self.ch.spi_i,
+                &self.ch.spi_r,
+            )?;
         self.addke_done += 1;
         self.install_keys(suite, keys)
     }
@@ -1615,7 +1860,7 @@ impl IkeSa {
     }
 
     fn send_auth_request(&mut self, now: Instant, rng: &mut dyn Random) {
-        let mid = self.next_mid;
+        let mid = self.ch.next_mid;
         let Some(base) = self.keys.clone() else {
             self.close(CloseReason::ProtocolError("no IKE keys".into()));
             return;
@@ -1759,6 +2004,7 @@ impl IkeSa {
         self.peer_id = Some(idr.clone());
         self.state = State::Established;
         self.half_open_deadline = None;
+        self.schedule_lifetime(now, rng);
         info!(peer = ?idr, "IKE SA established");
         self.events.push_back(Event::Established { peer_id: idr });
         if let Goal::GsaAuth(req) = self.goal.clone() {
@@ -1766,7 +2012,7 @@ impl IkeSa {
         }
     }
 
-    fn on_auth_request(&mut self, opened: Opened, rng: &mut dyn Random) {
+    fn on_auth_request(&mut self, opened: Opened, now: Instant, rng: &mut dyn Random) {
         let mid = opened.header.message_id;
         let exchange = opened.header.exchange;
         let p = &opened.payloads;
@@ -1835,6 +2081,7 @@ impl IkeSa {
         self.ppk_used = ppk_used;
         self.peer_id = Some(idi.clone());
         self.half_open_deadline = None;
+        self.schedule_lifetime(now, rng);
         let mut auth_payloads = vec![Payload::IdR(self.config.local_id.clone())];
         auth_payloads.extend(our_certs);
         auth_payloads.push(Payload::Auth(our_auth));
@@ -1857,6 +2104,7 @@ impl IkeSa {
                         mid,
                         exchange,
                         auth_payloads,
+                        spi_i: self.ch.spi_i,
                     };
                     self.events.push_back(Event::RegistrationRequested {
                         peer_id: idi,
@@ -1935,6 +2183,490 @@ impl IkeSa {
         }
     }
 
+    // ---------------------------------------------------------------- IKE SA rekey
+
+    /// Rekeys the IKE SA with a CREATE_CHILD_SA exchange (RFC 7296 1.3.2, 2.18) once the
+    /// window is free; the IKE SA keeps its peer, registrations and [`IkeSa`] while its
+    /// SPIs, keys (hence GSK_w, RFC 9838 3.1.1) and Message IDs are replaced.
+    pub fn rekey(&mut self, now: Instant, rng: &mut dyn Random) {
+        let queued = self.commands.iter().any(|c| matches!(c, Command::RekeyIke));
+        if !queued && self.rekey_out.is_none() && self.peer_rekey.is_none() {
+            self.commands.push_back(Command::RekeyIke);
+        }
+        self.pump(now, rng);
+    }
+
+    /// How many times this IKE SA was rekeyed (by either side).
+    pub fn rekeys(&self) -> u32 {
+        self.rekeys
+    }
+
+    /// Our SPIs of this IKE SA: the current one first, then those of replaced IKE SAs
+    /// still waiting for their Delete. An endpoint routes each of them here.
+    pub fn local_spis(&self) -> Vec<[u8; 8]> {
+        std::iter::once(self.ch.local_spi())
+            .chain(self.retired.iter().map(|r| r.ch.local_spi()))
+            .filter(|s| *s != [0; 8])
+            .collect()
+    }
+
+    /// When this side will start the next rekey (RFC 7296 2.8), if it will.
+    pub fn rekey_time(&self) -> Option<Instant> {
+        self.rekey_at
+    }
+
+    /// Arms the rekey and hard-lifetime timers of a new (or newly rekeyed) IKE SA.
+    fn schedule_lifetime(&mut self, now: Instant, rng: &mut dyn Random) {
+        self.rekey_at = self.config.rekey_after.map(|after| {
+            let jitter = self.config.rekey_jitter.min(after);
+            let span = u64::try_from(jitter.as_millis()).unwrap_or(u64::MAX);
+            let r = u64::from_be_bytes(random_array(rng));
+            let off = if span == 0 { 0 } else { r % (span + 1) };
+            now + after - std::time::Duration::from_millis(off)
+        });
+        self.expire_at = self.config.lifetime.map(|l| now + l);
+    }
+
+    /// Retired IKE SAs: retransmit our Delete, give up on it, or stop waiting for theirs.
+    fn retired_timeouts(&mut self, now: Instant) {
+        let mut i = 0;
+        while i < self.retired.len() {
+            let r = &mut self.retired[i];
+            let gone = match r.ch.outstanding.as_mut() {
+                Some(o) => match o.timer.on_timeout(now) {
+                    Some(RetransmitAction::Resend) => {
+                        let (to, from) = (self.remote, self.local);
+                        let out = o.packets.iter().map(|p| Datagram::new(to, from, p.clone()));
+                        self.transmits.extend(out);
+                        false
+                    }
+                    Some(RetransmitAction::GiveUp) => true,
+                    None => false,
+                },
+                None => now >= r.until,
+            };
+            if gone {
+                let r = self.retired.swap_remove(i);
+                debug!(spi_i = %hex_spi(&r.ch.spi_i), "replaced IKE SA dropped without a Delete");
+                self.hold_new = false;
+                self.on_retired_deleted(&r.ch, now);
+            } else {
+                i += 1;
+            }
+        }
+    }
+
+    /// A retired IKE SA is gone: our requests still unanswered on it are sent again on
+    /// the current IKE SA by the peer's retransmission logic, not ours; only a pending
+    /// rekey of the peer (RFC 7296 2.8.2) needs care, and that lives on `self`.
+    fn on_retired_deleted(&mut self, ch: &Channel, _now: Instant) {
+        let _ = ch;
+    }
+
+    /// A request on a replaced IKE SA (RFC 7296 2.8, 2.25.2).
+    fn on_retired_request(
+        &mut self,
+        header: &Header,
+        opened: Opened,
+        now: Instant,
+        rng: &mut dyn Random,
+    ) {
+        let mid = header.message_id;
+        match header.exchange {
+            ExchangeType::Informational => {
+                let deleted = opened
+                    .payloads
+                    .iter()
+                    .any(|p| matches!(p, Payload::Delete(d) if d.protocol == ProtocolId::Ike));
+                self.send_response(header.exchange, mid, &[], rng);
+                if deleted {
+                    self.retired_gone = true;
+                }
+            }
+            ExchangeType::GsaInbandRekey if self.role == Role::Initiator => {
+                // Sent by the GCKS before it saw the rekey: still its policy and keys.
+                self.on_inband_rekey_request(header, &opened, rng);
+            }
+            ex => {
+                // RFC 7296 2.25.2, 2.8.2: this IKE SA is being closed; a rekey of it (or
+                // anything else new) gets TEMPORARY_FAILURE.
+                debug!(exchange = %ex, "request on a replaced IKE SA: TEMPORARY_FAILURE");
+                self.send_response(
+                    ex,
+                    mid,
+                    &[Payload::Notify(NotifyPayload::error(
+                        NotifyType::TemporaryFailure,
+                    ))],
+                    rng,
+                );
+            }
+        }
+        let _ = now;
+    }
+
+    /// Responder side of an IKE SA rekey (RFC 7296 1.3.2): `SA, Ni, KEi` in, `SA, Nr,
+    /// KEr` out, then the new IKE SA is current while the old one answers until the
+    /// initiator deletes it (2.8).
+    fn on_rekey_request(&mut self, opened: Opened, now: Instant, rng: &mut dyn Random) {
+        let mid = opened.header.message_id;
+        let p = &opened.payloads;
+        let refuse = |sa: &mut Self, rng: &mut dyn Random, n: NotifyPayload| {
+            sa.send_response(ExchangeType::CreateChildSa, mid, &[Payload::Notify(n)], rng);
+        };
+        let deleting = self
+            .ch
+            .outstanding
+            .as_ref()
+            .is_some_and(|o| matches!(o.purpose, Purpose::Delete));
+        if deleting || self.peer_rekey.is_some() || self.keys.is_none() {
+            // RFC 7296 2.25.2: "a request to rekey an IKE SA that it is currently trying
+            // to close" gets TEMPORARY_FAILURE (also a second rekey before the first
+            // settled).
+            refuse(
+                self,
+                rng,
+                NotifyPayload::error(NotifyType::TemporaryFailure),
+            );
+            return;
+        }
+        let (Some(Payload::Sa(sa_p)), Some(Payload::Nonce(ni))) =
+            (p.find(PayloadType::Sa), p.find(PayloadType::Nonce))
+        else {
+            refuse(self, rng, NotifyPayload::error(NotifyType::InvalidSyntax));
+            return;
+        };
+        let Some((num, peer_spi, suite)) = choose_rekey_proposal(&self.config.proposals, sa_p)
+        else {
+            // Also a proposal that requires RFC 9370 additional key exchanges
+            // (IKE_FOLLOWUP_KE is not implemented): docs/interop.md 72.
+            info!("IKE SA rekey: no acceptable proposal");
+            refuse(
+                self,
+                rng,
+                NotifyPayload::error(NotifyType::NoProposalChosen),
+            );
+            return;
+        };
+        let Some(Payload::Ke(ke)) = p.find(PayloadType::Ke) else {
+            // RFC 7296 2.18: a rekey of the IKE SA always carries KEi/KEr; the chosen
+            // proposal has a KE method, so tell which (1.3.2, 2.7).
+            refuse(self, rng, NotifyPayload::invalid_ke_payload(suite.ke.id()));
+            return;
+        };
+        if ke.method != suite.ke.id() {
+            // RFC 7296 1.3.2: "INVALID_KE_PAYLOAD ... if the KEi payload's group does not
+            // match the one of the selected proposal".
+            debug!(wanted = ?suite.ke, "IKE SA rekey: INVALID_KE_PAYLOAD");
+            refuse(self, rng, NotifyPayload::invalid_ke_payload(suite.ke.id()));
+            return;
+        }
+        let (our_ke, secret) = match suite.ke.start_and_complete(rng, &ke.data) {
+            Ok(v) => v,
+            Err(e) => {
+                let n = e.notify().unwrap_or(NotifyType::InvalidSyntax);
+                refuse(self, rng, NotifyPayload::error(n));
+                return;
+            }
+        };
+        let our_spi = loop {
+            let s = nonzero_spi(rng);
+            if s != peer_spi {
+                break s;
+            }
+        };
+        let nr = random_nonce(rng);
+        let ni = ni.as_bytes().to_vec();
+        let new = self.keys.as_ref().map(|k| {
+            k.rekeyed(&suite, &[secret.as_bytes()], &ni, &nr, &peer_spi, &our_spi)
+                .and_then(|keys| {
+                    let ch = Channel::rekeyed(false, peer_spi, our_spi, &suite, &keys)?;
+                    Ok(Rekeyed {
+                        ch,
+                        suite: suite.clone(),
+                        keys,
+                        ni: ni.clone(),
+                        nr: nr.clone(),
+                    })
+                })
+        });
+        let Some(Ok(new)) = new else {
+            refuse(
+                self,
+                rng,
+                NotifyPayload::error(NotifyType::NoProposalChosen),
+            );
+            return;
+        };
+        let Ok(nonce) = NoncePayload::new(nr) else {
+            return;
+        };
+        // RFC 7296 1.3.2: HDR, SK {SA, Nr, KEr}; our proposal carries our new SPI (3.3.1).
+        let payloads = [
+            Payload::Sa(SaPayload::new(vec![Proposal::new(
+                num,
+                ProtocolId::Ike,
+                our_spi.to_vec(),
+                suite.transforms(),
+            )])),
+            Payload::Nonce(nonce),
+            Payload::Ke(KePayload::new(suite.ke.id(), our_ke)),
+        ];
+        self.send_response(ExchangeType::CreateChildSa, mid, &payloads, rng);
+        if self.rekey_out.is_some() {
+            // RFC 7296 2.25.2, 2.8.2: "reply as usual" and decide by the nonces once our
+            // own rekey's response is in.
+            info!("simultaneous IKE SA rekey: answered the peer's, waiting for ours");
+            self.peer_rekey = Some(new);
+            return;
+        }
+        info!(
+            spi_i = %hex_spi(&peer_spi),
+            spi_r = %hex_spi(&our_spi),
+            "IKE SA rekeyed by the peer"
+        );
+        self.switch_to(new, now, rng);
+        // RFC 7296 2.8: keep sending on the old SA's window rules until the initiator
+        // shows it uses the new one; we send nothing new until then.
+        self.hold_new = true;
+    }
+
+    /// Initiator side: `SA, Ni, KEi` (RFC 7296 1.3.2) with every configured suite (without
+    /// RFC 9370 additional key exchanges) and our new SPI in each proposal (3.3.1).
+    fn send_rekey_request(
+        &mut self,
+        method: Option<crate::crypto::KeMethod>,
+        retries: u32,
+        now: Instant,
+        rng: &mut dyn Random,
+    ) {
+        let suites = rekey_suites(&self.config.proposals);
+        // The KE method of the current suite when still offered: no INVALID_KE_PAYLOAD
+        // round trip with a peer that chooses the same suite again.
+        let current = self.suite.as_ref().map(|s| s.ke);
+        let Some(method) = method
+            .or(current.filter(|m| suites.iter().any(|s| s.ke == *m)))
+            .or(suites.first().map(|s| s.ke))
+        else {
+            return;
+        };
+        let ke = match method.start(rng) {
+            Ok(k) => k,
+            Err(e) => {
+                warn!(error = %e, "IKE SA rekey: no key share");
+                return;
+            }
+        };
+        let spi = nonzero_spi(rng);
+        let ni = random_nonce(rng);
+        let proposals = suites
+            .iter()
+            .enumerate()
+            .map(|(i, s)| Proposal::new(i as u8 + 1, ProtocolId::Ike, spi.to_vec(), s.transforms()))
+            .collect();
+        let Ok(nonce) = NoncePayload::new(ni.clone()) else {
+            return;
+        };
+        let payloads = [
+            Payload::Sa(SaPayload::new(proposals)),
+            Payload::Nonce(nonce),
+            Payload::Ke(KePayload::new(method.id(), ke.pub_key().to_vec())),
+        ];
+        debug!(spi = %hex_spi(&spi), "IKE SA rekey: CREATE_CHILD_SA sent");
+        self.rekey_out = Some(RekeyInit {
+            ke,
+            ni,
+            spi,
+            retries,
+        });
+        self.send_request(
+            ExchangeType::CreateChildSa,
+            Purpose::RekeyIke,
+            &payloads,
+            now,
+            rng,
+        );
+    }
+
+    fn on_rekey_response(&mut self, opened: Opened, now: Instant, rng: &mut dyn Random) {
+        let Some(init) = self.rekey_out.take() else {
+            return;
+        };
+        let p = &opened.payloads;
+        if let Some(n) = p.notify(NotifyType::InvalidKePayload) {
+            // RFC 7296 1.3.2, 2.7: retry with the method the responder chose, if offered.
+            let wanted = n
+                .invalid_ke_group()
+                .ok()
+                .and_then(crate::crypto::KeMethod::from_id)
+                .filter(|m| {
+                    rekey_suites(&self.config.proposals)
+                        .iter()
+                        .any(|s| s.ke == *m)
+                });
+            if let Some(m) = wanted.filter(|_| init.retries < MAX_INIT_RETRIES) {
+                debug!(method = ?m, "IKE SA rekey: retrying with the requested KE method");
+                self.send_rekey_request(Some(m), init.retries + 1, now, rng);
+                return;
+            }
+        }
+        let err = p.notifies().find(|n| n.is_error()).map(|n| n.ty);
+        let made = match err {
+            Some(ty) => Err(ty.to_string()),
+            None => self.read_rekey_response(init, p),
+        };
+        let ours = match made {
+            Ok(new) => new,
+            Err(why) => {
+                if let Some(theirs) = self.peer_rekey.take() {
+                    // RFC 7296 2.8.2: the peer finished its rekey before it saw ours
+                    // (TEMPORARY_FAILURE); its new IKE SA is the one.
+                    info!(why, "our IKE SA rekey failed; the peer's stays");
+                    self.switch_to(theirs, now, rng);
+                    return;
+                }
+                // Try again later: TEMPORARY_FAILURE soon, anything else after a while.
+                let wait = if err == Some(NotifyType::TemporaryFailure) {
+                    std::time::Duration::from_secs(10)
+                } else {
+                    std::time::Duration::from_secs(300)
+                };
+                warn!(why, "IKE SA rekey failed; trying again later");
+                self.rekey_at = Some(now + wait);
+                return;
+            }
+        };
+        match self.peer_rekey.take() {
+            None => {
+                info!(
+                    spi_i = %hex_spi(&ours.ch.spi_i),
+                    spi_r = %hex_spi(&ours.ch.spi_r),
+                    "IKE SA rekeyed"
+                );
+                self.switch_to(ours, now, rng);
+                self.delete_last_retired(now, rng);
+            }
+            Some(theirs) => {
+                // RFC 7296 2.8.2: "The new IKE SA containing the lowest nonce SHOULD be
+                // deleted by the node that created it".
+                let lowest_ours = [&ours.ni, &ours.nr].into_iter().min()
+                    < [&theirs.ni, &theirs.nr].into_iter().min();
+                if lowest_ours {
+                    info!("simultaneous IKE SA rekey: ours has the lowest nonce; deleting it");
+                    let loser = Retired {
+                        ch: ours.ch,
+                        until: now,
+                    };
+                    self.switch_to(theirs, now, rng);
+                    // The peer deletes the old IKE SA; we delete our redundant one.
+                    self.retired.push(loser);
+                    self.delete_last_retired(now, rng);
+                } else {
+                    info!("simultaneous IKE SA rekey: ours wins; deleting the old one");
+                    let redundant = Retired {
+                        ch: theirs.ch,
+                        until: now + RETIRED_GRACE,
+                    };
+                    self.switch_to(ours, now, rng);
+                    self.delete_last_retired(now, rng);
+                    // The peer deletes the one it created.
+                    self.retired.push(redundant);
+                }
+            }
+        }
+    }
+
+    /// Checks the responder's `SA, Nr, KEr` and derives the new IKE SA (RFC 7296 2.18).
+    fn read_rekey_response(&self, init: RekeyInit, p: &[Payload]) -> Result<Rekeyed, String> {
+        let (Some(Payload::Sa(sa)), Some(Payload::Nonce(nr)), Some(Payload::Ke(kp))) = (
+            p.find(PayloadType::Sa),
+            p.find(PayloadType::Nonce),
+            p.find(PayloadType::Ke),
+        ) else {
+            return Err("rekey response without SA, Nr and KEr".into());
+        };
+        let [prop] = sa.proposals.as_slice() else {
+            return Err("rekey response with other than one proposal".into());
+        };
+        let peer_spi: [u8; 8] = prop
+            .spi
+            .as_slice()
+            .try_into()
+            .map_err(|_| "rekey response SPI is not 8 octets")?;
+        let suite = IkeSuite::from_transforms(&prop.transforms).map_err(|e| e.to_string())?;
+        if prop.protocol != ProtocolId::Ike
+            || peer_spi == [0; 8]
+            || !rekey_suites(&self.config.proposals).contains(&suite)
+        {
+            return Err("rekey response chose a proposal we did not offer".into());
+        }
+        if kp.method != suite.ke.id() || init.ke.method() != suite.ke {
+            return Err("rekey response KE method differs from the chosen proposal".into());
+        }
+        let secret = init.ke.complete(&kp.data).map_err(|e| e.to_string())?;
+        let old = self.keys.as_ref().ok_or("no IKE keys")?;
+        let nr = nr.as_bytes().to_vec();
+        let keys = old
+            .rekeyed(
+                &suite,
+                &[secret.as_bytes()],
+                &init.ni,
+                &nr,
+                &init.spi,
+                &peer_spi,
+            )
+            .map_err(|e| e.to_string())?;
+        let ch =
+            Channel::rekeyed(true, init.spi, peer_spi, &suite, &keys).map_err(|e| e.to_string())?;
+        Ok(Rekeyed {
+            ch,
+            suite,
+            keys,
+            ni: init.ni,
+            nr,
+        })
+    }
+
+    /// Makes `new` the current IKE SA; the current one retires (RFC 7296 2.18).
+    fn switch_to(&mut self, new: Rekeyed, now: Instant, rng: &mut dyn Random) {
+        let old = std::mem::replace(&mut self.ch, new.ch);
+        self.retired.push(Retired {
+            ch: old,
+            until: now + RETIRED_GRACE,
+        });
+        self.keys = Some(new.keys);
+        self.suite = Some(new.suite);
+        self.ni = new.ni;
+        self.nr = new.nr;
+        self.hold_new = false;
+        self.rekeys += 1;
+        self.schedule_lifetime(now, rng);
+        // A rekey queued meanwhile is done.
+        self.commands.retain(|c| !matches!(c, Command::RekeyIke));
+    }
+
+    /// Sends the INFORMATIONAL Delete of the last retired IKE SA on it (RFC 7296 1.4.1,
+    /// 2.18: the rekey's initiator deletes the old SA).
+    fn delete_last_retired(&mut self, now: Instant, rng: &mut dyn Random) {
+        let Some(mut r) = self.retired.pop() else {
+            return;
+        };
+        if r.ch.outstanding.is_some() {
+            // Its window is busy; let it end by its deadline instead.
+            self.retired.push(r);
+            return;
+        }
+        std::mem::swap(&mut self.ch, &mut r.ch);
+        self.send_request(
+            ExchangeType::Informational,
+            Purpose::DeleteRetired,
+            &[Payload::Delete(DeletePayload::ike())],
+            now,
+            rng,
+        );
+        std::mem::swap(&mut self.ch, &mut r.ch);
+        self.retired.push(r);
+    }
+
     // ---------------------------------------------------------------- registration
 
     fn on_registration_request(&mut self, opened: Opened, rng: &mut dyn Random) {
@@ -1970,6 +2702,7 @@ impl IkeSa {
                         mid,
                         exchange: ExchangeType::GsaRegistration,
                         auth_payloads: Vec::new(),
+                        spi_i: self.ch.spi_i,
                     };
                     self.events
                         .push_back(Event::RegistrationRequested { peer_id, request });
@@ -1992,6 +2725,22 @@ impl IkeSa {
                 rng,
             ),
         }
+    }
+
+    /// Member: GSA_INBAND_REKEY (RFC 9838 2.4.2).
+    fn on_inband_rekey_request(&mut self, header: &Header, opened: &Opened, rng: &mut dyn Random) {
+        let gsa = opened.payloads.iter().find_map(|p| match p {
+            Payload::Gsa(g) => Some(g.clone()),
+            _ => None,
+        });
+        let kd = opened.payloads.iter().find_map(|p| match p {
+            Payload::Kd(k) => Some(k.clone()),
+            _ => None,
+        });
+        if let (Some(gsa), Some(kd)) = (gsa, kd) {
+            self.events.push_back(Event::InbandRekey { gsa, kd });
+        }
+        self.send_response(header.exchange, header.message_id, &[], rng);
     }
 
     fn on_registration_result(&mut self, group: IdPayload, p: &[Payload]) {
@@ -2030,11 +2779,11 @@ impl IkeSa {
     // ---------------------------------------------------------------- plumbing
 
     fn open(&mut self, datagram: &[u8], response: bool) -> Option<Opened> {
-        let key = self.sk_in.as_ref()?;
+        let key = self.ch.sk_in.as_ref()?;
         let reassembly = if response {
-            &mut self.reassembly_responses
+            &mut self.ch.reassembly_responses
         } else {
-            &mut self.reassembly_requests
+            &mut self.ch.reassembly_requests
         };
         match protect::open(key, datagram, reassembly) {
             Ok(o) => o,
@@ -2060,10 +2809,10 @@ impl IkeSa {
 
     fn header(&self, exchange: ExchangeType, mid: u32, response: bool) -> Header {
         Header::new(
-            self.spi_i,
-            self.spi_r,
+            self.ch.spi_i,
+            self.ch.spi_r,
             exchange,
-            Flags::new(self.role == Role::Initiator, response),
+            Flags::new(self.ch.initiator, response),
             mid,
         )
     }
@@ -2076,8 +2825,8 @@ impl IkeSa {
         now: Instant,
         rng: &mut dyn Random,
     ) {
-        let mid = self.next_mid;
-        let Some(key) = self.sk_out.as_ref() else {
+        let mid = self.ch.next_mid;
+        let Some(key) = self.ch.sk_out.as_ref() else {
             return;
         };
         let header = self.header(exchange, mid, false);
@@ -2101,7 +2850,7 @@ impl IkeSa {
         let (to, from) = (self.remote, self.local);
         let out = packets.iter().map(|p| Datagram::new(to, from, p.clone()));
         self.transmits.extend(out);
-        self.outstanding = Some(Outstanding {
+        self.ch.outstanding = Some(Outstanding {
             mid,
             purpose,
             packets,
@@ -2116,7 +2865,7 @@ impl IkeSa {
         payloads: &[Payload],
         rng: &mut dyn Random,
     ) {
-        let Some(key) = self.sk_out.as_ref() else {
+        let Some(key) = self.ch.sk_out.as_ref() else {
             return;
         };
         let header = self.header(exchange, mid, true);
@@ -2125,14 +2874,14 @@ impl IkeSa {
                 let (to, from) = self.reply_path();
                 let out = packets.iter().map(|p| Datagram::new(to, from, p.clone()));
                 self.transmits.extend(out);
-                self.cached_response = Some((mid, packets));
+                self.ch.cached_response = Some((mid, packets));
             }
             Err(e) => warn!(error = %e, "could not protect a response"),
         }
     }
 
     fn resend_cached(&mut self, mid: u32) {
-        if let Some((m, packets)) = &self.cached_response
+        if let Some((m, packets)) = &self.ch.cached_response
             && *m == mid
         {
             debug!(mid, "retransmitted request: resending the cached response");
@@ -2148,7 +2897,7 @@ impl IkeSa {
         }
         self.closed = true;
         self.state = State::Closed;
-        self.outstanding = None;
+        self.ch.outstanding = None;
         self.half_open_deadline = None;
         self.events.push_back(Event::Closed(reason));
     }
@@ -2245,4 +2994,60 @@ fn nonzero_spi(rng: &mut dyn Random) -> [u8; 8] {
 
 fn random_nonce(rng: &mut dyn Random) -> Vec<u8> {
     random_array::<NONCE_LEN>(rng).to_vec()
+}
+
+/// How long a replaced IKE SA waits for the rekey initiator's Delete (RFC 7296 2.8)
+/// before it is dropped anyway: longer than a default retransmission schedule (about
+/// 165 s), so that a Delete retransmitted to the end still finds it.
+const RETIRED_GRACE: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// A CREATE_CHILD_SA request that rekeys the IKE SA: its SA payload proposes protocol
+/// IKE and there are no traffic selectors (RFC 7296 1.3.2, 2.18).
+fn is_ike_rekey(p: &[Payload]) -> bool {
+    let ike = matches!(p.find(PayloadType::Sa), Some(Payload::Sa(sa))
+        if sa.proposals.first().is_some_and(|x| x.protocol == ProtocolId::Ike));
+    ike && p.find(PayloadType::TsI).is_none() && p.find(PayloadType::TsR).is_none()
+}
+
+/// The suites we offer or accept in an IKE SA rekey: the configured ones without RFC
+/// 9370 additional key exchanges (IKE_FOLLOWUP_KE is not implemented; the new SKEYSEED
+/// still depends on the old SK_d, RFC 7296 2.18), without duplicates.
+fn rekey_suites(ours: &[IkeSuite]) -> Vec<IkeSuite> {
+    let mut v: Vec<IkeSuite> = Vec::new();
+    for s in ours {
+        let s = IkeSuite {
+            addke: Vec::new(),
+            ..s.clone()
+        };
+        if !v.contains(&s) {
+            v.push(s);
+        }
+    }
+    v
+}
+
+/// Responder: our first rekey suite one of the peer's IKE proposals fully offers, with
+/// its proposal number and the peer's new SPI (8 octets, non-zero; RFC 7296 3.3.1). An
+/// ADDKE slot the peer fills without NONE is refused (`addke_slots_match`).
+fn choose_rekey_proposal(ours: &[IkeSuite], theirs: &SaPayload) -> Option<(u8, [u8; 8], IkeSuite)> {
+    let usable = |p: &Proposal| -> Option<[u8; 8]> {
+        let spi: [u8; 8] = p.spi.as_slice().try_into().ok()?;
+        (spi != [0; 8]).then_some(spi)
+    };
+    for suite in rekey_suites(ours) {
+        let wanted = suite.transforms();
+        for p in theirs
+            .proposals
+            .iter()
+            .filter(|p| p.protocol == ProtocolId::Ike)
+        {
+            if let Some(spi) = usable(p)
+                && wanted.iter().all(|w| p.transforms.contains(w))
+                && addke_slots_match(&suite, p)
+            {
+                return Some((p.num, spi, suite));
+            }
+        }
+    }
+    None
 }
