@@ -198,40 +198,7 @@ impl InitiatorRun {
         timeout: Duration,
         done: impl Fn(&[Event]) -> bool,
     ) {
-        let Self {
-            sock,
-            remote,
-            rng,
-            sa,
-            events,
-            sent,
-        } = self;
-        let remote = *remote;
-        let result = driver::run_udp(sock, timeout, |ev, now| {
-            if let driver::Event::Datagram { data, from } = ev
-                && from == remote
-            {
-                sa.handle(data, now, rng);
-            }
-            if sa.poll_timeout().is_some_and(|t| t <= now) {
-                sa.handle_timeout(now, rng);
-            }
-            let mut out = Vec::new();
-            while let Some(d) = sa.poll_transmit() {
-                sent.push(Header::read_datagram(&d).expect("we send decodable headers"));
-                out.push((d, remote));
-            }
-            while let Some(e) = sa.poll_event() {
-                events.push(e);
-            }
-            (out, done(events))
-        });
-        if let Err(e) = result {
-            panic!(
-                "our initiator: {e}; events {events:?}\ncharon:\n{}",
-                charon.log_tail(40)
-            );
-        }
+        self.drive_until(charon, timeout, 40, |_, events| done(events));
     }
 
     /// Runs the socket loop until `done(our IKE SA)` or the timeout.
@@ -240,6 +207,18 @@ impl InitiatorRun {
         charon: &CharonPeer<'_>,
         timeout: Duration,
         done: impl Fn(&IkeSa) -> bool,
+    ) {
+        self.drive_until(charon, timeout, 60, |sa, _| done(sa));
+    }
+
+    /// Runs the socket loop until `done(our IKE SA, its events)` or the timeout; on a
+    /// timeout, fails with the last `tail` lines of charon's log.
+    fn drive_until(
+        &mut self,
+        charon: &CharonPeer<'_>,
+        timeout: Duration,
+        tail: usize,
+        done: impl Fn(&IkeSa, &[Event]) -> bool,
     ) {
         let Self {
             sock,
@@ -267,12 +246,12 @@ impl InitiatorRun {
             while let Some(e) = sa.poll_event() {
                 events.push(e);
             }
-            (out, done(sa))
+            (out, done(sa, events))
         });
         if let Err(e) = result {
             panic!(
                 "our initiator: {e}; events {events:?}\ncharon:\n{}",
-                charon.log_tail(60)
+                charon.log_tail(tail)
             );
         }
     }
