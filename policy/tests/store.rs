@@ -577,6 +577,40 @@ async fn bad_sql_edits_fail_with_clear_errors(db: &TestDb) {
     store.close().await;
 }
 
+/// Migrates `db` to the schema before migration `next` (from copies of the migration files
+/// before it, `count` of them), then runs `script` (plain SQL, as data written by that
+/// older version); opening the store afterwards applies `next` and what follows.
+async fn store_before_migration(db: &TestDb, next: &str, count: usize, script: &str) {
+    let backend = if db.is_pg() { "postgres" } else { "sqlite" };
+    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../migrations")
+        .join(backend);
+    let old = db.dir.0.join(format!("migrations_before_{next}"));
+    std::fs::create_dir_all(&old).unwrap();
+    let mut copied = 0;
+    for e in std::fs::read_dir(&src).unwrap() {
+        let path = e.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        if name.as_str() < next {
+            std::fs::copy(&path, old.join(&name)).unwrap();
+            copied += 1;
+        }
+    }
+    assert_eq!(copied, count);
+    let migrator = sqlx::migrate::Migrator::new(old.as_path()).await.unwrap();
+    if db.is_pg() {
+        let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
+        migrator.run(&pool).await.unwrap();
+        sqlx::raw_sql(script).execute(&pool).await.unwrap();
+        pool.close().await;
+    } else {
+        let pool = sqlx::SqlitePool::connect(&db.url).await.unwrap();
+        migrator.run(&pool).await.unwrap();
+        sqlx::raw_sql(script).execute(&pool).await.unwrap();
+        pool.close().await;
+    }
+}
+
 /// `{hex}` as each dialect spells a binary literal.
 fn blob_literals(db: &TestDb, sql: &str) -> String {
     let mut out = String::new();
@@ -1992,31 +2026,7 @@ async fn sequence_numbers_auto_and_packet_rate_round_trip_and_are_checked(db: &T
 /// its policy's transform. (SQLite replaces the `sn_id` column in place: nothing cascades
 /// to `tek_sas`.)
 async fn migration_0006_keeps_each_tek_policys_and_teks_sequence_numbers(db: &TestDb) {
-    // The migrations up to 0005, from copies of their files.
-    let backend = if db.is_pg() { "postgres" } else { "sqlite" };
-    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../migrations")
-        .join(backend);
-    let old = db.dir.0.join("migrations_0005");
-    std::fs::create_dir_all(&old).unwrap();
-    let mut copied = 0;
-    for e in std::fs::read_dir(&src).unwrap() {
-        let path = e.unwrap().path();
-        let name = path.file_name().unwrap().to_string_lossy().into_owned();
-        if name.as_str() < "0006" {
-            std::fs::copy(&path, old.join(&name)).unwrap();
-            copied += 1;
-        }
-    }
-    assert_eq!(copied, 5);
-    let migrator = sqlx::migrate::Migrator::new(old.as_path()).await.unwrap();
-    let blob = |hex: &str| {
-        if db.is_pg() {
-            format!("'\\x{hex}'::bytea")
-        } else {
-            format!("X'{hex}'")
-        }
-    };
+    let blob = |hex: &str| blob_literals(db, &format!("{{{hex}}}"));
     let script = format!(
         "INSERT INTO groups (name, idg_type, idg_value, capacity, rekey_mode, rekey_dst_addr, \
              rekey_dst_port, rekey_lifetime_secs, rekey_encr_id, rekey_encr_key_bits, \
@@ -2038,17 +2048,7 @@ async fn migration_0006_keeps_each_tek_policys_and_teks_sequence_numbers(db: &Te
         idg = blob("6f6c64"),
         keys = blob(&"ab".repeat(48)),
     );
-    if db.is_pg() {
-        let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
-        migrator.run(&pool).await.unwrap();
-        sqlx::raw_sql(&script).execute(&pool).await.unwrap();
-        pool.close().await;
-    } else {
-        let pool = sqlx::SqlitePool::connect(&db.url).await.unwrap();
-        migrator.run(&pool).await.unwrap();
-        sqlx::raw_sql(&script).execute(&pool).await.unwrap();
-        pool.close().await;
-    }
+    store_before_migration(db, "0006", 5, &script).await;
 
     // Opening the store applies 0006.
     let store = db.open(key(22)).await;
@@ -2405,30 +2405,7 @@ async fn sequential_teks_go_to_one_sender_registration_across_processes(db: &Tes
 /// sender's hands, so it counts as claimed (the next sender registration gets a new one);
 /// other TEKs do not.
 async fn migration_0008_counts_existing_sequential_teks_as_claimed(db: &TestDb) {
-    let backend = if db.is_pg() { "postgres" } else { "sqlite" };
-    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../migrations")
-        .join(backend);
-    let old = db.dir.0.join("migrations_0007");
-    std::fs::create_dir_all(&old).unwrap();
-    let mut copied = 0;
-    for e in std::fs::read_dir(&src).unwrap() {
-        let path = e.unwrap().path();
-        let name = path.file_name().unwrap().to_string_lossy().into_owned();
-        if name.as_str() < "0008" {
-            std::fs::copy(&path, old.join(&name)).unwrap();
-            copied += 1;
-        }
-    }
-    assert_eq!(copied, 7);
-    let migrator = sqlx::migrate::Migrator::new(old.as_path()).await.unwrap();
-    let blob = |hex: &str| {
-        if db.is_pg() {
-            format!("'\\x{hex}'::bytea")
-        } else {
-            format!("X'{hex}'")
-        }
-    };
+    let blob = |hex: &str| blob_literals(db, &format!("{{{hex}}}"));
     let script = format!(
         "INSERT INTO groups (name, idg_type, idg_value, capacity, rekey_mode, rekey_dst_addr, \
              rekey_dst_port, rekey_lifetime_secs, rekey_encr_id, rekey_encr_key_bits, \
@@ -2446,17 +2423,7 @@ async fn migration_0008_counts_existing_sequential_teks_as_claimed(db: &TestDb) 
         idg = blob("6f6c64"),
         keys = blob(&"ab".repeat(48)),
     );
-    if db.is_pg() {
-        let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
-        migrator.run(&pool).await.unwrap();
-        sqlx::raw_sql(&script).execute(&pool).await.unwrap();
-        pool.close().await;
-    } else {
-        let pool = sqlx::SqlitePool::connect(&db.url).await.unwrap();
-        migrator.run(&pool).await.unwrap();
-        sqlx::raw_sql(&script).execute(&pool).await.unwrap();
-        pool.close().await;
-    }
+    store_before_migration(db, "0008", 7, &script).await;
     // Opening the store applies 0008.
     let store = db.open(key(32)).await;
     let g = store.group_by_name("old").await.unwrap().unwrap();
