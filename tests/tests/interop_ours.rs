@@ -325,6 +325,35 @@ fn assert_same_keys_ppk(
     }
 }
 
+/// Our initiator (GM) handshaking with a charon responder (GCKS) with `creds`; charon
+/// offers `charon_proposals` (`None`: charon's default), `tweak` adjusts both configs
+/// first. Returns the run and charon, however the handshake ended.
+fn handshake_with_charon<'p>(
+    pair: &'p Pair,
+    creds: &Creds,
+    our_proposals: &[&str],
+    charon_proposals: Option<&[&str]>,
+    tweak: impl FnOnce(&mut IkeConfig, &mut CharonConfig),
+) -> (InitiatorRun, CharonPeer<'p>) {
+    let s = setup(creds, GM, GCKS);
+    let mut cfg = CharonConfig::responder(
+        pair.link_b.v4.into(),
+        Identity::Fqdn(GCKS.into()),
+        Some(Identity::Fqdn(GM.into())),
+        s.charon_auth,
+    );
+    if let Some(p) = charon_proposals {
+        cfg = cfg.with_proposals(p);
+    }
+    let mut ours = our_config(our_proposals, GM, s.local_auth, s.peer_auth);
+    ours.remote_id = Some(fqdn(GCKS));
+    tweak(&mut ours, &mut cfg);
+    let charon = CharonPeer::start(&pair.b, cfg).expect("charon responder");
+    let mut run = InitiatorRun::start(pair, &charon, ours);
+    run.handshake(&charon);
+    (run, charon)
+}
+
 /// Our initiator against a charon responder; returns our run and charon's SA.
 fn ours_to_charon<'p>(
     pair: &'p Pair,
@@ -333,21 +362,17 @@ fn ours_to_charon<'p>(
     charon_proposals: &[&str],
     tweak: impl FnOnce(&mut IkeConfig, &mut CharonConfig),
 ) -> (InitiatorRun, IkeSaInfo, CharonPeer<'p>) {
-    let s = setup(&creds, GM, GCKS);
-    let mut cfg = CharonConfig::responder(
-        pair.link_b.v4.into(),
-        Identity::Fqdn(GCKS.into()),
-        Some(Identity::Fqdn(GM.into())),
-        s.charon_auth,
-    )
-    .with_proposals(charon_proposals);
-    let mut ours = our_config(our_proposals, GM, s.local_auth, s.peer_auth);
-    ours.remote_id = Some(fqdn(GCKS));
-    tweak(&mut ours, &mut cfg);
-    let ppk = ours.ppk.as_ref().map(|p| p.secret.clone());
-    let charon = CharonPeer::start(&pair.b, cfg).expect("charon responder");
-    let mut run = InitiatorRun::start(pair, &charon, ours);
-    run.handshake(&charon);
+    let mut ppk = None;
+    let (run, charon) = handshake_with_charon(
+        pair,
+        &creds,
+        our_proposals,
+        Some(charon_proposals),
+        |ours, cfg| {
+            tweak(ours, cfg);
+            ppk = ours.ppk.as_ref().map(|p| p.secret.clone());
+        },
+    );
     assert_eq!(
         established_peer(&run.events),
         Some(&fqdn(GCKS)),
@@ -785,22 +810,17 @@ fn charon_deletes_the_ike_sa_of_our_initiator() {
 fn ours_to_charon_refuses_a_certificate_we_do_not_trust() {
     let Some(_) = charon_or_skip() else { return };
     let pair = Pair::new("o2c-untrusted").expect("namespaces");
-    let s = setup(&Creds::Certs(KeyType::Ed25519), GM, GCKS);
     // We trust another CA than the one that issued charon's certificate.
     let stranger = Pki::new(KeyType::Ed25519, "a CA we do not know").expect("CA");
     let resolver = CertificateResolver::new([stranger.ca_der()], Arc::new(SystemTime::now))
         .expect("trust anchor");
-    let cfg = CharonConfig::responder(
-        pair.link_b.v4.into(),
-        Identity::Fqdn(GCKS.into()),
-        Some(Identity::Fqdn(GM.into())),
-        s.charon_auth,
+    let (run, charon) = handshake_with_charon(
+        &pair,
+        &Creds::Certs(KeyType::Ed25519),
+        &[GCM_X25519],
+        None,
+        |ours, _| ours.peer_auth = Arc::new(resolver),
     );
-    let mut ours = our_config(&[GCM_X25519], GM, s.local_auth, Arc::new(resolver));
-    ours.remote_id = Some(fqdn(GCKS));
-    let charon = CharonPeer::start(&pair.b, cfg).expect("charon responder");
-    let mut run = InitiatorRun::start(&pair, &charon, ours);
-    run.handshake(&charon);
     assert_eq!(established_peer(&run.events), None);
     assert_eq!(
         closed(&run.events),
@@ -818,21 +838,11 @@ fn ours_to_charon_refuses_a_certificate_we_do_not_trust() {
 fn ours_to_charon_without_childless_support_stops_after_ike_sa_init() {
     let Some(_) = charon_or_skip() else { return };
     let pair = Pair::new("o2c-nochildless").expect("namespaces");
-    let s = setup(&Creds::Psk, GM, GCKS);
-    let mut cfg = CharonConfig::responder(
-        pair.link_b.v4.into(),
-        Identity::Fqdn(GCKS.into()),
-        Some(Identity::Fqdn(GM.into())),
-        s.charon_auth,
-    );
     // charon then leaves CHILDLESS_IKEV2_SUPPORTED out of its IKE_SA_INIT response and
     // would answer a childless IKE_AUTH with INVALID_SYNTAX, keeping no IKE SA.
-    cfg.childless = "never".into();
-    let mut ours = our_config(&[GCM_X25519], GM, s.local_auth, s.peer_auth);
-    ours.remote_id = Some(fqdn(GCKS));
-    let charon = CharonPeer::start(&pair.b, cfg).expect("charon responder");
-    let mut run = InitiatorRun::start(&pair, &charon, ours);
-    run.handshake(&charon);
+    let (run, charon) = handshake_with_charon(&pair, &Creds::Psk, &[GCM_X25519], None, |_, cfg| {
+        cfg.childless = "never".into()
+    });
     // RFC 6023 3: no childless IKE_AUTH without the responder's announcement.
     assert_eq!(established_peer(&run.events), None, "{:?}", run.events);
     assert!(
@@ -988,25 +998,20 @@ fn ours_to_charon_unknown_ppk_falls_back_to_no_ppk_auth() {
 fn ours_to_charon_mismatched_ppk_is_refused() {
     let Some(_) = charon_or_skip() else { return };
     let pair = Pair::new("o2c-badppk").expect("namespaces");
-    let s = setup(&Creds::Psk, GM, GCKS);
-    let mut cfg = CharonConfig::responder(
-        pair.link_b.v4.into(),
-        Identity::Fqdn(GCKS.into()),
-        Some(Identity::Fqdn(GM.into())),
-        s.charon_auth,
-    )
-    .with_proposals(&[GCM_X25519]);
-    cfg.ppk = Some(charon_ppk(PPK_ID, PPK, true));
-    let mut ours = our_config(&[GCM_X25519], GM, s.local_auth, s.peer_auth);
-    ours.remote_id = Some(fqdn(GCKS));
-    ours.ppk = Some(our_ppk(
-        PPK_ID,
-        b"another PPK under the same PPK_ID!!",
-        true,
-    ));
-    let charon = CharonPeer::start(&pair.b, cfg).expect("charon responder");
-    let mut run = InitiatorRun::start(&pair, &charon, ours);
-    run.handshake(&charon);
+    let (run, charon) = handshake_with_charon(
+        &pair,
+        &Creds::Psk,
+        &[GCM_X25519],
+        Some(&[GCM_X25519]),
+        |ours, cfg| {
+            cfg.ppk = Some(charon_ppk(PPK_ID, PPK, true));
+            ours.ppk = Some(our_ppk(
+                PPK_ID,
+                b"another PPK under the same PPK_ID!!",
+                true,
+            ));
+        },
+    );
     assert_eq!(
         closed(&run.events),
         Some(&CloseReason::AuthenticationFailed),
