@@ -1012,6 +1012,36 @@ fn rekeyed_member(
     .unwrap()
 }
 
+/// Group "live"'s AES-GCM-256 TEK to `dst`, and its members live1.gk and live2.gk (PSK).
+fn live_tek_and_members(w: &World, dst: &str) {
+    w.cli(&[
+        "group",
+        "add-tek",
+        "live",
+        "--dst",
+        dst,
+        "--cipher",
+        "aes-gcm-256",
+    ]);
+    for id in ["live1.gk", "live2.gk"] {
+        let psk = w.write(&format!("{id}.psk"), &psk_of(id));
+        w.cli(&["member", "add", id, "--psk-file", &psk]);
+        w.cli(&["authorize", id, "live"]);
+    }
+}
+
+/// live1.gk (over port 848) and live2.gk (over 500) in two hosts, each until its second
+/// rekey: the TEK it registered with and its `Rekeyed` events ([`rekeyed_member`]).
+fn live_members(w: &World) -> Vec<(String, Vec<AgentEvent>)> {
+    [
+        rekeyed_member(&w.hosts[0], w.links[0].v4, w.addr(848), "live1.gk"),
+        rekeyed_member(&w.hosts[1], w.links[1].v4, w.addr(500), "live2.gk"),
+    ]
+    .into_iter()
+    .map(|h| h.join().expect("member thread"))
+    .collect()
+}
+
 /// `gcks serve` renews the TEK of a multicast group before the members' soft lifetime and
 /// pushes it, signed, to the group's rekey address across the LAN (RFC 9838 2.4.1): both
 /// members install the same new TEK and delete the old one, twice in a row (Message IDs 0
@@ -1036,20 +1066,7 @@ fn serve_pushes_tek_renewals_to_members_on_the_lan() {
         "--sender-id-bits",
         "8",
     ]);
-    w.cli(&[
-        "group",
-        "add-tek",
-        "live",
-        "--dst",
-        "239.0.0.20:5004",
-        "--cipher",
-        "aes-gcm-256",
-    ]);
-    for id in ["live1.gk", "live2.gk"] {
-        let psk = w.write(&format!("{id}.psk"), &psk_of(id));
-        w.cli(&["member", "add", id, "--psk-file", &psk]);
-        w.cli(&["authorize", id, "live"]);
-    }
+    live_tek_and_members(&w, "239.0.0.20:5004");
     let gcks_ip = w.gcks_ip.to_string();
     let server = w.serve(&[
         "--rekey-tick-ms",
@@ -1063,14 +1080,7 @@ fn serve_pushes_tek_renewals_to_members_on_the_lan() {
         "--multicast-ttl",
         "1",
     ]);
-    let members = [
-        rekeyed_member(&w.hosts[0], w.links[0].v4, w.addr(848), "live1.gk"),
-        rekeyed_member(&w.hosts[1], w.links[1].v4, w.addr(500), "live2.gk"),
-    ];
-    let results: Vec<(String, Vec<AgentEvent>)> = members
-        .into_iter()
-        .map(|h| h.join().expect("member thread"))
-        .collect();
+    let results = live_members(&w);
     let (registered, first) = (&results[0].0, &results[0].1);
     for (tek, rekeys) in &results {
         // Both registered before the first renewal, and see the same two rekeys.
@@ -1131,29 +1141,9 @@ fn serve_rekeys_an_inband_group_over_the_members_ike_sas() {
         "--sender-id-bits",
         "8",
     ]);
-    w.cli(&[
-        "group",
-        "add-tek",
-        "live",
-        "--dst",
-        "239.0.0.23:5004",
-        "--cipher",
-        "aes-gcm-256",
-    ]);
-    for id in ["live1.gk", "live2.gk"] {
-        let psk = w.write(&format!("{id}.psk"), &psk_of(id));
-        w.cli(&["member", "add", id, "--psk-file", &psk]);
-        w.cli(&["authorize", id, "live"]);
-    }
+    live_tek_and_members(&w, "239.0.0.23:5004");
     let server = w.serve(&["--rekey-tick-ms", "200"]);
-    let members = [
-        rekeyed_member(&w.hosts[0], w.links[0].v4, w.addr(848), "live1.gk"),
-        rekeyed_member(&w.hosts[1], w.links[1].v4, w.addr(500), "live2.gk"),
-    ];
-    let results: Vec<(String, Vec<AgentEvent>)> = members
-        .into_iter()
-        .map(|h| h.join().expect("member thread"))
-        .collect();
+    let results = live_members(&w);
     let registered = &results[0].0;
     let mut held = registered.clone();
     for i in 0..2 {
