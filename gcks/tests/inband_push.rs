@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::{WAIT, next_event, suite};
+use common::{WAIT, add_psk_members, aes_gcm_256_tek, next_event, psk_membership, suite};
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
@@ -23,12 +23,11 @@ use gikev2_member::config::MembershipConfig;
 use gikev2_member::runtime::{self, RuntimeConfig};
 use gikev2_member::{AgentEvent, AgentHandle, NoDataPlane, SystemClock};
 use gikev2_policy::{
-    DEFAULT_MAX_PACKET_RATE, EspMode, GroupId, GroupSpec, GroupWidePolicy, Identity, MasterKey,
-    NewCredential, RekeyConfig, RekeyMode, Role, Selector, SnPolicy, Store, TekPolicySpec,
-    TekProtocol,
+    EspMode, GroupId, GroupSpec, GroupWidePolicy, Identity, MasterKey, RekeyConfig, RekeyMode,
+    Role, SnPolicy, Store,
 };
 use gikev2_proto::crypto::{SecretBytes, SystemRandom};
-use gikev2_proto::ike::{IkeConfig, LocalAuth, PeerAuth, PeerAuthResolver, SinglePeer};
+use gikev2_proto::ike::{IkeConfig, LocalAuth, PeerAuthResolver};
 use gikev2_proto::registry::{EncrId, GcAuthId, KwaId, SnId};
 use gikev2_proto::wire::IdPayload;
 
@@ -84,37 +83,15 @@ async fn world() -> World {
         )
         .await
         .unwrap();
-    store
-        .add_tek_policy(
-            group,
-            &TekPolicySpec {
-                protocol: TekProtocol::Esp,
-                ip_protocol: 17,
-                src: Selector::any(false),
-                dst: Selector::host_port("239.78.0.1".parse().unwrap(), 5004),
-                encr: EncrId::AesGcm16,
-                encr_key_bits: Some(256),
-                integ: None,
-                // One sender, a multicast destination: 32-bit Sequential Numbers (R077).
-                sn: SnPolicy::Auto,
-                mode: EspMode::Transport,
-                max_packet_rate: DEFAULT_MAX_PACKET_RATE,
-            },
-        )
-        .await
-        .unwrap();
-    for (id, role) in [("a.example", Role::Sender), ("b.example", Role::Receiver)] {
-        let m = store
-            .add_member(
-                &Identity::fqdn(id),
-                None,
-                &NewCredential::Psk(SecretBytes::from_slice(id.as_bytes())),
-                0,
-            )
-            .await
-            .unwrap();
-        store.authorize(m, group, role, 0).await.unwrap();
-    }
+    // One sender, a multicast destination: 32-bit Sequential Numbers (R077).
+    let tek = aes_gcm_256_tek("239.78.0.1", SnPolicy::Auto, EspMode::Transport);
+    store.add_tek_policy(group, &tek).await.unwrap();
+    add_psk_members(
+        &store,
+        group,
+        &[("a.example", Role::Sender), ("b.example", Role::Receiver)],
+    )
+    .await;
     let loader = StoreLoader::start(url.clone(), key_path).unwrap();
     let cache = Arc::new(CredentialCache::new(
         Arc::new(loader),
@@ -160,22 +137,9 @@ async fn world() -> World {
 
 fn member(id: &str, gcks: SocketAddr, sender: bool) -> MembershipConfig {
     MembershipConfig {
-        group: "g".into(),
-        group_id: IdPayload::key_id(b"g".to_vec()),
-        gcks,
-        ike: IkeConfig::new(
-            vec![suite()],
-            IdPayload::fqdn(id).unwrap(),
-            LocalAuth::Psk(SecretBytes::from_slice(id.as_bytes())),
-            // With PSKs the GCKS answers with the member's own key (RFC 7296 2.15).
-            Arc::new(SinglePeer {
-                id: None,
-                auth: PeerAuth::Psk(SecretBytes::from_slice(id.as_bytes())),
-            }),
-        ),
         sender_ids: sender.then_some(1),
         receive: sender,
-        auth_kind: "psk",
+        ..psk_membership(id, gcks)
     }
 }
 

@@ -10,7 +10,7 @@
 
 mod common;
 
-use common::{WAIT, next_event, suite};
+use common::{WAIT, add_psk_members, aes_gcm_256_tek, next_event, psk_membership, suite};
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::Arc;
@@ -27,12 +27,11 @@ use gikev2_member::config::MembershipConfig;
 use gikev2_member::runtime::{self, RuntimeConfig};
 use gikev2_member::{AgentEvent, AgentHandle, NoDataPlane, SystemClock};
 use gikev2_policy::{
-    DEFAULT_MAX_PACKET_RATE, EspMode, GroupId, GroupSpec, GroupWidePolicy, Identity, MasterKey,
-    NewCredential, RekeyConfig, RekeyMode, Role, Selector, SnPolicy, Store, TekPolicySpec,
-    TekProtocol,
+    EspMode, GroupId, GroupSpec, GroupWidePolicy, Identity, MasterKey, RekeyConfig, RekeyMode,
+    Role, SnPolicy, Store, TekPolicySpec,
 };
 use gikev2_proto::crypto::{SecretBytes, SignatureScheme, SigningKey, SystemRandom};
-use gikev2_proto::ike::{IkeConfig, LocalAuth, PeerAuth, PeerAuthResolver, SinglePeer};
+use gikev2_proto::ike::{IkeConfig, LocalAuth, PeerAuthResolver};
 use gikev2_proto::registry::{EncrId, GcAuthId, KwaId, SnId};
 use gikev2_proto::wire::IdPayload;
 
@@ -138,36 +137,14 @@ async fn world_listening(
         )
         .await
         .unwrap();
-    store
-        .add_tek_policy(
-            group,
-            &TekPolicySpec {
-                protocol: TekProtocol::Esp,
-                ip_protocol: 17,
-                src: Selector::any(false),
-                dst: Selector::host_port("239.77.0.1".parse().unwrap(), 5004),
-                encr: EncrId::AesGcm16,
-                encr_key_bits: Some(256),
-                integ: None,
-                sn: SnPolicy::Fixed(SnId::Unspecified32),
-                mode: EspMode::Transport,
-                max_packet_rate: DEFAULT_MAX_PACKET_RATE,
-            },
-        )
-        .await
-        .unwrap();
-    for &id in members {
-        let m = store
-            .add_member(
-                &Identity::fqdn(id),
-                None,
-                &NewCredential::Psk(SecretBytes::from_slice(id.as_bytes())),
-                0,
-            )
-            .await
-            .unwrap();
-        store.authorize(m, group, role, 0).await.unwrap();
-    }
+    let tek = aes_gcm_256_tek(
+        "239.77.0.1",
+        SnPolicy::Fixed(SnId::Unspecified32),
+        EspMode::Transport,
+    );
+    store.add_tek_policy(group, &tek).await.unwrap();
+    let roles: Vec<(&str, Role)> = members.iter().map(|&id| (id, role)).collect();
+    add_psk_members(&store, group, &roles).await;
 
     let loader = StoreLoader::start(url.clone(), key_path.clone()).unwrap();
     let url = url.clone();
@@ -223,24 +200,7 @@ async fn world_listening(
 }
 
 fn member(id: &str, gcks: SocketAddr) -> MembershipConfig {
-    MembershipConfig {
-        group: "g".into(),
-        group_id: IdPayload::key_id(b"g".to_vec()),
-        gcks,
-        ike: IkeConfig::new(
-            vec![suite()],
-            IdPayload::fqdn(id).unwrap(),
-            LocalAuth::Psk(SecretBytes::from_slice(id.as_bytes())),
-            // With PSKs the GCKS answers with the member's own key (RFC 7296 2.15).
-            Arc::new(SinglePeer {
-                id: None,
-                auth: PeerAuth::Psk(SecretBytes::from_slice(id.as_bytes())),
-            }),
-        ),
-        sender_ids: None,
-        receive: false,
-        auth_kind: "psk",
-    }
+    psk_membership(id, gcks)
 }
 
 fn agent() -> AgentHandle {
@@ -696,18 +656,11 @@ async fn a_withdrawn_member_is_cut_off_when_the_group_has_forward_access_control
 /// A second TEK policy for the group of `world_with`: the same AES-GCM-256 to another
 /// multicast address.
 fn second_tek_policy() -> TekPolicySpec {
-    TekPolicySpec {
-        protocol: TekProtocol::Esp,
-        ip_protocol: 17,
-        src: Selector::any(false),
-        dst: Selector::host_port("239.77.0.2".parse().unwrap(), 5004),
-        encr: EncrId::AesGcm16,
-        encr_key_bits: Some(256),
-        integ: None,
-        sn: SnPolicy::Fixed(SnId::Unspecified32),
-        mode: EspMode::Transport,
-        max_packet_rate: DEFAULT_MAX_PACKET_RATE,
-    }
+    aes_gcm_256_tek(
+        "239.77.0.2",
+        SnPolicy::Fixed(SnId::Unspecified32),
+        EspMode::Transport,
+    )
 }
 
 /// The Rekey SA an agent listens on as current, as status shows it (32 hex digits).

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::suite;
+use common::{aes_gcm_256_tek, suite};
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -15,9 +15,8 @@ use gikev2_gcks::credentials::{CacheConfig, CredentialCache, StoreLoader};
 use gikev2_gcks::{Registrar, RegistrationContext, ServeConfig, Server, StoreRegistrar};
 use gikev2_member::{JoinError, join};
 use gikev2_policy::{
-    AuditOutcome, DEFAULT_MAX_PACKET_RATE, EspMode, GroupId, GroupSpec, GroupWidePolicy, Identity,
-    MasterKey, NewCredential, RekeyConfig, RekeyMode, Role, Selector, SnPolicy, Store,
-    TekPolicySpec, TekProtocol,
+    AuditOutcome, EspMode, GroupId, GroupSpec, GroupWidePolicy, Identity, MasterKey, NewCredential,
+    RekeyConfig, RekeyMode, Role, Selector, SnPolicy, Store, TekPolicySpec,
 };
 use gikev2_proto::crypto::{
     KeyWrapAlg, KeyWrapKey, SecretBytes, SignatureScheme, SigningKey, SystemRandom,
@@ -67,18 +66,11 @@ fn group_spec(name: &str, mode: RekeyMode) -> GroupSpec {
 }
 
 fn tek() -> TekPolicySpec {
-    TekPolicySpec {
-        protocol: TekProtocol::Esp,
-        ip_protocol: 17,
-        src: Selector::any(false),
-        dst: Selector::host_port("239.1.2.4".parse().unwrap(), 5004),
-        encr: EncrId::AesGcm16,
-        encr_key_bits: Some(256),
-        integ: None,
-        sn: SnPolicy::Fixed(SnId::Unspecified32),
-        mode: EspMode::TunnelAddressPreserving,
-        max_packet_rate: DEFAULT_MAX_PACKET_RATE,
-    }
+    aes_gcm_256_tek(
+        "239.1.2.4",
+        SnPolicy::Fixed(SnId::Unspecified32),
+        EspMode::TunnelAddressPreserving,
+    )
 }
 
 async fn fixture() -> Fixture {
