@@ -312,7 +312,15 @@ impl StoreRegistrar {
     ) -> Result<Arc<GroupView>, Refusal> {
         let senders = self.store.sender_count(view.cfg.group.id).await?;
         crate::state::replace_teks(&self.store, &view.cfg, senders, now, spis).await?;
-        self.views.forget(idg);
+        self.view(idg, now, true).await
+    }
+
+    /// The group's view at `now`, read again from the store when `fresh`; an unknown
+    /// group is INVALID_GROUP_ID.
+    async fn view(&self, idg: &Identity, now: u64, fresh: bool) -> Result<Arc<GroupView>, Refusal> {
+        if fresh {
+            self.views.forget(idg);
+        }
         self.views
             .get(idg, now)
             .await?
@@ -328,11 +336,7 @@ impl StoreRegistrar {
         idg: &Identity,
     ) -> Result<Verdict, Refusal> {
         let now = (self.clock)();
-        let mut view = self
-            .views
-            .get(idg, now)
-            .await?
-            .ok_or_else(|| refuse(NotifyType::InvalidGroupId, "unknown group"))?;
+        let mut view = self.view(idg, now, false).await?;
         let wants_sender = ctx.request.sender_ids.is_some();
         // RFC 9838 4.4.2.1.3 (R077, R079): a TEK with sequential numbers is for one sender.
         // The view may be older than this sender's authorization (policy TTL): when the
@@ -342,12 +346,7 @@ impl StoreRegistrar {
             && view.single_sender_teks
             && self.store.sender_count(view.cfg.group.id).await? > 1
         {
-            self.views.forget(idg);
-            view = self
-                .views
-                .get(idg, now)
-                .await?
-                .ok_or_else(|| refuse(NotifyType::InvalidGroupId, "unknown group"))?;
+            view = self.view(idg, now, true).await?;
         }
         // RFC 9838 4.4.2.1.3 (R077) with RFC 4303 3.4.3: a TEK with sequential numbers goes
         // to one sender registration, since a sender registering again (a restarted `gm`)
