@@ -123,6 +123,29 @@ macro_rules! insert_audit {
     };
 }
 
+/// Marks the TEKs `$spis` (i64) of group `$group` (i64) as given to a sender
+/// (`tek_sas.sender_claimed`, migrations 0008) within transaction `$tx`; evaluates to
+/// how many were not marked before.
+macro_rules! mark_sender_claimed {
+    ($tx:ident, $group:expr, $spis:expr) => {{
+        let mut marked: u64 = 0;
+        for chunk in $spis.chunks(BATCH_BINDS - 2) {
+            let mut q = sqlx::QueryBuilder::new("UPDATE tek_sas SET sender_claimed = ");
+            q.push_bind(true)
+                .push(" WHERE NOT sender_claimed AND group_id = ")
+                .push_bind($group)
+                .push(" AND spi IN (");
+            let mut list = q.separated(", ");
+            for s in chunk {
+                list.push_bind(*s);
+            }
+            q.push(")");
+            marked += q.build().execute(&mut *$tx).await?.rows_affected();
+        }
+        marked
+    }};
+}
+
 const MASTER_KEY_CHECK: &[u8] = b"gikev2-policy master key check v1";
 const MASTER_KEY_CHECK_NAME: &str = "master_key_check";
 
@@ -640,20 +663,7 @@ impl Store {
             if locked.is_none() {
                 return Err(StoreError::NotFound(format!("group {group}")));
             }
-            let mut marked = 0;
-            for chunk in spis.chunks(BATCH_BINDS - 2) {
-                let mut q = sqlx::QueryBuilder::new("UPDATE tek_sas SET sender_claimed = ");
-                q.push_bind(true)
-                    .push(" WHERE NOT sender_claimed AND group_id = ")
-                    .push_bind(group.0)
-                    .push(" AND spi IN (");
-                let mut list = q.separated(", ");
-                for s in chunk {
-                    list.push_bind(*s);
-                }
-                q.push(")");
-                marked += q.build().execute(&mut *tx).await?.rows_affected();
-            }
+            let marked = mark_sender_claimed!(tx, group.0, spis);
             tx.commit().await?;
             Ok(marked)
         })
@@ -1252,19 +1262,7 @@ impl Store {
                     q.build().execute(&mut *tx).await?;
                 }
                 for (g, spis) in &claimed {
-                    for chunk in spis.chunks(BATCH_BINDS - 2) {
-                        let mut q = sqlx::QueryBuilder::new("UPDATE tek_sas SET sender_claimed = ");
-                        q.push_bind(true)
-                            .push(" WHERE group_id = ")
-                            .push_bind(*g)
-                            .push(" AND spi IN (");
-                        let mut list = q.separated(", ");
-                        for s in chunk {
-                            list.push_bind(*s);
-                        }
-                        q.push(")");
-                        q.build().execute(&mut *tx).await?;
-                    }
+                    mark_sender_claimed!(tx, *g, spis);
                 }
                 for (g, (next, refused)) in &counters {
                     sqlx::query(
