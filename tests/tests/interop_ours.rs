@@ -25,7 +25,7 @@ use gikev2_proto::crypto::{
 use gikev2_proto::ike::x509::CertificateResolver;
 use gikev2_proto::ike::{
     CloseReason, Endpoint, EndpointConfig, EndpointStats, Event, Goal, IkeConfig, IkeSa, LocalAuth,
-    LocalPpk, PeerAuth, PeerAuthResolver, SinglePeer, SinglePpk,
+    LocalPpk, PeerAuth, PeerAuthResolver, SaHandle, SinglePeer, SinglePpk,
 };
 use gikev2_proto::registry::{EncrId, ExchangeType, IntegId, KeId, PrfId};
 use gikev2_proto::wire::{Header, IdPayload, Transform};
@@ -541,6 +541,36 @@ struct ResponderRun {
     charon_log: String,
 }
 
+/// One step of our responder endpoint under `driver::run_udp`: the datagram handled,
+/// timers run, what it sends; its events appended to `events`, the handle of an SA that
+/// got established kept in `established`.
+fn serve_step(
+    ep: &mut Endpoint,
+    ev: driver::Event<'_>,
+    now: Instant,
+    rng: &mut SystemRandom,
+    events: &mut Vec<Event>,
+    established: &mut Option<SaHandle>,
+) -> Vec<(Vec<u8>, SocketAddr)> {
+    if let driver::Event::Datagram { data, from } = ev {
+        ep.handle(data, from, now, rng);
+    }
+    if ep.poll_timeout().is_some_and(|t| t <= now) {
+        ep.handle_timeout(now, rng);
+    }
+    let mut out = Vec::new();
+    while let Some((to, d)) = ep.poll_transmit() {
+        out.push((d, to));
+    }
+    while let Some((h, e)) = ep.poll_event() {
+        if matches!(e, Event::Established { .. }) {
+            *established = Some(h);
+        }
+        events.push(e);
+    }
+    out
+}
+
 /// charon in B initiates to our [`Endpoint`] on UDP 500 in A.
 fn charon_to_ours(
     pair: &Pair,
@@ -574,22 +604,7 @@ fn charon_to_ours(
     let initiated = std::thread::scope(|scope| {
         let initiation = scope.spawn(|| charon.initiate());
         let served = driver::run_udp(&sock, Duration::from_secs(20), |ev, now| {
-            if let driver::Event::Datagram { data, from } = ev {
-                ep.handle(data, from, now, &mut rng);
-            }
-            if ep.poll_timeout().is_some_and(|t| t <= now) {
-                ep.handle_timeout(now, &mut rng);
-            }
-            let mut out = Vec::new();
-            while let Some((to, d)) = ep.poll_transmit() {
-                out.push((d, to));
-            }
-            while let Some((h, e)) = ep.poll_event() {
-                if matches!(e, Event::Established { .. }) {
-                    established = Some(h);
-                }
-                events.push(e);
-            }
+            let out = serve_step(&mut ep, ev, now, &mut rng, &mut events, &mut established);
             // Serve until charon's swanctl has its answer (it may still retransmit).
             (out, initiation.is_finished())
         });
@@ -1213,22 +1228,7 @@ fn charon_rekeys_the_ike_sa_with_ours() {
         let initiation = scope.spawn(|| charon.initiate());
         let mut rekey = None;
         let served = driver::run_udp(&sock, Duration::from_secs(30), |ev, now| {
-            if let driver::Event::Datagram { data, from } = ev {
-                ep.handle(data, from, now, &mut rng);
-            }
-            if ep.poll_timeout().is_some_and(|t| t <= now) {
-                ep.handle_timeout(now, &mut rng);
-            }
-            let mut out = Vec::new();
-            while let Some((to, d)) = ep.poll_transmit() {
-                out.push((d, to));
-            }
-            while let Some((h, e)) = ep.poll_event() {
-                if matches!(e, Event::Established { .. }) {
-                    established = Some(h);
-                }
-                events.push(e);
-            }
+            let out = serve_step(&mut ep, ev, now, &mut rng, &mut events, &mut established);
             let sa = established.and_then(|h| ep.sa(h));
             if rekey.is_none() && initiation.is_finished() && sa.is_some() {
                 old = sa.map(IkeSa::spis);
