@@ -303,6 +303,21 @@ impl Pair {
     }
 }
 
+/// Both sides closed the IKE SA with AUTHENTICATION_FAILED (`what` names the case).
+fn assert_both_closed_authentication_failed(p: &Pair, what: &str) {
+    let failed = Event::Closed(CloseReason::AuthenticationFailed);
+    assert!(
+        p.gcks_events.contains(&failed),
+        "{what}: {:?}",
+        p.gcks_events
+    );
+    assert!(
+        p.member_events.contains(&failed),
+        "{what}: {:?}",
+        p.member_events
+    );
+}
+
 fn registered(events: &[Event]) -> Vec<(GsaPayload, KdPayload, bool)> {
     events
         .iter()
@@ -430,14 +445,7 @@ fn wrong_psk_fails_authentication_on_both_sides() {
     );
     let mut p = Pair::new(m, g, Goal::GsaAuth(request(None)));
     p.drive();
-    assert!(
-        p.member_events
-            .contains(&Event::Closed(CloseReason::AuthenticationFailed))
-    );
-    assert!(
-        p.gcks_events
-            .contains(&Event::Closed(CloseReason::AuthenticationFailed))
-    );
+    assert_both_closed_authentication_failed(&p, "");
     assert!(registered(&p.member_events).is_empty());
     assert!(
         !p.gcks_events
@@ -509,14 +517,7 @@ fn ml_dsa_65_signature_from_an_unexpected_key_is_refused() {
     );
     let mut p = Pair::new(m, g, Goal::IkeAuth);
     p.drive();
-    assert!(
-        p.gcks_events
-            .contains(&Event::Closed(CloseReason::AuthenticationFailed))
-    );
-    assert!(
-        p.member_events
-            .contains(&Event::Closed(CloseReason::AuthenticationFailed))
-    );
+    assert_both_closed_authentication_failed(&p, "");
 }
 
 #[test]
@@ -1017,14 +1018,7 @@ mod ppk {
             Some(gcks_ppks("ppk1", true)),
         );
         assert!(registered(&p.member_events).is_empty());
-        assert!(
-            p.gcks_events
-                .contains(&Event::Closed(CloseReason::AuthenticationFailed))
-        );
-        assert!(
-            p.member_events
-                .contains(&Event::Closed(CloseReason::AuthenticationFailed))
-        );
+        assert_both_closed_authentication_failed(&p, "");
     }
 
     /// RFC 8784 3, Table 1: an unknown PPK_ID when the PPK is mandatory for the member
@@ -1037,16 +1031,7 @@ mod ppk {
                 Some(member_ppk("not-known", &PPK, member_mandatory)),
                 Some(gcks_ppks("ppk1", gcks_required)),
             );
-            assert!(
-                p.gcks_events
-                    .contains(&Event::Closed(CloseReason::AuthenticationFailed)),
-                "{member_mandatory} {gcks_required}: {:?}",
-                p.gcks_events
-            );
-            assert!(
-                p.member_events
-                    .contains(&Event::Closed(CloseReason::AuthenticationFailed))
-            );
+            assert_both_closed_authentication_failed(&p, "");
             assert!(registered(&p.member_events).is_empty());
             assert!(
                 !p.gcks_events
