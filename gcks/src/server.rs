@@ -28,7 +28,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use gikev2_proto::crypto::{SystemRandom, keywrap::KeyWrapKey};
+use gikev2_proto::crypto::{CryptoError, SystemRandom, keywrap::KeyWrapKey};
 use gikev2_proto::group::{BuildContext, GroupState, build_inband_rekey};
 use gikev2_proto::ike::{
     CloseReason, Decision, Endpoint, EndpointConfig, Event, IkeConfig, PeerAuth, PeerAuthResolver,
@@ -560,14 +560,25 @@ impl<R: Registrar> Server<R> {
         };
         while let Some((h, e)) = endpoint.poll_event() {
             match e {
-                Event::RegistrationRequested { peer_id, request } => {
+                Event::RegistrationRequested {
+                    peer_id,
+                    request,
+                    kwk,
+                } => {
                     let Some(sa) = endpoint.sa(h) else { continue };
                     let remote = sa.remote();
                     let (post_quantum_ke, ppk_used) = (sa.post_quantum_ke(), sa.ppk_used());
                     let group = request.group.clone();
                     tracker.pending.insert(h);
                     tracker.idle_until.remove(&h);
-                    let kwk = match sa.key_wrap_key() {
+                    // The GSK_w of the IKE SA the request came on, which carries the
+                    // answer even if a rekey replaces it meanwhile (RFC 9838 3.1.1).
+                    let kwk = match kwk
+                        .ok_or(CryptoError::NoProposalChosen(
+                            "no Key Wrap Algorithm negotiated",
+                        ))
+                        .and_then(|k| k.key())
+                    {
                         Ok(k) => k,
                         Err(err) => {
                             warn!(error = %err, "no key wrap key; refusing");

@@ -37,7 +37,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use gikev2_esp::{Action, Direction, Engine, Event as EngineEvent, PolicyId, SaId, SpdEntry};
-use gikev2_proto::crypto::{KeyWrapKey, Random};
+use gikev2_proto::crypto::{DefaultKwk, KeyWrapKey, Random};
 use gikev2_proto::group::{
     GroupKeys, HeldSenderIds, RekeyAuth, RekeyDrop, RekeyReader, RekeySpi, RekeyUpdate, Role, Tek,
     read_inband_rekey, read_registration,
@@ -421,21 +421,22 @@ impl Membership {
                 gsa,
                 kd,
                 transport_mode,
+                kwk,
                 ..
             } => {
                 self.in_flight = false;
                 if self.phase == Phase::Leaving {
                     return;
                 }
-                self.on_policy(cx, &gsa, &kd, transport_mode, None, now, rng);
+                self.on_policy(cx, &gsa, &kd, kwk, transport_mode, None, now, rng);
             }
-            IkeEvent::InbandRekey { gsa, kd } => {
+            IkeEvent::InbandRekey { gsa, kd, kwk } => {
                 if self.phase == Phase::Leaving {
                     return;
                 }
                 // RFC 9838 2.4.2.2: processed as if received in a registration exchange.
                 let tm = self.params.as_ref().is_some_and(|p| p.transport_mode);
-                self.on_policy(cx, &gsa, &kd, tm, Some(()), now, rng);
+                self.on_policy(cx, &gsa, &kd, kwk, tm, Some(()), now, rng);
             }
             IkeEvent::RegistrationRefused { notify, .. } => {
                 self.in_flight = false;
@@ -544,19 +545,21 @@ impl Membership {
     }
 
     /// GSA and KD of a registration (`inband` None) or GSA_INBAND_REKEY: validate, then
-    /// install everything or nothing.
+    /// install everything or nothing. `kwk` is the GSK_w of the IKE SA that carried them
+    /// (RFC 9838 3.1.1), which may be one an IKE SA rekey just replaced.
     #[allow(clippy::too_many_arguments)]
     fn on_policy(
         &mut self,
         cx: &mut Ctx<'_>,
         gsa: &GsaPayload,
         kd: &KdPayload,
+        kwk: Option<DefaultKwk>,
         transport_mode: bool,
         inband: Option<()>,
         now: Instant,
         rng: &mut dyn Random,
     ) {
-        let kwk: KeyWrapKey = match self.ike.as_ref().map(IkeSa::key_wrap_key) {
+        let kwk: KeyWrapKey = match kwk.as_ref().map(DefaultKwk::key) {
             Some(Ok(k)) => k,
             Some(Err(e)) => {
                 return self.reject(
@@ -568,7 +571,16 @@ impl Membership {
                     rng,
                 );
             }
-            None => return self.fail(cx, "IKE SA gone".into(), now, rng),
+            None => {
+                return self.reject(
+                    cx,
+                    NotifyType::NoProposalChosen,
+                    "no key wrap key: no Key Wrap Algorithm negotiated".into(),
+                    false,
+                    now,
+                    rng,
+                );
+            }
         };
         let read = match (inband, &self.params) {
             // RFC 9838 2.4.2.2, 4.5.3.3: no Sender-IDs in GSA_INBAND_REKEY; a sender keeps

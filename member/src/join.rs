@@ -79,9 +79,14 @@ pub async fn join(
                     gsa,
                     kd,
                     transport_mode,
+                    kwk,
                     ..
                 } => {
-                    let kwk = sa.key_wrap_key()?;
+                    // The GSK_w of the IKE SA that carried the answer (RFC 9838 3.1.1).
+                    let kwk = match kwk {
+                        Some(k) => k.key()?,
+                        None => sa.key_wrap_key()?,
+                    };
                     return Ok(Joined {
                         gsa,
                         kd,

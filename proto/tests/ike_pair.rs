@@ -428,9 +428,9 @@ fn gsa_auth_registers_and_member_receives_exactly_what_gcks_sent() {
     }
     // The GCKS saw the GROUP_SENDER count.
     let asked = p.gcks_events.iter().find_map(|e| match e {
-        Event::RegistrationRequested { request, peer_id } => {
-            Some((request.clone(), peer_id.clone()))
-        }
+        Event::RegistrationRequested {
+            request, peer_id, ..
+        } => Some((request.clone(), peer_id.clone())),
         _ => None,
     });
     assert_eq!(asked, Some((request(Some(2)), member_id())));
@@ -1192,16 +1192,21 @@ mod ike_rekey {
         let (now, g) = (p.now, p.gcks.as_mut().unwrap());
         g.inband_rekey(sample_gsa(1), kd.clone(), now, &mut p.rng);
         p.drive();
-        assert!(p.member_events.contains(&Event::InbandRekey {
-            gsa: sample_gsa(1),
-            kd: kd.clone()
-        }));
-        // The member unwraps the TEK with its own GSK_w of the new SA.
+        let carried = p.member_events.iter().find_map(|e| match e {
+            Event::InbandRekey { gsa, kd: got, kwk } if gsa == &sample_gsa(1) && got == &kd => {
+                Some(kwk.clone().expect("the carrying IKE SA's GSK_w"))
+            }
+            _ => None,
+        });
+        let carried = carried.expect("the GSA_INBAND_REKEY event").key().unwrap();
+        // The member unwraps the TEK with its own GSK_w of the new SA, which the event
+        // hands over as the key of the IKE SA that carried it.
         let gikev2_proto::wire::kd::KeyBag::Group(bag) = &kd.bags[0] else {
             panic!("a group key bag");
         };
         let wrapped = &bag.sa_keys[0].encrypted;
         assert_eq!(kwk_member.unwrap(wrapped).unwrap().as_bytes(), &[0u8; 36]);
+        assert_eq!(carried.unwrap(wrapped).unwrap().as_bytes(), &[0u8; 36]);
         p.member.register(
             RegistrationRequest {
                 group: IdPayload::key_id(b"group-2".to_vec()),
@@ -1475,5 +1480,181 @@ mod ike_rekey {
                 .is_none()
         );
         assert_eq!(p.gcks().rekeys(), 1);
+    }
+
+    /// A KD with one TEK key (`[i; 36]` for TEK i) wrapped with `kwk`.
+    fn kd_wrapped_with(kwk: &gikev2_proto::crypto::KeyWrapKey, teks: usize) -> KdPayload {
+        (0..teks).fold(KdPayload::new(), |kd, i| {
+            kd.with(
+                GroupKeyBag::esp(0x1000 + i as u32).with_sa_key(WrappedKey::new(
+                    0,
+                    0,
+                    kwk.wrap(&[i as u8; 36]).unwrap(),
+                )),
+            )
+        })
+    }
+
+    /// The TEK keys of `kd` unwrapped with `kwk`.
+    fn unwrapped(kd: &KdPayload, kwk: &gikev2_proto::crypto::KeyWrapKey) -> Vec<Vec<u8>> {
+        kd.group_bags()
+            .map(|b| match kwk.unwrap(&b.sa_keys[0].encrypted) {
+                Ok(k) => k.as_bytes().to_vec(),
+                Err(e) => panic!("TEK key does not unwrap: {e}"),
+            })
+            .collect()
+    }
+
+    /// RFC 9838 3.1.1 ("Every IKE SA ... will have its own GSK_w"): a GSA_INBAND_REKEY
+    /// the GCKS queued behind its own IKE SA rekey leaves on the new SA, so its KD is
+    /// wrapped again with the new SA's GSK_w, and the member's event hands it that key.
+    #[test]
+    fn inband_rekey_queued_behind_an_ike_rekey_is_wrapped_for_the_new_sa() {
+        let mut p = registered_pair();
+        let old_spis = p.member.spis();
+        let (now, g) = (p.now, p.gcks.as_mut().unwrap());
+        g.rekey(now, &mut p.rng);
+        // Built for the current (old) SA; the window is busy with the rekey.
+        let kd = kd_wrapped_with(&g.key_wrap_key().unwrap(), 2);
+        g.inband_rekey(sample_gsa(2), kd.clone(), now, &mut p.rng);
+        p.drive();
+        assert_eq!((p.member.rekeys(), p.gcks().rekeys()), (1, 1));
+        let carried = p
+            .member_events
+            .iter()
+            .find_map(|e| match e {
+                Event::InbandRekey { gsa, kd, kwk } if gsa == &sample_gsa(2) => {
+                    Some((kd.clone(), kwk.clone().expect("GSK_w of the carrying SA")))
+                }
+                _ => None,
+            })
+            .expect("the GSA_INBAND_REKEY arrived");
+        let (got, kwk) = (carried.0, carried.1.key().unwrap());
+        assert_ne!(got, kd, "wrapped again");
+        // It came on the new SA, with the new SA's key, which unwraps it.
+        let inband = headers(&p.to_member)
+            .into_iter()
+            .find(|h| h.exchange == ExchangeType::GsaInbandRekey)
+            .unwrap();
+        assert_ne!((inband.spi_i, inband.spi_r), old_spis);
+        assert_eq!((inband.spi_i, inband.spi_r), p.member.spis());
+        assert_eq!(unwrapped(&got, &kwk), vec![vec![0u8; 36], vec![1u8; 36]]);
+        assert_eq!(
+            unwrapped(&got, &p.member.key_wrap_key().unwrap()),
+            vec![vec![0u8; 36], vec![1u8; 36]]
+        );
+    }
+
+    /// A GSA_REGISTRATION that crosses the GCKS's IKE SA rekey on the wire is answered on
+    /// the SA it came on (RFC 7296 2.8), with a KD wrapped with that SA's GSK_w (the
+    /// request event's key, RFC 9838 3.1.1); the member unwraps it with the same key
+    /// (the answer event's), although its current SA is the new one by then.
+    #[test]
+    fn registration_crossing_an_ike_rekey_is_wrapped_for_the_sa_it_came_on() {
+        let mut p = registered_pair();
+        let old_spis = p.member.spis();
+        let (now, g) = (p.now, p.gcks.as_mut().unwrap());
+        g.rekey(now, &mut p.rng);
+        let ccsa = g.poll_transmit().expect("CREATE_CHILD_SA request");
+        p.member.register(request(None), now, &mut p.rng);
+        let reg = p.member.poll_transmit().expect("GSA_REGISTRATION request");
+        assert_eq!(
+            Header::read_datagram(&reg).unwrap().exchange,
+            ExchangeType::GsaRegistration
+        );
+        // The GCKS reads the registration, then the member answers the rekey and the
+        // GCKS completes it, all before the GCKS's host decides.
+        let g = p.gcks.as_mut().unwrap();
+        g.handle(&reg, now, &mut p.rng);
+        let kwk_old = match g.poll_event() {
+            Some(Event::RegistrationRequested { kwk, .. }) => kwk.expect("GSK_w").key().unwrap(),
+            other => panic!("{other:?}"),
+        };
+        p.member.handle(&ccsa, now, &mut p.rng);
+        let ccsa_response = p.member.poll_transmit().expect("CREATE_CHILD_SA response");
+        let g = p.gcks.as_mut().unwrap();
+        g.handle(&ccsa_response, now, &mut p.rng);
+        assert_eq!(g.rekeys(), 1);
+        assert_ne!(g.spis(), old_spis);
+        // The host wraps with the key the request event gave, then decides.
+        let kd = kd_wrapped_with(&kwk_old, 1);
+        g.decide(
+            Decision::Accept {
+                gsa: sample_gsa(1),
+                kd: kd.clone(),
+                transport_mode: false,
+            },
+            now,
+            &mut p.rng,
+        );
+        p.drive();
+        let answers = p
+            .member_events
+            .iter()
+            .filter_map(|e| match e {
+                Event::Registered { kd, kwk, .. } => Some((kd.clone(), kwk.clone())),
+                _ => None,
+            })
+            .collect::<Vec<_>>();
+        assert_eq!(answers.len(), 2, "the first registration and this one");
+        let (got, kwk) = answers[1].clone();
+        assert_eq!(got, kd);
+        assert_eq!(p.member.rekeys(), 1);
+        assert_eq!(
+            unwrapped(&got, &kwk.expect("GSK_w of the carrying SA").key().unwrap()),
+            vec![vec![0u8; 36]]
+        );
+        // The member's current SA is the new one, whose GSK_w differs.
+        assert!(
+            p.member
+                .key_wrap_key()
+                .unwrap()
+                .unwrap(&got.group_bags().next().unwrap().sa_keys[0].encrypted)
+                .is_err()
+        );
+    }
+
+    /// RFC 7296 2.8: the member's GSA_REGISTRATION went out on the IKE SA the GCKS was
+    /// rekeying and was lost; the GCKS deletes the old SA, and the member sends the
+    /// request again on the new SA instead of waiting on a deleted one.
+    #[test]
+    fn request_unanswered_on_a_deleted_replaced_sa_goes_again_on_the_new_one() {
+        let mut p = registered_pair();
+        let old_spis = p.member.spis();
+        let (now, g) = (p.now, p.gcks.as_mut().unwrap());
+        g.rekey(now, &mut p.rng);
+        let ccsa = g.poll_transmit().expect("CREATE_CHILD_SA request");
+        p.member.register(request(None), now, &mut p.rng);
+        let lost = p.member.poll_transmit().expect("GSA_REGISTRATION request");
+        assert_eq!(
+            Header::read_datagram(&lost).unwrap().spi_i,
+            old_spis.0,
+            "sent on the old SA"
+        );
+        p.member.handle(&ccsa, now, &mut p.rng);
+        let to_member = p.to_member.len();
+        p.drive();
+        assert_eq!((p.member.rekeys(), p.gcks().rekeys()), (1, 1));
+        let sent = headers(&p.to_gcks);
+        let again = sent
+            .iter()
+            .filter(|h| h.exchange == ExchangeType::GsaRegistration && !h.flags.is_response())
+            .collect::<Vec<_>>();
+        assert_eq!(again.len(), 1, "sent once more, on the new SA");
+        assert_eq!((again[0].spi_i, again[0].spi_r), p.member.spis());
+        assert_eq!(again[0].message_id, 0, "the new SA's first request");
+        // The old SA's Delete came first, then the answer on the new SA.
+        let from_gcks = headers(&p.to_member[to_member..]);
+        assert!(
+            from_gcks.iter().any(
+                |h| h.exchange == ExchangeType::Informational && (h.spi_i, h.spi_r) == old_spis
+            )
+        );
+        let answers = registered(&p.member_events);
+        assert_eq!(answers.len(), 2, "the first registration and this one");
+        assert_eq!(
+            unwrapped(&answers[1].1, &p.member.key_wrap_key().unwrap()),
+            vec![vec![0u8; 36], vec![1u8; 36]]
+        );
     }
 }

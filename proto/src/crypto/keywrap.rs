@@ -58,6 +58,47 @@ impl KeyWrapAlg {
     }
 }
 
+/// The default key wrap key of one IKE SA, `GSK_w` (RFC 9838 3.1.1), as bytes with its
+/// algorithm: what an IKE SA hands its host with every message whose keys are wrapped
+/// under it. "Every IKE SA ... will have its own GSK_w", so after an IKE SA rekey (RFC
+/// 7296 2.18) a message carried by the replaced SA still needs the replaced SA's key.
+/// Zeroized on drop; `Debug` prints the algorithm only.
+#[derive(Clone, PartialEq, Eq)]
+pub struct DefaultKwk {
+    alg: KeyWrapAlg,
+    key: SecretBytes,
+}
+
+impl DefaultKwk {
+    /// `key` must be exactly `alg.key_len()` octets.
+    pub fn new(alg: KeyWrapAlg, key: SecretBytes) -> Result<Self, CryptoError> {
+        if key.len() != alg.key_len() {
+            return Err(CryptoError::InvalidKeyLength {
+                what: "key wrap key",
+                len: key.len(),
+            });
+        }
+        Ok(Self { alg, key })
+    }
+
+    pub fn alg(&self) -> KeyWrapAlg {
+        self.alg
+    }
+
+    /// The key, ready to wrap or unwrap.
+    pub fn key(&self) -> Result<KeyWrapKey, CryptoError> {
+        KeyWrapKey::new(self.alg, self.key.as_bytes())
+    }
+}
+
+impl core::fmt::Debug for DefaultKwk {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("DefaultKwk")
+            .field("alg", &self.alg)
+            .finish()
+    }
+}
+
 enum Kek {
     A128(KwpAes128),
     A192(KwpAes192),

@@ -32,7 +32,7 @@ pub use cbc::AesCbcKey;
 pub use integ::{HmacKey, IntegAlg, MacTag};
 pub use ke::KeMethod;
 pub use keys::{DataSaKeys, IkeKeys, IntAuth, RekeySaKeys};
-pub use keywrap::{KeyWrapAlg, KeyWrapKey};
+pub use keywrap::{DefaultKwk, KeyWrapAlg, KeyWrapKey};
 pub use prf::{PrfAlg, PrfOutput};
 pub use random::{Random, SeededRandom, SystemRandom, random_array};
 pub use secret::SecretBytes;

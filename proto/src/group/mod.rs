@@ -9,6 +9,7 @@
 //! - [`rekey`]: the one-way GSA_REKEY pseudo-exchange (RFC 9838 2.4.1): a sender that
 //!   builds, signs, encrypts and fragments one message, and a reader that reassembles,
 //!   decrypts, authenticates and replay-checks it (STYLE "Where we differ on purpose").
+//! - [`rewrap`]: a KD moved from one IKE SA's default KWK to another's (IKE SA rekey).
 //! - [`keypath`]: key trees (LKH, RFC 9838 3.2, 3.3, Appendix A): the GCKS's keys and the
 //!   member's Working Key Path.
 //!
@@ -17,6 +18,7 @@
 pub mod keypath;
 pub mod registration;
 pub mod rekey;
+pub mod rewrap;
 pub mod state;
 
 mod parse;
@@ -26,6 +28,7 @@ pub use registration::{
     BuildContext, BuildError, GroupKeys, HeldSenderIds, MemberGrant, RegistrationError, Role,
     build_inband_rekey, build_registration, read_inband_rekey, read_registration,
 };
+pub use rewrap::rewrap_default_kwk;
 
 pub use rekey::{
     LkhRekey, RekeyBuildError, RekeyContent, RekeyDrop, RekeyMessage, RekeyReader, RekeySender,

@@ -22,10 +22,11 @@ use tracing::{debug, info, warn};
 use crate::codec::Codec;
 use crate::crypto::auth::{PaddedPsk, maced_id, sign_auth, signed_octets, verify_auth};
 use crate::crypto::ke::ActiveKe;
-use crate::crypto::keywrap::{KeyWrapAlg, KeyWrapKey};
+use crate::crypto::keywrap::{DefaultKwk, KeyWrapAlg, KeyWrapKey};
 use crate::crypto::{
     CryptoError, IkeKeys, IkeSuite, IntAuth, Random, SecretBytes, SkKey, random_array,
 };
+use crate::group::rewrap_default_kwk;
 use crate::registry::{
     AuthMethod, ExchangeType, HashAlgorithm, NotifyType, PayloadType, ProtocolId, TransformType,
 };
@@ -127,6 +128,9 @@ pub enum Event {
         gsa: GsaPayload,
         kd: KdPayload,
         transport_mode: bool,
+        /// GSK_w of the IKE SA that carried the answer: the KD's keys are wrapped with it
+        /// (RFC 9838 3.1.1). `None` when no Key Wrap Algorithm was negotiated.
+        kwk: Option<DefaultKwk>,
     },
     /// Member: the GCKS refused the registration with this notify.
     RegistrationRefused {
@@ -137,6 +141,10 @@ pub enum Event {
     RegistrationRequested {
         peer_id: IdPayload,
         request: RegistrationRequest,
+        /// GSK_w of the IKE SA the request came on, which carries the answer: wrap the
+        /// [`Decision::Accept`] KD with it (RFC 9838 3.1.1). `None` when no Key Wrap
+        /// Algorithm was negotiated.
+        kwk: Option<DefaultKwk>,
     },
     /// GCKS: a member leaves a group or rejects its policy (RFC 9838 2.3.2, Figure 8).
     LeaveRequested {
@@ -145,7 +153,12 @@ pub enum Event {
         notify: NotifyType,
     },
     /// Member: new policy and keys over the unicast IKE SA (RFC 9838 2.4.2).
-    InbandRekey { gsa: GsaPayload, kd: KdPayload },
+    InbandRekey {
+        gsa: GsaPayload,
+        kd: KdPayload,
+        /// GSK_w of the IKE SA that carried it (RFC 9838 2.4.2.1, 3.1.1).
+        kwk: Option<DefaultKwk>,
+    },
     /// The IKE SA is gone; nothing more will come from it.
     Closed(CloseReason),
 }
@@ -161,6 +174,11 @@ enum Command {
     InbandRekey {
         gsa: GsaPayload,
         kd: KdPayload,
+        /// SPIi of the IKE SA whose GSK_w wrapped `kd` (the current one when queued), and
+        /// that key: an IKE SA rekey completing before the window frees makes the KD
+        /// travel on another IKE SA, so it is wrapped again for that one.
+        wrapped_on: [u8; 8],
+        kwk: Option<DefaultKwk>,
     },
     /// Rekey the IKE SA with CREATE_CHILD_SA (RFC 7296 1.3.2).
     RekeyIke,
@@ -187,6 +205,9 @@ struct Outstanding {
     purpose: Purpose,
     packets: Vec<Vec<u8>>,
     timer: RetransmitTimer,
+    /// The host's command this request carries: sent again on the current IKE SA when
+    /// the replaced one it went out on is deleted unanswered (RFC 7296 2.8).
+    command: Option<Command>,
 }
 
 /// The wire state of one IKE SA: what a CREATE_CHILD_SA rekey replaces (RFC 7296 2.18:
@@ -206,6 +227,10 @@ struct Channel {
     cached_response: Option<(u32, Vec<Vec<u8>>)>,
     reassembly_requests: Reassembly,
     reassembly_responses: Reassembly,
+    /// This IKE SA's GSK_w (RFC 9838 3.1.1), kept for a channel made by a rekey and for
+    /// one retired: `IkeSa::keys` then describes another IKE SA. `None` for the initial
+    /// IKE SA while it is current (its keys may still change with a PPK, RFC 8784).
+    kwk: Option<DefaultKwk>,
 }
 
 impl Channel {
@@ -222,6 +247,7 @@ impl Channel {
             cached_response: None,
             reassembly_requests: Reassembly::default(),
             reassembly_responses: Reassembly::default(),
+            kwk: None,
         }
     }
 
@@ -238,6 +264,7 @@ impl Channel {
             spi_r,
             sk_out: Some(SkKey::from_ike_keys(suite, keys, initiator)?),
             sk_in: Some(SkKey::from_ike_keys(suite, keys, !initiator)?),
+            kwk: default_kwk(Some(suite), Some(keys)).ok(),
             ..Self::new(initiator)
         })
     }
@@ -259,6 +286,10 @@ struct Retired {
     ch: Channel,
     /// Dropped at this time when no Delete came (and none of ours is outstanding).
     until: Instant,
+    /// We must delete it, but it still owes the answer to a registration request the host
+    /// has not decided yet: the Delete follows that answer (RFC 7296 2.8, the Delete is
+    /// the last message on the old SA; the peer drops the SA on receipt).
+    delete_after_answer: bool,
 }
 
 /// A new IKE SA from a rekey exchange, not yet the current one.
@@ -403,6 +434,21 @@ impl core::fmt::Debug for IkeSa {
             .field("suite", &self.suite)
             .finish_non_exhaustive()
     }
+}
+
+/// `GSK_w = prf+(SK_d, "Key Wrap for G-IKEv2")` of an IKE SA with the KWA negotiated
+/// for it (RFC 9838 3.1.1, 4.5.4).
+fn default_kwk(
+    suite: Option<&IkeSuite>,
+    keys: Option<&IkeKeys>,
+) -> Result<DefaultKwk, CryptoError> {
+    let (Some(suite), Some(keys)) = (suite, keys) else {
+        return Err(CryptoError::Internal("no IKE keys yet"));
+    };
+    let kwa: KeyWrapAlg = suite.kwa.ok_or(CryptoError::NoProposalChosen(
+        "no Key Wrap Algorithm negotiated",
+    ))?;
+    DefaultKwk::new(kwa, keys.default_kwk(kwa)?)
 }
 
 fn hex_spi(s: &[u8; 8]) -> String {
@@ -721,20 +767,31 @@ impl IkeSa {
 
     /// The default key wrap key of this IKE SA, `GSK_w = prf+(SK_d, "Key Wrap for
     /// G-IKEv2")` with the KWA negotiated in IKE_SA_INIT (RFC 9838 3.1.1, 4.5.4).
+    ///
+    /// This is the key of the current IKE SA: what [`IkeSa::inband_rekey`] expects. A
+    /// message from the peer may come on an IKE SA a rekey replaced; its event carries
+    /// that SA's key (`kwk` of [`Event::Registered`], [`Event::InbandRekey`],
+    /// [`Event::RegistrationRequested`]).
     pub fn key_wrap_key(&self) -> Result<KeyWrapKey, CryptoError> {
-        let suite = self
-            .suite
-            .as_ref()
-            .ok_or(CryptoError::Internal("no IKE keys yet"))?;
-        let keys = self
-            .keys
-            .as_ref()
-            .ok_or(CryptoError::Internal("no IKE keys yet"))?;
-        let kwa: KeyWrapAlg = suite.kwa.ok_or(CryptoError::NoProposalChosen(
-            "no Key Wrap Algorithm negotiated",
-        ))?;
-        let kwk = keys.default_kwk(kwa)?;
-        KeyWrapKey::new(kwa, kwk.as_bytes())
+        self.current_kwk()?.key()
+    }
+
+    /// GSK_w of the current IKE SA.
+    fn current_kwk(&self) -> Result<DefaultKwk, CryptoError> {
+        match &self.ch.kwk {
+            Some(k) if !self.serving_retired => Ok(k.clone()),
+            _ => default_kwk(self.suite.as_ref(), self.keys.as_ref()),
+        }
+    }
+
+    /// GSK_w of the IKE SA handling the message at hand: the current one, or the retired
+    /// one swapped in while its message is handled.
+    fn carrying_kwk(&self) -> Option<DefaultKwk> {
+        if self.serving_retired {
+            self.ch.kwk.clone()
+        } else {
+            self.current_kwk().ok()
+        }
     }
 
     fn state_name(&self) -> &'static str {
@@ -801,6 +858,7 @@ impl IkeSa {
             return;
         }
         self.retired_timeouts(now);
+        self.pump(now, rng);
         if self.expire_at.is_some_and(|t| now >= t) {
             // Hard lifetime without a successful rekey: delete it (RFC 7296 2.8).
             info!(spi_i = %hex_spi(&self.ch.spi_i), "IKE SA lifetime reached; deleting it");
@@ -872,7 +930,15 @@ impl IkeSa {
         // The answer goes out on the IKE SA the request came on, even when a rekey
         // replaced it meanwhile (RFC 7296 2.8: the old SA still answers until deleted).
         self.on_channel(spi_i, |sa| sa.send_response(exchange, mid, &payloads, rng));
-        let _ = now;
+        if let Some(i) = self
+            .retired
+            .iter()
+            .position(|r| r.ch.spi_i == spi_i && r.delete_after_answer)
+        {
+            let r = self.retired.remove(i);
+            self.retired.push(r);
+            self.delete_last_retired(now, rng);
+        }
         self.pump(now, rng);
     }
 
@@ -903,7 +969,12 @@ impl IkeSa {
         now: Instant,
         rng: &mut dyn Random,
     ) {
-        self.commands.push_back(Command::InbandRekey { gsa, kd });
+        self.commands.push_back(Command::InbandRekey {
+            gsa,
+            kd,
+            wrapped_on: self.ch.spi_i,
+            kwk: self.current_kwk().ok(),
+        });
         self.pump(now, rng);
     }
 
@@ -920,6 +991,7 @@ impl IkeSa {
     /// Sends the next queued command if the window is free.
     fn pump(&mut self, now: Instant, rng: &mut dyn Random) {
         if self.ch.outstanding.is_some()
+            || self.serving_retired
             || !matches!(self.state, State::Established)
             || self.hold_new
             || self.is_closed()
@@ -929,6 +1001,7 @@ impl IkeSa {
         let Some(cmd) = self.commands.pop_front() else {
             return;
         };
+        let mut resend = Some(cmd.clone());
         let (exchange, purpose, payloads) = match cmd {
             Command::RekeyIke => {
                 self.send_rekey_request(None, 0, now, rng);
@@ -950,18 +1023,54 @@ impl IkeSa {
                     Payload::Notify(NotifyPayload::error(notify)),
                 ],
             ),
-            Command::InbandRekey { gsa, kd } => (
-                ExchangeType::GsaInbandRekey,
-                Purpose::InbandRekey,
-                vec![Payload::Gsa(gsa), Payload::Kd(kd)],
-            ),
-            Command::Delete => (
-                ExchangeType::Informational,
-                Purpose::Delete,
-                vec![Payload::Delete(DeletePayload::ike())],
-            ),
+            Command::InbandRekey {
+                gsa,
+                mut kd,
+                wrapped_on,
+                kwk,
+            } => {
+                if wrapped_on != self.ch.spi_i {
+                    // RFC 9838 3.1.1: the KD must be wrapped with the GSK_w of the IKE SA
+                    // that carries it, and a rekey replaced the one it was built for.
+                    let rewrapped = match (kwk, self.current_kwk()) {
+                        (Some(from), Ok(to)) => from
+                            .key()
+                            .and_then(|from| rewrap_default_kwk(&mut kd, &from, &to.key()?)),
+                        (None, _) => Err(CryptoError::Internal("no key wrap key")),
+                        (_, Err(e)) => Err(e),
+                    };
+                    if let Err(e) = rewrapped {
+                        warn!(error = %e, "GSA_INBAND_REKEY dropped: not wrapped again for the new IKE SA");
+                        self.pump(now, rng);
+                        return;
+                    }
+                    debug!("GSA_INBAND_REKEY wrapped again for the rekeyed IKE SA");
+                }
+                resend = Some(Command::InbandRekey {
+                    gsa: gsa.clone(),
+                    kd: kd.clone(),
+                    wrapped_on: self.ch.spi_i,
+                    kwk: self.current_kwk().ok(),
+                });
+                (
+                    ExchangeType::GsaInbandRekey,
+                    Purpose::InbandRekey,
+                    vec![Payload::Gsa(gsa), Payload::Kd(kd)],
+                )
+            }
+            Command::Delete => {
+                resend = None;
+                (
+                    ExchangeType::Informational,
+                    Purpose::Delete,
+                    vec![Payload::Delete(DeletePayload::ike())],
+                )
+            }
         };
         self.send_request(exchange, purpose, &payloads, now, rng);
+        if let Some(o) = self.ch.outstanding.as_mut() {
+            o.command = resend;
+        }
     }
 
     // ---------------------------------------------------------------- input
@@ -1308,6 +1417,7 @@ impl IkeSa {
             purpose: Purpose::Init,
             packets: vec![bytes],
             timer: RetransmitTimer::start(self.config.retransmit, now),
+            command: None,
         });
         self.state = State::InitSent { ke, retries };
     }
@@ -2109,6 +2219,7 @@ impl IkeSa {
                     self.events.push_back(Event::RegistrationRequested {
                         peer_id: idi,
                         request,
+                        kwk: self.carrying_kwk(),
                     });
                 }
                 None => {
@@ -2260,7 +2371,17 @@ impl IkeSa {
     /// the current IKE SA by the peer's retransmission logic, not ours; only a pending
     /// rekey of the peer (RFC 7296 2.8.2) needs care, and that lives on `self`.
     fn on_retired_deleted(&mut self, ch: &Channel, _now: Instant) {
-        let _ = ch;
+        // RFC 7296 2.8: nothing more travels on a deleted IKE SA. A request of ours it
+        // still carried (a registration, a leave, an in-band rekey) goes again on the
+        // current one, ahead of what was queued since; an in-band rekey's KD is wrapped
+        // again for it there (RFC 9838 3.1.1).
+        if let Some(cmd) = ch.outstanding.as_ref().and_then(|o| o.command.clone()) {
+            info!(
+                spi_i = %hex_spi(&ch.spi_i),
+                "request unanswered on the replaced IKE SA; sending it on the new one"
+            );
+            self.commands.push_front(cmd);
+        }
     }
 
     /// A request on a replaced IKE SA (RFC 7296 2.8, 2.25.2).
@@ -2555,6 +2676,7 @@ impl IkeSa {
                     let loser = Retired {
                         ch: ours.ch,
                         until: now,
+                        delete_after_answer: false,
                     };
                     self.switch_to(theirs, now, rng);
                     // The peer deletes the old IKE SA; we delete our redundant one.
@@ -2565,6 +2687,7 @@ impl IkeSa {
                     let redundant = Retired {
                         ch: theirs.ch,
                         until: now + RETIRED_GRACE,
+                        delete_after_answer: false,
                     };
                     self.switch_to(ours, now, rng);
                     self.delete_last_retired(now, rng);
@@ -2628,10 +2751,13 @@ impl IkeSa {
 
     /// Makes `new` the current IKE SA; the current one retires (RFC 7296 2.18).
     fn switch_to(&mut self, new: Rekeyed, now: Instant, rng: &mut dyn Random) {
-        let old = std::mem::replace(&mut self.ch, new.ch);
+        let kwk = self.current_kwk().ok();
+        let mut old = std::mem::replace(&mut self.ch, new.ch);
+        old.kwk = old.kwk.or(kwk);
         self.retired.push(Retired {
             ch: old,
             until: now + RETIRED_GRACE,
+            delete_after_answer: false,
         });
         self.keys = Some(new.keys);
         self.suite = Some(new.suite);
@@ -2650,6 +2776,12 @@ impl IkeSa {
         let Some(mut r) = self.retired.pop() else {
             return;
         };
+        if matches!(self.state, State::AwaitingDecision { spi_i, .. } if spi_i == r.ch.spi_i) {
+            debug!("replaced IKE SA owes a registration answer; its Delete follows it");
+            r.delete_after_answer = true;
+            self.retired.push(r);
+            return;
+        }
         if r.ch.outstanding.is_some() {
             // Its window is busy; let it end by its deadline instead.
             self.retired.push(r);
@@ -2704,8 +2836,11 @@ impl IkeSa {
                         auth_payloads: Vec::new(),
                         spi_i: self.ch.spi_i,
                     };
-                    self.events
-                        .push_back(Event::RegistrationRequested { peer_id, request });
+                    self.events.push_back(Event::RegistrationRequested {
+                        peer_id,
+                        request,
+                        kwk: self.carrying_kwk(),
+                    });
                 }
                 None => self.send_response(
                     ExchangeType::GsaRegistration,
@@ -2738,7 +2873,11 @@ impl IkeSa {
             _ => None,
         });
         if let (Some(gsa), Some(kd)) = (gsa, kd) {
-            self.events.push_back(Event::InbandRekey { gsa, kd });
+            self.events.push_back(Event::InbandRekey {
+                gsa,
+                kd,
+                kwk: self.carrying_kwk(),
+            });
         }
         self.send_response(header.exchange, header.message_id, &[], rng);
     }
@@ -2761,6 +2900,7 @@ impl IkeSa {
                     gsa,
                     kd,
                     transport_mode,
+                    kwk: self.carrying_kwk(),
                 });
             }
             _ => {
@@ -2855,6 +2995,7 @@ impl IkeSa {
             purpose,
             packets,
             timer: RetransmitTimer::start(self.config.retransmit, now),
+            command: None,
         });
     }
 
