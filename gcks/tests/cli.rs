@@ -149,6 +149,26 @@ fn errors_name_the_argument_at_fault() {
             "one of --psk-file, --raw-key or --x509-identity",
         ),
         (&["serve", "--listen", "127.0.0.1:0"], "--psk-file or --key"),
+        (
+            &[
+                "serve",
+                "--ike-rekey-time",
+                "3600",
+                "--ike-lifetime",
+                "3000",
+            ],
+            "--ike-lifetime: 3000 s must be more than --ike-rekey-time (3600 s)",
+        ),
+        (
+            &[
+                "serve",
+                "--ike-rekey-time",
+                "600",
+                "--ike-rekey-jitter",
+                "600",
+            ],
+            "--ike-rekey-jitter: 600 s must be less than --ike-rekey-time (600 s)",
+        ),
     ];
     for (args, want) in cases {
         let o = gcks(d, args);

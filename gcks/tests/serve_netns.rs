@@ -1142,7 +1142,19 @@ fn serve_rekeys_an_inband_group_over_the_members_ike_sas() {
         "8",
     ]);
     live_tek_and_members(&w, "239.0.0.23:5004");
-    let server = w.serve(&["--rekey-tick-ms", "200"]);
+    // The GCKS also rekeys each member's IKE SA every 3 s (RFC 7296 2.8), so pushes go
+    // over rekeyed IKE SAs, wrapped with each new SA's GSK_w (RFC 9838 3.1.1), and may
+    // cross a rekey on the wire.
+    let server = w.serve(&[
+        "--rekey-tick-ms",
+        "200",
+        "--ike-rekey-time",
+        "3",
+        "--ike-rekey-jitter",
+        "0",
+        "--ike-lifetime",
+        "60",
+    ]);
     let results = live_members(&w);
     let registered = &results[0].0;
     let mut held = registered.clone();
@@ -1187,6 +1199,13 @@ fn serve_rekeys_an_inband_group_over_the_members_ike_sas() {
         Duration::from_secs(10),
         || (pushes() >= 2).then_some(()),
     );
+    // Both members' IKE SAs were rekeyed by then (the second push comes after 8 s).
+    let rekeyed = server
+        .log_text()
+        .lines()
+        .filter(|l| l.contains("IKE SA rekeyed"))
+        .count();
+    assert!(rekeyed >= 2, "{}", server.log_text());
     assert!(
         !server
             .log_text()
