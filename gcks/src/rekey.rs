@@ -60,9 +60,10 @@
 //! What is not pushed (members catch up by re-registering at soft expiry, 2.4.1.4): a
 //! renewal made while no process held the lease, and policy edits that renew no SA (a TEK
 //! policy edit that keeps the TEK's key size, a GWP_ATD/GWP_DTD edit); these go out, with
-//! a new KEK, in the next message that carries the edited TEK policy or a GSA. An edit made
-//! before the scheduler's first look at the group (a restart, a lease taken over) is taken
-//! as already given: the process does not know what the members hold.
+//! a new KEK, in the next message that carries the edited TEK policy or a GSA. The policy
+//! last announced is kept in the store (`group_state.announced_policy`), so an edit made
+//! while no process ran, or before a process took the group's lease over, is a change too;
+//! only an edit made before the first look at a group ever is taken as already given.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{Ipv4Addr, SocketAddr};
@@ -219,11 +220,15 @@ impl Announced {
 /// the TEK carried: a TEK of an `auto` policy replaced because a second sender was
 /// authorized goes from sequential to unspecified numbers, a policy change
 /// (docs/interop.md #58).
+///
+/// It is kept in the store (`group_state.announced_policy`, [`GivenPolicy::to_text`]) so
+/// that a process starting, or taking the group's lease over, knows what the members hold
+/// even if the policy was edited while no process ran.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct GivenPolicy {
     /// For each TEK policy the members hold a TEK of, the policy that TEK came with
-    /// ([`as_given`]).
-    teks: BTreeMap<TekPolicyId, TekPolicySpec>,
+    /// ([`as_given`]), as [`given_text`] writes it.
+    teks: BTreeMap<TekPolicyId, String>,
     /// GWP_ATD and GWP_DTD, the group-wide attributes a GSA_REKEY carries with every GSA
     /// (GWP_SENDER_ID_BITS never travels in one, RFC 9838 5 Table 2).
     gw: (Option<u16>, Option<u16>),
@@ -245,9 +250,17 @@ fn as_given(spec: &TekPolicySpec, sn: SnId) -> TekPolicySpec {
     }
 }
 
-/// The policy of `cur`'s TEK `t` as a GSA gives it now.
-fn given_spec(cfg: &GroupConfig, t: &TekSaRecord) -> Option<TekPolicySpec> {
-    tek_policy_spec(cfg, t.policy).map(|spec| as_given(spec, t.sn))
+/// The policy of `cur`'s TEK `t` as a GSA gives it now, as text to compare and to store:
+/// the `Debug` form of [`as_given`], one line. Equal specs give equal texts; a new
+/// release that printed a spec differently would only make one GSA_REKEY carry a new KEK
+/// it did not need, the safe side of R055.
+fn given_text(cfg: &GroupConfig, t: &TekSaRecord) -> Option<String> {
+    tek_policy_spec(cfg, t.policy).map(|spec| spec_text(spec, t.sn))
+}
+
+/// `spec` as members of a TEK with transform `sn` were given it, as text ([`given_text`]).
+fn spec_text(spec: &TekPolicySpec, sn: SnId) -> String {
+    format!("{:?}", as_given(spec, sn))
 }
 
 fn tek_policy_spec(cfg: &GroupConfig, id: TekPolicyId) -> Option<&TekPolicySpec> {
@@ -263,14 +276,50 @@ fn tek_policy_of(s: &StoredState, spi: u32) -> Option<TekPolicyId> {
 }
 
 impl GivenPolicy {
-    /// What registering members holding `state` got: `cfg`'s policy. (At a first look
-    /// the scheduler cannot know better: a policy edit made before it, say while no
-    /// process held the lease, is taken as given.)
+    /// The stored form: a `tek <id> <text>` line per TEK policy and a `gw <atd> <dtd>`
+    /// line (`-` for an absent attribute).
+    fn to_text(&self) -> String {
+        let opt = |v: Option<u16>| v.map_or_else(|| "-".to_string(), |v| v.to_string());
+        let mut out = String::new();
+        for (id, text) in &self.teks {
+            out.push_str(&format!("tek {} {text}\n", id.0));
+        }
+        out.push_str(&format!("gw {} {}\n", opt(self.gw.0), opt(self.gw.1)));
+        out
+    }
+
+    /// Reads [`GivenPolicy::to_text`]; `None` for text it did not write.
+    fn from_text(text: &str) -> Option<Self> {
+        let opt = |v: &str| match v {
+            "-" => Some(None),
+            v => v.parse().ok().map(Some),
+        };
+        let mut teks = BTreeMap::new();
+        let mut gw = None;
+        for line in text.lines() {
+            match line.split_once(' ')? {
+                ("tek", rest) => {
+                    let (id, spec) = rest.split_once(' ')?;
+                    teks.insert(TekPolicyId(id.parse().ok()?), spec.to_string());
+                }
+                ("gw", rest) => {
+                    let (atd, dtd) = rest.split_once(' ')?;
+                    gw = Some((opt(atd)?, opt(dtd)?));
+                }
+                _ => return None,
+            }
+        }
+        Some(Self { teks, gw: gw? })
+    }
+
+    /// What registering members holding `state` got: `cfg`'s policy. At the first look
+    /// at a group ever, the scheduler cannot know better; after that the store keeps
+    /// what was announced (`Store::announced_policy`).
     fn current(cfg: &GroupConfig, state: &StoredState) -> Self {
         let teks = state
             .teks
             .iter()
-            .filter_map(|t| Some((t.policy, given_spec(cfg, t)?)))
+            .filter_map(|t| Some((t.policy, given_text(cfg, t)?)))
             .collect();
         Self {
             teks,
@@ -290,7 +339,7 @@ impl GivenPolicy {
         told: &Changes,
     ) -> bool {
         let added_or_edited = told.new.iter().any(|&spi| {
-            tek_of(cur, spi).is_none_or(|t| self.teks.get(&t.policy) != given_spec(cfg, t).as_ref())
+            tek_of(cur, spi).is_none_or(|t| self.teks.get(&t.policy) != given_text(cfg, t).as_ref())
         });
         let removed = told.gone.iter().any(|&spi| {
             tek_policy_of(old, spi).is_none_or(|p| !cur.teks.iter().any(|t| t.policy == p))
@@ -307,7 +356,7 @@ impl GivenPolicy {
         // A TEK policy just sent is held as sent; the others as they were given before
         // (or, for a TEK the members got by registering only, as `cfg` has it).
         for t in sent {
-            if let Some(spec) = given_spec(cfg, t) {
+            if let Some(spec) = given_text(cfg, t) {
                 teks.insert(t.policy, spec);
             }
         }
@@ -316,7 +365,7 @@ impl GivenPolicy {
                 .teks
                 .get(&t.policy)
                 .cloned()
-                .or_else(|| given_spec(cfg, t))
+                .or_else(|| given_text(cfg, t))
             {
                 teks.entry(t.policy).or_insert(spec);
             }
@@ -466,6 +515,22 @@ impl RekeyScheduler {
         &self.sources
     }
 
+    /// Records what the members of group `id` now hold: in memory, and in the store when
+    /// the policy changed (R055 across restarts, `Store::set_announced_policy`).
+    async fn remember(&mut self, id: GroupId, a: Announced) -> Result<(), StoreError> {
+        if self
+            .announced
+            .get(&id)
+            .is_none_or(|prev| prev.policy != a.policy)
+        {
+            self.store
+                .set_announced_policy(id, &a.policy.to_text())
+                .await?;
+        }
+        self.announced.insert(id, a);
+        Ok(())
+    }
+
     /// Runs a tick every [`RekeySchedulerConfig::tick`] until `shutdown` completes.
     pub async fn run(mut self, shutdown: impl std::future::Future<Output = ()>) {
         let mut ticks = Ticks::new(self.config.tick, shutdown);
@@ -559,11 +624,28 @@ impl RekeyScheduler {
             .await?
             .ok_or_else(|| policy_err("no group_state row".into()))?;
         // First look (start, or the lease taken over): the members have what the store
-        // has, so an SA due for renewal now (after a restart, say) is still pushed.
-        let prev = self
-            .announced
-            .entry(id)
-            .or_insert_with(|| Announced::current(&cfg, before.clone()));
+        // has, so an SA due for renewal now (after a restart, say) is still pushed, and
+        // the policy the store says was last announced (R055: a policy edited while no
+        // process ran is a change, and goes out with a new KEK).
+        if !self.announced.contains_key(&id) {
+            let first = match self.store.announced_policy(id).await?.as_deref() {
+                Some(text) => match GivenPolicy::from_text(text) {
+                    Some(policy) => Announced::new(before.clone(), policy),
+                    None => {
+                        warn!(group = %name, "announced policy unreadable; taking the current one");
+                        Announced::current(&cfg, before.clone())
+                    }
+                },
+                None => Announced::current(&cfg, before.clone()),
+            };
+            self.store
+                .set_announced_policy(id, &first.policy.to_text())
+                .await?;
+            self.announced.insert(id, first);
+        }
+        let Some(prev) = self.announced.get(&id) else {
+            return Ok(None);
+        };
         let old = prev.state.clone();
         let given = prev.policy.clone();
         let mut next_mid = prev.next_message_id;
@@ -599,7 +681,7 @@ impl RekeyScheduler {
                 .await
                 .map_err(state_err)?;
             debug!("no current Rekey SA to announce over; members re-register");
-            self.announced.insert(id, Announced::current(&cfg, cur));
+            self.remember(id, Announced::current(&cfg, cur)).await?;
             return Ok(None);
         };
         // The Message ID first, committed (over the still-current Rekey SA), or from our
@@ -675,7 +757,7 @@ impl RekeyScheduler {
             copies = self.config.copies,
             "GSA_REKEY sent"
         );
-        self.announced.insert(id, Announced::new(cur, now_given));
+        self.remember(id, Announced::new(cur, now_given)).await?;
         Ok(Some(sent))
     }
 
@@ -806,7 +888,7 @@ impl RekeyScheduler {
                  SAs) after memberships ended; new SAs; authorized members re-register"
             );
         }
-        self.announced.insert(id, Announced::current(cfg, cur));
+        self.remember(id, Announced::current(cfg, cur)).await?;
         Ok(sent)
     }
 
@@ -1023,7 +1105,7 @@ mod tests {
         let after = both.after(&edited, &only_8, &changes(&added, &only_8));
         assert_eq!(
             after.teks[&TekPolicyId(7)],
-            as_given(&two.teks[0].spec, SnId::Unspecified32),
+            spec_text(&two.teks[0].spec, SnId::Unspecified32),
             "still as given"
         );
         let then_7 = state_of(1, &[(7, 14), (8, 13)]);
@@ -1055,6 +1137,37 @@ mod tests {
     /// (a second sender authorized, R077) changes the policy; a TEK replaced under the
     /// same transform because `max_packet_rate` was raised (R049; not on the wire) does
     /// not.
+    /// The announced policy survives the store's text form; text it did not write is
+    /// refused (the scheduler then takes the current policy, with a warning).
+    #[test]
+    fn announced_policy_round_trips_through_its_stored_text() {
+        let mut cfg = crate::state::tests::cfg(RekeyMode::Multicast);
+        let mut p8 = cfg.teks[0].clone();
+        p8.id = TekPolicyId(8);
+        p8.spec.dst.start_port = 5006;
+        p8.spec.dst.end_port = 5006;
+        cfg.teks.push(p8);
+        cfg.group.spec.policy.atd = Some(3);
+        let given = GivenPolicy::current(&cfg, &state_of(1, &[(7, 10), (8, 12)]));
+        assert_eq!(given.teks.len(), 2);
+        let text = given.to_text();
+        assert_eq!(text.lines().count(), 3, "{text}");
+        assert_eq!(GivenPolicy::from_text(&text), Some(given.clone()));
+        let mut edited = cfg.clone();
+        edited.teks[0].spec.encr_key_bits = Some(256);
+        let other = GivenPolicy::current(&edited, &state_of(1, &[(7, 10), (8, 12)]));
+        assert_ne!(GivenPolicy::from_text(&other.to_text()), Some(given));
+        for bad in [
+            "",
+            "tek x y\ngw - -\n",
+            "gw 1\n",
+            "kek 1 2\ngw - -\n",
+            "tek 7 z\n",
+        ] {
+            assert_eq!(GivenPolicy::from_text(bad), None, "{bad:?}");
+        }
+    }
+
     #[test]
     fn other_sequence_numbers_change_the_policy_and_the_packet_rate_does_not() {
         let mut auto = crate::state::tests::cfg(RekeyMode::Multicast);
@@ -1067,9 +1180,13 @@ mod tests {
         let old = with_sn(10, SnId::Seq32);
         let given = GivenPolicy::current(&auto, &old);
         assert_eq!(
-            given.teks[&TekPolicyId(7)].sn,
-            SnPolicy::Fixed(SnId::Seq32),
+            given.teks[&TekPolicyId(7)],
+            spec_text(&auto.teks[0].spec, SnId::Seq32),
             "held as the TEK carried it, not as `auto`"
+        );
+        assert_ne!(
+            given.teks[&TekPolicyId(7)],
+            spec_text(&auto.teks[0].spec, SnId::Unspecified32)
         );
         let unspecified = with_sn(11, SnId::Unspecified32);
         assert!(given.changed_by(&auto, &old, &unspecified, &changes(&old, &unspecified)));
@@ -1086,8 +1203,8 @@ mod tests {
         );
         let after = given.after(&auto, &unspecified, &changes(&old, &unspecified));
         assert_eq!(
-            after.teks[&TekPolicyId(7)].sn,
-            SnPolicy::Fixed(SnId::Unspecified32)
+            after.teks[&TekPolicyId(7)],
+            spec_text(&auto.teks[0].spec, SnId::Unspecified32)
         );
     }
 

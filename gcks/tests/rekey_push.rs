@@ -787,6 +787,56 @@ async fn a_tek_policy_added_to_a_running_group_comes_with_a_new_kek() {
     let _ = w.stop.send(());
 }
 
+/// RFC 9838 3.2.1 (R055) across a restart: the policy announced to the members is kept in
+/// the store (`group_state.announced_policy`), so a TEK policy edited while no GCKS ran
+/// is a change for the restarted one: the GSA_REKEY with the edited policy's new TEK also
+/// carries a new Rekey SA, over the one the members hold, and they follow it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_policy_edited_while_the_gcks_was_down_comes_with_a_new_kek() {
+    let dst = rekey_dst();
+    let mut w = world(dst).await;
+    let p1 = w.store.tek_policies(w.group).await.unwrap()[0].id;
+    let rx = listener(dst);
+    let t0 = unix_now();
+    let (k1, tek_1) = first_state(&mut w, t0).await;
+    assert!(
+        w.store.announced_policy(w.group).await.unwrap().is_some(),
+        "recorded at the first look"
+    );
+    let ([(a, mut ea), (b, mut eb)], _) = members_a_and_b(w.gcks, None).await;
+    // The GCKS stops; the operator edits the policy; another GCKS process starts.
+    let pool = sqlx::SqlitePool::connect(&w.url).await.unwrap();
+    sqlx::query("UPDATE tek_policies SET encr_key_bits = 128 WHERE id = $1")
+        .bind(p1.0)
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    w.scheduler = w.new_scheduler();
+    let s = tick_one(&mut w, t0 + 2).await;
+    let (k2, teks) = stored(&w).await;
+    assert_ne!(k2, k1);
+    assert_eq!(
+        (s.over, s.new_rekey_sa, s.policy_changed),
+        (k1, Some(k2), true)
+    );
+    assert_eq!(
+        (s.deleted_teks.clone(), s.new_teks.clone()),
+        (vec![tek_1], teks.clone())
+    );
+    copies(&rx, &s, 3).await;
+    for (h, e) in [(&a, &mut ea), (&b, &mut eb)] {
+        assert_eq!(
+            rekeyed(e).await,
+            pushed(s.message_id, hex(&teks), hex(&[tek_1]), true)
+        );
+        assert_eq!(current_kek(h).await, kek_hex(&k2));
+    }
+    // And a third process, with nothing edited since, sees no change.
+    w.scheduler = w.new_scheduler();
+    assert!(w.scheduler.tick(t0 + 3).await.is_empty(), "told once");
+}
+
 /// RFC 9838 3.2.1 (R055), the other policy changes: a TEK policy edited so that its TEK
 /// is replaced (another key size, plain SQL) and a TEK policy deleted (admin API) each go
 /// out with a new Rekey SA, the edit with the new TEK and the Delete of the old one, the

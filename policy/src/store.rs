@@ -847,6 +847,31 @@ impl Store {
         Ok(())
     }
 
+    /// The group's policy as the rekey sender last announced it to the members
+    /// (`group_state.announced_policy`, migrations 0009): the sender's own text, `None`
+    /// before its first look at the group or for a group without state.
+    pub async fn announced_policy(&self, group: GroupId) -> Result<Option<String>, StoreError> {
+        let row: Option<(Option<String>,)> = on_backend!(self, |pool| {
+            sqlx::query_as("SELECT announced_policy FROM group_state WHERE group_id = $1")
+                .bind(group.0)
+                .fetch_optional(pool)
+                .await?
+        });
+        Ok(row.and_then(|(t,)| t))
+    }
+
+    /// Records the policy the members now hold (see [`Store::announced_policy`]).
+    pub async fn set_announced_policy(&self, group: GroupId, text: &str) -> Result<(), StoreError> {
+        on_backend!(self, |pool| {
+            sqlx::query("UPDATE group_state SET announced_policy = $2 WHERE group_id = $1")
+                .bind(group.0)
+                .bind(text)
+                .execute(pool)
+                .await?;
+        });
+        Ok(())
+    }
+
     /// The group's current Sender-ID allocations, by value.
     pub async fn sender_ids(&self, group: GroupId) -> Result<Vec<SenderIdAllocation>, StoreError> {
         let rows: Vec<SenderIdRow> = on_backend!(self, |pool| {
