@@ -974,16 +974,18 @@ impl Membership {
             }
         }
         // RFC 9838 2.4.1.4 (R039), 2.4.3: Data-Security SAs named in Delete payloads go
-        // after DTD; a zero SPI names all of them.
+        // after DTD; a zero SPI names all of them, and protocol 0 deletes the whole Group
+        // SA, "all Data-Security SAs and Rekey SA" (4.6).
         let mut deleting = Vec::new();
         for d in &u.deletes {
-            if !matches!(d.protocol, ProtocolId::Esp | ProtocolId::Ah) {
+            let whole = d.is_whole_group();
+            if !whole && !matches!(d.protocol, ProtocolId::Esp | ProtocolId::Ah) {
                 continue;
             }
-            let all = d.is_all_of_protocol();
+            let all = whole || d.is_all_of_protocol();
             let spis: Vec<u32> = d.child_spis().collect();
             for t in &mut self.teks {
-                let named = t.protocol == d.protocol
+                let named = (whole || t.protocol == d.protocol)
                     && before.contains(&t.sa)
                     && (all || spis.contains(&t.info.spi));
                 if named && t.remove_at.is_none() {

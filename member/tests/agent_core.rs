@@ -375,6 +375,35 @@ fn exclusion_by_gsa_rekey_reregisters_after_a_random_delay() {
     assert_eq!(n.state_name(), "up");
 }
 
+/// RFC 9838 4.6, 2.4.3: a Delete with protocol 0 deletes the whole Group SA, "all
+/// Data-Security SAs and Rekey SA": the member's TEKs leave after GWP_DTD whatever the
+/// re-registration it starts brings, and it is excluded.
+#[test]
+fn whole_group_delete_retires_every_tek_after_dtd() {
+    let mut n = Net::new(state(3600, 3600), None, false);
+    let old = n.state.teks[0].spi;
+    n.events.clear();
+    n.rekey(&RekeyContent {
+        deletes: vec![DeletePayload::whole_group()],
+        ..RekeyContent::default()
+    });
+    assert!(
+        n.events.iter().any(|e| matches!(
+            e,
+            AgentEvent::Rekeyed { deleting, .. } if *deleting == vec![format!("{old:#010x}")]
+        )),
+        "{:?}",
+        n.events
+    );
+    assert_eq!(n.state_name(), "excluded");
+    // The GCKS replaced the TEK meanwhile; the re-registration (within JITTER) gets it.
+    let fresh = tek(3600);
+    let fresh_spi = fresh.spi;
+    n.state.teks = vec![fresh];
+    n.advance(Duration::from_secs(u64::from(DTD)));
+    assert_eq!(n.spis(), vec![(fresh_spi, Direction::Inbound)]);
+}
+
 /// RFC 9838 4.4.2.2.3 (R084): a GSA_REKEY over a Rekey SA whose SPI the GCKS announced
 /// with GSA_NEXT_SPI, before the rekey that created it arrived, means that rekey was lost:
 /// the member re-registers. A GSA_REKEY for an SPI nobody announced is only dropped.
