@@ -45,7 +45,7 @@ use gikev2_proto::group::{
 use gikev2_proto::ike::{Event as IkeEvent, Goal, IkeSa, RegistrationRequest};
 use gikev2_proto::registry::{ExchangeType, NotifyType, ProtocolId};
 use gikev2_proto::wire::header::NAT_KEEPALIVE;
-use gikev2_proto::wire::{GsaPayload, Header, KdPayload, TrafficSelector};
+use gikev2_proto::wire::{DeletePayload, GsaPayload, Header, KdPayload, TrafficSelector};
 use tracing::{debug, info, warn};
 
 use crate::config::{MembershipConfig, NAT_T_PORT};
@@ -437,6 +437,12 @@ impl Membership {
                 // RFC 9838 2.4.2.2: processed as if received in a registration exchange.
                 let tm = self.params.as_ref().is_some_and(|p| p.transport_mode);
                 self.on_policy(cx, &gsa, &kd, kwk, tm, Some(()), now, rng);
+            }
+            IkeEvent::InbandDelete { deletes } => {
+                if self.phase == Phase::Leaving {
+                    return;
+                }
+                self.on_inband_delete(cx, &deletes, now, rng);
             }
             IkeEvent::RegistrationRefused { notify, .. } => {
                 self.in_flight = false;
@@ -985,26 +991,7 @@ impl Membership {
                 }
             }
         }
-        // RFC 9838 2.4.1.4 (R039), 2.4.3: Data-Security SAs named in Delete payloads go
-        // after DTD; a zero SPI names all of them.
-        let mut deleting = Vec::new();
-        for d in &u.deletes {
-            if !matches!(d.protocol, ProtocolId::Esp | ProtocolId::Ah) {
-                continue;
-            }
-            let all = d.is_all_of_protocol();
-            let spis: Vec<u32> = d.child_spis().collect();
-            for t in &mut self.teks {
-                let named = t.protocol == d.protocol
-                    && before.contains(&t.sa)
-                    && (all || spis.contains(&t.info.spi));
-                if named && t.remove_at.is_none() {
-                    t.remove_at = Some(now + dtd);
-                    deleting.push(format!("{:#010x}", t.info.spi));
-                }
-            }
-        }
-        deleting.dedup();
+        let deleting = self.retire_deleted(&u.deletes, &before, now + dtd);
         self.emit(
             cx,
             AgentEvent::Rekeyed {
@@ -1035,6 +1022,78 @@ impl Membership {
                 now,
                 rng,
             );
+        }
+    }
+
+    /// RFC 9838 2.4.1.4 (R039), 2.4.3: the Data-Security SAs among `before` that Delete
+    /// payloads name leave at `at` (after DTD); a zero SPI names all of its protocol, and
+    /// protocol 0 deletes the whole Group SA, "all Data-Security SAs and Rekey SA" (4.6).
+    /// Returns the SPIs now being deleted.
+    fn retire_deleted(
+        &mut self,
+        deletes: &[DeletePayload],
+        before: &[SaId],
+        at: Instant,
+    ) -> Vec<String> {
+        let mut deleting = Vec::new();
+        for d in deletes {
+            let whole = d.is_whole_group();
+            if !whole && !matches!(d.protocol, ProtocolId::Esp | ProtocolId::Ah) {
+                continue;
+            }
+            let all = whole || d.is_all_of_protocol();
+            let spis: Vec<u32> = d.child_spis().collect();
+            for t in &mut self.teks {
+                let named = (whole || t.protocol == d.protocol)
+                    && before.contains(&t.sa)
+                    && (all || spis.contains(&t.info.spi));
+                if named && t.remove_at.is_none() {
+                    t.remove_at = Some(at);
+                    deleting.push(format!("{:#010x}", t.info.spi));
+                }
+            }
+        }
+        deleting.dedup();
+        deleting
+    }
+
+    /// Delete payloads of a GSA_INBAND_REKEY (RFC 9838 2.4.3, Figure 13): the SAs they name
+    /// go after DTD as in GSA_REKEY; GIKE_UPDATE with a zero SPI (or protocol 0) excludes
+    /// us, and we MUST re-register to stay (over this IKE SA, with GSA_REGISTRATION).
+    fn on_inband_delete(
+        &mut self,
+        cx: &mut Ctx<'_>,
+        deletes: &[DeletePayload],
+        now: Instant,
+        rng: &mut dyn Random,
+    ) {
+        info!(group = %self.cfg.group, deletes = deletes.len(), "GSA_INBAND_REKEY Delete");
+        let dtd = self
+            .params
+            .as_ref()
+            .map_or(Duration::ZERO, GroupParams::dtd);
+        let before: Vec<SaId> = self.teks.iter().map(|t| t.sa).collect();
+        let deleting = self.retire_deleted(deletes, &before, now + dtd);
+        self.emit(
+            cx,
+            AgentEvent::Rekeyed {
+                group: self.cfg.group.clone(),
+                message_id: None,
+                installed: Vec::new(),
+                deleting,
+                new_rekey_sa: false,
+            },
+        );
+        if deletes.iter().any(DeletePayload::excludes_member) {
+            self.phase = Phase::Excluded;
+            self.emit(
+                cx,
+                AgentEvent::Excluded {
+                    group: self.cfg.group.clone(),
+                    reason: "excluded by GSA_INBAND_REKEY Delete (RFC 9838 2.4.3)".into(),
+                },
+            );
+            self.schedule_reregistration(cx, "excluded from the group".into(), now, rng);
         }
     }
 

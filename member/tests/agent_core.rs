@@ -375,6 +375,35 @@ fn exclusion_by_gsa_rekey_reregisters_after_a_random_delay() {
     assert_eq!(n.state_name(), "up");
 }
 
+/// RFC 9838 4.6, 2.4.3: a Delete with protocol 0 deletes the whole Group SA, "all
+/// Data-Security SAs and Rekey SA": the member's TEKs leave after GWP_DTD whatever the
+/// re-registration it starts brings, and it is excluded.
+#[test]
+fn whole_group_delete_retires_every_tek_after_dtd() {
+    let mut n = Net::new(state(3600, 3600), None, false);
+    let old = n.state.teks[0].spi;
+    n.events.clear();
+    n.rekey(&RekeyContent {
+        deletes: vec![DeletePayload::whole_group()],
+        ..RekeyContent::default()
+    });
+    assert!(
+        n.events.iter().any(|e| matches!(
+            e,
+            AgentEvent::Rekeyed { deleting, .. } if *deleting == vec![format!("{old:#010x}")]
+        )),
+        "{:?}",
+        n.events
+    );
+    assert_eq!(n.state_name(), "excluded");
+    // The GCKS replaced the TEK meanwhile; the re-registration (within JITTER) gets it.
+    let fresh = tek(3600);
+    let fresh_spi = fresh.spi;
+    n.state.teks = vec![fresh];
+    n.advance(Duration::from_secs(u64::from(DTD)));
+    assert_eq!(n.spis(), vec![(fresh_spi, Direction::Inbound)]);
+}
+
 /// RFC 9838 4.4.2.2.3 (R084): a GSA_REKEY over a Rekey SA whose SPI the GCKS announced
 /// with GSA_NEXT_SPI, before the rekey that created it arrived, means that rekey was lost:
 /// the member re-registers. A GSA_REKEY for an SPI nobody announced is only dropped.
@@ -692,4 +721,71 @@ fn inband_rekey_keeps_a_senders_sender_ids() {
     let g = &n.agent.status(n.now).groups[0];
     assert_eq!(g.sender_ids, vec![5]);
     assert!(n.spis().contains(&(new_spi, Direction::Outbound)));
+}
+
+impl Net {
+    /// The GCKS deletes SAs at the member over its IKE SA (GSA_INBAND_REKEY with Delete
+    /// payloads, RFC 9838 2.4.3 Figure 13).
+    fn inband_delete(&mut self, deletes: Vec<DeletePayload>) {
+        let sa = self.gcks.as_mut().expect("the IKE SA is kept");
+        sa.inband_delete(deletes, self.now, &mut self.rng);
+        self.drive();
+    }
+}
+
+/// RFC 9838 2.4.3, Figure 13: "If GCKS has a unicast SA with group member then it can use
+/// the GSA_INBAND_REKEY exchange to delete SAs": the named TEK leaves after GWP_DTD.
+#[test]
+fn inband_delete_retires_the_named_tek_after_dtd() {
+    let mut s = state(3600, 3600);
+    s.rekey = None;
+    let mut n = Net::new(s, None, true);
+    let old = n.state.teks[0].spi;
+    assert_eq!(n.spis(), vec![(old, Direction::Inbound)]);
+    n.events.clear();
+    n.inband_delete(vec![DeletePayload::child(ProtocolId::Esp, &[old])]);
+    assert!(
+        n.events.iter().any(|e| matches!(
+            e,
+            AgentEvent::Rekeyed { message_id: None, deleting, .. }
+                if *deleting == vec![format!("{old:#010x}")]
+        )),
+        "{:?}",
+        n.events
+    );
+    assert_eq!(
+        n.spis(),
+        vec![(old, Direction::Inbound)],
+        "kept for GWP_DTD"
+    );
+    n.advance(Duration::from_secs(u64::from(DTD) + 1));
+    assert!(n.spis().is_empty(), "{:?}", n.spis());
+    assert_eq!(n.registrations, 1);
+}
+
+/// RFC 9838 2.4.3: "a Delete payload with zero SPI and protocol ID of GIKE_UPDATE ... may
+/// be received either in the GSA_REKEY pseudo-exchange or in the GSA_INBAND_REKEY
+/// exchange": the member is excluded and MUST re-register (R042), after a random delay
+/// (R043), here with GSA_REGISTRATION over the same IKE SA.
+#[test]
+fn exclusion_by_gsa_inband_rekey_reregisters() {
+    let mut s = state(3600, 3600);
+    s.rekey = None;
+    let mut n = Net::new(s, None, true);
+    n.events.clear();
+    n.inband_delete(vec![
+        DeletePayload::all_of(ProtocolId::Esp),
+        DeletePayload::all_of(ProtocolId::GikeUpdate),
+    ]);
+    assert_eq!(n.state_name(), "excluded");
+    assert!(
+        n.events
+            .iter()
+            .any(|e| matches!(e, AgentEvent::Reregistering { in_ms, .. } if *in_ms <= JITTER.as_millis() as u64)),
+        "{:?}",
+        n.events
+    );
+    n.advance(JITTER);
+    assert_eq!(n.registrations, 2);
+    assert_eq!(n.state_name(), "up");
 }

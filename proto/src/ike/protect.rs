@@ -212,8 +212,18 @@ pub fn open(
                 return Err(DecodeError::TooMany("fragments").into());
             }
             let r = reassembly;
+            if r.message_id == Some(header.message_id) && total < r.total {
+                // RFC 7383 2.6: once reassembling has started, a fragment with a smaller
+                // Total Fragments "MUST be silently discarded"; the queue is kept.
+                return Err(DecodeError::InvalidValue {
+                    what: "SKF Total Fragments below the reassembly's",
+                    value: total.into(),
+                }
+                .into());
+            }
             if r.message_id != Some(header.message_id) || r.total != total {
-                // A new message (or a changed Total Fragments, RFC 7383 2.6: start over).
+                // A new message, or a greater Total Fragments (RFC 7383 2.6: "discard all
+                // received fragments and start the reassembly process over").
                 r.clear();
                 r.message_id = Some(header.message_id);
                 r.total = total;
@@ -344,6 +354,37 @@ mod tests {
             }
         }
         assert_eq!(done.unwrap().payloads, inner(20));
+    }
+
+    /// RFC 7383 2.6: a greater Total Fragments starts the reassembly over with that
+    /// fragment; a smaller one, once reassembling has started, is silently discarded and
+    /// leaves the queue as it was.
+    #[test]
+    fn total_fragments_greater_restarts_smaller_is_discarded() {
+        let k = key();
+        let mut rng = SeededRandom::from_u64(4);
+        let few = seal(&k, &mut rng, &header(), &inner(20), Some(900)).unwrap();
+        let many = seal(&k, &mut rng, &header(), &inner(20), Some(500)).unwrap();
+        assert!(many.len() > few.len() && few.len() > 1);
+        let mut r = Reassembly::default();
+        // A fragment of the 'few' form, then one of the 'many' form: start over.
+        assert_eq!(open(&k, &few[0], &mut r), Ok(None));
+        assert_eq!(open(&k, &many[0], &mut r), Ok(None));
+        // The 'few' form again: smaller than the queue's Total Fragments, discarded.
+        for f in &few {
+            assert!(matches!(
+                open(&k, f, &mut r),
+                Err(UnprotectError::Decode(DecodeError::InvalidValue { .. }))
+            ));
+        }
+        // The queue still holds many[0]: the rest completes the message.
+        let mut done = None;
+        for f in &many[1..] {
+            if let Some(o) = open(&k, f, &mut r).unwrap() {
+                done = Some(o);
+            }
+        }
+        assert_eq!(done.expect("complete").payloads, inner(20));
     }
 
     #[test]

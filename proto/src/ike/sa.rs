@@ -159,6 +159,11 @@ pub enum Event {
         /// GSK_w of the IKE SA that carried it (RFC 9838 2.4.2.1, 3.1.1).
         kwk: Option<DefaultKwk>,
     },
+    /// Member: Delete payloads of a GSA_INBAND_REKEY (RFC 9838 2.4.3, Figure 13), after
+    /// the [`Event::InbandRekey`] of the same message if it also carried GSA and KD: a
+    /// zero SPI deletes every SA of its protocol, GIKE_UPDATE with a zero SPI (or
+    /// protocol 0) excludes the member, who MUST re-register to stay in the group.
+    InbandDelete { deletes: Vec<DeletePayload> },
     /// The IKE SA is gone; nothing more will come from it.
     Closed(CloseReason),
 }
@@ -180,6 +185,8 @@ enum Command {
         wrapped_on: [u8; 8],
         kwk: Option<DefaultKwk>,
     },
+    /// GSA_INBAND_REKEY with Delete payloads only (RFC 9838 2.4.3, Figure 13).
+    InbandDelete(Vec<DeletePayload>),
     /// Rekey the IKE SA with CREATE_CHILD_SA (RFC 7296 1.3.2).
     RekeyIke,
     Delete,
@@ -978,6 +985,18 @@ impl IkeSa {
         self.pump(now, rng);
     }
 
+    /// GCKS: deletes group SAs at this member with a GSA_INBAND_REKEY carrying only Delete
+    /// payloads (`HDR, SK{D, [N]}`, RFC 9838 2.4.3 Figure 13).
+    pub fn inband_delete(
+        &mut self,
+        deletes: Vec<DeletePayload>,
+        now: Instant,
+        rng: &mut dyn Random,
+    ) {
+        self.commands.push_back(Command::InbandDelete(deletes));
+        self.pump(now, rng);
+    }
+
     /// Deletes the IKE SA with an INFORMATIONAL Delete (RFC 7296 1.4.1).
     pub fn delete(&mut self, now: Instant, rng: &mut dyn Random) {
         if matches!(self.state, State::Established) {
@@ -1058,6 +1077,11 @@ impl IkeSa {
                     vec![Payload::Gsa(gsa), Payload::Kd(kd)],
                 )
             }
+            Command::InbandDelete(deletes) => (
+                ExchangeType::GsaInbandRekey,
+                Purpose::InbandRekey,
+                deletes.into_iter().map(Payload::Delete).collect(),
+            ),
             Command::Delete => {
                 resend = None;
                 (
@@ -2878,6 +2902,11 @@ impl IkeSa {
                 kd,
                 kwk: self.carrying_kwk(),
             });
+        }
+        // RFC 9838 2.4.3 (Figure 13): SAs may be deleted over the unicast SA too.
+        let deletes: Vec<DeletePayload> = opened.payloads.deletes().cloned().collect();
+        if !deletes.is_empty() {
+            self.events.push_back(Event::InbandDelete { deletes });
         }
         self.send_response(header.exchange, header.message_id, &[], rng);
     }
