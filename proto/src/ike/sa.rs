@@ -26,6 +26,7 @@ use crate::crypto::keywrap::{KeyWrapAlg, KeyWrapKey};
 use crate::crypto::{
     CryptoError, IkeKeys, IkeSuite, IntAuth, Random, SecretBytes, SkKey, random_array,
 };
+use crate::error::DecodeError;
 use crate::registry::{
     AuthMethod, ExchangeType, HashAlgorithm, NotifyType, PayloadType, ProtocolId, TransformType,
 };
@@ -1104,8 +1105,14 @@ impl IkeSa {
             return;
         }
         let opened = match self.open(datagram, true) {
-            Some(o) => o,
-            None => return,
+            Ok(Some(o)) => o,
+            Ok(None) => return,
+            Err(e) => {
+                // RFC 7296 2.21: no answer to a response; the IKE state is cleaned up.
+                warn!(error = %e, exchange = %header.exchange, "malformed response");
+                self.close(CloseReason::ProtocolError(e.to_string()));
+                return;
+            }
         };
         if let Err(e) = rules::check(header.exchange, true, &opened.payloads) {
             warn!(error = %e, exchange = %header.exchange, "malformed response");
@@ -1120,6 +1127,8 @@ impl IkeSa {
             self.hold_new = false;
         }
         self.ch.next_mid = o.mid.wrapping_add(1);
+        // RFC 7296 2.21.3: INVALID_SYNTAX is fatal in both peers.
+        let invalid_syntax = opened.payloads.has_notify(NotifyType::InvalidSyntax);
         match o.purpose {
             Purpose::Init => {}
             Purpose::Intermediate => self.on_intermediate_response(opened, now, rng),
@@ -1129,6 +1138,9 @@ impl IkeSa {
             Purpose::RekeyIke => self.on_rekey_response(opened, now, rng),
             Purpose::Delete => self.close(CloseReason::Deleted),
             Purpose::DeleteRetired => self.retired_gone = true,
+        }
+        if invalid_syntax && !self.serving_retired {
+            self.close(CloseReason::PeerError(NotifyType::InvalidSyntax));
         }
     }
 
@@ -1164,8 +1176,13 @@ impl IkeSa {
             // Still deciding on the previous request; the member will retransmit.
             return;
         }
-        let Some(opened) = self.open(datagram, false) else {
-            return;
+        let opened = match self.open(datagram, false) {
+            Ok(Some(o)) => o,
+            Ok(None) => return,
+            Err(e) => {
+                self.refuse_malformed_request(header, &e, rng);
+                return;
+            }
         };
         if !self.serving_retired {
             // RFC 7296 2.8: a valid message on the new IKE SA shows the rekey initiator
@@ -1173,14 +1190,7 @@ impl IkeSa {
             self.hold_new = false;
         }
         if let Err(e) = rules::check(header.exchange, false, &opened.payloads) {
-            debug!(error = %e, exchange = %header.exchange, "malformed request");
-            self.ch.peer_next_mid = header.message_id.wrapping_add(1);
-            self.send_response(
-                header.exchange,
-                header.message_id,
-                &[Payload::Notify(NotifyPayload::error(e.notify()))],
-                rng,
-            );
+            self.refuse_malformed_request(header, &e, rng);
             return;
         }
         self.ch.peer_next_mid = header.message_id.wrapping_add(1);
@@ -1242,12 +1252,10 @@ impl IkeSa {
             }
             (ex, _) => {
                 debug!(exchange = %ex, state = self.state_name(), "unexpected request");
-                self.send_response(
-                    ex,
-                    header.message_id,
-                    &[Payload::Notify(NotifyPayload::error(
-                        NotifyType::InvalidSyntax,
-                    ))],
+                self.refuse_request(
+                    header,
+                    NotifyPayload::error(NotifyType::InvalidSyntax),
+                    format!("unexpected {ex} request"),
                     rng,
                 );
             }
@@ -2112,11 +2120,16 @@ impl IkeSa {
                     });
                 }
                 None => {
+                    // Malformed GROUP_SENDER data (RFC 9838 4.7.4): INVALID_SYNTAX, fatal
+                    // in both peers (RFC 7296 2.21.3).
                     auth_payloads.push(Payload::Notify(NotifyPayload::error(
                         NotifyType::InvalidSyntax,
                     )));
                     self.state = State::Established;
                     self.send_response(exchange, mid, &auth_payloads, rng);
+                    self.close(CloseReason::ProtocolError(
+                        "malformed GROUP_SENDER data (RFC 9838 4.7.4)".into(),
+                    ));
                 }
             }
         } else {
@@ -2707,21 +2720,17 @@ impl IkeSa {
                     self.events
                         .push_back(Event::RegistrationRequested { peer_id, request });
                 }
-                None => self.send_response(
-                    ExchangeType::GsaRegistration,
-                    mid,
-                    &[Payload::Notify(NotifyPayload::error(
-                        NotifyType::InvalidSyntax,
-                    ))],
+                None => self.refuse_request(
+                    &opened.header,
+                    NotifyPayload::error(NotifyType::InvalidSyntax),
+                    "malformed GROUP_SENDER data (RFC 9838 4.7.4)".into(),
                     rng,
                 ),
             },
-            (None, _) => self.send_response(
-                ExchangeType::GsaRegistration,
-                mid,
-                &[Payload::Notify(NotifyPayload::error(
-                    NotifyType::InvalidSyntax,
-                ))],
+            (None, _) => self.refuse_request(
+                &opened.header,
+                NotifyPayload::error(NotifyType::InvalidSyntax),
+                "GSA_REGISTRATION without IDg (RFC 9838 2.3.2)".into(),
                 rng,
             ),
         }
@@ -2778,25 +2787,71 @@ impl IkeSa {
 
     // ---------------------------------------------------------------- plumbing
 
-    fn open(&mut self, datagram: &[u8], response: bool) -> Option<Opened> {
-        let key = self.ch.sk_in.as_ref()?;
+    /// Authenticates and decrypts a datagram of this IKE SA. `Ok(None)`: dropped (not
+    /// authentic, undecodable before authentication) or a fragment of a message not yet
+    /// complete. `Err`: the message authenticated but its payload chain is malformed, which
+    /// a request must be told (RFC 7296 2.21.2, 2.21.3).
+    fn open(&mut self, datagram: &[u8], response: bool) -> Result<Option<Opened>, DecodeError> {
+        let Some(key) = self.ch.sk_in.as_ref() else {
+            return Ok(None);
+        };
         let reassembly = if response {
             &mut self.ch.reassembly_responses
         } else {
             &mut self.ch.reassembly_requests
         };
         match protect::open(key, datagram, reassembly) {
-            Ok(o) => o,
+            Ok(o) => Ok(o),
             Err(UnprotectError::Crypto(e)) => {
                 // RFC 7296 2.21.2: a message that fails integrity checks is dropped.
                 debug!(error = %e, "dropping message that failed its integrity check");
-                None
+                Ok(None)
             }
             Err(UnprotectError::Decode(e)) => {
                 debug!(error = %e, "dropping undecodable protected message");
-                None
+                Ok(None)
             }
+            Err(UnprotectError::Content(e)) => Err(e),
         }
+    }
+
+    /// Answers a request with an error notify. INVALID_SYNTAX ends the IKE SA ("fatal in
+    /// both peers", RFC 7296 2.21.3), and so does any error answering IKE_AUTH or
+    /// GSA_AUTH before authentication (2.21.2: the IKE SA is not created). A replaced IKE
+    /// SA being served is left to its own deletion.
+    fn refuse_request(
+        &mut self,
+        header: &Header,
+        notify: NotifyPayload,
+        why: String,
+        rng: &mut dyn Random,
+    ) {
+        let fatal =
+            notify.ty == NotifyType::InvalidSyntax || matches!(self.state, State::AwaitingAuth);
+        self.send_response(
+            header.exchange,
+            header.message_id,
+            &[Payload::Notify(notify)],
+            rng,
+        );
+        if fatal && !self.serving_retired {
+            self.close(CloseReason::ProtocolError(why));
+        }
+    }
+
+    /// A request that authenticated but does not parse or breaks the payload rules
+    /// (RFC 7296 2.21.2, 2.21.3): rejected in its entirety with UNSUPPORTED_CRITICAL_PAYLOAD
+    /// carrying the one-octet payload type (2.5, 3.10.1) or with INVALID_SYNTAX.
+    fn refuse_malformed_request(&mut self, header: &Header, e: &DecodeError, rng: &mut dyn Random) {
+        debug!(error = %e, exchange = %header.exchange, "malformed request");
+        self.ch.peer_next_mid = header.message_id.wrapping_add(1);
+        let notify = match e {
+            DecodeError::UnsupportedCriticalPayload(ty) => {
+                NotifyPayload::unsupported_critical_payload(*ty)
+            }
+            other => NotifyPayload::error(other.notify()),
+        };
+        self.refuse_request(header, notify, e.to_string(), rng);
     }
 
     fn fragment_size(&self, exchange: ExchangeType) -> Option<usize> {
