@@ -1141,6 +1141,47 @@ mod ppk {
             .collect()
     }
 
+    /// RFC 7296 3.2: "implementations SHOULD send the payloads [..] in the order shown in
+    /// the figures"; RFC 9838 Figure 4: `SK{IDr, [CERT,] AUTH, GSA, KD, [N]}`. The
+    /// PPK_IDENTITY notify (RFC 8784 3) is one of the trailing [N].
+    #[test]
+    fn gsa_auth_response_keeps_the_figure_4_order_with_ppk_identity() {
+        let p = run(
+            vec![suite(KeId::Curve25519, None)],
+            Some(member_ppk("ppk-1", &PPK, true)),
+            Some(gcks_ppks("ppk-1", true)),
+        );
+        let d = p
+            .to_member
+            .iter()
+            .find(|d| Header::read_datagram(d).unwrap().exchange == ExchangeType::GsaAuth)
+            .expect("a GSA_AUTH response");
+        let s = p.member.suite().unwrap().clone();
+        let key = SkKey::from_ike_keys(&s, p.member.keys().unwrap(), false).unwrap();
+        let opened = protect::open(&key, d, &mut Reassembly::default())
+            .unwrap()
+            .unwrap();
+        let order: Vec<String> = opened
+            .payloads
+            .iter()
+            .map(|x| match x {
+                Payload::Notify(n) => format!("N({})", n.ty),
+                other => other.ty().to_string(),
+            })
+            .collect();
+        assert_eq!(
+            order,
+            [
+                "IDr",
+                "AUTH",
+                "GSA",
+                "KD",
+                "N(PPK_IDENTITY)",
+                "N(USE_TRANSPORT_MODE)"
+            ]
+        );
+    }
+
     /// RFC 8784 3: USE_PPK both ways, PPK_IDENTITY = PPK_ID_FIXED | id, SK_d, SK_pi and
     /// SK_pr are prf+(PPK, SK_x') on both sides, and the group keys travel under the GSK_w
     /// of the mixed SK_d.

@@ -862,8 +862,14 @@ impl IkeSa {
                 kd,
                 transport_mode,
             } => {
-                payloads.push(Payload::Gsa(gsa));
-                payloads.push(Payload::Kd(kd));
+                // RFC 9838 Figure 4 `SK{IDr, [CERT,] AUTH, GSA, KD, [N]}` and RFC 7296 3.2
+                // ("SHOULD send the payloads [..] in the order shown"): GSA and KD go
+                // before any notify of the GSA_AUTH part (PPK_IDENTITY, RFC 8784 3).
+                let at = payloads
+                    .iter()
+                    .position(|p| matches!(p, Payload::Notify(_)))
+                    .unwrap_or(payloads.len());
+                payloads.splice(at..at, [Payload::Gsa(gsa), Payload::Kd(kd)]);
                 if transport_mode {
                     payloads.push(Payload::Notify(NotifyPayload::use_transport_mode()));
                 }
