@@ -1064,6 +1064,40 @@ fn member_ends_the_ike_sa_on_an_invalid_syntax_response() {
     );
 }
 
+#[test]
+fn inband_rekey_of_a_transport_mode_group_carries_use_transport_mode() {
+    // RFC 9838 2.4.2.1: "The GSA, KD and N payloads are built in the same manner as in a
+    // registration exchange", whose response carries USE_TRANSPORT_MODE when the SAs are
+    // in transport mode (2.3.4). Figure 11: `SK{GSA, KD, [N]}`.
+    use gikev2_proto::ike::protect::{self, Reassembly};
+    use gikev2_proto::wire::payload::Payload;
+    let (mut p, _, from_gcks) = registered_with_keys();
+    for (transport_mode, want) in [
+        (true, vec!["GSA", "KD", "N(USE_TRANSPORT_MODE)"]),
+        (false, vec!["GSA", "KD"]),
+    ] {
+        let (now, g) = (p.now, p.gcks.as_mut().unwrap());
+        let kd = sample_kd(g, 1);
+        g.inband_rekey(sample_gsa(1), kd, transport_mode, now, &mut p.rng);
+        let d = g.poll_transmit().expect("a GSA_INBAND_REKEY request");
+        let opened = protect::open(&from_gcks, &d, &mut Reassembly::default())
+            .unwrap()
+            .unwrap();
+        assert_eq!(opened.header.exchange, ExchangeType::GsaInbandRekey);
+        let order: Vec<String> = opened
+            .payloads
+            .iter()
+            .map(|x| match x {
+                Payload::Notify(n) => format!("N({})", n.ty),
+                other => other.ty().to_string(),
+            })
+            .collect();
+        assert_eq!(order, want);
+        p.member.handle(&d, p.now, &mut p.rng);
+        p.drive();
+    }
+}
+
 // ------------------------------------------------------------------ RFC 8784 PPK
 
 mod ppk {
@@ -1420,7 +1454,7 @@ mod ike_rekey {
         let kd = sample_kd(p.gcks(), 1);
         let kwk_member = p.member.key_wrap_key().unwrap();
         let (now, g) = (p.now, p.gcks.as_mut().unwrap());
-        g.inband_rekey(sample_gsa(1), kd.clone(), now, &mut p.rng);
+        g.inband_rekey(sample_gsa(1), kd.clone(), false, now, &mut p.rng);
         p.drive();
         assert!(p.member_events.contains(&Event::InbandRekey {
             gsa: sample_gsa(1),

@@ -162,6 +162,7 @@ enum Command {
     InbandRekey {
         gsa: GsaPayload,
         kd: KdPayload,
+        transport_mode: bool,
     },
     /// Rekey the IKE SA with CREATE_CHILD_SA (RFC 7296 1.3.2).
     RekeyIke,
@@ -903,14 +904,22 @@ impl IkeSa {
     }
 
     /// GCKS: pushes new policy and keys to this member (GSA_INBAND_REKEY, RFC 9838 2.4.2).
+    /// `transport_mode` adds USE_TRANSPORT_MODE as the registration response does: the
+    /// "GSA, KD and N payloads are built in the same manner as in a registration exchange"
+    /// (2.4.2.1, 2.3.4; docs/interop.md #75).
     pub fn inband_rekey(
         &mut self,
         gsa: GsaPayload,
         kd: KdPayload,
+        transport_mode: bool,
         now: Instant,
         rng: &mut dyn Random,
     ) {
-        self.commands.push_back(Command::InbandRekey { gsa, kd });
+        self.commands.push_back(Command::InbandRekey {
+            gsa,
+            kd,
+            transport_mode,
+        });
         self.pump(now, rng);
     }
 
@@ -957,11 +966,18 @@ impl IkeSa {
                     Payload::Notify(NotifyPayload::error(notify)),
                 ],
             ),
-            Command::InbandRekey { gsa, kd } => (
-                ExchangeType::GsaInbandRekey,
-                Purpose::InbandRekey,
-                vec![Payload::Gsa(gsa), Payload::Kd(kd)],
-            ),
+            Command::InbandRekey {
+                gsa,
+                kd,
+                transport_mode,
+            } => {
+                // RFC 9838 Figure 11: `SK{GSA, KD, [N]}`.
+                let mut v = vec![Payload::Gsa(gsa), Payload::Kd(kd)];
+                if transport_mode {
+                    v.push(Payload::Notify(NotifyPayload::use_transport_mode()));
+                }
+                (ExchangeType::GsaInbandRekey, Purpose::InbandRekey, v)
+            }
             Command::Delete => (
                 ExchangeType::Informational,
                 Purpose::Delete,
