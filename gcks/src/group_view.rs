@@ -111,8 +111,7 @@ impl GroupView {
             sag_policies.push(k.policy(Some(&state.auth), None));
         }
         sag_policies.extend(state.teks.iter().map(|t| t.policy(None, inband)));
-        let transport_mode =
-            !cfg.teks.is_empty() && cfg.teks.iter().all(|p| p.spec.mode == EspMode::Transport);
+        let transport_mode = transport_mode(&cfg);
         let rekey_margin = renew_margin(u64::from(spec.rekey.lifetime));
         // Each TEK's margin follows its own lifetime, as `state::plan` renews it.
         let teks = stored
@@ -249,4 +248,13 @@ impl GroupViews {
             .unwrap_or_else(|p| p.into_inner())
             .clear();
     }
+}
+
+/// Whether the group's Data-Security SAs are in transport mode, announced with
+/// USE_TRANSPORT_MODE: "all of them will have the same mode of operation" (RFC 9838
+/// 2.3.4), so transport only when every TEK policy says transport. The registration
+/// response carries it, and so do GSA_REKEY and GSA_INBAND_REKEY messages with new TEKs
+/// (2.4.1.3, 2.4.2.1; docs/interop.md #75).
+pub(crate) fn transport_mode(cfg: &GroupConfig) -> bool {
+    !cfg.teks.is_empty() && cfg.teks.iter().all(|p| p.spec.mode == EspMode::Transport)
 }

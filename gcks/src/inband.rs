@@ -225,6 +225,7 @@ impl InbandScheduler {
                 },
                 state: Arc::new(state),
                 now,
+                transport_mode: crate::group_view::transport_mode(&cfg),
             })
             .await;
         if !pushed {

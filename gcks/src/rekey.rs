@@ -78,6 +78,7 @@ use gikev2_proto::crypto::{Random, SystemRandom};
 use gikev2_proto::group::{GroupAuth, RekeyBuildError, RekeyContent, RekeySender, RekeySpi};
 use gikev2_proto::registry::{ProtocolId, SnId};
 use gikev2_proto::wire::DeletePayload;
+use gikev2_proto::wire::notify::NotifyPayload;
 use tokio::net::UdpSocket;
 use tracing::{Instrument, debug, info, warn};
 
@@ -954,14 +955,25 @@ impl RekeyScheduler {
         } else {
             vec![DeletePayload::child(ProtocolId::Esp, &gone)]
         };
+        let teks: Vec<_> = target
+            .teks
+            .iter()
+            .filter(|t| new.contains(&t.spi))
+            .collect();
+        // RFC 9838 2.4.1.3: "The GSA, KD and N payloads follow with the same
+        // characteristics as in the GSA Registration exchange": new TEKs come with
+        // USE_TRANSPORT_MODE when the group's SAs are in transport mode (2.3.4,
+        // docs/interop.md #75).
+        let notifies = if !teks.is_empty() && crate::group_view::transport_mode(cfg) {
+            vec![NotifyPayload::use_transport_mode()]
+        } else {
+            Vec::new()
+        };
         let content = RekeyContent {
             new_kek: target.rekey.as_ref().filter(|_| kek.is_some()),
-            teks: target
-                .teks
-                .iter()
-                .filter(|t| new.contains(&t.spi))
-                .collect(),
+            teks,
             deletes,
+            notifies,
             ..RekeyContent::default()
         };
         let msg = {

@@ -125,6 +125,9 @@ pub struct InbandPush {
     pub state: Arc<GroupState>,
     /// Unix time, on the clock of the state's expiry times.
     pub now: u64,
+    /// The group's SAs are in transport mode: USE_TRANSPORT_MODE goes with the GSA and
+    /// KD, as in the registration response (RFC 9838 2.4.2.1, 2.3.4).
+    pub transport_mode: bool,
 }
 
 /// Hands [`InbandPush`]es to a running [`Server`] ([`Server::inband_pusher`]).
@@ -683,7 +686,9 @@ fn push_inband(
         });
         match built {
             Some(Ok((gsa, kd))) => {
-                endpoint.with_sa(h, now, |sa| sa.inband_rekey(gsa, kd, now, rng));
+                endpoint.with_sa(h, now, |sa| {
+                    sa.inband_rekey(gsa, kd, push.transport_mode, now, rng)
+                });
                 sent += 1;
             }
             Some(Err(e)) => {

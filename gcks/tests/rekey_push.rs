@@ -359,6 +359,14 @@ async fn tek_renewals_and_a_rekey_sa_rollover_reach_the_members_by_multicast() {
         (vec![tek_b], vec![tek_a])
     );
     assert_eq!(now.next_rekey_message_id, 1, "committed before sending");
+    // RFC 9838 2.4.1.3: "The GSA, KD and N payloads follow with the same characteristics
+    // as in the GSA Registration exchange": the group's TEKs are in transport mode, so the
+    // new TEK comes with USE_TRANSPORT_MODE as at registration (2.3.4, docs/interop.md
+    // #75).
+    assert_eq!(
+        rekey_notifies(&w, s).await,
+        [gikev2_proto::registry::NotifyType::UseTransportMode]
+    );
     let src = copies(&rx, s, 3).await;
     assert_eq!(src, w.gcks, "sent from the GCKS's IKE socket");
     for e in [&mut ea, &mut eb] {
@@ -701,6 +709,40 @@ async fn stored(w: &World) -> ([u8; 16], Vec<u32>) {
         st.rekey.as_ref().unwrap().spi,
         st.teks.iter().map(|t| t.spi).collect(),
     )
+}
+
+/// The notifies of `sent`, a GSA_REKEY over the group's current Rekey SA, opened with that
+/// SA's keys from the store.
+async fn rekey_notifies(w: &World, sent: &SentRekey) -> Vec<gikev2_proto::registry::NotifyType> {
+    use gikev2_proto::group::GroupAuth;
+    use gikev2_proto::ike::protect::{self, Reassembly};
+    use gikev2_proto::wire::TrafficSelector;
+    use gikev2_proto::wire::payload::PayloadsExt;
+    let cfg = w
+        .store
+        .group_config(&Identity::key_id(b"g"))
+        .await
+        .unwrap()
+        .unwrap();
+    let st = w.store.group_state(w.group).await.unwrap().unwrap();
+    assert_eq!(
+        st.rekey.as_ref().unwrap().spi,
+        sent.over,
+        "the stored Rekey SA"
+    );
+    let state = gikev2_gcks::state::to_proto(
+        &cfg,
+        &st,
+        GroupAuth::Implicit,
+        false,
+        &TrafficSelector::any(false),
+    )
+    .unwrap();
+    let sk = state.rekey.unwrap().sk_key().unwrap();
+    let opened = protect::open(&sk, &sent.datagrams[0], &mut Reassembly::default())
+        .unwrap()
+        .unwrap();
+    opened.payloads.notifies().map(|n| n.ty).collect()
 }
 
 /// The one message a tick at `now` sends.

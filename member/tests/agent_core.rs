@@ -658,7 +658,7 @@ impl Net {
         let (gsa, kd) =
             build_inband_rekey(&self.state, sender, &kwk, &BuildContext { now: unix_now() })
                 .unwrap();
-        sa.inband_rekey(gsa, kd, self.now, &mut self.rng);
+        sa.inband_rekey(gsa, kd, false, self.now, &mut self.rng);
         self.drive();
     }
 }

@@ -875,6 +875,229 @@ fn create_child_sa_on_the_registration_sa_gets_no_additional_sas() {
     assert!(p.gcks().is_established() && !p.gcks().is_closed());
 }
 
+// ------------------------------------------- RFC 7296 2.5, 2.21.2, 2.21.3: bad requests
+
+/// A registered pair (GSA_AUTH done, Message ID 1) and the member's SK keys towards and
+/// from the GCKS.
+fn registered_with_keys() -> (
+    Pair,
+    gikev2_proto::crypto::SkKey,
+    gikev2_proto::crypto::SkKey,
+) {
+    use gikev2_proto::crypto::SkKey;
+    let s = suite(KeId::Curve25519, None);
+    let (m, g) = psk_configs("k", "k", vec![s.clone()]);
+    let mut p = Pair::new(m, g, Goal::GsaAuth(request(None)));
+    p.drive();
+    assert_eq!(registered(&p.member_events).len(), 1);
+    let keys = p.member.keys().unwrap();
+    let to_gcks = SkKey::from_ike_keys(&s, keys, true).unwrap();
+    let from_gcks = SkKey::from_ike_keys(&s, keys, false).unwrap();
+    (p, to_gcks, from_gcks)
+}
+
+/// A GSA_REGISTRATION request (Message ID 2) whose SK payload holds `plaintext`, the
+/// inner payload chain written by hand; `first` is the SK header's Next Payload.
+fn raw_registration_request(
+    p: &mut Pair,
+    to_gcks: &gikev2_proto::crypto::SkKey,
+    first: u8,
+    plaintext: &[u8],
+) -> Vec<u8> {
+    use gikev2_proto::codec::Codec;
+    use gikev2_proto::registry::PayloadType;
+    use gikev2_proto::wire::header::Flags;
+    let (spi_i, spi_r) = p.member.spis();
+    let mut h = Header::new(
+        spi_i,
+        spi_r,
+        ExchangeType::GsaRegistration,
+        Flags::new(true, false),
+        2,
+    );
+    h.next_payload = PayloadType::Sk;
+    let mut msg = Vec::new();
+    h.encode(&mut msg);
+    // RFC 7296 3.14: SK generic header; Next Payload names the first inner payload.
+    msg.extend_from_slice(&[first, 0x00, 0x00, 0x00]);
+    to_gcks
+        .seal_append(&mut p.rng, &mut msg, 28, plaintext)
+        .unwrap();
+    msg
+}
+
+/// An answer's exchange and notifies (type, data).
+type Answer = (ExchangeType, Vec<(NotifyType, Vec<u8>)>);
+
+/// The GCKS's answer to `request`.
+fn gcks_answer(
+    p: &mut Pair,
+    from_gcks: &gikev2_proto::crypto::SkKey,
+    request: &[u8],
+) -> Option<Answer> {
+    use gikev2_proto::ike::protect::{self, Reassembly};
+    use gikev2_proto::wire::payload::Payload;
+    let g = p.gcks.as_mut().unwrap();
+    g.handle(request, p.now, &mut p.rng);
+    let reply = g.poll_transmit()?;
+    let opened = protect::open(from_gcks, &reply, &mut Reassembly::default())
+        .unwrap()
+        .unwrap();
+    assert!(opened.header.flags.is_response());
+    assert_eq!(opened.header.message_id, 2);
+    let notifies = opened
+        .payloads
+        .iter()
+        .filter_map(|x| match x {
+            Payload::Notify(n) => Some((n.ty, n.data.clone())),
+            _ => None,
+        })
+        .collect();
+    Some((opened.header.exchange, notifies))
+}
+
+/// RFC 9838 4.2 (IDg is the RFC 7296 3.5 Identification payload, type 50) with
+/// ID_KEY_ID "group-1"; `next` is its Next Payload.
+fn idg_bytes(next: u8) -> Vec<u8> {
+    let mut b = vec![
+        next, 0x00, 0x00, 0x0f, // Next Payload, C=0, Payload Length 4 + 4 + 7 = 15
+        0x0b, 0x00, 0x00, 0x00, // ID Type 11 (ID_KEY_ID), RESERVED
+    ];
+    b.extend_from_slice(b"group-1");
+    b
+}
+
+#[test]
+fn unknown_critical_payload_in_a_request_gets_unsupported_critical_payload() {
+    // RFC 7296 2.5: "If a payload type is not recognized and the critical flag is set, the
+    // message MUST be rejected and the response to the IKE request containing that payload
+    // MUST include a Notify payload UNSUPPORTED_CRITICAL_PAYLOAD [..] the Notification Data
+    // contains the one-octet payload type." 2.21.3: not fatal to the IKE SA.
+    let (mut p, to_gcks, from_gcks) = registered_with_keys();
+    let mut plain = idg_bytes(200);
+    plain.extend_from_slice(&[
+        0x00, 0x80, 0x00, 0x08, // unknown type 200: Next Payload 0, C=1, Length 8
+        0xde, 0xad, 0xbe, 0xef, // body
+    ]);
+    let req = raw_registration_request(&mut p, &to_gcks, 50, &plain);
+    let answer = gcks_answer(&mut p, &from_gcks, &req).expect("an answer");
+    assert_eq!(
+        answer,
+        (
+            ExchangeType::GsaRegistration,
+            vec![(NotifyType::UnsupportedCriticalPayload, vec![200])]
+        )
+    );
+    assert!(p.gcks().is_established() && !p.gcks().is_closed());
+    assert!(
+        !p.gcks
+            .as_mut()
+            .unwrap()
+            .poll_event()
+            .is_some_and(|e| matches!(e, Event::RegistrationRequested { .. })),
+        "a rejected request must not reach the registrar"
+    );
+}
+
+#[test]
+fn unknown_non_critical_payload_in_a_request_is_skipped() {
+    // RFC 7296 2.5: without the critical flag the payload is skipped.
+    let (mut p, to_gcks, _) = registered_with_keys();
+    let mut plain = idg_bytes(200);
+    plain.extend_from_slice(&[0x00, 0x00, 0x00, 0x08, 0xde, 0xad, 0xbe, 0xef]);
+    let req = raw_registration_request(&mut p, &to_gcks, 50, &plain);
+    let g = p.gcks.as_mut().unwrap();
+    g.handle(&req, p.now, &mut p.rng);
+    let mut events = Vec::new();
+    while let Some(e) = g.poll_event() {
+        events.push(e);
+    }
+    assert!(
+        events.iter().any(|e| matches!(e,
+            Event::RegistrationRequested { request, .. } if request.group == group())),
+        "{events:?}"
+    );
+}
+
+#[test]
+fn malformed_payload_in_a_request_gets_invalid_syntax_and_ends_the_ike_sa() {
+    // RFC 7296 2.21.3: "After the IKE SA is authenticated, all requests having errors MUST
+    // result in a response notifying the other end of the error"; INVALID_SYNTAX "is
+    // considered fatal in both peers". The IDg payload here is 6 octets: shorter than the
+    // ID Type and RESERVED fields of RFC 7296 3.5.
+    let (mut p, to_gcks, from_gcks) = registered_with_keys();
+    let plain = [
+        0x00, 0x00, 0x00, 0x06, // IDg: Next Payload 0, C=0, Payload Length 6
+        0x0b, 0x00, // ID Type 11, one octet of RESERVED, then nothing
+    ];
+    let req = raw_registration_request(&mut p, &to_gcks, 50, &plain);
+    let answer = gcks_answer(&mut p, &from_gcks, &req).expect("an answer");
+    assert_eq!(
+        answer,
+        (
+            ExchangeType::GsaRegistration,
+            vec![(NotifyType::InvalidSyntax, Vec::new())]
+        )
+    );
+    assert!(p.gcks().is_closed());
+}
+
+#[test]
+fn member_ends_the_ike_sa_on_an_invalid_syntax_response() {
+    // RFC 7296 2.21.3: INVALID_SYNTAX is fatal in both peers. A GSA_REGISTRATION request
+    // for a group the GCKS has never heard of is fine; the GCKS here answers with
+    // INVALID_SYNTAX as if it found the request malformed.
+    let (m, g) = psk_configs("k", "k", vec![suite(KeId::Curve25519, None)]);
+    let mut p = Pair::new(m, g, Goal::GsaAuth(request(None)));
+    p.drive();
+    assert!(p.member.is_established());
+    p.decision = Box::new(|_, _| Decision::Refuse(NotifyType::InvalidSyntax));
+    p.member.register(request(None), p.now, &mut p.rng);
+    p.drive();
+    assert!(
+        p.member_events
+            .contains(&Event::Closed(CloseReason::PeerError(
+                NotifyType::InvalidSyntax
+            ))),
+        "{:?}",
+        p.member_events
+    );
+}
+
+#[test]
+fn inband_rekey_of_a_transport_mode_group_carries_use_transport_mode() {
+    // RFC 9838 2.4.2.1: "The GSA, KD and N payloads are built in the same manner as in a
+    // registration exchange", whose response carries USE_TRANSPORT_MODE when the SAs are
+    // in transport mode (2.3.4). Figure 11: `SK{GSA, KD, [N]}`.
+    use gikev2_proto::ike::protect::{self, Reassembly};
+    use gikev2_proto::wire::payload::Payload;
+    let (mut p, _, from_gcks) = registered_with_keys();
+    for (transport_mode, want) in [
+        (true, vec!["GSA", "KD", "N(USE_TRANSPORT_MODE)"]),
+        (false, vec!["GSA", "KD"]),
+    ] {
+        let (now, g) = (p.now, p.gcks.as_mut().unwrap());
+        let kd = sample_kd(g, 1);
+        g.inband_rekey(sample_gsa(1), kd, transport_mode, now, &mut p.rng);
+        let d = g.poll_transmit().expect("a GSA_INBAND_REKEY request");
+        let opened = protect::open(&from_gcks, &d, &mut Reassembly::default())
+            .unwrap()
+            .unwrap();
+        assert_eq!(opened.header.exchange, ExchangeType::GsaInbandRekey);
+        let order: Vec<String> = opened
+            .payloads
+            .iter()
+            .map(|x| match x {
+                Payload::Notify(n) => format!("N({})", n.ty),
+                other => other.ty().to_string(),
+            })
+            .collect();
+        assert_eq!(order, want);
+        p.member.handle(&d, p.now, &mut p.rng);
+        p.drive();
+    }
+}
+
 // ------------------------------------------------------------------ RFC 8784 PPK
 
 mod ppk {
@@ -950,6 +1173,47 @@ mod ppk {
             .filter(|(t, _)| *t == ty)
             .map(|(_, d)| d.clone())
             .collect()
+    }
+
+    /// RFC 7296 3.2: "implementations SHOULD send the payloads [..] in the order shown in
+    /// the figures"; RFC 9838 Figure 4: `SK{IDr, [CERT,] AUTH, GSA, KD, [N]}`. The
+    /// PPK_IDENTITY notify (RFC 8784 3) is one of the trailing [N].
+    #[test]
+    fn gsa_auth_response_keeps_the_figure_4_order_with_ppk_identity() {
+        let p = run(
+            vec![suite(KeId::Curve25519, None)],
+            Some(member_ppk("ppk-1", &PPK, true)),
+            Some(gcks_ppks("ppk-1", true)),
+        );
+        let d = p
+            .to_member
+            .iter()
+            .find(|d| Header::read_datagram(d).unwrap().exchange == ExchangeType::GsaAuth)
+            .expect("a GSA_AUTH response");
+        let s = p.member.suite().unwrap().clone();
+        let key = SkKey::from_ike_keys(&s, p.member.keys().unwrap(), false).unwrap();
+        let opened = protect::open(&key, d, &mut Reassembly::default())
+            .unwrap()
+            .unwrap();
+        let order: Vec<String> = opened
+            .payloads
+            .iter()
+            .map(|x| match x {
+                Payload::Notify(n) => format!("N({})", n.ty),
+                other => other.ty().to_string(),
+            })
+            .collect();
+        assert_eq!(
+            order,
+            [
+                "IDr",
+                "AUTH",
+                "GSA",
+                "KD",
+                "N(PPK_IDENTITY)",
+                "N(USE_TRANSPORT_MODE)"
+            ]
+        );
     }
 
     /// RFC 8784 3: USE_PPK both ways, PPK_IDENTITY = PPK_ID_FIXED | id, SK_d, SK_pi and
@@ -1190,7 +1454,7 @@ mod ike_rekey {
         let kd = sample_kd(p.gcks(), 1);
         let kwk_member = p.member.key_wrap_key().unwrap();
         let (now, g) = (p.now, p.gcks.as_mut().unwrap());
-        g.inband_rekey(sample_gsa(1), kd.clone(), now, &mut p.rng);
+        g.inband_rekey(sample_gsa(1), kd.clone(), false, now, &mut p.rng);
         p.drive();
         let carried = p.member_events.iter().find_map(|e| match e {
             Event::InbandRekey { gsa, kd: got, kwk } if gsa == &sample_gsa(1) && got == &kd => {
@@ -1516,7 +1780,7 @@ mod ike_rekey {
         g.rekey(now, &mut p.rng);
         // Built for the current (old) SA; the window is busy with the rekey.
         let kd = kd_wrapped_with(&g.key_wrap_key().unwrap(), 2);
-        g.inband_rekey(sample_gsa(2), kd.clone(), now, &mut p.rng);
+        g.inband_rekey(sample_gsa(2), kd.clone(), false, now, &mut p.rng);
         p.drive();
         assert_eq!((p.member.rekeys(), p.gcks().rekeys()), (1, 1));
         let carried = p

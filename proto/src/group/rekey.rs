@@ -700,7 +700,9 @@ impl RekeyReader {
             Ok(Some(o)) => o,
             Ok(None) => return Ok(None),
             Err(UnprotectError::Crypto(_)) => return Err(RekeyDrop::Integrity),
-            Err(UnprotectError::Decode(e)) => return Err(RekeyDrop::Malformed(e)),
+            Err(UnprotectError::Decode(e) | UnprotectError::Content(e)) => {
+                return Err(RekeyDrop::Malformed(e));
+            }
         };
         let mid = opened.header.message_id;
         if !slot.accepts(mid) {

@@ -23,12 +23,17 @@ pub const MAX_REASSEMBLED: usize = 64 * 1024;
 /// Why a received protected message was not accepted.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum UnprotectError {
-    /// Malformed outer structure or inner payload chain.
+    /// Malformed outer structure, found before the message was authenticated: drop it.
     #[error("decode: {0}")]
     Decode(#[from] DecodeError),
     /// ICV/tag failure or bad padding: drop silently (RFC 7296 2.21.2 / 3.10.1).
     #[error("crypto: {0}")]
     Crypto(#[from] CryptoError),
+    /// The message authenticated, but its decrypted payload chain is malformed or holds
+    /// an unsupported critical payload. A request gets UNSUPPORTED_CRITICAL_PAYLOAD or
+    /// INVALID_SYNTAX in response (RFC 7296 2.5, 2.21.2, 2.21.3).
+    #[error("content: {0}")]
+    Content(DecodeError),
 }
 
 /// Seals `inner` under `key` in an SK payload, or in SKF fragments when `fragment_size`
@@ -197,7 +202,8 @@ pub fn open(
         .to_vec();
     match layout.kind {
         EncryptedKind::Sk => {
-            let payloads = decode_inner_chain(layout.first_inner, &plain)?;
+            let payloads =
+                decode_inner_chain(layout.first_inner, &plain).map_err(UnprotectError::Content)?;
             Ok(Some(Opened {
                 header,
                 payloads,
@@ -261,7 +267,8 @@ pub fn open(
             let header_octet = r.header_octet;
             let prefix = std::mem::take(&mut r.prefix);
             r.clear();
-            let payloads = decode_inner_chain(first_inner, &whole)?;
+            let payloads =
+                decode_inner_chain(first_inner, &whole).map_err(UnprotectError::Content)?;
             Ok(Some(Opened {
                 header,
                 payloads,

@@ -26,6 +26,7 @@ use crate::crypto::keywrap::{DefaultKwk, KeyWrapAlg, KeyWrapKey};
 use crate::crypto::{
     CryptoError, IkeKeys, IkeSuite, IntAuth, Random, SecretBytes, SkKey, random_array,
 };
+use crate::error::DecodeError;
 use crate::group::rewrap_default_kwk;
 use crate::registry::{
     AuthMethod, ExchangeType, HashAlgorithm, NotifyType, PayloadType, ProtocolId, TransformType,
@@ -184,6 +185,7 @@ enum Command {
         /// travel on another IKE SA, so it is wrapped again for that one.
         wrapped_on: [u8; 8],
         kwk: Option<DefaultKwk>,
+        transport_mode: bool,
     },
     /// GSA_INBAND_REKEY with Delete payloads only (RFC 9838 2.4.3, Figure 13).
     InbandDelete(Vec<DeletePayload>),
@@ -926,8 +928,14 @@ impl IkeSa {
                 kd,
                 transport_mode,
             } => {
-                payloads.push(Payload::Gsa(gsa));
-                payloads.push(Payload::Kd(kd));
+                // RFC 9838 Figure 4 `SK{IDr, [CERT,] AUTH, GSA, KD, [N]}` and RFC 7296 3.2
+                // ("SHOULD send the payloads [..] in the order shown"): GSA and KD go
+                // before any notify of the GSA_AUTH part (PPK_IDENTITY, RFC 8784 3).
+                let at = payloads
+                    .iter()
+                    .position(|p| matches!(p, Payload::Notify(_)))
+                    .unwrap_or(payloads.len());
+                payloads.splice(at..at, [Payload::Gsa(gsa), Payload::Kd(kd)]);
                 if transport_mode {
                     payloads.push(Payload::Notify(NotifyPayload::use_transport_mode()));
                 }
@@ -969,10 +977,14 @@ impl IkeSa {
     }
 
     /// GCKS: pushes new policy and keys to this member (GSA_INBAND_REKEY, RFC 9838 2.4.2).
+    /// `transport_mode` adds USE_TRANSPORT_MODE as the registration response does: the
+    /// "GSA, KD and N payloads are built in the same manner as in a registration exchange"
+    /// (2.4.2.1, 2.3.4; docs/interop.md #75).
     pub fn inband_rekey(
         &mut self,
         gsa: GsaPayload,
         kd: KdPayload,
+        transport_mode: bool,
         now: Instant,
         rng: &mut dyn Random,
     ) {
@@ -981,6 +993,7 @@ impl IkeSa {
             kd,
             wrapped_on: self.ch.spi_i,
             kwk: self.current_kwk().ok(),
+            transport_mode,
         });
         self.pump(now, rng);
     }
@@ -1047,6 +1060,7 @@ impl IkeSa {
                 mut kd,
                 wrapped_on,
                 kwk,
+                transport_mode,
             } => {
                 if wrapped_on != self.ch.spi_i {
                     // RFC 9838 3.1.1: the KD must be wrapped with the GSK_w of the IKE SA
@@ -1070,12 +1084,14 @@ impl IkeSa {
                     kd: kd.clone(),
                     wrapped_on: self.ch.spi_i,
                     kwk: self.current_kwk().ok(),
+                    transport_mode,
                 });
-                (
-                    ExchangeType::GsaInbandRekey,
-                    Purpose::InbandRekey,
-                    vec![Payload::Gsa(gsa), Payload::Kd(kd)],
-                )
+                // RFC 9838 Figure 11: `SK{GSA, KD, [N]}`.
+                let mut v = vec![Payload::Gsa(gsa), Payload::Kd(kd)];
+                if transport_mode {
+                    v.push(Payload::Notify(NotifyPayload::use_transport_mode()));
+                }
+                (ExchangeType::GsaInbandRekey, Purpose::InbandRekey, v)
             }
             Command::InbandDelete(deletes) => (
                 ExchangeType::GsaInbandRekey,
@@ -1237,8 +1253,14 @@ impl IkeSa {
             return;
         }
         let opened = match self.open(datagram, true) {
-            Some(o) => o,
-            None => return,
+            Ok(Some(o)) => o,
+            Ok(None) => return,
+            Err(e) => {
+                // RFC 7296 2.21: no answer to a response; the IKE state is cleaned up.
+                warn!(error = %e, exchange = %header.exchange, "malformed response");
+                self.close(CloseReason::ProtocolError(e.to_string()));
+                return;
+            }
         };
         if let Err(e) = rules::check(header.exchange, true, &opened.payloads) {
             warn!(error = %e, exchange = %header.exchange, "malformed response");
@@ -1253,6 +1275,8 @@ impl IkeSa {
             self.hold_new = false;
         }
         self.ch.next_mid = o.mid.wrapping_add(1);
+        // RFC 7296 2.21.3: INVALID_SYNTAX is fatal in both peers.
+        let invalid_syntax = opened.payloads.has_notify(NotifyType::InvalidSyntax);
         match o.purpose {
             Purpose::Init => {}
             Purpose::Intermediate => self.on_intermediate_response(opened, now, rng),
@@ -1262,6 +1286,9 @@ impl IkeSa {
             Purpose::RekeyIke => self.on_rekey_response(opened, now, rng),
             Purpose::Delete => self.close(CloseReason::Deleted),
             Purpose::DeleteRetired => self.retired_gone = true,
+        }
+        if invalid_syntax && !self.serving_retired {
+            self.close(CloseReason::PeerError(NotifyType::InvalidSyntax));
         }
     }
 
@@ -1297,8 +1324,13 @@ impl IkeSa {
             // Still deciding on the previous request; the member will retransmit.
             return;
         }
-        let Some(opened) = self.open(datagram, false) else {
-            return;
+        let opened = match self.open(datagram, false) {
+            Ok(Some(o)) => o,
+            Ok(None) => return,
+            Err(e) => {
+                self.refuse_malformed_request(header, &e, rng);
+                return;
+            }
         };
         if !self.serving_retired {
             // RFC 7296 2.8: a valid message on the new IKE SA shows the rekey initiator
@@ -1306,14 +1338,7 @@ impl IkeSa {
             self.hold_new = false;
         }
         if let Err(e) = rules::check(header.exchange, false, &opened.payloads) {
-            debug!(error = %e, exchange = %header.exchange, "malformed request");
-            self.ch.peer_next_mid = header.message_id.wrapping_add(1);
-            self.send_response(
-                header.exchange,
-                header.message_id,
-                &[Payload::Notify(NotifyPayload::error(e.notify()))],
-                rng,
-            );
+            self.refuse_malformed_request(header, &e, rng);
             return;
         }
         self.ch.peer_next_mid = header.message_id.wrapping_add(1);
@@ -1375,12 +1400,10 @@ impl IkeSa {
             }
             (ex, _) => {
                 debug!(exchange = %ex, state = self.state_name(), "unexpected request");
-                self.send_response(
-                    ex,
-                    header.message_id,
-                    &[Payload::Notify(NotifyPayload::error(
-                        NotifyType::InvalidSyntax,
-                    ))],
+                self.refuse_request(
+                    header,
+                    NotifyPayload::error(NotifyType::InvalidSyntax),
+                    format!("unexpected {ex} request"),
                     rng,
                 );
             }
@@ -2247,11 +2270,16 @@ impl IkeSa {
                     });
                 }
                 None => {
+                    // Malformed GROUP_SENDER data (RFC 9838 4.7.4): INVALID_SYNTAX, fatal
+                    // in both peers (RFC 7296 2.21.3).
                     auth_payloads.push(Payload::Notify(NotifyPayload::error(
                         NotifyType::InvalidSyntax,
                     )));
                     self.state = State::Established;
                     self.send_response(exchange, mid, &auth_payloads, rng);
+                    self.close(CloseReason::ProtocolError(
+                        "malformed GROUP_SENDER data (RFC 9838 4.7.4)".into(),
+                    ));
                 }
             }
         } else {
@@ -2866,21 +2894,17 @@ impl IkeSa {
                         kwk: self.carrying_kwk(),
                     });
                 }
-                None => self.send_response(
-                    ExchangeType::GsaRegistration,
-                    mid,
-                    &[Payload::Notify(NotifyPayload::error(
-                        NotifyType::InvalidSyntax,
-                    ))],
+                None => self.refuse_request(
+                    &opened.header,
+                    NotifyPayload::error(NotifyType::InvalidSyntax),
+                    "malformed GROUP_SENDER data (RFC 9838 4.7.4)".into(),
                     rng,
                 ),
             },
-            (None, _) => self.send_response(
-                ExchangeType::GsaRegistration,
-                mid,
-                &[Payload::Notify(NotifyPayload::error(
-                    NotifyType::InvalidSyntax,
-                ))],
+            (None, _) => self.refuse_request(
+                &opened.header,
+                NotifyPayload::error(NotifyType::InvalidSyntax),
+                "GSA_REGISTRATION without IDg (RFC 9838 2.3.2)".into(),
                 rng,
             ),
         }
@@ -2947,25 +2971,71 @@ impl IkeSa {
 
     // ---------------------------------------------------------------- plumbing
 
-    fn open(&mut self, datagram: &[u8], response: bool) -> Option<Opened> {
-        let key = self.ch.sk_in.as_ref()?;
+    /// Authenticates and decrypts a datagram of this IKE SA. `Ok(None)`: dropped (not
+    /// authentic, undecodable before authentication) or a fragment of a message not yet
+    /// complete. `Err`: the message authenticated but its payload chain is malformed, which
+    /// a request must be told (RFC 7296 2.21.2, 2.21.3).
+    fn open(&mut self, datagram: &[u8], response: bool) -> Result<Option<Opened>, DecodeError> {
+        let Some(key) = self.ch.sk_in.as_ref() else {
+            return Ok(None);
+        };
         let reassembly = if response {
             &mut self.ch.reassembly_responses
         } else {
             &mut self.ch.reassembly_requests
         };
         match protect::open(key, datagram, reassembly) {
-            Ok(o) => o,
+            Ok(o) => Ok(o),
             Err(UnprotectError::Crypto(e)) => {
                 // RFC 7296 2.21.2: a message that fails integrity checks is dropped.
                 debug!(error = %e, "dropping message that failed its integrity check");
-                None
+                Ok(None)
             }
             Err(UnprotectError::Decode(e)) => {
                 debug!(error = %e, "dropping undecodable protected message");
-                None
+                Ok(None)
             }
+            Err(UnprotectError::Content(e)) => Err(e),
         }
+    }
+
+    /// Answers a request with an error notify. INVALID_SYNTAX ends the IKE SA ("fatal in
+    /// both peers", RFC 7296 2.21.3), and so does any error answering IKE_AUTH or
+    /// GSA_AUTH before authentication (2.21.2: the IKE SA is not created). A replaced IKE
+    /// SA being served is left to its own deletion.
+    fn refuse_request(
+        &mut self,
+        header: &Header,
+        notify: NotifyPayload,
+        why: String,
+        rng: &mut dyn Random,
+    ) {
+        let fatal =
+            notify.ty == NotifyType::InvalidSyntax || matches!(self.state, State::AwaitingAuth);
+        self.send_response(
+            header.exchange,
+            header.message_id,
+            &[Payload::Notify(notify)],
+            rng,
+        );
+        if fatal && !self.serving_retired {
+            self.close(CloseReason::ProtocolError(why));
+        }
+    }
+
+    /// A request that authenticated but does not parse or breaks the payload rules
+    /// (RFC 7296 2.21.2, 2.21.3): rejected in its entirety with UNSUPPORTED_CRITICAL_PAYLOAD
+    /// carrying the one-octet payload type (2.5, 3.10.1) or with INVALID_SYNTAX.
+    fn refuse_malformed_request(&mut self, header: &Header, e: &DecodeError, rng: &mut dyn Random) {
+        debug!(error = %e, exchange = %header.exchange, "malformed request");
+        self.ch.peer_next_mid = header.message_id.wrapping_add(1);
+        let notify = match e {
+            DecodeError::UnsupportedCriticalPayload(ty) => {
+                NotifyPayload::unsupported_critical_payload(*ty)
+            }
+            other => NotifyPayload::error(other.notify()),
+        };
+        self.refuse_request(header, notify, e.to_string(), rng);
     }
 
     fn fragment_size(&self, exchange: ExchangeType) -> Option<usize> {
