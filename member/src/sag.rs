@@ -13,7 +13,7 @@
 
 use gikev2_esp::{EspAlgorithm, SnTransform};
 use gikev2_proto::crypto::{EncrAlg, IntegAlg, KeyWrapAlg};
-use gikev2_proto::registry::{EncrId, IntegId, ProtocolId, SnId};
+use gikev2_proto::registry::{EncrId, GcAuthId, IntegId, ProtocolId, SnId};
 use gikev2_proto::wire::{Proposal, SaPayload, Transform};
 
 /// ENCR transforms tried for both protocols, strongest first.
@@ -40,7 +40,11 @@ const INTEG_CANDIDATES: [IntegId; 3] = [
 ];
 
 /// Rekey SA transforms (RFC 9838 4.4.2.1, Figure 16): ENCR usable in the SK payload,
-/// INTEG for the non-AEAD ones, and every KWA.
+/// INTEG for the non-AEAD ones, every KWA, and the GCAUTH methods the member verifies
+/// (Digital Signature with any scheme of `SignatureScheme::ALL`, and Implicit, which the
+/// GCKS may choose for a group, RFC 9838 2.4.1). GCAUTH is listed without its Signature
+/// Algorithm Identifier: one transform per method keeps the SAg short
+/// (docs/interop.md #78).
 pub fn rekey_transforms() -> Vec<Transform> {
     let mut v: Vec<Transform> = ENCR_CANDIDATES
         .iter()
@@ -62,6 +66,11 @@ pub fn rekey_transforms() -> Vec<Transform> {
         ]
         .into_iter()
         .map(|k| Transform::kwa(k.id())),
+    );
+    v.extend(
+        [GcAuthId::DigitalSignature, GcAuthId::Implicit]
+            .into_iter()
+            .map(|g| Transform::gcauth(g, None)),
     );
     v
 }
@@ -135,6 +144,15 @@ mod tests {
         assert!(!has(&r, TransformType::Encr, 13, Some(256)));
         assert!(has(&r, TransformType::Integ, 12, None));
         assert!(has(&r, TransformType::Kwa, 3, None));
+        // GCAUTH (IANA.md: 1 Implicit, 2 Digital Signature), which Figure 16 makes
+        // mandatory for GIKE_UPDATE, without attributes.
+        assert!(has(&r, TransformType::GcAuth, 2, None));
+        assert!(has(&r, TransformType::GcAuth, 1, None));
+        assert!(
+            r.iter()
+                .filter(|t| t.ty == TransformType::GcAuth)
+                .all(|t| t.attributes.is_empty())
+        );
         assert!(r.iter().all(|t| t.ty != TransformType::Sn));
     }
 
