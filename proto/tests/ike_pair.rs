@@ -1000,6 +1000,70 @@ fn unknown_critical_payload_in_a_request_gets_unsupported_critical_payload() {
 }
 
 #[test]
+fn unknown_critical_payload_in_ike_sa_init_gets_unsupported_critical_payload() {
+    // RFC 7296 2.5 holds for IKE_SA_INIT too: the request is rejected and the (plain)
+    // response carries UNSUPPORTED_CRITICAL_PAYLOAD with the one-octet payload type.
+    use gikev2_proto::wire::message::Message;
+    use gikev2_proto::wire::payload::Payload;
+    let (m, g) = psk_configs("s3cret", "s3cret", vec![suite(KeId::Curve25519, None)]);
+    let mut p = Pair::new(m, g.clone(), Goal::GsaAuth(request(None)));
+    let init = p.member.poll_transmit().expect("IKE_SA_INIT request");
+    let mut msg = Message::decode(&init).unwrap();
+    msg.payloads.push(Payload::Unknown {
+        ty: gikev2_proto::registry::PayloadType::from(200),
+        critical: true,
+        body: vec![0xde, 0xad],
+    });
+    let spi_i = msg.header.spi_i;
+    let bad = msg.encode();
+    let refused = IkeSa::respond(
+        g.clone(),
+        &bad,
+        GCKS.parse().unwrap(),
+        MEMBER.parse().unwrap(),
+        p.now,
+        &mut p.rng,
+    );
+    let Err(InitRefusal::Reply(reply)) = refused else {
+        panic!("expected a reply");
+    };
+    let answer = Message::decode(&reply).unwrap();
+    assert_eq!(answer.header.exchange, ExchangeType::IkeSaInit);
+    assert!(answer.header.flags.is_response());
+    assert_eq!((answer.header.spi_i, answer.header.spi_r), (spi_i, [0; 8]));
+    let notifies: Vec<_> = answer
+        .payloads
+        .iter()
+        .filter_map(|x| match x {
+            Payload::Notify(n) => Some((n.ty, n.data.clone())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        notifies,
+        vec![(NotifyType::UnsupportedCriticalPayload, vec![200])]
+    );
+    // The same request without the critical bit is accepted (2.5: skipped).
+    let mut msg = Message::decode(&init).unwrap();
+    msg.payloads.push(Payload::Unknown {
+        ty: gikev2_proto::registry::PayloadType::from(200),
+        critical: false,
+        body: vec![0xde, 0xad],
+    });
+    assert!(
+        IkeSa::respond(
+            g,
+            &msg.encode(),
+            GCKS.parse().unwrap(),
+            MEMBER.parse().unwrap(),
+            p.now,
+            &mut p.rng,
+        )
+        .is_ok()
+    );
+}
+
+#[test]
 fn unknown_non_critical_payload_in_a_request_is_skipped() {
     // RFC 7296 2.5: without the critical flag the payload is skipped.
     let (mut p, to_gcks, _) = registered_with_keys();

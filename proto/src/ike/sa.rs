@@ -460,6 +460,16 @@ fn default_kwk(
     DefaultKwk::new(kwa, keys.default_kwk(kwa)?)
 }
 
+/// An IKE_SA_INIT request opening a new IKE SA: from the initiator, Message ID 0, no
+/// responder SPI yet (RFC 7296 2.2, 3.1).
+fn is_new_init_request(h: &Header) -> bool {
+    h.exchange == ExchangeType::IkeSaInit
+        && !h.flags.is_response()
+        && h.flags.is_initiator()
+        && h.message_id == 0
+        && h.spi_r == [0; 8]
+}
+
 fn hex_spi(s: &[u8; 8]) -> String {
     s.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -510,14 +520,35 @@ impl IkeSa {
         now: Instant,
         rng: &mut dyn Random,
     ) -> Result<Self, InitRefusal> {
-        let msg = Message::decode(request).map_err(|_| InitRefusal::Drop)?;
+        let msg = match Message::decode(request) {
+            Ok(m) => m,
+            // RFC 7296 2.5: an unrecognized critical payload rejects the message, and the
+            // response names its type in UNSUPPORTED_CRITICAL_PAYLOAD; IKE_SA_INIT too.
+            Err(DecodeError::UnsupportedCriticalPayload(ty)) => {
+                let h = Header::read_datagram(request).map_err(|_| InitRefusal::Drop)?;
+                if !is_new_init_request(&h) {
+                    return Err(InitRefusal::Drop);
+                }
+                debug!(
+                    payload_type = ty,
+                    "IKE_SA_INIT with an unsupported critical payload"
+                );
+                let header = Header::new(
+                    h.spi_i,
+                    [0; 8],
+                    ExchangeType::IkeSaInit,
+                    Flags::new(false, true),
+                    0,
+                );
+                let n = NotifyPayload::unsupported_critical_payload(ty);
+                return Err(InitRefusal::Reply(
+                    Message::new(header, vec![Payload::Notify(n)]).encode(),
+                ));
+            }
+            Err(_) => return Err(InitRefusal::Drop),
+        };
         let h = &msg.header;
-        if h.exchange != ExchangeType::IkeSaInit
-            || h.flags.is_response()
-            || !h.flags.is_initiator()
-            || h.message_id != 0
-            || h.spi_r != [0; 8]
-        {
+        if !is_new_init_request(h) {
             return Err(InitRefusal::Drop);
         }
         let reply = |n: NotifyPayload| {
