@@ -829,6 +829,18 @@ async fn a_tek_policy_added_to_a_running_group_comes_with_a_new_kek() {
     let _ = w.stop.send(());
 }
 
+/// Edits TEK policy `p`'s AES key size with plain SQL, as an operator would.
+async fn set_tek_key_bits(w: &World, p: gikev2_policy::TekPolicyId, bits: u16) {
+    let pool = sqlx::SqlitePool::connect(&w.url).await.unwrap();
+    sqlx::query("UPDATE tek_policies SET encr_key_bits = $2 WHERE id = $1")
+        .bind(p.0)
+        .bind(i64::from(bits))
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+}
+
 /// RFC 9838 3.2.1 (R055) across a restart: the policy announced to the members is kept in
 /// the store (`group_state.announced_policy`), so a TEK policy edited while no GCKS ran
 /// is a change for the restarted one: the GSA_REKEY with the edited policy's new TEK also
@@ -847,13 +859,7 @@ async fn a_policy_edited_while_the_gcks_was_down_comes_with_a_new_kek() {
     );
     let ([(a, mut ea), (b, mut eb)], _) = members_a_and_b(w.gcks, None).await;
     // The GCKS stops; the operator edits the policy; another GCKS process starts.
-    let pool = sqlx::SqlitePool::connect(&w.url).await.unwrap();
-    sqlx::query("UPDATE tek_policies SET encr_key_bits = 128 WHERE id = $1")
-        .bind(p1.0)
-        .execute(&pool)
-        .await
-        .unwrap();
-    pool.close().await;
+    set_tek_key_bits(&w, p1, 128).await;
     w.scheduler = w.new_scheduler();
     let s = tick_one(&mut w, t0 + 2).await;
     let (k2, teks) = stored(&w).await;
@@ -903,13 +909,7 @@ async fn an_edited_or_removed_tek_policy_comes_with_a_new_kek() {
 
     // 1. The first policy goes from AES-GCM-256 to AES-GCM-128: its TEK is replaced and
     // the message carries a new Rekey SA too.
-    let pool = sqlx::SqlitePool::connect(&w.url).await.unwrap();
-    sqlx::query("UPDATE tek_policies SET encr_key_bits = 128 WHERE id = $1")
-        .bind(p1.0)
-        .execute(&pool)
-        .await
-        .unwrap();
-    pool.close().await;
+    set_tek_key_bits(&w, p1, 128).await;
     let s = tick_one(&mut w, t0 + 2).await;
     let (k2, teks) = stored(&w).await;
     assert_ne!(k2, k1);

@@ -663,14 +663,21 @@ impl Net {
     }
 }
 
-#[test]
-fn inband_rekey_installs_the_new_tek_and_retires_the_old_after_dtd() {
+/// A receiver registered to an in-band group (no Rekey SA), holding one TEK (its SPI),
+/// with no event pending.
+fn inband_receiver() -> (Net, u32) {
     let mut s = state(3600, 3600);
     s.rekey = None;
     let mut n = Net::new(s, None, true);
     let old = n.state.teks[0].spi;
     assert_eq!(n.spis(), vec![(old, Direction::Inbound)]);
     n.events.clear();
+    (n, old)
+}
+
+#[test]
+fn inband_rekey_installs_the_new_tek_and_retires_the_old_after_dtd() {
+    let (mut n, old) = inband_receiver();
     let new = tek(3600);
     let new_spi = new.spi;
     n.inband_rekey(vec![new], false);
@@ -737,12 +744,7 @@ impl Net {
 /// the GSA_INBAND_REKEY exchange to delete SAs": the named TEK leaves after GWP_DTD.
 #[test]
 fn inband_delete_retires_the_named_tek_after_dtd() {
-    let mut s = state(3600, 3600);
-    s.rekey = None;
-    let mut n = Net::new(s, None, true);
-    let old = n.state.teks[0].spi;
-    assert_eq!(n.spis(), vec![(old, Direction::Inbound)]);
-    n.events.clear();
+    let (mut n, old) = inband_receiver();
     n.inband_delete(vec![DeletePayload::child(ProtocolId::Esp, &[old])]);
     assert!(
         n.events.iter().any(|e| matches!(

@@ -1873,12 +1873,13 @@ mod ike_rekey {
         );
     }
 
-    /// A GSA_REGISTRATION that crosses the GCKS's IKE SA rekey on the wire is answered on
-    /// the SA it came on (RFC 7296 2.8), with a KD wrapped with that SA's GSK_w (the
-    /// request event's key, RFC 9838 3.1.1); the member unwraps it with the same key
-    /// (the answer event's), although its current SA is the new one by then.
-    #[test]
-    fn registration_crossing_an_ike_rekey_is_wrapped_for_the_sa_it_came_on() {
+    /// SPIi and SPIr of an IKE SA.
+    type Spis = ([u8; 8], [u8; 8]);
+
+    /// A registered pair where the GCKS starts an IKE SA rekey and the member a
+    /// GSA_REGISTRATION at once: the pair, the old SPIs, and the two requests, neither
+    /// delivered (both on the old SA).
+    fn gcks_rekey_crossing_a_registration() -> (Pair, Spis, Vec<u8>, Vec<u8>) {
         let mut p = registered_pair();
         let old_spis = p.member.spis();
         let (now, g) = (p.now, p.gcks.as_mut().unwrap());
@@ -1886,10 +1887,20 @@ mod ike_rekey {
         let ccsa = g.poll_transmit().expect("CREATE_CHILD_SA request");
         p.member.register(request(None), now, &mut p.rng);
         let reg = p.member.poll_transmit().expect("GSA_REGISTRATION request");
-        assert_eq!(
-            Header::read_datagram(&reg).unwrap().exchange,
-            ExchangeType::GsaRegistration
-        );
+        let h = Header::read_datagram(&reg).unwrap();
+        assert_eq!(h.exchange, ExchangeType::GsaRegistration);
+        assert_eq!((h.spi_i, h.spi_r), old_spis, "sent on the old SA");
+        (p, old_spis, ccsa, reg)
+    }
+
+    /// A GSA_REGISTRATION that crosses the GCKS's IKE SA rekey on the wire is answered on
+    /// the SA it came on (RFC 7296 2.8), with a KD wrapped with that SA's GSK_w (the
+    /// request event's key, RFC 9838 3.1.1); the member unwraps it with the same key
+    /// (the answer event's), although its current SA is the new one by then.
+    #[test]
+    fn registration_crossing_an_ike_rekey_is_wrapped_for_the_sa_it_came_on() {
+        let (mut p, old_spis, ccsa, reg) = gcks_rekey_crossing_a_registration();
+        let now = p.now;
         // The GCKS reads the registration, then the member answers the rekey and the
         // GCKS completes it, all before the GCKS's host decides.
         let g = p.gcks.as_mut().unwrap();
@@ -1947,18 +1958,8 @@ mod ike_rekey {
     /// request again on the new SA instead of waiting on a deleted one.
     #[test]
     fn request_unanswered_on_a_deleted_replaced_sa_goes_again_on_the_new_one() {
-        let mut p = registered_pair();
-        let old_spis = p.member.spis();
-        let (now, g) = (p.now, p.gcks.as_mut().unwrap());
-        g.rekey(now, &mut p.rng);
-        let ccsa = g.poll_transmit().expect("CREATE_CHILD_SA request");
-        p.member.register(request(None), now, &mut p.rng);
-        let lost = p.member.poll_transmit().expect("GSA_REGISTRATION request");
-        assert_eq!(
-            Header::read_datagram(&lost).unwrap().spi_i,
-            old_spis.0,
-            "sent on the old SA"
-        );
+        let (mut p, old_spis, ccsa, _lost) = gcks_rekey_crossing_a_registration();
+        let now = p.now;
         p.member.handle(&ccsa, now, &mut p.rng);
         let to_member = p.to_member.len();
         p.drive();
