@@ -381,12 +381,7 @@ async fn tek_renewals_and_a_rekey_sa_rollover_reach_the_members_by_multicast() {
     // the message over it takes the next ID from the scheduler's copy, and carries the
     // new Rekey SA and the TEK renewed with it.
     let t2 = t0 + u64::from(REKEY_LIFETIME) - 290;
-    let cfg = w
-        .store
-        .group_config(&Identity::key_id(b"g"))
-        .await
-        .unwrap()
-        .unwrap();
+    let cfg = group_cfg(&w).await;
     let renewed = ensure_current(&w.store, &cfg, 0, t2).await.unwrap();
     let (k2, tek_c) = (renewed.rekey.as_ref().unwrap().spi, renewed.teks[0].spi);
     assert_ne!(k2, k1);
@@ -718,12 +713,7 @@ async fn rekey_notifies(w: &World, sent: &SentRekey) -> Vec<gikev2_proto::regist
     use gikev2_proto::ike::protect::{self, Reassembly};
     use gikev2_proto::wire::TrafficSelector;
     use gikev2_proto::wire::payload::PayloadsExt;
-    let cfg = w
-        .store
-        .group_config(&Identity::key_id(b"g"))
-        .await
-        .unwrap()
-        .unwrap();
+    let cfg = group_cfg(w).await;
     let st = w.store.group_state(w.group).await.unwrap().unwrap();
     assert_eq!(
         st.rekey.as_ref().unwrap().spi,
@@ -827,6 +817,15 @@ async fn a_tek_policy_added_to_a_running_group_comes_with_a_new_kek() {
         assert_eq!(current_kek(h).await, kek_hex(&k2));
     }
     let _ = w.stop.send(());
+}
+
+/// The group's configuration as the store has it now.
+async fn group_cfg(w: &World) -> gikev2_policy::GroupConfig {
+    w.store
+        .group_config(&Identity::key_id(b"g"))
+        .await
+        .unwrap()
+        .unwrap()
 }
 
 /// Edits TEK policy `p`'s AES key size with plain SQL, as an operator would.
@@ -996,12 +995,7 @@ async fn the_kek_source_selector_names_the_address_and_port_gsa_rekey_comes_from
     let dst = rekey_dst();
     let listen = SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0));
     let mut w = world_listening(dst, &["a.example"], Role::Receiver, None, listen).await;
-    let cfg = w
-        .store
-        .group_config(&Identity::key_id(b"g"))
-        .await
-        .unwrap()
-        .unwrap();
+    let cfg = group_cfg(&w).await;
     assert_eq!(
         (cfg.group.spec.rekey.src_addr, cfg.group.spec.rekey.src_port),
         (None, None),

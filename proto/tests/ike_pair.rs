@@ -318,6 +318,18 @@ fn assert_both_closed_authentication_failed(p: &Pair, what: &str) {
     );
 }
 
+/// The payload types of a message in order, notifies as `N(TYPE)`.
+fn payload_order(payloads: &[gikev2_proto::wire::payload::Payload]) -> Vec<String> {
+    use gikev2_proto::wire::payload::Payload;
+    payloads
+        .iter()
+        .map(|x| match x {
+            Payload::Notify(n) => format!("N({})", n.ty),
+            other => other.ty().to_string(),
+        })
+        .collect()
+}
+
 fn registered(events: &[Event]) -> Vec<(GsaPayload, KdPayload, bool)> {
     events
         .iter()
@@ -1134,7 +1146,6 @@ fn inband_rekey_of_a_transport_mode_group_carries_use_transport_mode() {
     // registration exchange", whose response carries USE_TRANSPORT_MODE when the SAs are
     // in transport mode (2.3.4). Figure 11: `SK{GSA, KD, [N]}`.
     use gikev2_proto::ike::protect::{self, Reassembly};
-    use gikev2_proto::wire::payload::Payload;
     let (mut p, _, from_gcks) = registered_with_keys();
     for (transport_mode, want) in [
         (true, vec!["GSA", "KD", "N(USE_TRANSPORT_MODE)"]),
@@ -1148,14 +1159,7 @@ fn inband_rekey_of_a_transport_mode_group_carries_use_transport_mode() {
             .unwrap()
             .unwrap();
         assert_eq!(opened.header.exchange, ExchangeType::GsaInbandRekey);
-        let order: Vec<String> = opened
-            .payloads
-            .iter()
-            .map(|x| match x {
-                Payload::Notify(n) => format!("N({})", n.ty),
-                other => other.ty().to_string(),
-            })
-            .collect();
+        let order = payload_order(&opened.payloads);
         assert_eq!(order, want);
         p.member.handle(&d, p.now, &mut p.rng);
         p.drive();
@@ -1259,14 +1263,7 @@ mod ppk {
         let opened = protect::open(&key, d, &mut Reassembly::default())
             .unwrap()
             .unwrap();
-        let order: Vec<String> = opened
-            .payloads
-            .iter()
-            .map(|x| match x {
-                Payload::Notify(n) => format!("N({})", n.ty),
-                other => other.ty().to_string(),
-            })
-            .collect();
+        let order = payload_order(&opened.payloads);
         assert_eq!(
             order,
             [
