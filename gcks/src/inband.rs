@@ -18,7 +18,9 @@
 //!    (2.4.2.1) for that member (`gikev2_proto::group::build_inband_rekey`).
 //!
 //! Members keep a TEK the push no longer lists for GWP_DTD, then remove it (2.4.2.2,
-//! processed as a registration would be). Nothing needs a lease: every GCKS process
+//! processed as a registration would be). Each push carries the identities authorized
+//! for the group at that moment: a member no longer among them gets the Delete of the
+//! whole Group SA over its IKE SA instead of keys (2.4.3 Figure 13, 4.6). Nothing needs a lease: every GCKS process
 //! pushes to the members whose IKE SAs it holds, and the renewal itself is committed once
 //! (the state's generation check).
 //!
@@ -216,6 +218,13 @@ impl InbandScheduler {
         if let Some(v) = &self.views {
             v.invalidate();
         }
+        let authorized = Arc::new(
+            self.store
+                .authorized_identities(id)
+                .await?
+                .into_iter()
+                .collect(),
+        );
         let pushed = self
             .pusher
             .push(InbandPush {
@@ -226,6 +235,7 @@ impl InbandScheduler {
                 state: Arc::new(state),
                 now,
                 transport_mode: crate::group_view::transport_mode(&cfg),
+                authorized,
             })
             .await;
         if !pushed {

@@ -28,6 +28,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use gikev2_policy::Identity;
 use gikev2_proto::crypto::{CryptoError, SystemRandom, keywrap::KeyWrapKey};
 use gikev2_proto::group::{BuildContext, GroupState, build_inband_rekey};
 use gikev2_proto::ike::{
@@ -35,6 +36,7 @@ use gikev2_proto::ike::{
     RegistrationRequest, SaHandle,
 };
 use gikev2_proto::wire::cert::CertPayload;
+use gikev2_proto::wire::delete::DeletePayload;
 use gikev2_proto::wire::header::{Port4500, classify_port_4500, with_non_esp_marker};
 use gikev2_proto::wire::id::IdPayload;
 use tokio::net::UdpSocket;
@@ -128,6 +130,11 @@ pub struct InbandPush {
     /// The group's SAs are in transport mode: USE_TRANSPORT_MODE goes with the GSA and
     /// KD, as in the registration response (RFC 9838 2.4.2.1, 2.3.4).
     pub transport_mode: bool,
+    /// The identities authorized for the group now. A member whose authorization was
+    /// withdrawn since it registered gets no new keys: it is sent the Delete of the whole
+    /// Group SA instead (RFC 9838 2.4.3, Figure 13; 4.6, protocol 0), after which it
+    /// registers again and is refused.
+    pub authorized: Arc<HashSet<Identity>>,
 }
 
 /// Hands [`InbandPush`]es to a running [`Server`] ([`Server::inband_pusher`]).
@@ -490,7 +497,7 @@ impl<R: Registrar> Server<R> {
                 }
                 Some(p) = self.inband_rx.recv() => {
                     let now = Instant::now();
-                    push_inband(&mut endpoint, &tracker, &p, now, &mut rng);
+                    push_inband(&mut endpoint, &mut tracker, &p, now, &mut rng);
                 }
                 _ = sleep => {
                     let now = Instant::now();
@@ -665,7 +672,7 @@ impl<R: Registrar> Server<R> {
 /// exchange queues it (RFC 7296 2.3, window of one).
 fn push_inband(
     endpoint: &mut Endpoint,
-    tracker: &SaTracker,
+    tracker: &mut SaTracker,
     push: &InbandPush,
     now: Instant,
     rng: &mut SystemRandom,
@@ -676,7 +683,26 @@ fn push_inband(
     };
     let ctx = BuildContext { now: push.now };
     let (mut sent, mut failed) = (0usize, 0usize);
+    let mut withdrawn = Vec::new();
     for (&h, m) in members {
+        let peer = endpoint.sa(h).and_then(|sa| sa.peer_id().cloned());
+        if let Some(peer) =
+            peer.filter(|p| !push.authorized.contains(&crate::registrar::identity(p)))
+        {
+            // RFC 9838 2.4.3 (Figure 13), 4.6: the Delete of the whole Group SA over the
+            // member's IKE SA; it drops its SAs after GWP_DTD and registers again.
+            endpoint.with_sa(h, now, |sa| {
+                sa.inband_delete(vec![DeletePayload::whole_group()], now, rng)
+            });
+            info!(
+                group = ?push.group,
+                member = ?peer,
+                "member no longer authorized: excluded by GSA_INBAND_REKEY (Delete of the \
+                 whole Group SA) instead of new keys"
+            );
+            withdrawn.push(h);
+            continue;
+        }
         let built = endpoint.sa(h).map(|sa| {
             sa.key_wrap_key()
                 .map_err(|e| e.to_string())
@@ -697,6 +723,9 @@ fn push_inband(
             }
             None => {}
         }
+    }
+    for h in withdrawn {
+        tracker.left(h, &push.group);
     }
     info!(group = ?push.group, members = sent, failed, "GSA_INBAND_REKEY sent");
 }

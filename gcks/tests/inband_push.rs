@@ -278,3 +278,69 @@ async fn a_tek_renewal_reaches_the_members_of_an_inband_group_over_their_ike_sas
     // Told once.
     assert!(w.scheduler.tick(due).await.is_empty());
 }
+
+/// A member whose authorization was withdrawn after it registered gets no new keys from
+/// the next push: the GCKS sends it the Delete of the whole Group SA over its IKE SA
+/// instead (RFC 9838 2.4.3 Figure 13, 4.6), so it is excluded and, registering again, is
+/// refused with AUTHORIZATION_FAILED; the member still authorized gets the new TEK.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_no_longer_authorized_is_excluded_instead_of_rekeyed() {
+    let mut w = world().await;
+    let t0 = unix_now();
+    assert!(w.scheduler.tick(t0).await.is_empty());
+    let mut members = Vec::new();
+    for (id, sender) in [("a.example", true), ("b.example", false)] {
+        let h = agent();
+        let events = h.subscribe().await.unwrap();
+        let g = h
+            .join(member(id, w.gcks, sender), Some(WAIT))
+            .await
+            .unwrap();
+        assert_eq!(g.state, "up", "{g:?}");
+        members.push((h, events));
+    }
+    let old = w.store.group_state(w.group).await.unwrap().unwrap().teks[0].spi;
+    for (_, events) in &mut members {
+        while events.try_recv().is_ok() {}
+    }
+    let b = w
+        .store
+        .member(&Identity::fqdn("b.example"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(w.store.deauthorize(b.id, w.group).await.unwrap());
+
+    let due = t0 + u64::from(TEK_LIFETIME) - push_margin(u64::from(TEK_LIFETIME)) + 1;
+    let sent = w.scheduler.tick(due).await;
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    let new = w.store.group_state(w.group).await.unwrap().unwrap().teks[0].spi;
+    assert_ne!(new, old);
+    // a.example: the new TEK.
+    let (ha, ea) = &mut members[0];
+    let installed = next_event(ea, |e| match e {
+        AgentEvent::Rekeyed { installed, .. } => Some(installed),
+        _ => None,
+    })
+    .await;
+    assert!(installed.contains(&hex(new)), "{installed:?}");
+    assert!(active_teks(ha).await.contains(&hex(new)));
+    // b.example: excluded, then refused when it registers again; never the new TEK.
+    let (hb, eb) = &mut members[1];
+    next_event(eb, |e| match e {
+        AgentEvent::Excluded { .. } => Some(()),
+        AgentEvent::Rekeyed { installed, .. } if !installed.is_empty() => {
+            panic!("a withdrawn member got new keys: {installed:?}")
+        }
+        _ => None,
+    })
+    .await;
+    let notify = next_event(eb, |e| match e {
+        AgentEvent::Refused { notify, .. } => Some(notify),
+        AgentEvent::GroupUp { .. } => panic!("registered again although not authorized"),
+        _ => None,
+    })
+    .await;
+    assert_eq!(notify, "AUTHORIZATION_FAILED");
+    assert!(!held_teks(hb).await.contains(&hex(new)));
+}

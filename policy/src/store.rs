@@ -370,6 +370,22 @@ impl Store {
         }))
     }
 
+    /// The identities authorized for `group`, in any role.
+    pub async fn authorized_identities(&self, group: GroupId) -> Result<Vec<Identity>, StoreError> {
+        let rows: Vec<(i64, Vec<u8>)> = on_backend!(self, |pool| {
+            sqlx::query_as(
+                "SELECT m.id_type, m.id_value FROM authorizations a \
+                 JOIN members m ON m.id = a.member_id WHERE a.group_id = $1 ORDER BY m.id",
+            )
+            .bind(group.0)
+            .fetch_all(pool)
+            .await?
+        });
+        rows.into_iter()
+            .map(|(t, v)| identity(t, v, "members.id_type"))
+            .collect()
+    }
+
     /// The role `identity` holds in `group`, or `None` when it is not authorized.
     pub async fn authorization(
         &self,

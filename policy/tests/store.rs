@@ -249,6 +249,10 @@ async fn admin_round_trip(db: &TestDb) {
         Some(Role::Receiver)
     );
     assert_eq!(store.authorization(&carol, g).await.unwrap(), None);
+    assert_eq!(
+        store.authorized_identities(g).await.unwrap(),
+        vec![alice.clone(), bob.clone()]
+    );
     store.authorize(mb, g, Role::Sender, T0).await.unwrap();
     assert_eq!(
         store.authorization(&bob, g).await.unwrap(),
@@ -257,6 +261,10 @@ async fn admin_round_trip(db: &TestDb) {
     assert!(store.deauthorize(mb, g).await.unwrap());
     assert!(!store.deauthorize(mb, g).await.unwrap());
     assert_eq!(store.authorization(&bob, g).await.unwrap(), None);
+    assert_eq!(
+        store.authorized_identities(g).await.unwrap(),
+        vec![alice.clone()]
+    );
     assert_eq!(
         store.authorizations(g).await.unwrap(),
         vec![Authorization {
