@@ -53,6 +53,39 @@ fn serve_without_db_creates_gcks_db_and_a_private_master_key_in_the_working_dire
     assert_eq!(key.permissions().mode() & 0o777, 0o600);
 }
 
+/// A second server on an address and port already in use stops at once instead of taking
+/// the first one's datagrams (the sockets set SO_REUSEADDR).
+#[test]
+fn serve_refuses_an_address_and_port_another_socket_holds() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("gcks.psk"), b"psk\n").unwrap();
+    // The first server's socket, with SO_REUSEADDR as `gcks serve` sets it.
+    let first = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None).unwrap();
+    first.set_reuse_address(true).unwrap();
+    first
+        .bind(
+            &"127.0.0.1:0"
+                .parse::<std::net::SocketAddr>()
+                .unwrap()
+                .into(),
+        )
+        .unwrap();
+    let addr = first.local_addr().unwrap().as_socket().unwrap().to_string();
+    let o = gcks(
+        dir.path(),
+        &["serve", "--listen", &addr, "--psk-file", "gcks.psk"],
+    );
+    assert!(!o.status.success());
+    let e = stderr(&o);
+    assert!(
+        e.contains(&format!(
+            "gcks: error: --listen: cannot bind {addr}: another socket"
+        )),
+        "{e}"
+    );
+    assert!(e.contains("another `gcks serve`"), "{e}");
+}
+
 #[test]
 fn errors_name_the_argument_at_fault() {
     let dir = tempfile::tempdir().unwrap();
