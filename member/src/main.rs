@@ -303,6 +303,22 @@ async fn run(cmd: Cmd) -> Result<(), String> {
             } else {
                 print_group(&g);
             }
+            // The wait ran out before the group came up: not a success, although the
+            // daemon keeps the membership and keeps trying.
+            if wait_ms > 0 && g.state != "up" {
+                return Err(format!(
+                    "{}: not up after {} s (state {}{}); the daemon keeps trying: `gm status` \
+                     follows it, `gm leave --group {}` stops it",
+                    g.group,
+                    j.wait,
+                    g.state,
+                    g.last_error
+                        .as_deref()
+                        .map(|e| format!(", last error: {e}"))
+                        .unwrap_or_default(),
+                    g.group,
+                ));
+            }
             Ok(())
         }
         Cmd::Leave { group, socket } => {

@@ -409,6 +409,56 @@ async fn gm_daemon_join_status_leave() {
     let err = String::from_utf8(out.stderr).unwrap();
     assert!(err.contains("psk_file: /nonexistent/psk"), "{err}");
 
+    // A join that is not up when the wait runs out fails, with the state and the reason
+    // in words (the GCKS refuses a wrong PSK: AUTHENTICATION_FAILED).
+    let wrong = dir.path().join("wrong.psk");
+    std::fs::write(&wrong, b"not the group's psk\n").unwrap();
+    let join_h = [
+        "join",
+        "--group",
+        "h",
+        "--gcks",
+        &g.addr.to_string(),
+        "--psk-file",
+        &s(&wrong),
+        "--id",
+        "cli.test",
+        "--wait",
+        "5",
+        "--socket",
+        &s(&socket),
+    ]
+    .map(String::from)
+    .to_vec();
+    let out = gm_async(join_h.clone()).await;
+    assert!(!out.status.success(), "{out:?}");
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        text.starts_with("h: waiting (receiver, psk auth)"),
+        "{text}"
+    );
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        err.starts_with("gm: h: not up after 5 s (state waiting, last error: IKE SA closed: authentication failed (AUTHENTICATION_FAILED)"),
+        "{err}"
+    );
+    assert!(err.contains("`gm leave --group h` stops it"), "{err}");
+    // Joining it again says how to start over.
+    let out = gm_async(join_h).await;
+    assert!(!out.status.success());
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        err.contains("group \"h\" is already joined") && err.contains("`gm leave --group h` first"),
+        "{err}"
+    );
+    let out = gm_async(
+        ["leave", "--group", "h", "--socket", &s(&socket)]
+            .map(String::from)
+            .to_vec(),
+    )
+    .await;
+    assert!(out.status.success(), "{out:?}");
+
     let out = gm_async(
         ["leave", "--group", GROUP, "--socket", &s(&socket)]
             .map(String::from)
