@@ -182,6 +182,32 @@ fn errors_name_the_argument_at_fault() {
             "one of --psk-file, --raw-key or --x509-identity",
         ),
         (&["serve", "--listen", "127.0.0.1:0"], "--psk-file or --key"),
+        (
+            &[
+                "group",
+                "create",
+                "g",
+                "--rekey-dst",
+                "239.0.0.9:848",
+                "--implicit-auth",
+                "--rekey-src",
+                "239.1.1.1",
+            ],
+            "--rekey-src: 239.1.1.1 is not a unicast address",
+        ),
+        (
+            &[
+                "group",
+                "create",
+                "g",
+                "--rekey-dst",
+                "239.0.0.9:848",
+                "--implicit-auth",
+                "--rekey-cipher",
+                "aes-gmac-128",
+            ],
+            "--rekey-cipher aes-gmac-128: ",
+        ),
     ];
     for (args, want) in cases {
         let o = gcks(d, args);
@@ -189,6 +215,34 @@ fn errors_name_the_argument_at_fault() {
         let e = stderr(&o);
         assert!(e.starts_with("gcks: error: "), "{args:?}: {e}");
         assert!(e.contains(want), "{args:?}: {e}");
+    }
+    // Out-of-range numbers are refused by the parser, naming the flag.
+    for (flag, value) in [
+        ("--capacity", "0"),
+        ("--rekey-lifetime", "0"),
+        ("--tek-lifetime", "0"),
+        ("--sender-id-bits", "33"),
+        ("--max-sender-ids", "0"),
+    ] {
+        let o = gcks(
+            d,
+            &[
+                "group",
+                "create",
+                "g",
+                "--rekey-dst",
+                "239.0.0.9:848",
+                "--implicit-auth",
+                flag,
+                value,
+            ],
+        );
+        assert!(!o.status.success(), "{flag} {value} should fail");
+        let e = stderr(&o);
+        assert!(
+            e.starts_with(&format!("error: invalid value '{value}' for '{flag} <")),
+            "{e}"
+        );
     }
     // A master key that others can read is refused.
     std::fs::set_permissions(d.join("gcks.key"), std::fs::Permissions::from_mode(0o644)).unwrap();
@@ -341,8 +395,39 @@ fn add_tek_chooses_sequence_numbers_by_default_and_checks_the_packet_rate() {
         e.contains("--sn: \"seq16\" (auto, unspecified, seq32 or seq64)"),
         "{e}"
     );
+    // RFC 9838 4.4.2.1.3: no 64-bit sequence numbers on a multicast destination (the
+    // GCKS could never put such a policy in a GSA); a unicast one may have them.
+    let e = stderr(&gcks(
+        d,
+        &[
+            "group",
+            "add-tek",
+            "g",
+            "--dst",
+            "239.0.0.1:5004",
+            "--sn",
+            "seq64",
+        ],
+    ));
+    assert!(
+        e.starts_with("gcks: error: --sn: seq64 (Partially Transmitted 64-bit Sequential Numbers) MUST NOT be used for a multicast destination such as 239.0.0.1:5004 (RFC 9838 4.4.2.1.3)"),
+        "{e}"
+    );
     let out = ok(&["group", "add-tek", "g", "--dst", "239.0.0.1:5004"]);
     assert!(out.contains("SN auto"), "{out}");
+    let out = ok(&[
+        "group",
+        "add-tek",
+        "g",
+        "--dst",
+        "192.0.2.9:5004",
+        "--sn",
+        "seq64",
+    ]);
+    assert!(
+        out.contains("SN Partially Transmitted 64-bit Sequential Numbers"),
+        "{out}"
+    );
     ok(&[
         "group",
         "add-tek",

@@ -5,11 +5,11 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use gikev2_policy::{
-    GroupSpec, GroupWidePolicy, Identity, MasterKey, NewCredential, RekeyConfig, RekeyMode, Store,
-    TekPolicySpec, TekProtocol, scheme_as_db,
+    GroupSpec, GroupWidePolicy, Identity, MasterKey, NewCredential, RekeyConfig, RekeyMode,
+    SnPolicy, Store, TekPolicySpec, TekProtocol, scheme_as_db,
 };
 use gikev2_proto::crypto::{EncrAlg, SecretBytes, SigningKey, SystemRandom};
-use gikev2_proto::registry::GcAuthId;
+use gikev2_proto::registry::{GcAuthId, SnId};
 use gikev2_proto::wire::gsa::is_counter_mode;
 
 use super::names::{self, show_identity};
@@ -97,6 +97,16 @@ async fn group_create(store: &Store, a: GroupCreateArgs) -> Result<String, Strin
             "--rekey-src: {s} is not of --rekey-dst's address family ({d})"
         ));
     }
+    // RFC 9838 4.4.2: the source selector names the one address GSA_REKEY messages
+    // come from, a unicast address of the GCKS.
+    if let Some(s) = src_addr
+        && (s.is_multicast() || s.is_unspecified())
+    {
+        return Err(format!(
+            "--rekey-src: {s} is not a unicast address (GSA_REKEY comes from an address of \
+             the GCKS; leave it out to use the one `gcks serve` sends from)"
+        ));
+    }
     if src_addr.is_some() && mode != RekeyMode::Multicast {
         return Err("--rekey-src: only with --rekey multicast".into());
     }
@@ -172,6 +182,13 @@ async fn group_create(store: &Store, a: GroupCreateArgs) -> Result<String, Strin
             require_pq_ike: a.require_pq_ike,
         },
     };
+    // The store checks the suite too; here the flag is named.
+    spec.rekey.suite().map_err(|e| match e {
+        gikev2_policy::StoreError::Invalid { reason, .. } => {
+            format!("--rekey-cipher {}: {reason}", a.rekey_cipher)
+        }
+        other => other.to_string(),
+    })?;
     let id = store
         .create_group(&spec, unix_now())
         .await
@@ -305,6 +322,15 @@ async fn add_tek(store: &Store, a: AddTekArgs) -> Result<String, String> {
         mode,
         max_packet_rate: names::max_packet_rate(a.max_packet_rate)?,
     };
+    // RFC 9838 4.4.2.1.3 (the store refuses it too; here the flag is named).
+    if spec.sn == SnPolicy::Fixed(SnId::Seq64PartiallyTransmitted) && dst.is_multicast() {
+        return Err(format!(
+            "--sn: seq64 (Partially Transmitted 64-bit Sequential Numbers) MUST NOT be used \
+             for a multicast destination such as {} (RFC 9838 4.4.2.1.3): use auto, seq32 or \
+             unspecified",
+            a.dst
+        ));
+    }
     let id = store.add_tek_policy(g.id, &spec).await.map_err(err)?;
     Ok(format!(
         "added TEK policy {id} to {}: {} -> {} {} SN {} {}",
