@@ -666,7 +666,10 @@ impl<R: Registrar> Server<R> {
                     let registrar = self.registrar.clone();
                     tokio::spawn(async move { registrar.left(peer_id, group, notify).await });
                 }
-                Event::Established { peer_id } => info!(?peer_id, "member authenticated"),
+                Event::Established { peer_id } => {
+                    let peer = crate::registrar::identity(&peer_id);
+                    info!(%peer, remote = ?from, "member authenticated");
+                }
                 Event::Closed(reason) => {
                     debug!(?reason, "IKE SA closed");
                     // The SA is gone by now; a failed GSA_AUTH closes it while its

@@ -86,6 +86,80 @@ fn serve_refuses_an_address_and_port_another_socket_holds() {
     assert!(e.contains("another `gcks serve`"), "{e}");
 }
 
+/// The GCKS's own credential is checked at start: a certificate for another key (every
+/// member would refuse our AUTH), and a key file in a format other than PKCS#8 with the
+/// command that converts it.
+#[test]
+fn serve_checks_its_key_and_certificate_files() {
+    use gikev2_tests::pki::{KeyType, Pki};
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let pki = Pki::new(KeyType::EcdsaP256, "test CA").unwrap();
+    let (ours, other) = (
+        pki.issue("gcks.test").unwrap(),
+        pki.issue("other.test").unwrap(),
+    );
+    std::fs::write(d.join("gcks.key.der"), &ours.key_pkcs8_der).unwrap();
+    std::fs::write(d.join("gcks.crt.der"), &ours.cert_der).unwrap();
+    std::fs::write(d.join("other.crt.der"), &other.cert_der).unwrap();
+    let serve = |key: &str, cert: &str| {
+        let o = gcks(
+            d,
+            &[
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--id",
+                "gcks.test",
+                "--key",
+                key,
+                "--cert",
+                cert,
+            ],
+        );
+        assert!(!o.status.success(), "{key} {cert} should fail");
+        stderr(&o)
+    };
+    let e = serve("gcks.key.der", "other.crt.der");
+    assert!(
+        e.starts_with(
+            "gcks: error: --cert other.crt.der: the first certificate is not for the key in \
+             --key gcks.key.der"
+        ),
+        "{e}"
+    );
+    // A SEC1 EC key, as `pki --gen --type ecdsa` writes it (the content does not matter:
+    // it is never quoted).
+    std::fs::write(
+        d.join("sec1.pem"),
+        "-----BEGIN EC PRIVATE KEY-----\nAQID\n-----END EC PRIVATE KEY-----\n",
+    )
+    .unwrap();
+    let e = serve("sec1.pem", "gcks.crt.der");
+    assert!(
+        e.starts_with("gcks: error: --key sec1.pem: not a PKCS#8 ")
+            && e.contains("SEC1 \"EC PRIVATE KEY\"; convert it with `openssl pkcs8 -topk8"),
+        "{e}"
+    );
+    // The matching pair starts (and is stopped at once).
+    let mut child = Command::new(GCKS)
+        .current_dir(d)
+        .args(["serve", "--listen", "127.0.0.1:0", "--id", "gcks.test"])
+        .args(["--key", "gcks.key.der", "--cert", "gcks.crt.der"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(line.contains("as gcks.test (certificate)"), "{line}");
+}
+
 #[test]
 fn errors_name_the_argument_at_fault() {
     let dir = tempfile::tempdir().unwrap();
@@ -464,4 +538,21 @@ fn the_demo_registers_three_members_with_identical_keys() {
         "{out}"
     );
     assert_eq!(out.matches("registered: ").count(), 3, "{out}");
+}
+
+/// A `--db` file in a directory that does not exist is named as such, before a master key
+/// is created for it.
+#[test]
+fn db_in_a_missing_directory_is_named_and_creates_no_master_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = gcks(dir.path(), &["--db", "no/such/dir/gcks.db", "status"]);
+    assert!(!o.status.success());
+    let e = stderr(&o);
+    assert!(
+        e.starts_with(
+            "gcks: error: --db no/such/dir/gcks.db: the directory no/such/dir does not exist"
+        ),
+        "{e}"
+    );
+    assert!(!dir.path().join("gcks.key").exists());
 }

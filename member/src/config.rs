@@ -287,6 +287,27 @@ fn pem_or_der(
     Ok(out)
 }
 
+/// What a private key file that is not PKCS#8 is, and how to convert it, from its PEM
+/// label (the common case: `pki --gen --type ecdsa|rsa` and `openssl ecparam -genkey`
+/// write SEC1 or PKCS#1 keys); empty when the label says nothing more. The file's content
+/// is never quoted: it may be a secret.
+pub fn private_key_format_hint(bytes: &[u8]) -> &'static str {
+    let text = String::from_utf8_lossy(bytes);
+    let label = |l: &str| text.contains(&format!("-----BEGIN {l}-----"));
+    if label("EC PRIVATE KEY") {
+        " (this is a SEC1 \"EC PRIVATE KEY\"; convert it with `openssl pkcs8 -topk8 \
+         -nocrypt -in FILE -out FILE.pk8`)"
+    } else if label("RSA PRIVATE KEY") {
+        " (this is a PKCS#1 \"RSA PRIVATE KEY\"; convert it with `openssl pkcs8 -topk8 \
+         -nocrypt -in FILE -out FILE.pk8`)"
+    } else if label("ENCRYPTED PRIVATE KEY") {
+        " (this PKCS#8 key is encrypted; decrypt it with `openssl pkcs8 -in FILE -out \
+         FILE.pk8`)"
+    } else {
+        ""
+    }
+}
+
 /// Loads a PKCS#8 private key, finding its scheme among those `SigningKey` supports.
 pub fn load_signing_key(path: &Path) -> Result<SigningKey, ConfigError> {
     let bytes = read_file("key", path)?;
@@ -301,8 +322,9 @@ pub fn load_signing_key(path: &Path) -> Result<SigningKey, ConfigError> {
             bad(
                 "key",
                 format!(
-                    "{}: not a PKCS#8 Ed25519, ECDSA P-256, RSA or ML-DSA private key",
-                    path.display()
+                    "{}: not a PKCS#8 Ed25519, ECDSA P-256, RSA or ML-DSA private key{}",
+                    path.display(),
+                    private_key_format_hint(&bytes)
                 ),
             )
         })

@@ -39,6 +39,27 @@ on_both_backends!(
 
 const T0: u64 = 1_800_000_000;
 
+/// A PostgreSQL URL nobody answers: the pool only knows it timed out; the error names the
+/// cause instead.
+#[tokio::test]
+async fn an_unreachable_postgres_server_is_reported_with_the_cause() {
+    // A port that was free a moment ago: nothing listens there.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let opts = StoreOptions {
+        busy_timeout: std::time::Duration::from_millis(300),
+        ..StoreOptions::default()
+    };
+    let url = format!("postgres://nobody@127.0.0.1:{port}/none");
+    let err = Store::open_with(&url, key(9), &opts).await.unwrap_err();
+    let msg = err.to_string();
+    assert!(msg.contains("Connection refused"), "{msg}");
+    assert!(!msg.contains("pool timed out"), "{msg}");
+}
+
 fn group_spec(name: &str, idg: &str) -> GroupSpec {
     GroupSpec {
         name: name.into(),

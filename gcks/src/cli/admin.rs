@@ -19,14 +19,42 @@ use super::{
 };
 use gikev2_gcks::registrar::unix_now;
 
+/// The file of a `sqlite://PATH?..` URL.
+fn sqlite_path(url: &str) -> Option<&Path> {
+    let rest = url.strip_prefix("sqlite://")?;
+    let path = rest.split('?').next().unwrap_or_default();
+    (!path.is_empty()).then(|| Path::new(path))
+}
+
 /// Opens (creating if needed) the store and its master key.
 pub async fn open_store(url: &str, key_path: &Path) -> Result<Store, String> {
+    // SQLite creates the file, not its directory; say which before creating a master key
+    // next to nothing (SQLite itself only says "unable to open database file").
+    let new_sqlite = sqlite_path(url).filter(|p| !p.exists());
+    if let Some(p) = new_sqlite {
+        let dir = match p.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        if !dir.is_dir() {
+            return Err(format!(
+                "--db {}: the directory {} does not exist (gcks creates the database file, \
+                 not its directory)",
+                p.display(),
+                dir.display()
+            ));
+        }
+    }
     let mut rng = SystemRandom::new();
     let key = MasterKey::load_or_create(key_path, &mut rng)
         .map_err(|e| format!("--master-key {}: {e}", key_path.display()))?;
-    Store::open(url, key)
-        .await
-        .map_err(|e| format!("--db {}: {e}", redacted(url)))
+    Store::open(url, key).await.map_err(|e| match new_sqlite {
+        Some(p) if !p.exists() => format!(
+            "--db {}: cannot create the database file ({e}); is its directory writable?",
+            p.display()
+        ),
+        _ => format!("--db {}: {e}", redacted(url)),
+    })
 }
 
 fn err(e: gikev2_policy::StoreError) -> String {
@@ -560,7 +588,14 @@ pub async fn signing_key(store: &Store, cmd: SigningKeyCommand) -> Result<String
 pub async fn status(store: &Store, a: StatusArgs) -> Result<String, String> {
     let now = unix_now();
     let mut out = String::new();
-    let _ = writeln!(out, "store: {:?}", store.kind());
+    let _ = writeln!(
+        out,
+        "store: {}",
+        match store.kind() {
+            gikev2_policy::BackendKind::Sqlite => "SQLite",
+            gikev2_policy::BackendKind::Postgres => "PostgreSQL",
+        }
+    );
     let groups = store.groups().await.map_err(err)?;
     let _ = writeln!(out, "groups: {}", groups.len());
     for g in &groups {

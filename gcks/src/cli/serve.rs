@@ -10,7 +10,7 @@ use gikev2_gcks::credentials::{CacheConfig, CredentialCache, StoreLoader};
 use gikev2_gcks::{
     InbandScheduler, RekeyScheduler, RekeySchedulerConfig, ServeConfig, Server, StoreRegistrar,
 };
-use gikev2_proto::crypto::IkeSuite;
+use gikev2_proto::crypto::{IkeSuite, PublicKey};
 use gikev2_proto::ike::{EndpointConfig, IkeConfig, LocalAuth, PeerAuthResolver};
 use gikev2_proto::registry::{EncrId, KeId, KwaId, PrfId, TransformType};
 use gikev2_proto::wire::{IdPayload, Transform};
@@ -179,6 +179,21 @@ fn local_auth(a: &ServeArgs) -> Result<(LocalAuth, &'static str), String> {
                 .map(|c| files::load_certs("--cert", c))
                 .transpose()?
                 .unwrap_or_default();
+            // A certificate for another key makes every member refuse our AUTH (RFC
+            // 7296 2.15: the signature must verify under the end entity's key); say so
+            // now rather than per member.
+            if let (Some(ee), Some(c)) = (certs.first(), a.cert.as_deref()) {
+                let cert_key = PublicKey::from_certificate(ee)
+                    .map_err(|e| format!("--cert {}: the first certificate: {e}", c.display()))?;
+                if cert_key != key.public_key() {
+                    return Err(format!(
+                        "--cert {}: the first certificate is not for the key in --key {} \
+                         (the chain must start with the GCKS's own certificate)",
+                        c.display(),
+                        k.display()
+                    ));
+                }
+            }
             let kind = if certs.is_empty() {
                 "raw public key"
             } else {
