@@ -668,7 +668,10 @@ impl<R: Registrar> Server<R> {
                 }
                 Event::Established { peer_id } => {
                     let peer = crate::registrar::identity(&peer_id);
-                    info!(%peer, remote = ?from, "member authenticated");
+                    match from {
+                        Some(remote) => info!(%peer, %remote, "member authenticated"),
+                        None => info!(%peer, "member authenticated"),
+                    }
                 }
                 Event::Closed(reason) => {
                     debug!(?reason, "IKE SA closed");

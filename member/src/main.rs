@@ -296,7 +296,7 @@ async fn run(cmd: Cmd) -> Result<(), String> {
             let reply = request(&j.socket, "join", args).await?;
             let g: GroupStatus = serde_json::from_value(reply).map_err(|e| e.to_string())?;
             if j.json {
-                println!(
+                gikev2_member::outln!(
                     "{}",
                     serde_json::to_string_pretty(&g).map_err(|e| e.to_string())?
                 );
@@ -323,25 +323,25 @@ async fn run(cmd: Cmd) -> Result<(), String> {
         }
         Cmd::Leave { group, socket } => {
             request(&socket, "leave", json!({ "group": group })).await?;
-            println!("left {group}");
+            gikev2_member::outln!("left {group}");
             Ok(())
         }
         Cmd::Status { json, socket } => {
             let reply = request(&socket, "status", Value::Null).await?;
             if json {
-                println!(
+                gikev2_member::outln!(
                     "{}",
                     serde_json::to_string_pretty(&reply).map_err(|e| e.to_string())?
                 );
             } else {
                 let s: Status = serde_json::from_value(reply).map_err(|e| e.to_string())?;
                 if s.groups.is_empty() {
-                    println!("no groups");
+                    gikev2_member::outln!("no groups");
                 }
                 for g in &s.groups {
                     print_group(g);
                 }
-                println!("engine: {} SAs", s.engine_sas);
+                gikev2_member::outln!("engine: {} SAs", s.engine_sas);
             }
             Ok(())
         }
@@ -357,7 +357,10 @@ async fn run(cmd: Cmd) -> Result<(), String> {
             loop {
                 match c.next().await.map_err(|e| e.to_string())? {
                     ServerMessage::Event(e) => {
-                        println!("{}", serde_json::to_string(&e).map_err(|e| e.to_string())?)
+                        gikev2_member::outln!(
+                            "{}",
+                            serde_json::to_string(&e).map_err(|e| e.to_string())?
+                        )
                     }
                     other => return Err(format!("unexpected message: {other:?}")),
                 }
@@ -383,19 +386,23 @@ async fn request(socket: &Path, command: &str, args: Value) -> Result<Value, Str
 }
 
 fn print_group(g: &GroupStatus) {
-    println!(
+    gikev2_member::outln!(
         "{}: {} ({}, {} auth) via {}",
-        g.group, g.state, g.role, g.auth, g.gcks
+        g.group,
+        g.state,
+        g.role,
+        g.auth,
+        g.gcks
     );
     if !g.sender_ids.is_empty() {
-        println!(
+        gikev2_member::outln!(
             "  sender IDs {:?} ({} bits)",
             g.sender_ids,
             g.sender_id_bits.unwrap_or(0)
         );
     }
     for r in &g.rekey_sas {
-        println!(
+        gikev2_member::outln!(
             "  rekey SA {} on {} ({}){}, expires in {}",
             r.spi,
             r.listen,
@@ -405,7 +412,7 @@ fn print_group(g: &GroupStatus) {
         );
     }
     for t in &g.teks {
-        println!(
+        gikev2_member::outln!(
             "  {} {} {} {} {} -> {} [{}] expires in {}, {} packets",
             t.protocol,
             t.spi,
@@ -419,10 +426,10 @@ fn print_group(g: &GroupStatus) {
         );
     }
     if let Some(n) = &g.rejected_with {
-        println!("  rejected the policy with {n}");
+        gikev2_member::outln!("  rejected the policy with {n}");
     }
     if let Some(e) = &g.last_error {
-        println!("  last error: {e}");
+        gikev2_member::outln!("  last error: {e}");
     }
 }
 
@@ -485,7 +492,7 @@ async fn foreground(j: JoinCli) -> Result<(), String> {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => break,
             e = events.recv() => match e {
-                Some(e) => println!("{}", serde_json::to_string(&e).map_err(|e| e.to_string())?),
+                Some(e) => gikev2_member::outln!("{}", serde_json::to_string(&e).map_err(|e| e.to_string())?),
                 None => break,
             },
         }
@@ -493,7 +500,7 @@ async fn foreground(j: JoinCli) -> Result<(), String> {
     if j.json
         && let Ok(s) = agent.status().await
     {
-        println!(
+        gikev2_member::outln!(
             "{}",
             serde_json::to_string_pretty(&s).map_err(|e| e.to_string())?
         );

@@ -387,6 +387,28 @@ async fn gm_daemon_join_status_leave() {
     .await;
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(text.starts_with("g: up (receiver, psk auth)"), "{text}");
+    // A reader that went away (`gm status | head -0`): the status of a SIGPIPE death,
+    // no panic on stderr.
+    let sock = s(&socket);
+    let out = tokio::task::spawn_blocking(move || {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        std::process::Command::new(env!("CARGO_BIN_EXE_gm"))
+            .args(["status", "--socket", &sock])
+            .stdout(writer)
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+            .wait_with_output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(gikev2_member::stdout::BROKEN_PIPE_STATUS)
+    );
+    assert!(out.stderr.is_empty(), "{out:?}");
 
     // Errors name the field; the exit status says so.
     let out = gm_async(

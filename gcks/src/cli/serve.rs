@@ -310,7 +310,7 @@ pub fn run(url: String, key_path: PathBuf, a: ServeArgs) -> Result<(), String> {
             "gcks serving"
         );
         // One line on stdout for people and scripts: the server is ready.
-        println!(
+        gikev2_member::outln!(
             "gcks: serving on {} as {id_text} ({auth_kind}); store {} ({loaded} member credentials)",
             addrs.join(", "),
             redacted(&url)
