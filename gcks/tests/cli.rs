@@ -318,6 +318,16 @@ fn errors_name_the_argument_at_fault() {
             "{e}"
         );
     }
+    // Another master key than the database's: the flag and the file are named.
+    std::fs::write(d.join("other.key"), [7u8; 32]).unwrap();
+    std::fs::set_permissions(d.join("other.key"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    let e = stderr(&gcks(d, &["--master-key", "other.key", "status"]));
+    assert!(
+        e.starts_with(
+            "gcks: error: --master-key other.key: not the key this database was created with"
+        ),
+        "{e}"
+    );
     // A master key that others can read is refused.
     std::fs::set_permissions(d.join("gcks.key"), std::fs::Permissions::from_mode(0o644)).unwrap();
     let e = stderr(&gcks(d, &["status"]));

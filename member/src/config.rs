@@ -220,6 +220,15 @@ pub fn parse_gcks(s: &str) -> Result<SocketAddr, ConfigError> {
     if let Ok(ip) = s.parse::<IpAddr>() {
         return Ok(SocketAddr::new(ip, DEFAULT_GCKS_PORT));
     }
+    // A port that is a number but not a port would otherwise read as part of a host name
+    // ("cannot resolve").
+    if let Some((_, p)) = s.rsplit_once(':')
+        && !p.is_empty()
+        && p.bytes().all(|b| b.is_ascii_digit())
+        && !p.parse::<u16>().is_ok_and(|p| p > 0)
+    {
+        return Err(bad("gcks", format!("{s:?}: port {p} is not in 1..=65535")));
+    }
     let with_port = if s
         .rsplit_once(':')
         .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
@@ -588,6 +597,12 @@ mod tests {
         assert_eq!(parse_gcks("127.0.0.1").unwrap().port(), 500);
         assert_eq!(parse_gcks("127.0.0.1:4500").unwrap().port(), 4500);
         assert_eq!(parse_gcks("[::1]:848").unwrap().port(), 848);
+        // A port out of range is named as such, not as a host name that does not resolve.
+        for bad in ["127.0.0.1:99999", "gcks.example:70000", "gcks.example:0"] {
+            let e = parse_gcks(bad).unwrap_err().to_string();
+            assert!(e.contains("is not in 1..=65535"), "{bad}: {e}");
+            assert!(e.starts_with("gcks: "), "{bad}: {e}");
+        }
     }
 
     #[test]

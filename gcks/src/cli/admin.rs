@@ -48,13 +48,21 @@ pub async fn open_store(url: &str, key_path: &Path) -> Result<Store, String> {
     let mut rng = SystemRandom::new();
     let key = MasterKey::load_or_create(key_path, &mut rng)
         .map_err(|e| format!("--master-key {}: {e}", key_path.display()))?;
-    Store::open(url, key).await.map_err(|e| match new_sqlite {
-        Some(p) if !p.exists() => format!(
-            "--db {}: cannot create the database file ({e}); is its directory writable?",
-            p.display()
-        ),
-        _ => format!("--db {}: {e}", redacted(url)),
-    })
+    Store::open(url, key)
+        .await
+        .map_err(|e| match (e, new_sqlite) {
+            (gikev2_policy::StoreError::WrongMasterKey, _) => format!(
+                "--master-key {}: not the key this database was created with (--db {}); give \
+             the database's own key file",
+                key_path.display(),
+                redacted(url)
+            ),
+            (e, Some(p)) if !p.exists() => format!(
+                "--db {}: cannot create the database file ({e}); is its directory writable?",
+                p.display()
+            ),
+            (e, _) => format!("--db {}: {e}", redacted(url)),
+        })
 }
 
 fn err(e: gikev2_policy::StoreError) -> String {
