@@ -40,8 +40,10 @@ enum Cmd {
     Join(Box<JoinCli>),
     /// Leave a group.
     Leave {
+        /// The group, as given to `gm join --group`.
         #[arg(long)]
         group: String,
+        /// The daemon's control socket (`gm daemon --socket`).
         #[arg(long, default_value = DEFAULT_SOCKET)]
         socket: PathBuf,
     },
@@ -50,11 +52,13 @@ enum Cmd {
         /// Print the daemon's JSON as it is.
         #[arg(long)]
         json: bool,
+        /// The daemon's control socket (`gm daemon --socket`).
         #[arg(long, default_value = DEFAULT_SOCKET)]
         socket: PathBuf,
     },
     /// Print the daemon's events (JSON lines) until interrupted.
     Events {
+        /// The daemon's control socket (`gm daemon --socket`).
         #[arg(long, default_value = DEFAULT_SOCKET)]
         socket: PathBuf,
     },
@@ -78,7 +82,7 @@ struct DaemonArgs {
 /// Which ESP data plane carries the groups' traffic.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 enum DataPlaneKind {
-    /// None: SAs live in the engine only.
+    /// No data plane: SAs live in the engine only.
     None,
     /// A TUN interface and raw ESP sockets (Linux; root or CAP_NET_ADMIN + CAP_NET_RAW).
     Tun,
@@ -219,6 +223,7 @@ struct JoinCli {
     /// Print the group's state as JSON.
     #[arg(long)]
     json: bool,
+    /// The daemon's control socket (`gm daemon --socket`).
     #[arg(long, default_value = DEFAULT_SOCKET)]
     socket: PathBuf,
 }

@@ -254,6 +254,7 @@ pub struct AuthorizeArgs {
 pub enum SigningKeyCommand {
     /// Generate a key in the store.
     Generate {
+        /// The key's name, for `gcks group create --signing-key NAME`.
         name: String,
         /// ed25519, ecdsa-p256-sha256, ml-dsa-44, ml-dsa-65, ml-dsa-87.
         #[arg(long, default_value = "ed25519")]
