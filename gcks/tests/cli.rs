@@ -566,3 +566,51 @@ fn db_in_a_missing_directory_is_named_and_creates_no_master_key() {
     );
     assert!(!dir.path().join("gcks.key").exists());
 }
+
+/// `gcks status` and `gcks group list` show a group row an SQL edit made unreadable, with
+/// the column and the row, beside the others, instead of failing as a whole.
+#[test]
+fn status_shows_an_unreadable_group_beside_the_others() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    for name in ["good", "broken"] {
+        let o = gcks(
+            d,
+            &[
+                "group",
+                "create",
+                name,
+                "--rekey-dst",
+                "239.0.0.9:848",
+                "--implicit-auth",
+            ],
+        );
+        assert!(o.status.success(), "{}", stderr(&o));
+    }
+    let url = format!("sqlite://{}", d.join("gcks.db").display());
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(async {
+            let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
+            sqlx::query("UPDATE groups SET rekey_dst_addr = '239.0.0.999' WHERE name = 'broken'")
+                .execute(&pool)
+                .await
+                .unwrap();
+            pool.close().await;
+        });
+    for args in [&["status"][..], &["group", "list"][..]] {
+        let o = gcks(d, args);
+        assert!(o.status.success(), "{args:?}: {}", stderr(&o));
+        let out = String::from_utf8_lossy(&o.stdout);
+        assert!(
+            out.contains(
+                "group id 2: unreadable: invalid stored value in groups.rekey_dst_addr of group \
+                 \"broken\" (id 2): \"239.0.0.999\" is not an IP address"
+            ),
+            "{args:?}: {out}"
+        );
+        assert!(out.contains("good  IDg keyid:good"), "{args:?}: {out}");
+    }
+}

@@ -262,6 +262,24 @@ impl Store {
         Ok(GroupId(id))
     }
 
+    /// Every group row by id, each decoded on its own: a row an SQL edit made unreadable
+    /// (an address `239.0.0.999`) is an `Err` naming its column and row beside the
+    /// others, so that one bad group does not stop the GSA_REKEY of every other or hide
+    /// them from `gcks status`.
+    pub async fn group_rows(
+        &self,
+    ) -> Result<Vec<(GroupId, Result<Group, StoreError>)>, StoreError> {
+        let rows: Vec<GroupRow> = on_backend!(self, |pool| {
+            sqlx::query_as(&format!("SELECT {GROUP_COLUMNS} FROM groups ORDER BY id"))
+                .fetch_all(pool)
+                .await?
+        });
+        Ok(rows
+            .into_iter()
+            .map(|r| (r.id(), Group::try_from(r)))
+            .collect())
+    }
+
     /// Every group, by id.
     pub async fn groups(&self) -> Result<Vec<Group>, StoreError> {
         let rows: Vec<GroupRow> = on_backend!(self, |pool| {

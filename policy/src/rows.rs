@@ -86,6 +86,13 @@ pub(crate) struct GroupRow {
     created_at: i64,
 }
 
+impl GroupRow {
+    /// The row's id, readable whatever the other columns hold.
+    pub(crate) fn id(&self) -> GroupId {
+        GroupId(self.id)
+    }
+}
+
 impl TryFrom<GroupRow> for Group {
     type Error = StoreError;
 

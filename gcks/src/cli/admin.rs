@@ -258,12 +258,19 @@ async fn group_create(store: &Store, a: GroupCreateArgs) -> Result<String, Strin
 }
 
 async fn group_list(store: &Store) -> Result<String, String> {
-    let groups = store.groups().await.map_err(err)?;
+    let groups = store.group_rows().await.map_err(err)?;
     if groups.is_empty() {
         return Ok("no groups (gcks group create NAME ...)".into());
     }
     let mut out = String::new();
-    for g in groups {
+    for (id, g) in groups {
+        let g = match g {
+            Ok(g) => g,
+            Err(e) => {
+                let _ = writeln!(out, "group id {id}: unreadable: {e}");
+                continue;
+            }
+        };
         let s = &g.spec;
         let teks = store.tek_policies(g.id).await.map_err(err)?;
         let members = store.member_count(g.id).await.map_err(err)?;
@@ -604,9 +611,16 @@ pub async fn status(store: &Store, a: StatusArgs) -> Result<String, String> {
             gikev2_policy::BackendKind::Postgres => "PostgreSQL",
         }
     );
-    let groups = store.groups().await.map_err(err)?;
+    let groups = store.group_rows().await.map_err(err)?;
     let _ = writeln!(out, "groups: {}", groups.len());
-    for g in &groups {
+    for (id, g) in &groups {
+        let g = match g {
+            Ok(g) => g,
+            Err(e) => {
+                let _ = writeln!(out, "  group id {id}: unreadable: {e}");
+                continue;
+            }
+        };
         let s = &g.spec;
         let members = store.member_count(g.id).await.map_err(err)?;
         let sids = store.sender_ids(g.id).await.map_err(err)?;
