@@ -116,13 +116,22 @@ impl InbandScheduler {
 
     /// Looks at every in-band group at Unix time `now`; pushes what changed.
     pub async fn tick(&mut self, now: u64) -> Vec<Result<SentInband, InbandError>> {
-        let groups = match self.store.groups().await {
+        let groups = match self.store.group_rows().await {
             Ok(g) => g,
             Err(e) => return vec![Err(e.into())],
         };
         let mut out = Vec::new();
         let mut seen = Vec::new();
-        for g in groups {
+        for (id, g) in groups {
+            let g = match g {
+                Ok(g) => g,
+                Err(e) => {
+                    // An unreadable row: reported; the other groups go on.
+                    seen.push(id);
+                    out.push(Err(e.into()));
+                    continue;
+                }
+            };
             if g.spec.rekey.mode != RekeyMode::Inband {
                 continue;
             }

@@ -16,7 +16,7 @@ fn main() {
     match result {
         Ok(out) => {
             if !out.is_empty() {
-                println!("{out}");
+                gikev2_member::outln!("{out}");
             }
         }
         Err(e) => {

@@ -551,13 +551,23 @@ impl RekeyScheduler {
     /// Looks at every multicast group at Unix time `now`; sends what changed. The first
     /// copy of each message is sent before this returns, the others on their own task.
     pub async fn tick(&mut self, now: u64) -> Vec<Result<SentRekey, RekeyError>> {
-        let groups = match self.store.groups().await {
+        let groups = match self.store.group_rows().await {
             Ok(g) => g,
             Err(e) => return vec![Err(e.into())],
         };
         let mut out = Vec::new();
         let mut seen = Vec::new();
-        for g in groups {
+        for (id, g) in groups {
+            let g = match g {
+                Ok(g) => g,
+                Err(e) => {
+                    // An unreadable row (an SQL edit): reported every tick; the other
+                    // groups go on, and this one keeps what it announced and its lease.
+                    seen.push(id);
+                    out.push(Err(e.into()));
+                    continue;
+                }
+            };
             if g.spec.rekey.mode != RekeyMode::Multicast {
                 continue;
             }

@@ -314,8 +314,57 @@ pub struct Server<R: Registrar> {
     inband_rx: mpsc::Receiver<InbandPush>,
 }
 
+/// The `local_address` column of `/proc/net/udp` (IPv4) or `/proc/net/udp6` for `addr`:
+/// each 32-bit word of the address as the kernel holds it (network order) printed as a
+/// native integer, then the port, in upper-case hex.
+fn proc_net_udp_local(addr: SocketAddr) -> String {
+    use std::fmt::Write as _;
+    let mut s = String::new();
+    let octets: Vec<u8> = match addr.ip() {
+        IpAddr::V4(a) => a.octets().to_vec(),
+        IpAddr::V6(a) => a.octets().to_vec(),
+    };
+    for w in octets.chunks_exact(4) {
+        let _ = write!(s, "{:08X}", u32::from_ne_bytes([w[0], w[1], w[2], w[3]]));
+    }
+    let _ = write!(s, ":{:04X}", addr.port());
+    s
+}
+
+/// Whether a UDP socket of this network namespace is bound to exactly `addr` (same
+/// address, same port). The server's sockets set SO_REUSEADDR, so that a `gm` on the same
+/// host can bind a group address on port 848 beside a wildcard socket; but that also lets
+/// a second `gcks serve` bind the very same address and port, and Linux then hands every
+/// datagram to the newest socket: the first server would go silently deaf. Port 0 (any
+/// free port) never collides. Where `/proc/net` cannot be read, no socket is assumed.
+fn udp_address_taken(addr: SocketAddr) -> bool {
+    if addr.port() == 0 {
+        return false;
+    }
+    let table = if addr.is_ipv6() {
+        "/proc/net/udp6"
+    } else {
+        "/proc/net/udp"
+    };
+    let Ok(text) = std::fs::read_to_string(table) else {
+        return false;
+    };
+    let want = proc_net_udp_local(addr);
+    text.lines()
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().nth(1))
+        .any(|local| local == want)
+}
+
 fn bind_udp(addr: SocketAddr) -> std::io::Result<UdpSocket> {
     use socket2::{Domain, Protocol, Socket, Type};
+    if udp_address_taken(addr) {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::AddrInUse,
+            "another socket is already bound to this address and port (is another `gcks \
+             serve` running? see `ss -ulpn`)",
+        ));
+    }
     let domain = if addr.is_ipv6() {
         Domain::IPV6
     } else {
@@ -638,7 +687,13 @@ impl<R: Registrar> Server<R> {
                     let registrar = self.registrar.clone();
                     tokio::spawn(async move { registrar.left(peer_id, group, notify).await });
                 }
-                Event::Established { peer_id } => info!(?peer_id, "member authenticated"),
+                Event::Established { peer_id } => {
+                    let peer = crate::registrar::identity(&peer_id);
+                    match from {
+                        Some(remote) => info!(%peer, %remote, "member authenticated"),
+                        None => info!(%peer, "member authenticated"),
+                    }
+                }
                 Event::Closed(reason) => {
                     debug!(?reason, "IKE SA closed");
                     // The SA is gone by now; a failed GSA_AUTH closes it while its
@@ -695,8 +750,8 @@ fn push_inband(
                 sa.inband_delete(vec![DeletePayload::whole_group()], now, rng)
             });
             info!(
-                group = ?push.group,
-                member = ?peer,
+                group = %crate::registrar::identity(&push.group),
+                member = %crate::registrar::identity(&peer),
                 "member no longer authorized: excluded by GSA_INBAND_REKEY (Delete of the \
                  whole Group SA) instead of new keys"
             );
@@ -786,6 +841,39 @@ mod tests {
             .map(SocketAddr::port)
             .collect();
         assert_eq!(ports, [500, 4500, 848]);
+    }
+
+    #[test]
+    fn an_address_and_port_already_bound_is_refused() {
+        // Another process's socket is the case that matters; one of ours shows the same
+        // /proc/net/udp entry.
+        let held = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let addr = held.local_addr().unwrap();
+        assert!(udp_address_taken(addr));
+        let e = bind_udp(addr).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::AddrInUse);
+        assert!(e.to_string().contains("another `gcks serve`"), "{e}");
+        // Same port, another address: a distinct binding (a gm's group address beside a
+        // wildcard socket is the same shape).
+        let other = SocketAddr::new(IpAddr::from([127, 0, 0, 2]), addr.port());
+        assert!(!udp_address_taken(other));
+        drop(held);
+        assert!(!udp_address_taken(addr));
+    }
+
+    #[test]
+    fn proc_net_udp_addresses_are_the_kernels_words() {
+        let v4: SocketAddr = "127.0.0.1:5500".parse().unwrap();
+        let v6: SocketAddr = "[::1]:848".parse().unwrap();
+        if cfg!(target_endian = "little") {
+            assert_eq!(proc_net_udp_local(v4), "0100007F:157C");
+            assert_eq!(
+                proc_net_udp_local(v6),
+                "00000000000000000000000001000000:0350"
+            );
+        } else {
+            assert_eq!(proc_net_udp_local(v4), "7F000001:157C");
+        }
     }
 
     #[test]

@@ -115,8 +115,12 @@ fn tek_for(
         TekProtocol::Esp,
         s.src_ts(),
         s.dst_ts(),
-        Some(s.encr_alg().map_err(|e| e.to_string())?),
-        s.integ_alg().map_err(|e| e.to_string())?,
+        Some(
+            s.encr_alg()
+                .map_err(|e| format!("TEK policy {}: {e}", p.id))?,
+        ),
+        s.integ_alg()
+            .map_err(|e| format!("TEK policy {}: {e}", p.id))?,
         sn,
         expires,
     )
@@ -126,8 +130,12 @@ fn tek_for(
 fn tek_keymat_len(p: &TekPolicy) -> Result<usize, String> {
     let s = &p.spec;
     Ok(gikev2_proto::crypto::suite::data_sa_keymat_len(
-        Some(s.encr_alg().map_err(|e| e.to_string())?),
-        s.integ_alg().map_err(|e| e.to_string())?,
+        Some(
+            s.encr_alg()
+                .map_err(|e| format!("TEK policy {}: {e}", p.id))?,
+        ),
+        s.integ_alg()
+            .map_err(|e| format!("TEK policy {}: {e}", p.id))?,
     ))
 }
 
@@ -473,8 +481,12 @@ pub fn to_proto(
             t.spi,
             s.src_ts(),
             s.dst_ts(),
-            Some(s.encr_alg().map_err(|e| e.to_string())?),
-            s.integ_alg().map_err(|e| e.to_string())?,
+            Some(
+                s.encr_alg()
+                    .map_err(|e| format!("TEK policy {}: {e}", p.id))?,
+            ),
+            s.integ_alg()
+                .map_err(|e| format!("TEK policy {}: {e}", p.id))?,
             t.sn,
             t.keymat.clone(),
             t.expires,
@@ -609,6 +621,19 @@ pub(crate) mod tests {
             teks: n.teks,
             ..s.clone()
         }
+    }
+
+    /// A cipher number an SQL edit put in a TEK policy: the error names the policy.
+    #[test]
+    fn an_unusable_stored_cipher_names_its_tek_policy() {
+        let mut c = cfg(RekeyMode::Multicast);
+        c.teks[0].spec.encr = EncrId::from_value(999);
+        let mut rng = SeededRandom::new([7; 32]);
+        let e = plan(&c, &empty(), 0, 1000, &mut rng).unwrap_err();
+        assert!(
+            e.starts_with("TEK policy 7: invalid TEK ENCR: ") && e.contains("128-bit key"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -53,6 +53,113 @@ fn serve_without_db_creates_gcks_db_and_a_private_master_key_in_the_working_dire
     assert_eq!(key.permissions().mode() & 0o777, 0o600);
 }
 
+/// A second server on an address and port already in use stops at once instead of taking
+/// the first one's datagrams (the sockets set SO_REUSEADDR).
+#[test]
+fn serve_refuses_an_address_and_port_another_socket_holds() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("gcks.psk"), b"psk\n").unwrap();
+    // The first server's socket, with SO_REUSEADDR as `gcks serve` sets it.
+    let first = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None).unwrap();
+    first.set_reuse_address(true).unwrap();
+    first
+        .bind(
+            &"127.0.0.1:0"
+                .parse::<std::net::SocketAddr>()
+                .unwrap()
+                .into(),
+        )
+        .unwrap();
+    let addr = first.local_addr().unwrap().as_socket().unwrap().to_string();
+    let o = gcks(
+        dir.path(),
+        &["serve", "--listen", &addr, "--psk-file", "gcks.psk"],
+    );
+    assert!(!o.status.success());
+    let e = stderr(&o);
+    assert!(
+        e.contains(&format!(
+            "gcks: error: --listen: cannot bind {addr}: another socket"
+        )),
+        "{e}"
+    );
+    assert!(e.contains("another `gcks serve`"), "{e}");
+}
+
+/// The GCKS's own credential is checked at start: a certificate for another key (every
+/// member would refuse our AUTH), and a key file in a format other than PKCS#8 with the
+/// command that converts it.
+#[test]
+fn serve_checks_its_key_and_certificate_files() {
+    use gikev2_tests::pki::{KeyType, Pki};
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let pki = Pki::new(KeyType::EcdsaP256, "test CA").unwrap();
+    let (ours, other) = (
+        pki.issue("gcks.test").unwrap(),
+        pki.issue("other.test").unwrap(),
+    );
+    std::fs::write(d.join("gcks.key.der"), &ours.key_pkcs8_der).unwrap();
+    std::fs::write(d.join("gcks.crt.der"), &ours.cert_der).unwrap();
+    std::fs::write(d.join("other.crt.der"), &other.cert_der).unwrap();
+    let serve = |key: &str, cert: &str| {
+        let o = gcks(
+            d,
+            &[
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--id",
+                "gcks.test",
+                "--key",
+                key,
+                "--cert",
+                cert,
+            ],
+        );
+        assert!(!o.status.success(), "{key} {cert} should fail");
+        stderr(&o)
+    };
+    let e = serve("gcks.key.der", "other.crt.der");
+    assert!(
+        e.starts_with(
+            "gcks: error: --cert other.crt.der: the first certificate is not for the key in \
+             --key gcks.key.der"
+        ),
+        "{e}"
+    );
+    // A SEC1 EC key, as `pki --gen --type ecdsa` writes it (the content does not matter:
+    // it is never quoted).
+    std::fs::write(
+        d.join("sec1.pem"),
+        "-----BEGIN EC PRIVATE KEY-----\nAQID\n-----END EC PRIVATE KEY-----\n",
+    )
+    .unwrap();
+    let e = serve("sec1.pem", "gcks.crt.der");
+    assert!(
+        e.starts_with("gcks: error: --key sec1.pem: not a PKCS#8 ")
+            && e.contains("SEC1 \"EC PRIVATE KEY\"; convert it with `openssl pkcs8 -topk8"),
+        "{e}"
+    );
+    // The matching pair starts (and is stopped at once).
+    let mut child = Command::new(GCKS)
+        .current_dir(d)
+        .args(["serve", "--listen", "127.0.0.1:0", "--id", "gcks.test"])
+        .args(["--key", "gcks.key.der", "--cert", "gcks.crt.der"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(line.contains("as gcks.test (certificate)"), "{line}");
+}
+
 #[test]
 fn errors_name_the_argument_at_fault() {
     let dir = tempfile::tempdir().unwrap();
@@ -169,6 +276,32 @@ fn errors_name_the_argument_at_fault() {
             ],
             "--ike-rekey-jitter: 600 s must be less than --ike-rekey-time (600 s)",
         ),
+        (
+            &[
+                "group",
+                "create",
+                "g",
+                "--rekey-dst",
+                "239.0.0.9:848",
+                "--implicit-auth",
+                "--rekey-src",
+                "239.1.1.1",
+            ],
+            "--rekey-src: 239.1.1.1 is not a unicast address",
+        ),
+        (
+            &[
+                "group",
+                "create",
+                "g",
+                "--rekey-dst",
+                "239.0.0.9:848",
+                "--implicit-auth",
+                "--rekey-cipher",
+                "aes-gmac-128",
+            ],
+            "--rekey-cipher aes-gmac-128: ",
+        ),
     ];
     for (args, want) in cases {
         let o = gcks(d, args);
@@ -177,6 +310,44 @@ fn errors_name_the_argument_at_fault() {
         assert!(e.starts_with("gcks: error: "), "{args:?}: {e}");
         assert!(e.contains(want), "{args:?}: {e}");
     }
+    // Out-of-range numbers are refused by the parser, naming the flag.
+    for (flag, value) in [
+        ("--capacity", "0"),
+        ("--rekey-lifetime", "0"),
+        ("--tek-lifetime", "0"),
+        ("--sender-id-bits", "33"),
+        ("--max-sender-ids", "0"),
+    ] {
+        let o = gcks(
+            d,
+            &[
+                "group",
+                "create",
+                "g",
+                "--rekey-dst",
+                "239.0.0.9:848",
+                "--implicit-auth",
+                flag,
+                value,
+            ],
+        );
+        assert!(!o.status.success(), "{flag} {value} should fail");
+        let e = stderr(&o);
+        assert!(
+            e.starts_with(&format!("error: invalid value '{value}' for '{flag} <")),
+            "{e}"
+        );
+    }
+    // Another master key than the database's: the flag and the file are named.
+    std::fs::write(d.join("other.key"), [7u8; 32]).unwrap();
+    std::fs::set_permissions(d.join("other.key"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    let e = stderr(&gcks(d, &["--master-key", "other.key", "status"]));
+    assert!(
+        e.starts_with(
+            "gcks: error: --master-key other.key: not the key this database was created with"
+        ),
+        "{e}"
+    );
     // A master key that others can read is refused.
     std::fs::set_permissions(d.join("gcks.key"), std::fs::Permissions::from_mode(0o644)).unwrap();
     let e = stderr(&gcks(d, &["status"]));
@@ -328,8 +499,39 @@ fn add_tek_chooses_sequence_numbers_by_default_and_checks_the_packet_rate() {
         e.contains("--sn: \"seq16\" (auto, unspecified, seq32 or seq64)"),
         "{e}"
     );
+    // RFC 9838 4.4.2.1.3: no 64-bit sequence numbers on a multicast destination (the
+    // GCKS could never put such a policy in a GSA); a unicast one may have them.
+    let e = stderr(&gcks(
+        d,
+        &[
+            "group",
+            "add-tek",
+            "g",
+            "--dst",
+            "239.0.0.1:5004",
+            "--sn",
+            "seq64",
+        ],
+    ));
+    assert!(
+        e.starts_with("gcks: error: --sn: seq64 (Partially Transmitted 64-bit Sequential Numbers) MUST NOT be used for a multicast destination such as 239.0.0.1:5004 (RFC 9838 4.4.2.1.3)"),
+        "{e}"
+    );
     let out = ok(&["group", "add-tek", "g", "--dst", "239.0.0.1:5004"]);
     assert!(out.contains("SN auto"), "{out}");
+    let out = ok(&[
+        "group",
+        "add-tek",
+        "g",
+        "--dst",
+        "192.0.2.9:5004",
+        "--sn",
+        "seq64",
+    ]);
+    assert!(
+        out.contains("SN Partially Transmitted 64-bit Sequential Numbers"),
+        "{out}"
+    );
     ok(&[
         "group",
         "add-tek",
@@ -366,4 +568,69 @@ fn the_demo_registers_three_members_with_identical_keys() {
         "{out}"
     );
     assert_eq!(out.matches("registered: ").count(), 3, "{out}");
+}
+
+/// A `--db` file in a directory that does not exist is named as such, before a master key
+/// is created for it.
+#[test]
+fn db_in_a_missing_directory_is_named_and_creates_no_master_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = gcks(dir.path(), &["--db", "no/such/dir/gcks.db", "status"]);
+    assert!(!o.status.success());
+    let e = stderr(&o);
+    assert!(
+        e.starts_with(
+            "gcks: error: --db no/such/dir/gcks.db: the directory no/such/dir does not exist"
+        ),
+        "{e}"
+    );
+    assert!(!dir.path().join("gcks.key").exists());
+}
+
+/// `gcks status` and `gcks group list` show a group row an SQL edit made unreadable, with
+/// the column and the row, beside the others, instead of failing as a whole.
+#[test]
+fn status_shows_an_unreadable_group_beside_the_others() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    for name in ["good", "broken"] {
+        let o = gcks(
+            d,
+            &[
+                "group",
+                "create",
+                name,
+                "--rekey-dst",
+                "239.0.0.9:848",
+                "--implicit-auth",
+            ],
+        );
+        assert!(o.status.success(), "{}", stderr(&o));
+    }
+    let url = format!("sqlite://{}", d.join("gcks.db").display());
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(async {
+            let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
+            sqlx::query("UPDATE groups SET rekey_dst_addr = '239.0.0.999' WHERE name = 'broken'")
+                .execute(&pool)
+                .await
+                .unwrap();
+            pool.close().await;
+        });
+    for args in [&["status"][..], &["group", "list"][..]] {
+        let o = gcks(d, args);
+        assert!(o.status.success(), "{args:?}: {}", stderr(&o));
+        let out = String::from_utf8_lossy(&o.stdout);
+        assert!(
+            out.contains(
+                "group id 2: unreadable: invalid stored value in groups.rekey_dst_addr of group \
+                 \"broken\" (id 2): \"239.0.0.999\" is not an IP address"
+            ),
+            "{args:?}: {out}"
+        );
+        assert!(out.contains("good  IDg keyid:good"), "{args:?}: {out}");
+    }
 }

@@ -1311,3 +1311,47 @@ async fn a_sender_registering_again_gets_a_new_sequential_tek_pushed_without_a_n
     );
     let _ = w.stop.send(());
 }
+
+/// A group row an SQL edit made unreadable (an address SQLite's CHECK lets through) does
+/// not stop the GSA_REKEY of the other groups: the tick reports it, naming the row, and
+/// still pushes the other group's change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_group_row_does_not_stop_the_other_groups() {
+    let dst = rekey_dst();
+    let mut w = world(dst).await;
+    let rx = listener(dst);
+    let t0 = unix_now();
+    first_state(&mut w, t0).await;
+    let pool = sqlx::SqlitePool::connect(&w.url).await.unwrap();
+    sqlx::query(
+        "INSERT INTO groups (name, idg_type, idg_value, capacity, rekey_mode, \
+         rekey_dst_addr, rekey_dst_port, rekey_lifetime_secs, rekey_encr_id, \
+         rekey_encr_key_bits, rekey_kwa_id, gcauth_id, tek_lifetime_secs, created_at) \
+         VALUES ('broken', 11, CAST('broken' AS BLOB), 5, 'multicast', '239.0.0.999', 848, \
+         86400, 20, 256, 3, 1, 3600, 0)",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    // A change in the readable group: its TEK is replaced and pushed.
+    sqlx::query("UPDATE tek_policies SET encr_key_bits = 128")
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    let (sent, refused): (Vec<_>, Vec<_>) = w
+        .scheduler
+        .tick(t0 + 1)
+        .await
+        .into_iter()
+        .partition(Result::is_ok);
+    assert_eq!((sent.len(), refused.len()), (1, 1), "{sent:?} {refused:?}");
+    let e = refused[0].as_ref().unwrap_err().to_string();
+    assert!(
+        e.contains("groups.rekey_dst_addr of group \"broken\""),
+        "{e}"
+    );
+    let s = sent[0].as_ref().unwrap();
+    assert!(s.policy_changed, "{s:?}");
+    copies(&rx, s, 3).await;
+}

@@ -136,7 +136,10 @@ pub struct Transmit {
 /// Why a command was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AgentError {
-    #[error("group {0:?} is already joined")]
+    #[error(
+        "group {0:?} is already joined (`gm status` shows its state; `gm leave --group {0}` \
+         first to join it again with other settings)"
+    )]
     AlreadyJoined(String),
     #[error("group {0:?} is not joined")]
     NotJoined(String),
@@ -454,7 +457,8 @@ impl Membership {
                     return;
                 }
                 if self.in_flight {
-                    self.fail(cx, format!("IKE SA closed: {reason:?}"), now, rng);
+                    let why = crate::join::close_reason(&reason);
+                    self.fail(cx, format!("IKE SA closed: {why}"), now, rng);
                 } else if self.phase == Phase::Up
                     && !self.params.as_ref().is_some_and(|p| p.has_rekey)
                 {

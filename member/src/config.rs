@@ -220,6 +220,15 @@ pub fn parse_gcks(s: &str) -> Result<SocketAddr, ConfigError> {
     if let Ok(ip) = s.parse::<IpAddr>() {
         return Ok(SocketAddr::new(ip, DEFAULT_GCKS_PORT));
     }
+    // A port that is a number but not a port would otherwise read as part of a host name
+    // ("cannot resolve").
+    if let Some((_, p)) = s.rsplit_once(':')
+        && !p.is_empty()
+        && p.bytes().all(|b| b.is_ascii_digit())
+        && !p.parse::<u16>().is_ok_and(|p| p > 0)
+    {
+        return Err(bad("gcks", format!("{s:?}: port {p} is not in 1..=65535")));
+    }
     let with_port = if s
         .rsplit_once(':')
         .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
@@ -287,6 +296,27 @@ fn pem_or_der(
     Ok(out)
 }
 
+/// What a private key file that is not PKCS#8 is, and how to convert it, from its PEM
+/// label (the common case: `pki --gen --type ecdsa|rsa` and `openssl ecparam -genkey`
+/// write SEC1 or PKCS#1 keys); empty when the label says nothing more. The file's content
+/// is never quoted: it may be a secret.
+pub fn private_key_format_hint(bytes: &[u8]) -> &'static str {
+    let text = String::from_utf8_lossy(bytes);
+    let label = |l: &str| text.contains(&format!("-----BEGIN {l}-----"));
+    if label("EC PRIVATE KEY") {
+        " (this is a SEC1 \"EC PRIVATE KEY\"; convert it with `openssl pkcs8 -topk8 \
+         -nocrypt -in FILE -out FILE.pk8`)"
+    } else if label("RSA PRIVATE KEY") {
+        " (this is a PKCS#1 \"RSA PRIVATE KEY\"; convert it with `openssl pkcs8 -topk8 \
+         -nocrypt -in FILE -out FILE.pk8`)"
+    } else if label("ENCRYPTED PRIVATE KEY") {
+        " (this PKCS#8 key is encrypted; decrypt it with `openssl pkcs8 -in FILE -out \
+         FILE.pk8`)"
+    } else {
+        ""
+    }
+}
+
 /// Loads a PKCS#8 private key, finding its scheme among those `SigningKey` supports.
 pub fn load_signing_key(path: &Path) -> Result<SigningKey, ConfigError> {
     let bytes = read_file("key", path)?;
@@ -301,8 +331,9 @@ pub fn load_signing_key(path: &Path) -> Result<SigningKey, ConfigError> {
             bad(
                 "key",
                 format!(
-                    "{}: not a PKCS#8 Ed25519, ECDSA P-256, RSA or ML-DSA private key",
-                    path.display()
+                    "{}: not a PKCS#8 Ed25519, ECDSA P-256, RSA or ML-DSA private key{}",
+                    path.display(),
+                    private_key_format_hint(&bytes)
                 ),
             )
         })
@@ -566,6 +597,12 @@ mod tests {
         assert_eq!(parse_gcks("127.0.0.1").unwrap().port(), 500);
         assert_eq!(parse_gcks("127.0.0.1:4500").unwrap().port(), 4500);
         assert_eq!(parse_gcks("[::1]:848").unwrap().port(), 848);
+        // A port out of range is named as such, not as a host name that does not resolve.
+        for bad in ["127.0.0.1:99999", "gcks.example:70000", "gcks.example:0"] {
+            let e = parse_gcks(bad).unwrap_err().to_string();
+            assert!(e.contains("is not in 1..=65535"), "{bad}: {e}");
+            assert!(e.starts_with("gcks: "), "{bad}: {e}");
+        }
     }
 
     #[test]

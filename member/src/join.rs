@@ -38,10 +38,35 @@ pub enum JoinError {
     Crypto(#[from] CryptoError),
     #[error("the GCKS refused the registration: {0}")]
     Refused(NotifyType),
-    #[error("the IKE SA closed: {0:?}")]
+    #[error("the IKE SA closed: {}", close_reason(.0))]
     Closed(CloseReason),
     #[error("no answer within {0:?}")]
     Timeout(Duration),
+}
+
+/// Why an IKE SA closed, for an operator: what happened and what to look at. An
+/// AUTHENTICATION_FAILED ending does not say which side refused (RFC 7296 2.21.2), so both
+/// are named; the daemon's log has the side (`responder AUTH did not verify` when it is
+/// ours).
+pub fn close_reason(r: &CloseReason) -> String {
+    match r {
+        CloseReason::Timeout => "no answer from the GCKS (retransmissions exhausted, RFC 7296 \
+                                 2.4): check --gcks and that `gcks serve` listens there"
+            .into(),
+        CloseReason::HalfOpenExpired => "the IKE SA was not authenticated in time".into(),
+        CloseReason::AuthenticationFailed => "authentication failed (AUTHENTICATION_FAILED): \
+             the GCKS refused our credential (a wrong PSK or key, or an --id it does not \
+             know), or its AUTH did not verify (to verify a GCKS that signs, give --ca or \
+             --gcks-key; without them we expect it to answer with the PSK; --gcks-id must \
+             match its identity); the daemon's log says which"
+            .into(),
+        CloseReason::NoProposalChosen => {
+            "no proposal chosen: the GCKS and we share no IKE SA suite (RFC 7296 2.7)".into()
+        }
+        CloseReason::PeerError(n) => format!("the GCKS answered {n}"),
+        CloseReason::Deleted => "deleted (INFORMATIONAL Delete)".into(),
+        CloseReason::ProtocolError(why) => format!("protocol error: {why}"),
+    }
 }
 
 /// Registers to a group at `gcks`. Datagrams to port 4500 carry the non-ESP marker (RFC

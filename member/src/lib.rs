@@ -12,6 +12,7 @@
 //! - [`control`]: the framed JSON control protocol and its client (STYLE S6).
 //! - [`status`]: what `gm status --json` shows (never keys).
 //! - [`join`]: a one-shot registration without an agent (`gcks demo`).
+//! - [`stdout`]: output lines of the command-line tools that survive a closed pipe.
 
 pub mod agent;
 pub mod config;
@@ -23,6 +24,7 @@ pub mod join;
 pub mod runtime;
 pub mod sag;
 pub mod status;
+pub mod stdout;
 
 pub use agent::{Agent, AgentConfig, AgentError, RekeyEndpoint, Transmit};
 pub use config::{ConfigError, JoinArgs, MembershipConfig};

@@ -40,8 +40,10 @@ enum Cmd {
     Join(Box<JoinCli>),
     /// Leave a group.
     Leave {
+        /// The group, as given to `gm join --group`.
         #[arg(long)]
         group: String,
+        /// The daemon's control socket (`gm daemon --socket`).
         #[arg(long, default_value = DEFAULT_SOCKET)]
         socket: PathBuf,
     },
@@ -50,11 +52,13 @@ enum Cmd {
         /// Print the daemon's JSON as it is.
         #[arg(long)]
         json: bool,
+        /// The daemon's control socket (`gm daemon --socket`).
         #[arg(long, default_value = DEFAULT_SOCKET)]
         socket: PathBuf,
     },
     /// Print the daemon's events (JSON lines) until interrupted.
     Events {
+        /// The daemon's control socket (`gm daemon --socket`).
         #[arg(long, default_value = DEFAULT_SOCKET)]
         socket: PathBuf,
     },
@@ -78,7 +82,7 @@ struct DaemonArgs {
 /// Which ESP data plane carries the groups' traffic.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 enum DataPlaneKind {
-    /// None: SAs live in the engine only.
+    /// No data plane: SAs live in the engine only.
     None,
     /// A TUN interface and raw ESP sockets (Linux; root or CAP_NET_ADMIN + CAP_NET_RAW).
     Tun,
@@ -219,6 +223,7 @@ struct JoinCli {
     /// Print the group's state as JSON.
     #[arg(long)]
     json: bool,
+    /// The daemon's control socket (`gm daemon --socket`).
     #[arg(long, default_value = DEFAULT_SOCKET)]
     socket: PathBuf,
 }
@@ -296,36 +301,52 @@ async fn run(cmd: Cmd) -> Result<(), String> {
             let reply = request(&j.socket, "join", args).await?;
             let g: GroupStatus = serde_json::from_value(reply).map_err(|e| e.to_string())?;
             if j.json {
-                println!(
+                gikev2_member::outln!(
                     "{}",
                     serde_json::to_string_pretty(&g).map_err(|e| e.to_string())?
                 );
             } else {
                 print_group(&g);
             }
+            // The wait ran out before the group came up: not a success, although the
+            // daemon keeps the membership and keeps trying.
+            if wait_ms > 0 && g.state != "up" {
+                return Err(format!(
+                    "{}: not up after {} s (state {}{}); the daemon keeps trying: `gm status` \
+                     follows it, `gm leave --group {}` stops it",
+                    g.group,
+                    j.wait,
+                    g.state,
+                    g.last_error
+                        .as_deref()
+                        .map(|e| format!(", last error: {e}"))
+                        .unwrap_or_default(),
+                    g.group,
+                ));
+            }
             Ok(())
         }
         Cmd::Leave { group, socket } => {
             request(&socket, "leave", json!({ "group": group })).await?;
-            println!("left {group}");
+            gikev2_member::outln!("left {group}");
             Ok(())
         }
         Cmd::Status { json, socket } => {
             let reply = request(&socket, "status", Value::Null).await?;
             if json {
-                println!(
+                gikev2_member::outln!(
                     "{}",
                     serde_json::to_string_pretty(&reply).map_err(|e| e.to_string())?
                 );
             } else {
                 let s: Status = serde_json::from_value(reply).map_err(|e| e.to_string())?;
                 if s.groups.is_empty() {
-                    println!("no groups");
+                    gikev2_member::outln!("no groups");
                 }
                 for g in &s.groups {
                     print_group(g);
                 }
-                println!("engine: {} SAs", s.engine_sas);
+                gikev2_member::outln!("engine: {} SAs", s.engine_sas);
             }
             Ok(())
         }
@@ -341,7 +362,10 @@ async fn run(cmd: Cmd) -> Result<(), String> {
             loop {
                 match c.next().await.map_err(|e| e.to_string())? {
                     ServerMessage::Event(e) => {
-                        println!("{}", serde_json::to_string(&e).map_err(|e| e.to_string())?)
+                        gikev2_member::outln!(
+                            "{}",
+                            serde_json::to_string(&e).map_err(|e| e.to_string())?
+                        )
                     }
                     other => return Err(format!("unexpected message: {other:?}")),
                 }
@@ -367,19 +391,23 @@ async fn request(socket: &Path, command: &str, args: Value) -> Result<Value, Str
 }
 
 fn print_group(g: &GroupStatus) {
-    println!(
+    gikev2_member::outln!(
         "{}: {} ({}, {} auth) via {}",
-        g.group, g.state, g.role, g.auth, g.gcks
+        g.group,
+        g.state,
+        g.role,
+        g.auth,
+        g.gcks
     );
     if !g.sender_ids.is_empty() {
-        println!(
+        gikev2_member::outln!(
             "  sender IDs {:?} ({} bits)",
             g.sender_ids,
             g.sender_id_bits.unwrap_or(0)
         );
     }
     for r in &g.rekey_sas {
-        println!(
+        gikev2_member::outln!(
             "  rekey SA {} on {} ({}){}, expires in {}",
             r.spi,
             r.listen,
@@ -389,7 +417,7 @@ fn print_group(g: &GroupStatus) {
         );
     }
     for t in &g.teks {
-        println!(
+        gikev2_member::outln!(
             "  {} {} {} {} {} -> {} [{}] expires in {}, {} packets",
             t.protocol,
             t.spi,
@@ -403,10 +431,10 @@ fn print_group(g: &GroupStatus) {
         );
     }
     if let Some(n) = &g.rejected_with {
-        println!("  rejected the policy with {n}");
+        gikev2_member::outln!("  rejected the policy with {n}");
     }
     if let Some(e) = &g.last_error {
-        println!("  last error: {e}");
+        gikev2_member::outln!("  last error: {e}");
     }
 }
 
@@ -469,7 +497,7 @@ async fn foreground(j: JoinCli) -> Result<(), String> {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => break,
             e = events.recv() => match e {
-                Some(e) => println!("{}", serde_json::to_string(&e).map_err(|e| e.to_string())?),
+                Some(e) => gikev2_member::outln!("{}", serde_json::to_string(&e).map_err(|e| e.to_string())?),
                 None => break,
             },
         }
@@ -477,7 +505,7 @@ async fn foreground(j: JoinCli) -> Result<(), String> {
     if j.json
         && let Ok(s) = agent.status().await
     {
-        println!(
+        gikev2_member::outln!(
             "{}",
             serde_json::to_string_pretty(&s).map_err(|e| e.to_string())?
         );

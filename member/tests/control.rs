@@ -387,6 +387,28 @@ async fn gm_daemon_join_status_leave() {
     .await;
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(text.starts_with("g: up (receiver, psk auth)"), "{text}");
+    // A reader that went away (`gm status | head -0`): the status of a SIGPIPE death,
+    // no panic on stderr.
+    let sock = s(&socket);
+    let out = tokio::task::spawn_blocking(move || {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        std::process::Command::new(env!("CARGO_BIN_EXE_gm"))
+            .args(["status", "--socket", &sock])
+            .stdout(writer)
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+            .wait_with_output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(gikev2_member::stdout::BROKEN_PIPE_STATUS)
+    );
+    assert!(out.stderr.is_empty(), "{out:?}");
 
     // Errors name the field; the exit status says so.
     let out = gm_async(
@@ -408,6 +430,56 @@ async fn gm_daemon_join_status_leave() {
     assert!(!out.status.success());
     let err = String::from_utf8(out.stderr).unwrap();
     assert!(err.contains("psk_file: /nonexistent/psk"), "{err}");
+
+    // A join that is not up when the wait runs out fails, with the state and the reason
+    // in words (the GCKS refuses a wrong PSK: AUTHENTICATION_FAILED).
+    let wrong = dir.path().join("wrong.psk");
+    std::fs::write(&wrong, b"not the group's psk\n").unwrap();
+    let join_h = [
+        "join",
+        "--group",
+        "h",
+        "--gcks",
+        &g.addr.to_string(),
+        "--psk-file",
+        &s(&wrong),
+        "--id",
+        "cli.test",
+        "--wait",
+        "5",
+        "--socket",
+        &s(&socket),
+    ]
+    .map(String::from)
+    .to_vec();
+    let out = gm_async(join_h.clone()).await;
+    assert!(!out.status.success(), "{out:?}");
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        text.starts_with("h: waiting (receiver, psk auth)"),
+        "{text}"
+    );
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        err.starts_with("gm: h: not up after 5 s (state waiting, last error: IKE SA closed: authentication failed (AUTHENTICATION_FAILED)"),
+        "{err}"
+    );
+    assert!(err.contains("`gm leave --group h` stops it"), "{err}");
+    // Joining it again says how to start over.
+    let out = gm_async(join_h).await;
+    assert!(!out.status.success());
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        err.contains("group \"h\" is already joined") && err.contains("`gm leave --group h` first"),
+        "{err}"
+    );
+    let out = gm_async(
+        ["leave", "--group", "h", "--socket", &s(&socket)]
+            .map(String::from)
+            .to_vec(),
+    )
+    .await;
+    assert!(out.status.success(), "{out:?}");
 
     let out = gm_async(
         ["leave", "--group", GROUP, "--socket", &s(&socket)]

@@ -346,7 +346,7 @@ async fn raw_public_keys_both_ways_from_files() {
         .unwrap()
         .unwrap();
     assert!(
-        matches!(&e, AgentEvent::Error { message, .. } if message.contains("AuthenticationFailed")),
+        matches!(&e, AgentEvent::Error { message, .. } if message.contains("authentication failed (AUTHENTICATION_FAILED)")),
         "{e:?}"
     );
     let st = b.status().await.unwrap();
@@ -409,7 +409,7 @@ async fn join_args_with_a_required_ppk_and_ml_kem() {
         .unwrap()
         .unwrap();
     assert!(
-        matches!(&e, AgentEvent::Error { message, .. } if message.contains("AuthenticationFailed")),
+        matches!(&e, AgentEvent::Error { message, .. } if message.contains("authentication failed (AUTHENTICATION_FAILED)")),
         "{e:?}"
     );
 }

@@ -7,7 +7,7 @@ use std::net::IpAddr;
 use gikev2_proto::crypto::{
     EncrAlg, IntegAlg, PublicKey, SecretBytes, SignatureScheme, SigningKey,
 };
-use gikev2_proto::registry::{EncrId, GcAuthId, IntegId};
+use gikev2_proto::registry::{EncrId, GcAuthId, IntegId, SnId};
 
 use crate::error::StoreError;
 use crate::model::*;
@@ -97,6 +97,14 @@ fn validate_group(spec: &GroupSpec) -> Result<(), StoreError> {
             format!("{d} is not a multicast address with a port"),
         ));
     }
+    if let Some(a) = r.src_addr
+        && (is_multicast(a) || a.is_unspecified())
+    {
+        return Err(StoreError::invalid(
+            "rekey source",
+            format!("{a} is not a unicast address (RFC 9838 4.4.2)"),
+        ));
+    }
     if r.src_port == Some(0) {
         return Err(StoreError::invalid(
             "rekey source",
@@ -169,6 +177,20 @@ fn validate_tek(spec: &TekPolicySpec) -> Result<(), StoreError> {
             format!("{sn} is not defined"),
         ));
     }
+    // RFC 9838 4.4.2.1.3: "the 'Partially Transmitted 64-bit Sequential Numbers' transform
+    // ID MUST NOT be used for multicast Data-Security SAs" (receivers joining late cannot
+    // learn the untransmitted high-order bits). Refused here rather than when the GCKS
+    // builds a GSA: such a policy would stop every GSA_REKEY and registration of its group.
+    if spec.sn == SnPolicy::Fixed(SnId::Seq64PartiallyTransmitted) && spec.dst.is_multicast() {
+        return Err(StoreError::invalid(
+            "TEK SN",
+            format!(
+                "Partially Transmitted 64-bit Sequential Numbers on the multicast destination \
+                 {} (RFC 9838 4.4.2.1.3: unicast destinations only)",
+                spec.dst.start
+            ),
+        ));
+    }
     // RFC 9838 2.6 (R049): the rate bounds the life of a TEK with sequential numbers;
     // one that would leave it less than a minute is refused (also a CHECK constraint).
     if !(1..=MAX_PACKET_RATE).contains(&spec.max_packet_rate) {
@@ -238,6 +260,24 @@ impl Store {
             .await?
         });
         Ok(GroupId(id))
+    }
+
+    /// Every group row by id, each decoded on its own: a row an SQL edit made unreadable
+    /// (an address `239.0.0.999`) is an `Err` naming its column and row beside the
+    /// others, so that one bad group does not stop the GSA_REKEY of every other or hide
+    /// them from `gcks status`.
+    pub async fn group_rows(
+        &self,
+    ) -> Result<Vec<(GroupId, Result<Group, StoreError>)>, StoreError> {
+        let rows: Vec<GroupRow> = on_backend!(self, |pool| {
+            sqlx::query_as(&format!("SELECT {GROUP_COLUMNS} FROM groups ORDER BY id"))
+                .fetch_all(pool)
+                .await?
+        });
+        Ok(rows
+            .into_iter()
+            .map(|r| (r.id(), Group::try_from(r)))
+            .collect())
     }
 
     /// Every group, by id.

@@ -30,8 +30,13 @@ fn encr(
     bits: Option<u16>,
     what: &'static str,
 ) -> Result<EncrAlg, StoreError> {
-    EncrAlg::from_transform(id, bits)
-        .map_err(|e| StoreError::invalid(what, format!("{id} / {bits:?}: {e}")))
+    EncrAlg::from_transform(id, bits).map_err(|e| {
+        let alg = match bits {
+            Some(b) => format!("{id} with a {b}-bit key"),
+            None => id.to_string(),
+        };
+        StoreError::invalid(what, format!("{alg}: {e}"))
+    })
 }
 
 fn integ(

@@ -79,10 +79,13 @@ pub enum StoreError {
     /// An argument the store refuses before touching the database.
     #[error("invalid {what}: {reason}")]
     Invalid { what: &'static str, reason: String },
-    /// A stored value that does not decode (for instance after a manual SQL edit).
-    #[error("invalid stored value in {column}: {reason}")]
+    /// A stored value that does not decode (for instance after a manual SQL edit). `row`
+    /// names the row when known (" of group \"video\" (id 1)"), so that the operator can
+    /// find the edit to undo.
+    #[error("invalid stored value in {column}{row}: {reason}")]
     InvalidData {
         column: &'static str,
+        row: String,
         reason: String,
     },
 }
@@ -98,7 +101,20 @@ impl StoreError {
     pub(crate) fn data(column: &'static str, reason: impl Into<String>) -> Self {
         Self::InvalidData {
             column,
+            row: String::new(),
             reason: reason.into(),
+        }
+    }
+
+    /// Names the row of an [`Self::InvalidData`] error (`row` as " of group ..").
+    pub(crate) fn in_row(self, row: impl FnOnce() -> String) -> Self {
+        match self {
+            Self::InvalidData { column, reason, .. } => Self::InvalidData {
+                column,
+                row: row(),
+                reason,
+            },
+            other => other,
         }
     }
 

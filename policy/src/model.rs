@@ -253,6 +253,16 @@ impl fmt::Display for Identity {
                     String::from_utf8_lossy(&self.value)
                 )
             }
+            // An opaque octet string (RFC 7296 3.5), but G-IKEv2 group IDs are usually
+            // text (`gm join --group video`): quoted, so that it cannot pass for hex.
+            IdType::KeyId if !self.value.is_empty() && printable(&self.value) => {
+                write!(
+                    f,
+                    "{}:{:?}",
+                    self.id_type,
+                    String::from_utf8_lossy(&self.value)
+                )
+            }
             IdType::Ipv4Addr if self.value.len() == 4 => {
                 let a: [u8; 4] = self.value[..].try_into().map_err(|_| fmt::Error)?;
                 write!(f, "{}:{}", self.id_type, Ipv4Addr::from(a))
@@ -807,4 +817,29 @@ pub struct AuditEvent {
 pub struct AuditRecord {
     pub id: i64,
     pub event: AuditEvent,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identities_print_as_text_where_they_are_text() {
+        assert_eq!(
+            Identity::fqdn("gm1.example").to_string(),
+            "ID_FQDN:gm1.example"
+        );
+        assert_eq!(
+            Identity::new(IdType::KeyId, b"video".to_vec()).to_string(),
+            "ID_KEY_ID:\"video\""
+        );
+        assert_eq!(
+            Identity::new(IdType::KeyId, vec![0, 0xff]).to_string(),
+            "ID_KEY_ID:00ff"
+        );
+        assert_eq!(
+            Identity::new(IdType::Ipv4Addr, vec![192, 0, 2, 1]).to_string(),
+            "ID_IPV4_ADDR:192.0.2.1"
+        );
+    }
 }

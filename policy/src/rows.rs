@@ -86,64 +86,75 @@ pub(crate) struct GroupRow {
     created_at: i64,
 }
 
+impl GroupRow {
+    /// The row's id, readable whatever the other columns hold.
+    pub(crate) fn id(&self) -> GroupId {
+        GroupId(self.id)
+    }
+}
+
 impl TryFrom<GroupRow> for Group {
     type Error = StoreError;
 
     fn try_from(r: GroupRow) -> Result<Self, StoreError> {
-        let dst = match (r.rekey_dst_addr, r.rekey_dst_port) {
-            (Some(a), Some(p)) => Some(SocketAddr::new(
-                ip(&a, "groups.rekey_dst_addr")?,
-                int(p, "groups.rekey_dst_port")?,
-            )),
-            (None, None) => None,
-            _ => {
-                return Err(StoreError::data(
-                    "groups.rekey_dst_addr",
-                    "address and port must be set together",
-                ));
-            }
-        };
-        let rekey = RekeyConfig {
-            mode: text_enum(&r.rekey_mode, "groups.rekey_mode", RekeyMode::from_db)?,
-            dst,
-            src_addr: r
-                .rekey_src_addr
-                .as_deref()
-                .map(|a| ip(a, "groups.rekey_src_addr"))
-                .transpose()?,
-            src_port: opt_int(r.rekey_src_port, "groups.rekey_src_port")?,
-            lifetime: int(r.rekey_lifetime_secs, "groups.rekey_lifetime_secs")?,
-            encr: EncrId::from_value(int(r.rekey_encr_id, "groups.rekey_encr_id")?),
-            encr_key_bits: opt_int(r.rekey_encr_key_bits, "groups.rekey_encr_key_bits")?,
-            integ: opt_int::<u16>(r.rekey_integ_id, "groups.rekey_integ_id")?
-                .map(IntegId::from_value),
-            kwa: KwaId::from_value(int(r.rekey_kwa_id, "groups.rekey_kwa_id")?),
-            gcauth: GcAuthId::from_value(int(r.gcauth_id, "groups.gcauth_id")?),
-            signing_key: r.signing_key_id.map(SigningKeyId),
-        };
-        Ok(Group {
-            id: GroupId(r.id),
-            spec: GroupSpec {
-                name: r.name,
-                idg: identity(r.idg_type, r.idg_value, "groups.idg_type")?,
-                capacity: int(r.capacity, "groups.capacity")?,
-                rekey,
-                tek_lifetime: int(r.tek_lifetime_secs, "groups.tek_lifetime_secs")?,
-                policy: GroupWidePolicy {
-                    atd: opt_int(r.atd_secs, "groups.atd_secs")?,
-                    dtd: opt_int(r.dtd_secs, "groups.dtd_secs")?,
-                    sender_id_bits: opt_int(r.sender_id_bits, "groups.sender_id_bits")?,
-                    max_sender_ids_per_member: int(
-                        r.max_sender_ids_per_member,
-                        "groups.max_sender_ids_per_member",
-                    )?,
-                    forward_access_control: r.forward_access_control,
-                    require_pq_ike: r.require_pq_ike,
-                },
-            },
-            created: int(r.created_at, "groups.created_at")?,
-        })
+        let (id, name) = (r.id, r.name.clone());
+        group_of_row(r).map_err(|e| e.in_row(|| format!(" of group {name:?} (id {id})")))
     }
+}
+
+fn group_of_row(r: GroupRow) -> Result<Group, StoreError> {
+    let dst = match (r.rekey_dst_addr, r.rekey_dst_port) {
+        (Some(a), Some(p)) => Some(SocketAddr::new(
+            ip(&a, "groups.rekey_dst_addr")?,
+            int(p, "groups.rekey_dst_port")?,
+        )),
+        (None, None) => None,
+        _ => {
+            return Err(StoreError::data(
+                "groups.rekey_dst_addr",
+                "address and port must be set together",
+            ));
+        }
+    };
+    let rekey = RekeyConfig {
+        mode: text_enum(&r.rekey_mode, "groups.rekey_mode", RekeyMode::from_db)?,
+        dst,
+        src_addr: r
+            .rekey_src_addr
+            .as_deref()
+            .map(|a| ip(a, "groups.rekey_src_addr"))
+            .transpose()?,
+        src_port: opt_int(r.rekey_src_port, "groups.rekey_src_port")?,
+        lifetime: int(r.rekey_lifetime_secs, "groups.rekey_lifetime_secs")?,
+        encr: EncrId::from_value(int(r.rekey_encr_id, "groups.rekey_encr_id")?),
+        encr_key_bits: opt_int(r.rekey_encr_key_bits, "groups.rekey_encr_key_bits")?,
+        integ: opt_int::<u16>(r.rekey_integ_id, "groups.rekey_integ_id")?.map(IntegId::from_value),
+        kwa: KwaId::from_value(int(r.rekey_kwa_id, "groups.rekey_kwa_id")?),
+        gcauth: GcAuthId::from_value(int(r.gcauth_id, "groups.gcauth_id")?),
+        signing_key: r.signing_key_id.map(SigningKeyId),
+    };
+    Ok(Group {
+        id: GroupId(r.id),
+        spec: GroupSpec {
+            name: r.name,
+            idg: identity(r.idg_type, r.idg_value, "groups.idg_type")?,
+            capacity: int(r.capacity, "groups.capacity")?,
+            rekey,
+            tek_lifetime: int(r.tek_lifetime_secs, "groups.tek_lifetime_secs")?,
+            policy: GroupWidePolicy {
+                atd: opt_int(r.atd_secs, "groups.atd_secs")?,
+                dtd: opt_int(r.dtd_secs, "groups.dtd_secs")?,
+                sender_id_bits: opt_int(r.sender_id_bits, "groups.sender_id_bits")?,
+                max_sender_ids_per_member: int(
+                    r.max_sender_ids_per_member,
+                    "groups.max_sender_ids_per_member",
+                )?,
+                forward_access_control: r.forward_access_control,
+                require_pq_ike: r.require_pq_ike,
+            },
+        },
+        created: int(r.created_at, "groups.created_at")?,
+    })
 }
 
 /// The columns of [`TekPolicyRow`], in order.
@@ -179,43 +190,48 @@ impl TryFrom<TekPolicyRow> for TekPolicy {
     type Error = StoreError;
 
     fn try_from(r: TekPolicyRow) -> Result<Self, StoreError> {
-        let src = Selector {
-            start: ip(&r.src_addr_start, "tek_policies.src_addr_start")?,
-            end: ip(&r.src_addr_end, "tek_policies.src_addr_end")?,
-            start_port: int(r.src_port_start, "tek_policies.src_port_start")?,
-            end_port: int(r.src_port_end, "tek_policies.src_port_end")?,
-        };
-        src.validate()
-            .map_err(|e| StoreError::data("tek_policies.src_addr_start", e))?;
-        let dst = Selector {
-            start: ip(&r.dst_addr_start, "tek_policies.dst_addr_start")?,
-            end: ip(&r.dst_addr_end, "tek_policies.dst_addr_end")?,
-            start_port: int(r.dst_port_start, "tek_policies.dst_port_start")?,
-            end_port: int(r.dst_port_end, "tek_policies.dst_port_end")?,
-        };
-        dst.validate()
-            .map_err(|e| StoreError::data("tek_policies.dst_addr_start", e))?;
-        Ok(TekPolicy {
-            id: TekPolicyId(r.id),
-            group: GroupId(r.group_id),
-            spec: TekPolicySpec {
-                protocol: text_enum(&r.protocol, "tek_policies.protocol", TekProtocol::from_db)?,
-                ip_protocol: int(r.ip_protocol, "tek_policies.ip_protocol")?,
-                src,
-                dst,
-                encr: EncrId::from_value(int(r.encr_id, "tek_policies.encr_id")?),
-                encr_key_bits: opt_int(r.encr_key_bits, "tek_policies.encr_key_bits")?,
-                integ: opt_int::<u16>(r.integ_id, "tek_policies.integ_id")?
-                    .map(IntegId::from_value),
-                sn: match opt_int::<u16>(r.sn_id, "tek_policies.sn_id")? {
-                    None => SnPolicy::Auto,
-                    Some(v) => SnPolicy::Fixed(SnId::from_value(v)),
-                },
-                mode: text_enum(&r.mode, "tek_policies.mode", EspMode::from_db)?,
-                max_packet_rate: int(r.max_packet_rate, "tek_policies.max_packet_rate")?,
-            },
-        })
+        let (id, group) = (r.id, r.group_id);
+        tek_policy_of_row(r)
+            .map_err(|e| e.in_row(|| format!(" of TEK policy {id} (group id {group})")))
     }
+}
+
+fn tek_policy_of_row(r: TekPolicyRow) -> Result<TekPolicy, StoreError> {
+    let src = Selector {
+        start: ip(&r.src_addr_start, "tek_policies.src_addr_start")?,
+        end: ip(&r.src_addr_end, "tek_policies.src_addr_end")?,
+        start_port: int(r.src_port_start, "tek_policies.src_port_start")?,
+        end_port: int(r.src_port_end, "tek_policies.src_port_end")?,
+    };
+    src.validate()
+        .map_err(|e| StoreError::data("tek_policies.src_addr_start", e))?;
+    let dst = Selector {
+        start: ip(&r.dst_addr_start, "tek_policies.dst_addr_start")?,
+        end: ip(&r.dst_addr_end, "tek_policies.dst_addr_end")?,
+        start_port: int(r.dst_port_start, "tek_policies.dst_port_start")?,
+        end_port: int(r.dst_port_end, "tek_policies.dst_port_end")?,
+    };
+    dst.validate()
+        .map_err(|e| StoreError::data("tek_policies.dst_addr_start", e))?;
+    Ok(TekPolicy {
+        id: TekPolicyId(r.id),
+        group: GroupId(r.group_id),
+        spec: TekPolicySpec {
+            protocol: text_enum(&r.protocol, "tek_policies.protocol", TekProtocol::from_db)?,
+            ip_protocol: int(r.ip_protocol, "tek_policies.ip_protocol")?,
+            src,
+            dst,
+            encr: EncrId::from_value(int(r.encr_id, "tek_policies.encr_id")?),
+            encr_key_bits: opt_int(r.encr_key_bits, "tek_policies.encr_key_bits")?,
+            integ: opt_int::<u16>(r.integ_id, "tek_policies.integ_id")?.map(IntegId::from_value),
+            sn: match opt_int::<u16>(r.sn_id, "tek_policies.sn_id")? {
+                None => SnPolicy::Auto,
+                Some(v) => SnPolicy::Fixed(SnId::from_value(v)),
+            },
+            mode: text_enum(&r.mode, "tek_policies.mode", EspMode::from_db)?,
+            max_packet_rate: int(r.max_packet_rate, "tek_policies.max_packet_rate")?,
+        },
+    })
 }
 
 /// The columns of [`MemberRow`], in order.

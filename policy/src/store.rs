@@ -214,11 +214,30 @@ impl Store {
             }
             "postgres" | "postgresql" => {
                 let co = PgConnectOptions::from_str(url)?;
-                let pool = PgPoolOptions::new()
+                let pool = match PgPoolOptions::new()
                     .max_connections(opts.max_connections)
                     .acquire_timeout(opts.busy_timeout)
-                    .connect_with(co)
-                    .await?;
+                    .connect_with(co.clone())
+                    .await
+                {
+                    Ok(p) => p,
+                    // The pool retries until its timeout and then says only "pool timed
+                    // out": one direct connection names the cause (connection refused, an
+                    // unknown host, a refused login).
+                    Err(sqlx::Error::PoolTimedOut) => {
+                        use sqlx::Connection as _;
+                        let direct = tokio::time::timeout(
+                            opts.busy_timeout,
+                            sqlx::PgConnection::connect_with(&co),
+                        )
+                        .await;
+                        return Err(match direct {
+                            Ok(Err(e)) => e.into(),
+                            _ => sqlx::Error::PoolTimedOut.into(),
+                        });
+                    }
+                    Err(e) => return Err(e.into()),
+                };
                 sqlx::migrate!("../migrations/postgres").run(&pool).await?;
                 Backend::Postgres(pool)
             }

@@ -39,6 +39,27 @@ on_both_backends!(
 
 const T0: u64 = 1_800_000_000;
 
+/// A PostgreSQL URL nobody answers: the pool only knows it timed out; the error names the
+/// cause instead.
+#[tokio::test]
+async fn an_unreachable_postgres_server_is_reported_with_the_cause() {
+    // A port that was free a moment ago: nothing listens there.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let opts = StoreOptions {
+        busy_timeout: std::time::Duration::from_millis(300),
+        ..StoreOptions::default()
+    };
+    let url = format!("postgres://nobody@127.0.0.1:{port}/none");
+    let err = Store::open_with(&url, key(9), &opts).await.unwrap_err();
+    let msg = err.to_string();
+    assert!(msg.contains("Connection refused"), "{msg}");
+    assert!(!msg.contains("pool timed out"), "{msg}");
+}
+
 fn group_spec(name: &str, idg: &str) -> GroupSpec {
     GroupSpec {
         name: name.into(),
@@ -442,7 +463,7 @@ async fn psk_ciphertext_cannot_move_between_rows(db: &TestDb) {
 
 async fn bad_sql_edits_fail_with_clear_errors(db: &TestDb) {
     let store = db.open(key(3)).await;
-    let (g, m, _) = fixture(&store, Some(8)).await;
+    let (g, m, p) = fixture(&store, Some(8)).await;
 
     // A role outside the allowed set.
     let err = store
@@ -565,6 +586,27 @@ async fn bad_sql_edits_fail_with_clear_errors(db: &TestDb) {
             ),
             "{err}"
         );
+        // ..and by row, so that the edit can be found.
+        assert!(
+            err.to_string().starts_with(&format!(
+                "invalid stored value in tek_policies.src_addr_start of TEK policy {} (group id {}): ",
+                p.0, g.0
+            )),
+            "{err}"
+        );
+        store
+            .execute_admin_sql("UPDATE groups SET rekey_dst_addr = '239.0.0.999'")
+            .await
+            .unwrap();
+        let err = store.groups().await.unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "invalid stored value in groups.rekey_dst_addr of group \"media\" (id {}): \
+                 \"239.0.0.999\" is not an IP address",
+                g.0
+            )
+        );
     } else {
         assert!(
             store
@@ -655,6 +697,16 @@ async fn api_refuses_invalid_specs(db: &TestDb) {
         store.create_group(&s, T0).await,
         Err(StoreError::Invalid { .. })
     ));
+    // RFC 9838 4.4.2: GSA_REKEY comes from one unicast address of the GCKS.
+    let mut s = group_spec("x", "x.example");
+    s.rekey.src_addr = Some("239.1.1.1".parse().unwrap());
+    assert!(matches!(
+        store.create_group(&s, T0).await,
+        Err(StoreError::Invalid {
+            what: "rekey source",
+            ..
+        })
+    ));
     let mut s = group_spec("x", "x.example");
     s.capacity = 0;
     assert!(store.create_group(&s, T0).await.is_err());
@@ -688,6 +740,18 @@ async fn api_refuses_invalid_specs(db: &TestDb) {
     let mut t = tek_spec();
     t.encr_key_bits = Some(100);
     assert!(store.add_tek_policy(g, &t).await.is_err());
+    // RFC 9838 4.4.2.1.3: 64-bit sequence numbers MUST NOT be used for a multicast
+    // Data-Security SA; a unicast destination may have them.
+    let mut t = tek_spec();
+    t.sn = SnPolicy::Fixed(SnId::Seq64PartiallyTransmitted);
+    let err = store.add_tek_policy(g, &t).await.unwrap_err();
+    assert!(
+        matches!(err, StoreError::Invalid { what: "TEK SN", .. })
+            && err.to_string().contains("RFC 9838 4.4.2.1.3"),
+        "{err}"
+    );
+    t.dst = Selector::host_port(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 9)), 5004);
+    store.add_tek_policy(g, &t).await.unwrap();
     // Suites the crypto layer cannot run are refused when configured, not at registration.
     let mut t = tek_spec();
     t.integ = Some(IntegId::HmacSha2_256_128);

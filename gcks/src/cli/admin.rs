@@ -5,11 +5,11 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use gikev2_policy::{
-    GroupSpec, GroupWidePolicy, Identity, MasterKey, NewCredential, RekeyConfig, RekeyMode, Store,
-    TekPolicySpec, TekProtocol, scheme_as_db,
+    GroupSpec, GroupWidePolicy, Identity, MasterKey, NewCredential, RekeyConfig, RekeyMode,
+    SnPolicy, Store, TekPolicySpec, TekProtocol, scheme_as_db,
 };
 use gikev2_proto::crypto::{EncrAlg, SecretBytes, SigningKey, SystemRandom};
-use gikev2_proto::registry::GcAuthId;
+use gikev2_proto::registry::{GcAuthId, SnId};
 use gikev2_proto::wire::gsa::is_counter_mode;
 
 use super::names::{self, show_identity};
@@ -19,14 +19,50 @@ use super::{
 };
 use gikev2_gcks::registrar::unix_now;
 
+/// The file of a `sqlite://PATH?..` URL.
+fn sqlite_path(url: &str) -> Option<&Path> {
+    let rest = url.strip_prefix("sqlite://")?;
+    let path = rest.split('?').next().unwrap_or_default();
+    (!path.is_empty()).then(|| Path::new(path))
+}
+
 /// Opens (creating if needed) the store and its master key.
 pub async fn open_store(url: &str, key_path: &Path) -> Result<Store, String> {
+    // SQLite creates the file, not its directory; say which before creating a master key
+    // next to nothing (SQLite itself only says "unable to open database file").
+    let new_sqlite = sqlite_path(url).filter(|p| !p.exists());
+    if let Some(p) = new_sqlite {
+        let dir = match p.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        if !dir.is_dir() {
+            return Err(format!(
+                "--db {}: the directory {} does not exist (gcks creates the database file, \
+                 not its directory)",
+                p.display(),
+                dir.display()
+            ));
+        }
+    }
     let mut rng = SystemRandom::new();
     let key = MasterKey::load_or_create(key_path, &mut rng)
         .map_err(|e| format!("--master-key {}: {e}", key_path.display()))?;
     Store::open(url, key)
         .await
-        .map_err(|e| format!("--db {}: {e}", redacted(url)))
+        .map_err(|e| match (e, new_sqlite) {
+            (gikev2_policy::StoreError::WrongMasterKey, _) => format!(
+                "--master-key {}: not the key this database was created with (--db {}); give \
+             the database's own key file",
+                key_path.display(),
+                redacted(url)
+            ),
+            (e, Some(p)) if !p.exists() => format!(
+                "--db {}: cannot create the database file ({e}); is its directory writable?",
+                p.display()
+            ),
+            (e, _) => format!("--db {}: {e}", redacted(url)),
+        })
 }
 
 fn err(e: gikev2_policy::StoreError) -> String {
@@ -95,6 +131,16 @@ async fn group_create(store: &Store, a: GroupCreateArgs) -> Result<String, Strin
     {
         return Err(format!(
             "--rekey-src: {s} is not of --rekey-dst's address family ({d})"
+        ));
+    }
+    // RFC 9838 4.4.2: the source selector names the one address GSA_REKEY messages
+    // come from, a unicast address of the GCKS.
+    if let Some(s) = src_addr
+        && (s.is_multicast() || s.is_unspecified())
+    {
+        return Err(format!(
+            "--rekey-src: {s} is not a unicast address (GSA_REKEY comes from an address of \
+             the GCKS; leave it out to use the one `gcks serve` sends from)"
         ));
     }
     if src_addr.is_some() && mode != RekeyMode::Multicast {
@@ -172,6 +218,13 @@ async fn group_create(store: &Store, a: GroupCreateArgs) -> Result<String, Strin
             require_pq_ike: a.require_pq_ike,
         },
     };
+    // The store checks the suite too; here the flag is named.
+    spec.rekey.suite().map_err(|e| match e {
+        gikev2_policy::StoreError::Invalid { reason, .. } => {
+            format!("--rekey-cipher {}: {reason}", a.rekey_cipher)
+        }
+        other => other.to_string(),
+    })?;
     let id = store
         .create_group(&spec, unix_now())
         .await
@@ -205,12 +258,19 @@ async fn group_create(store: &Store, a: GroupCreateArgs) -> Result<String, Strin
 }
 
 async fn group_list(store: &Store) -> Result<String, String> {
-    let groups = store.groups().await.map_err(err)?;
+    let groups = store.group_rows().await.map_err(err)?;
     if groups.is_empty() {
         return Ok("no groups (gcks group create NAME ...)".into());
     }
     let mut out = String::new();
-    for g in groups {
+    for (id, g) in groups {
+        let g = match g {
+            Ok(g) => g,
+            Err(e) => {
+                let _ = writeln!(out, "group id {id}: unreadable: {e}");
+                continue;
+            }
+        };
         let s = &g.spec;
         let teks = store.tek_policies(g.id).await.map_err(err)?;
         let members = store.member_count(g.id).await.map_err(err)?;
@@ -305,6 +365,15 @@ async fn add_tek(store: &Store, a: AddTekArgs) -> Result<String, String> {
         mode,
         max_packet_rate: names::max_packet_rate(a.max_packet_rate)?,
     };
+    // RFC 9838 4.4.2.1.3 (the store refuses it too; here the flag is named).
+    if spec.sn == SnPolicy::Fixed(SnId::Seq64PartiallyTransmitted) && dst.is_multicast() {
+        return Err(format!(
+            "--sn: seq64 (Partially Transmitted 64-bit Sequential Numbers) MUST NOT be used \
+             for a multicast destination such as {} (RFC 9838 4.4.2.1.3): use auto, seq32 or \
+             unspecified",
+            a.dst
+        ));
+    }
     let id = store.add_tek_policy(g.id, &spec).await.map_err(err)?;
     Ok(format!(
         "added TEK policy {id} to {}: {} -> {} {} SN {} {}",
@@ -534,10 +603,24 @@ pub async fn signing_key(store: &Store, cmd: SigningKeyCommand) -> Result<String
 pub async fn status(store: &Store, a: StatusArgs) -> Result<String, String> {
     let now = unix_now();
     let mut out = String::new();
-    let _ = writeln!(out, "store: {:?}", store.kind());
-    let groups = store.groups().await.map_err(err)?;
+    let _ = writeln!(
+        out,
+        "store: {}",
+        match store.kind() {
+            gikev2_policy::BackendKind::Sqlite => "SQLite",
+            gikev2_policy::BackendKind::Postgres => "PostgreSQL",
+        }
+    );
+    let groups = store.group_rows().await.map_err(err)?;
     let _ = writeln!(out, "groups: {}", groups.len());
-    for g in &groups {
+    for (id, g) in &groups {
+        let g = match g {
+            Ok(g) => g,
+            Err(e) => {
+                let _ = writeln!(out, "  group id {id}: unreadable: {e}");
+                continue;
+            }
+        };
         let s = &g.spec;
         let members = store.member_count(g.id).await.map_err(err)?;
         let sids = store.sender_ids(g.id).await.map_err(err)?;

@@ -131,7 +131,7 @@ pub fn run() -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     let store = Arc::new(rt.block_on(open_store(&url, &key_path))?);
     rt.block_on(provision(&store))?;
-    println!(
+    gikev2_member::outln!(
         "gcks demo: SQLite store in {} with group {GROUP} (AES-GCM-256 TEK, signed GSA_REKEY), 4 members",
         dir.0.display()
     );
@@ -157,7 +157,7 @@ pub fn run() -> Result<(), String> {
         let server = Server::bind(ike, cfg, StoreRegistrar::new(store.clone()))
             .map_err(|e| e.to_string())?;
         let gcks = *server.local_addrs().first().ok_or("no socket")?;
-        println!("gcks listening on {gcks} (UDP, loopback)");
+        gikev2_member::outln!("gcks listening on {gcks} (UDP, loopback)");
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(server.run(async {
             let _ = stopped.await;
@@ -170,9 +170,9 @@ pub fn run() -> Result<(), String> {
     let audit = rt
         .block_on(store.audit_events(10))
         .map_err(|e| e.to_string())?;
-    println!("audit log ({} events, newest first):", audit.len());
+    gikev2_member::outln!("audit log ({} events, newest first):", audit.len());
     for r in audit {
-        println!(
+        gikev2_member::outln!(
             "  {:<10} {:<16} {}",
             r.event.outcome.to_string(),
             r.event
@@ -215,7 +215,7 @@ async fn members(gcks: std::net::SocketAddr) -> Result<(), String> {
             .iter()
             .map(|t| format!("{:#010x}", t.spi))
             .collect();
-        println!(
+        gikev2_member::outln!(
             "member {name:<15} registered: {}, TEK SPI {}, Rekey SA {}, Sender-IDs {:?}",
             if sender { "sender  " } else { "receiver" },
             spis.join(","),
@@ -241,7 +241,7 @@ async fn members(gcks: std::net::SocketAddr) -> Result<(), String> {
     );
     match &refused {
         Err(JoinError::Refused(n)) => {
-            println!(
+            gikev2_member::outln!(
                 "member {:<15} refused: {n} (not authorized for {GROUP})",
                 "intruder.demo"
             )
@@ -251,7 +251,7 @@ async fn members(gcks: std::net::SocketAddr) -> Result<(), String> {
     }
     let identical =
         held.windows(2).all(|w| w[0] == w[1]) && held.first().is_some_and(|k| !k.is_empty());
-    println!(
+    gikev2_member::outln!(
         "3 members registered in {:.1} ms; all hold the same TEK and Rekey SA keys: {identical}",
         start.elapsed().as_secs_f64() * 1e3
     );

@@ -88,8 +88,9 @@ pub fn load_private_key(
         }
     }
     Err(format!(
-        "{flag} {}: not a PKCS#8 Ed25519, ECDSA P-256, RSA or ML-DSA private key",
-        path.display()
+        "{flag} {}: not a PKCS#8 Ed25519, ECDSA P-256, RSA or ML-DSA private key{}",
+        path.display(),
+        gikev2_member::config::private_key_format_hint(&bytes)
     ))
 }
 

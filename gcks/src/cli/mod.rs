@@ -76,8 +76,8 @@ pub struct GroupCreateArgs {
     /// The group identity members send in IDg (ID_KEY_ID of this text).
     #[arg(long)]
     pub idg: Option<String>,
-    /// Most members at once.
-    #[arg(long, default_value_t = 100)]
+    /// Most members at once (at least 1).
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
     pub capacity: u32,
     /// How the group is rekeyed: multicast GSA_REKEY, inband (GSA_INBAND_REKEY over each
     /// member's IKE SA) or none.
@@ -94,14 +94,14 @@ pub struct GroupCreateArgs {
     /// socket they leave from, 848 when it listens there).
     #[arg(long, value_name = "PORT")]
     pub rekey_src_port: Option<u16>,
-    /// Rekey SA cipher (see `names` in the docs): aes-gcm-256, aes-cbc-256+sha256, ...
+    /// Rekey SA cipher: aes-gcm-128|192|256, chacha20-poly1305, aes-cbc-128|192|256+sha256|sha384|sha512
     #[arg(long, default_value = "aes-gcm-256")]
     pub rekey_cipher: String,
     /// Key wrap algorithm key size: 128, 192 or 256 (KW_5649).
     #[arg(long, default_value_t = 256)]
     pub kwa: u16,
-    /// Rekey SA lifetime in seconds.
-    #[arg(long, default_value_t = 86_400)]
+    /// Rekey SA lifetime in seconds (at least 1).
+    #[arg(long, default_value_t = 86_400, value_parser = clap::value_parser!(u32).range(1..))]
     pub rekey_lifetime: u32,
     /// Sign GSA_REKEY messages with this key (`gcks signing-key generate`); a multicast
     /// group needs one unless --implicit-auth is given (RFC 9838 2.4.1).
@@ -112,8 +112,8 @@ pub struct GroupCreateArgs {
     /// small group of trusted members).
     #[arg(long, conflicts_with = "signing_key")]
     pub implicit_auth: bool,
-    /// Data-Security SA lifetime in seconds.
-    #[arg(long, default_value_t = 3_600)]
+    /// Data-Security SA lifetime in seconds (at least 1).
+    #[arg(long, default_value_t = 3_600, value_parser = clap::value_parser!(u32).range(1..))]
     pub tek_lifetime: u32,
     /// GWP_ATD: seconds senders wait before using new SAs.
     #[arg(long)]
@@ -122,10 +122,10 @@ pub struct GroupCreateArgs {
     #[arg(long)]
     pub dtd: Option<u16>,
     /// GWP_SENDER_ID_BITS (1..=32): needed for counter-mode TEKs with senders.
-    #[arg(long)]
+    #[arg(long, value_parser = clap::value_parser!(u8).range(1..=32))]
     pub sender_id_bits: Option<u8>,
-    /// Most Sender-IDs one registration gets.
-    #[arg(long, default_value_t = 16)]
+    /// Most Sender-IDs one registration gets (1..=1024).
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub max_sender_ids: u16,
     /// Forward access control (RFC 9838 3.2.1, multicast rekey): when a member leaves or
     /// loses its authorization, exclude every member and replace the group's SAs, so the
@@ -254,6 +254,7 @@ pub struct AuthorizeArgs {
 pub enum SigningKeyCommand {
     /// Generate a key in the store.
     Generate {
+        /// The key's name, for `gcks group create --signing-key NAME`.
         name: String,
         /// ed25519, ecdsa-p256-sha256, ml-dsa-44, ml-dsa-65, ml-dsa-87.
         #[arg(long, default_value = "ed25519")]

@@ -10,7 +10,7 @@ use gikev2_gcks::credentials::{CacheConfig, CredentialCache, StoreLoader};
 use gikev2_gcks::{
     InbandScheduler, RekeyScheduler, RekeySchedulerConfig, ServeConfig, Server, StoreRegistrar,
 };
-use gikev2_proto::crypto::IkeSuite;
+use gikev2_proto::crypto::{IkeSuite, PublicKey};
 use gikev2_proto::ike::{EndpointConfig, IkeConfig, LocalAuth, PeerAuthResolver};
 use gikev2_proto::registry::{EncrId, KeId, KwaId, PrfId, TransformType};
 use gikev2_proto::wire::{IdPayload, Transform};
@@ -221,6 +221,21 @@ fn local_auth(a: &ServeArgs) -> Result<(LocalAuth, &'static str), String> {
                 .map(|c| files::load_certs("--cert", c))
                 .transpose()?
                 .unwrap_or_default();
+            // A certificate for another key makes every member refuse our AUTH (RFC
+            // 7296 2.15: the signature must verify under the end entity's key); say so
+            // now rather than per member.
+            if let (Some(ee), Some(c)) = (certs.first(), a.cert.as_deref()) {
+                let cert_key = PublicKey::from_certificate(ee)
+                    .map_err(|e| format!("--cert {}: the first certificate: {e}", c.display()))?;
+                if cert_key != key.public_key() {
+                    return Err(format!(
+                        "--cert {}: the first certificate is not for the key in --key {} \
+                         (the chain must start with the GCKS's own certificate)",
+                        c.display(),
+                        k.display()
+                    ));
+                }
+            }
             let kind = if certs.is_empty() {
                 "raw public key"
             } else {
@@ -339,7 +354,7 @@ pub fn run(url: String, key_path: PathBuf, a: ServeArgs) -> Result<(), String> {
             "gcks serving"
         );
         // One line on stdout for people and scripts: the server is ready.
-        println!(
+        gikev2_member::outln!(
             "gcks: serving on {} as {id_text} ({auth_kind}); store {} ({loaded} member credentials)",
             addrs.join(", "),
             redacted(&url)
