@@ -448,6 +448,40 @@ fn gsa_auth_registers_and_member_receives_exactly_what_gcks_sent() {
     assert_eq!(asked, Some((request(Some(2)), member_id())));
 }
 
+/// RFC 7296 2.21.2: a member that cannot authenticate the GCKS (here: not the identity
+/// it expects) tells it with AUTHENTICATION_FAILED in an INFORMATIONAL exchange, so the
+/// GCKS, which had already admitted it, closes the IKE SA knowing why.
+#[test]
+fn a_member_refusing_the_gcks_tells_it_with_authentication_failed() {
+    let (mut m, g) = psk_configs("s3cret", "s3cret", vec![suite(KeId::Curve25519, None)]);
+    m.remote_id = Some(IdPayload::fqdn("another-gcks.example").unwrap());
+    let mut p = Pair::new(m, g, Goal::GsaAuth(request(None)));
+    p.drive();
+    assert!(registered(&p.member_events).is_empty());
+    assert!(
+        p.member_events
+            .contains(&Event::Closed(CloseReason::AuthenticationFailed))
+    );
+    // The GCKS had decided (and answered) before the member refused it.
+    assert!(
+        p.gcks_events
+            .iter()
+            .any(|e| matches!(e, Event::RegistrationRequested { .. }))
+    );
+    assert!(
+        p.gcks_events
+            .contains(&Event::Closed(CloseReason::PeerError(
+                NotifyType::AuthenticationFailed
+            )))
+    );
+    assert!(p.gcks().is_closed());
+    let info = exchanges(&p.to_gcks)
+        .into_iter()
+        .filter(|e| *e == ExchangeType::Informational)
+        .count();
+    assert_eq!(info, 1, "one INFORMATIONAL request from the member");
+}
+
 #[test]
 fn wrong_psk_fails_authentication_on_both_sides() {
     let (m, g) = psk_configs(

@@ -1413,7 +1413,20 @@ impl IkeSa {
                     .iter()
                     .any(|p| matches!(p, Payload::Delete(d) if d.protocol == ProtocolId::Ike));
                 self.send_response(header.exchange, header.message_id, &[], rng);
-                if deleted {
+                let refused = opened
+                    .payloads
+                    .notifies()
+                    .any(|n| n.ty == NotifyType::AuthenticationFailed);
+                if refused && !deleted {
+                    // RFC 7296 2.21.2: the initiator could not authenticate us and tells
+                    // us so in an INFORMATIONAL exchange; it has dropped the IKE SA.
+                    warn!(
+                        peer = ?self.peer_id,
+                        "the peer refused our authentication (AUTHENTICATION_FAILED): it \
+                         cannot verify our credential or identity"
+                    );
+                    self.close(CloseReason::PeerError(NotifyType::AuthenticationFailed));
+                } else if deleted {
                     if let Some(new) = self.peer_rekey.take() {
                         // RFC 7296 2.8.2: the peer did not see our simultaneous rekey and
                         // deletes the old IKE SA; ours is forgotten, its one stays.
@@ -2151,7 +2164,7 @@ impl IkeSa {
             && expected != &idr
         {
             warn!("responder identity differs from the configured one");
-            self.close(CloseReason::AuthenticationFailed);
+            self.refuse_responder(now, rng);
             return;
         }
         // RFC 8784 3: PPK_IDENTITY in the response (its content ignored) means the
@@ -2163,16 +2176,7 @@ impl IkeSa {
                 self.ppk_used = true;
             } else if self.config.ppk.as_ref().is_none_or(|k| k.mandatory) {
                 warn!("responder did not use our mandatory PPK (RFC 8784 3)");
-                self.send_request(
-                    ExchangeType::Informational,
-                    Purpose::Delete,
-                    &[Payload::Notify(NotifyPayload::error(
-                        NotifyType::AuthenticationFailed,
-                    ))],
-                    now,
-                    rng,
-                );
-                self.close(CloseReason::AuthenticationFailed);
+                self.refuse_responder(now, rng);
                 return;
             } else {
                 info!("responder did not use the PPK; continuing without (RFC 8784 3)");
@@ -2186,7 +2190,7 @@ impl IkeSa {
         };
         if let Err(e) = verified {
             warn!(error = %e, "responder AUTH did not verify");
-            self.close(CloseReason::AuthenticationFailed);
+            self.refuse_responder(now, rng);
             return;
         }
         self.peer_id = Some(idr.clone());
@@ -3127,6 +3131,22 @@ impl IkeSa {
             timer: RetransmitTimer::start(self.config.retransmit, now),
             command: None,
         });
+    }
+
+    /// Initiator: the responder's authentication failed. RFC 7296 2.21.2: "the
+    /// notification MAY be returned in a separate INFORMATIONAL exchange", so that the
+    /// GCKS, which admitted us already, learns why we are gone; then the SA closes.
+    fn refuse_responder(&mut self, now: Instant, rng: &mut dyn Random) {
+        self.send_request(
+            ExchangeType::Informational,
+            Purpose::Delete,
+            &[Payload::Notify(NotifyPayload::error(
+                NotifyType::AuthenticationFailed,
+            ))],
+            now,
+            rng,
+        );
+        self.close(CloseReason::AuthenticationFailed);
     }
 
     fn send_response(
