@@ -264,7 +264,7 @@ fn errors_name_the_argument_at_fault() {
                 "--ike-lifetime",
                 "3000",
             ],
-            "--ike-lifetime: 3000 s must be more than --ike-rekey-time (3600 s)",
+            "--ike-lifetime: 3000 s must be more than the rekey time (3600 s)",
         ),
         (
             &[
@@ -274,7 +274,7 @@ fn errors_name_the_argument_at_fault() {
                 "--ike-rekey-jitter",
                 "600",
             ],
-            "--ike-rekey-jitter: 600 s must be less than --ike-rekey-time (600 s)",
+            "--ike-rekey-jitter: 600 s must be less than the rekey time (600 s)",
         ),
         (
             &[

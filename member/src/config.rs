@@ -14,7 +14,9 @@ use base64::Engine as _;
 use gikev2_proto::crypto::PublicKey;
 use gikev2_proto::crypto::{IkeSuite, SecretBytes, SignatureScheme, SigningKey};
 use gikev2_proto::ike::x509::CertificateResolver;
-use gikev2_proto::ike::{IkeConfig, LocalAuth, LocalPpk, PeerAuth, PeerAuthResolver, SinglePeer};
+use gikev2_proto::ike::{
+    IkeConfig, IkeLifetimes, LocalAuth, LocalPpk, PeerAuth, PeerAuthResolver, SinglePeer,
+};
 use gikev2_proto::registry::{EncrId, KeId, KwaId, PrfId, TransformType};
 use gikev2_proto::wire::{IdPayload, Transform};
 use serde::{Deserialize, Serialize};
@@ -79,6 +81,28 @@ pub struct JoinArgs {
     /// Offer X25519 + ML-KEM-768 (RFC 9370) first.
     #[serde(default)]
     pub ml_kem: bool,
+    /// Seconds before the member rekeys its IKE SA (RFC 7296 2.8); 0 never. Default 4 h
+    /// (`IkeLifetimes::from_secs`).
+    #[serde(default)]
+    pub ike_rekey_time: Option<u64>,
+    /// Largest random part taken off `ike_rekey_time`. Default a tenth of it.
+    #[serde(default)]
+    pub ike_rekey_jitter: Option<u64>,
+    /// Seconds before an IKE SA no rekey replaced is deleted; 0 no limit. Default
+    /// `ike_rekey_time` plus a tenth.
+    #[serde(default)]
+    pub ike_lifetime: Option<u64>,
+}
+
+/// The IKE SA lifetimes of a membership (RFC 7296 2.8), checked against each other.
+fn ike_lifetimes(a: &JoinArgs) -> Result<IkeLifetimes, ConfigError> {
+    IkeLifetimes::from_secs(a.ike_rekey_time, a.ike_rekey_jitter, a.ike_lifetime).map_err(|e| {
+        let field = match e.field() {
+            "rekey_jitter" => "ike_rekey_jitter",
+            _ => "ike_lifetime",
+        };
+        bad(field, e.to_string())
+    })
 }
 
 /// A configuration error, naming the field (flag) at fault.
@@ -487,6 +511,7 @@ impl JoinArgs {
             default_suites()
         };
         let mut ike = IkeConfig::new(suites, local_id, local_auth, peer_auth);
+        ike.set_lifetimes(ike_lifetimes(self)?);
         ike.remote_id = remote_id;
         ike.ppk = load_ppk(self)?;
         Ok(MembershipConfig {
@@ -535,6 +560,57 @@ mod tests {
         let mut a = args();
         a.cert = Some("/x".into());
         assert_eq!(a.load().unwrap_err().field, "cert");
+    }
+
+    /// RFC 7296 2.8 lifetimes: strongSwan's defaults, 0 turning a limit off, and a
+    /// lifetime not above the rekey time or a jitter not below it refused by name.
+    #[test]
+    fn ike_sa_lifetimes() {
+        use std::time::Duration;
+        let dir = std::env::temp_dir().join(format!("gm-ike-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let psk = dir.join("psk");
+        std::fs::write(&psk, b"a psk").unwrap();
+        let mut a = args();
+        a.psk_file = Some(psk);
+        let ike = a.load().unwrap().ike;
+        assert_eq!(
+            (ike.rekey_after, ike.rekey_jitter, ike.lifetime),
+            (
+                Some(Duration::from_secs(14400)),
+                Duration::from_secs(1440),
+                Some(Duration::from_secs(15840))
+            )
+        );
+        let mut b = a.clone();
+        (b.ike_rekey_time, b.ike_rekey_jitter, b.ike_lifetime) = (Some(600), Some(60), Some(0));
+        let ike = b.load().unwrap().ike;
+        assert_eq!(
+            (ike.rekey_after, ike.rekey_jitter, ike.lifetime),
+            (
+                Some(Duration::from_secs(600)),
+                Duration::from_secs(60),
+                None
+            )
+        );
+        let mut b = a.clone();
+        (b.ike_rekey_time, b.ike_lifetime) = (Some(0), Some(100));
+        assert_eq!(b.load().unwrap().ike.rekey_after, None);
+        // Only the rekey time: the jitter and the hard limit follow it.
+        let mut b = a.clone();
+        b.ike_rekey_time = Some(60);
+        let ike = b.load().unwrap().ike;
+        assert_eq!(
+            (ike.rekey_jitter, ike.lifetime),
+            (Duration::from_secs(6), Some(Duration::from_secs(66)))
+        );
+        let mut b = a.clone();
+        (b.ike_rekey_time, b.ike_lifetime) = (Some(3600), Some(3600));
+        assert_eq!(b.load().unwrap_err().field, "ike_lifetime");
+        let mut b = a.clone();
+        (b.ike_rekey_time, b.ike_rekey_jitter) = (Some(600), Some(600));
+        assert_eq!(b.load().unwrap_err().field, "ike_rekey_jitter");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     /// RFC 8784: `--ppk-file` and `--ppk-id` go together, a PPK is at least 32 octets, and

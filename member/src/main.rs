@@ -204,6 +204,19 @@ struct JoinCli {
     /// --require-pq-ike need it).
     #[arg(long)]
     ml_kem: bool,
+    /// Seconds after which the member rekeys a registration IKE SA it keeps (in-band
+    /// groups, groups without a Rekey SA) with CREATE_CHILD_SA (RFC 7296 2.8), less a
+    /// random part of --ike-rekey-jitter; 0: the member never starts one. Default 14400
+    /// (4 h).
+    #[arg(long, value_name = "SECS")]
+    ike_rekey_time: Option<u64>,
+    /// Largest random number of seconds taken off --ike-rekey-time. Default a tenth of it.
+    #[arg(long, value_name = "SECS")]
+    ike_rekey_jitter: Option<u64>,
+    /// Seconds after which an IKE SA no rekey replaced is deleted; 0: no limit. Default
+    /// --ike-rekey-time plus a tenth.
+    #[arg(long, value_name = "SECS")]
+    ike_lifetime: Option<u64>,
     /// Run this membership here, without a daemon, until interrupted.
     #[arg(long)]
     foreground: bool,
@@ -251,6 +264,9 @@ impl JoinCli {
             ppk_id: self.ppk_id.clone(),
             ppk_required: self.ppk_required,
             ml_kem: self.ml_kem,
+            ike_rekey_time: self.ike_rekey_time,
+            ike_rekey_jitter: self.ike_rekey_jitter,
+            ike_lifetime: self.ike_lifetime,
         }
     }
 }

@@ -11,7 +11,7 @@ use gikev2_gcks::{
     InbandScheduler, RekeyScheduler, RekeySchedulerConfig, ServeConfig, Server, StoreRegistrar,
 };
 use gikev2_proto::crypto::{IkeSuite, PublicKey};
-use gikev2_proto::ike::{EndpointConfig, IkeConfig, LocalAuth, PeerAuthResolver};
+use gikev2_proto::ike::{EndpointConfig, IkeConfig, IkeLifetimes, LocalAuth, PeerAuthResolver};
 use gikev2_proto::registry::{EncrId, KeId, KwaId, PrfId, TransformType};
 use gikev2_proto::wire::{IdPayload, Transform};
 use tracing::{info, warn};
@@ -92,45 +92,23 @@ pub struct ServeArgs {
     /// Seconds after which the GCKS rekeys an IKE SA it keeps (in-band groups) with
     /// CREATE_CHILD_SA (RFC 7296 2.8; GSK_w follows, RFC 9838 3.1.1), less a random part
     /// of --ike-rekey-jitter; 0: the GCKS never starts one (the member still may).
-    #[arg(long, default_value_t = 4 * 3600, value_name = "SECS")]
-    pub ike_rekey_time: u64,
+    /// Default 14400 (4 h).
+    #[arg(long, value_name = "SECS")]
+    pub ike_rekey_time: Option<u64>,
     /// Largest random number of seconds taken off --ike-rekey-time, so that the two ends
-    /// do not rekey together (strongSwan's rand_time).
-    #[arg(long, default_value_t = 24 * 60, value_name = "SECS")]
-    pub ike_rekey_jitter: u64,
+    /// do not rekey together (strongSwan's rand_time). Default a tenth of it.
+    #[arg(long, value_name = "SECS")]
+    pub ike_rekey_jitter: Option<u64>,
     /// Seconds after which an IKE SA that no rekey replaced is deleted (strongSwan's
-    /// rekey_time + over_time); 0: no hard limit.
-    #[arg(long, default_value_t = 4 * 3600 + 24 * 60, value_name = "SECS")]
-    pub ike_lifetime: u64,
+    /// rekey_time + over_time); 0: no hard limit. Default --ike-rekey-time plus a tenth.
+    #[arg(long, value_name = "SECS")]
+    pub ike_lifetime: Option<u64>,
 }
 
-/// The IKE SA lifetimes of `gcks serve` (RFC 7296 2.8): when to rekey, by how much to
-/// vary it, and the hard limit, checked against each other.
-pub fn ike_lifetimes(
-    a: &ServeArgs,
-) -> Result<(Option<Duration>, Duration, Option<Duration>), String> {
-    let secs = |s: u64| (s > 0).then(|| Duration::from_secs(s));
-    let (rekey, jitter, hard) = (
-        secs(a.ike_rekey_time),
-        Duration::from_secs(a.ike_rekey_jitter),
-        secs(a.ike_lifetime),
-    );
-    if let Some(r) = rekey {
-        if jitter >= r {
-            return Err(format!(
-                "--ike-rekey-jitter: {} s must be less than --ike-rekey-time ({} s)",
-                a.ike_rekey_jitter, a.ike_rekey_time
-            ));
-        }
-        if hard.is_some_and(|h| h <= r) {
-            return Err(format!(
-                "--ike-lifetime: {} s must be more than --ike-rekey-time ({} s), or the IKE SA \
-                 is deleted before it is rekeyed",
-                a.ike_lifetime, a.ike_rekey_time
-            ));
-        }
-    }
-    Ok((rekey, jitter, hard))
+/// The IKE SA lifetimes of `gcks serve` (RFC 7296 2.8), checked against each other.
+pub fn ike_lifetimes(a: &ServeArgs) -> Result<IkeLifetimes, String> {
+    IkeLifetimes::from_secs(a.ike_rekey_time, a.ike_rekey_jitter, a.ike_lifetime)
+        .map_err(|e| format!("--ike-{}: {e}", e.field().replace('_', "-")))
 }
 
 /// The IKE SA suites the GCKS accepts, in preference order (RFC 8247; the KWA is
@@ -256,7 +234,7 @@ fn local_auth(a: &ServeArgs) -> Result<(LocalAuth, &'static str), String> {
 /// Runs the server until SIGINT or SIGTERM.
 pub fn run(url: String, key_path: PathBuf, a: ServeArgs) -> Result<(), String> {
     init_logging(&a.log)?;
-    let (rekey_after, rekey_jitter, lifetime) = ike_lifetimes(&a)?;
+    let lifetimes = ike_lifetimes(&a)?;
     let (auth, auth_kind) = local_auth(&a)?;
     let id_text = a.id.clone().unwrap_or_else(host_id);
     let id: IdPayload = gikev2_member::config::parse_id("id", &id_text)
@@ -298,7 +276,7 @@ pub fn run(url: String, key_path: PathBuf, a: ServeArgs) -> Result<(), String> {
         .map_err(|e| format!("loading member credentials: {e}"))?;
     let resolver: Arc<dyn PeerAuthResolver> = cache.clone();
     let mut ike = IkeConfig::new(suites(), id, auth, resolver);
-    (ike.rekey_after, ike.rekey_jitter, ike.lifetime) = (rekey_after, rekey_jitter, lifetime);
+    ike.set_lifetimes(lifetimes);
     // Members' PPKs (RFC 8784) from the same cache: USE_PPK is answered, the PPK_ID
     // looked up in the member's row (`gcks member set-ppk`).
     ike.ppk_resolver = Some(cache.clone());

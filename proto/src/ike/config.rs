@@ -236,11 +236,129 @@ impl IkeConfig {
             half_open_timeout: Duration::from_secs(30),
             ppk: None,
             ppk_resolver: None,
-            // strongSwan's IKE SA defaults: rekey_time 4 h, over_time and rand_time 10 %
-            // of it.
-            rekey_after: Some(Duration::from_secs(4 * 3600)),
-            rekey_jitter: Duration::from_secs(24 * 60),
-            lifetime: Some(Duration::from_secs(4 * 3600 + 24 * 60)),
+            rekey_after: IkeLifetimes::DEFAULT.rekey_after,
+            rekey_jitter: IkeLifetimes::DEFAULT.rekey_jitter,
+            lifetime: IkeLifetimes::DEFAULT.lifetime,
         }
+    }
+
+    /// Sets the IKE SA's rekey time, jitter and hard lifetime.
+    pub fn set_lifetimes(&mut self, l: IkeLifetimes) {
+        (self.rekey_after, self.rekey_jitter, self.lifetime) =
+            (l.rekey_after, l.rekey_jitter, l.lifetime);
+    }
+}
+
+/// When an IKE SA is rekeyed and when it ends without a rekey (RFC 7296 2.8), as
+/// strongSwan sets them: `rekey_time` (4 h), `rand_time` and `over_time` (10 % of the
+/// rekey time each), the hard limit being `rekey_time + over_time`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IkeLifetimes {
+    /// [`IkeConfig::rekey_after`]: `None` never starts a rekey.
+    pub rekey_after: Option<Duration>,
+    /// [`IkeConfig::rekey_jitter`].
+    pub rekey_jitter: Duration,
+    /// [`IkeConfig::lifetime`]: `None` has no hard limit.
+    pub lifetime: Option<Duration>,
+}
+
+/// An operator's lifetimes that contradict each other; [`LifetimeError::field`] names the
+/// one to change.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LifetimeError {
+    #[error("{jitter} s must be less than the rekey time ({rekey} s)")]
+    JitterNotBelowRekey { jitter: u64, rekey: u64 },
+    #[error(
+        "{lifetime} s must be more than the rekey time ({rekey} s), or the IKE SA is deleted before it is rekeyed"
+    )]
+    LifetimeNotAboveRekey { lifetime: u64, rekey: u64 },
+}
+
+impl LifetimeError {
+    /// `"rekey_jitter"` or `"lifetime"`.
+    pub fn field(&self) -> &'static str {
+        match self {
+            Self::JitterNotBelowRekey { .. } => "rekey_jitter",
+            Self::LifetimeNotAboveRekey { .. } => "lifetime",
+        }
+    }
+}
+
+impl IkeLifetimes {
+    /// 4 h less up to 24 min; deleted at 4 h 24 min.
+    pub const DEFAULT: Self = Self {
+        rekey_after: Some(Duration::from_secs(4 * 3600)),
+        rekey_jitter: Duration::from_secs(24 * 60),
+        lifetime: Some(Duration::from_secs(4 * 3600 + 24 * 60)),
+    };
+
+    /// From seconds as an operator gives them, each optional: the rekey time defaults to
+    /// 4 h (0: never), the jitter to a tenth of the rekey time, the hard lifetime to the
+    /// rekey time plus a tenth (0: none).
+    pub fn from_secs(
+        rekey: Option<u64>,
+        jitter: Option<u64>,
+        lifetime: Option<u64>,
+    ) -> Result<Self, LifetimeError> {
+        let rekey = rekey.unwrap_or(4 * 3600);
+        let jitter = jitter.unwrap_or(rekey / 10);
+        let lifetime = lifetime.unwrap_or(rekey + rekey / 10);
+        if rekey > 0 && jitter >= rekey {
+            return Err(LifetimeError::JitterNotBelowRekey { jitter, rekey });
+        }
+        if rekey > 0 && lifetime > 0 && lifetime <= rekey {
+            return Err(LifetimeError::LifetimeNotAboveRekey { lifetime, rekey });
+        }
+        let secs = |s: u64| (s > 0).then(|| Duration::from_secs(s));
+        Ok(Self {
+            rekey_after: secs(rekey),
+            rekey_jitter: Duration::from_secs(jitter),
+            lifetime: secs(lifetime),
+        })
+    }
+}
+
+#[cfg(test)]
+mod lifetime_tests {
+    use super::*;
+
+    #[test]
+    fn lifetimes_default_like_strongswan_and_refuse_contradictions() {
+        let s = Duration::from_secs;
+        assert_eq!(
+            IkeLifetimes::from_secs(None, None, None),
+            Ok(IkeLifetimes::DEFAULT)
+        );
+        // A tenth of the rekey time for the jitter and the margin to the hard limit.
+        assert_eq!(
+            IkeLifetimes::from_secs(Some(600), None, None),
+            Ok(IkeLifetimes {
+                rekey_after: Some(s(600)),
+                rekey_jitter: s(60),
+                lifetime: Some(s(660)),
+            })
+        );
+        // 0: never rekey (and then no hard limit unless given), or no hard limit.
+        assert_eq!(
+            IkeLifetimes::from_secs(Some(0), None, None),
+            Ok(IkeLifetimes {
+                rekey_after: None,
+                rekey_jitter: s(0),
+                lifetime: None,
+            })
+        );
+        assert_eq!(
+            IkeLifetimes::from_secs(Some(600), Some(0), Some(0)).map(|l| l.lifetime),
+            Ok(None)
+        );
+        let e = IkeLifetimes::from_secs(Some(600), Some(600), None).unwrap_err();
+        assert_eq!(e.field(), "rekey_jitter");
+        let e = IkeLifetimes::from_secs(Some(3600), None, Some(3000)).unwrap_err();
+        assert_eq!(e.field(), "lifetime");
+        assert_eq!(
+            e.to_string(),
+            "3000 s must be more than the rekey time (3600 s), or the IKE SA is deleted \
+             before it is rekeyed"
+        );
     }
 }

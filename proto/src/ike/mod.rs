@@ -11,8 +11,8 @@ pub mod sa;
 pub mod x509;
 
 pub use config::{
-    IkeConfig, LocalAuth, LocalPpk, PPK_ID_FIXED, PeerAuth, PeerAuthResolver, PpkResolver,
-    SinglePeer, SinglePpk,
+    IkeConfig, IkeLifetimes, LifetimeError, LocalAuth, LocalPpk, PPK_ID_FIXED, PeerAuth,
+    PeerAuthResolver, PpkResolver, SinglePeer, SinglePpk,
 };
 pub use endpoint::{Endpoint, EndpointConfig, EndpointStats, SaHandle};
 pub use nat::{NAT_T_PORT, NatStatus};
