@@ -42,7 +42,7 @@ use gikev2_proto::group::{
     GroupKeys, HeldSenderIds, RekeyAuth, RekeyDrop, RekeyReader, RekeySpi, RekeyUpdate, Role, Tek,
     read_inband_rekey, read_registration,
 };
-use gikev2_proto::ike::{Event as IkeEvent, Goal, IkeSa, RegistrationRequest};
+use gikev2_proto::ike::{CloseReason, Event as IkeEvent, Goal, IkeSa, RegistrationRequest};
 use gikev2_proto::registry::{ExchangeType, NotifyType, ProtocolId};
 use gikev2_proto::wire::header::NAT_KEEPALIVE;
 use gikev2_proto::wire::{DeletePayload, GsaPayload, Header, KdPayload, TrafficSelector};
@@ -57,6 +57,10 @@ use crate::status::{
 
 /// Identifies one membership inside the agent (also the engine's `owner` token).
 pub type MembershipId = u64;
+
+/// Times the retry delay doubles from `retry_min` after failed registrations (then
+/// `retry_max` caps it anyway).
+const BACKOFF_DOUBLINGS: u32 = 16;
 
 /// Tunables of the agent.
 #[derive(Debug, Clone)]
@@ -373,7 +377,7 @@ impl Membership {
         if self.phase == Phase::Registering {
             self.phase = Phase::Waiting;
         }
-        let exp = self.failures.saturating_sub(1).min(16);
+        let exp = self.failures.saturating_sub(1).min(BACKOFF_DOUBLINGS);
         let backoff = cx
             .config
             .retry_min
@@ -457,6 +461,12 @@ impl Membership {
                     return;
                 }
                 if self.in_flight {
+                    if reason == CloseReason::ResponderNotVerified {
+                        // Our configuration does not match the GCKS's credential: no quick
+                        // retry fixes that, and each attempt has the GCKS admit us again
+                        // (a Sender-ID for a sender). Straight to the longest backoff.
+                        self.failures = self.failures.max(BACKOFF_DOUBLINGS + 1);
+                    }
                     let why = crate::join::close_reason(&reason);
                     self.fail(cx, format!("IKE SA closed: {why}"), now, rng);
                 } else if self.phase == Phase::Up

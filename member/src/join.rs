@@ -44,10 +44,7 @@ pub enum JoinError {
     Timeout(Duration),
 }
 
-/// Why an IKE SA closed, for an operator: what happened and what to look at. An
-/// AUTHENTICATION_FAILED ending does not say which side refused (RFC 7296 2.21.2), so both
-/// are named; the daemon's log has the side (`responder AUTH did not verify` when it is
-/// ours).
+/// Why an IKE SA closed, for an operator: what happened and what to look at.
 pub fn close_reason(r: &CloseReason) -> String {
     match r {
         CloseReason::Timeout => "no answer from the GCKS (retransmissions exhausted, RFC 7296 \
@@ -56,9 +53,12 @@ pub fn close_reason(r: &CloseReason) -> String {
         CloseReason::HalfOpenExpired => "the IKE SA was not authenticated in time".into(),
         CloseReason::AuthenticationFailed => "authentication failed (AUTHENTICATION_FAILED): \
              the GCKS refused our credential (a wrong PSK or key, or an --id it does not \
-             know), or its AUTH did not verify (to verify a GCKS that signs, give --ca or \
-             --gcks-key; without them we expect it to answer with the PSK; --gcks-id must \
-             match its identity); the daemon's log says which"
+             know)"
+            .into(),
+        CloseReason::ResponderNotVerified => "we could not authenticate the GCKS (and told \
+             it AUTHENTICATION_FAILED): its AUTH did not verify or it is not --gcks-id; to \
+             verify a GCKS that signs, give --ca or --gcks-key (without them we expect it to \
+             answer with the PSK); with --ppk-required it must use the PPK"
             .into(),
         CloseReason::NoProposalChosen => {
             "no proposal chosen: the GCKS and we share no IKE SA suite (RFC 7296 2.7)".into()

@@ -346,7 +346,8 @@ async fn raw_public_keys_both_ways_from_files() {
         .unwrap()
         .unwrap();
     assert!(
-        matches!(&e, AgentEvent::Error { message, .. } if message.contains("authentication failed (AUTHENTICATION_FAILED)")),
+        matches!(&e, AgentEvent::Error { message, .. }
+            if message.contains("we could not authenticate the GCKS") && message.contains("--gcks-id")),
         "{e:?}"
     );
     let st = b.status().await.unwrap();

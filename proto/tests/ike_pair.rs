@@ -460,7 +460,7 @@ fn a_member_refusing_the_gcks_tells_it_with_authentication_failed() {
     assert!(registered(&p.member_events).is_empty());
     assert!(
         p.member_events
-            .contains(&Event::Closed(CloseReason::AuthenticationFailed))
+            .contains(&Event::Closed(CloseReason::ResponderNotVerified))
     );
     // The GCKS had decided (and answered) before the member refused it.
     assert!(

@@ -837,9 +837,10 @@ fn ours_to_charon_refuses_a_certificate_we_do_not_trust() {
         |ours, _| ours.peer_auth = Arc::new(resolver),
     );
     assert_eq!(established_peer(&run.events), None);
+    // We refused charon (and told it AUTHENTICATION_FAILED, RFC 7296 2.21.2).
     assert_eq!(
         closed(&run.events),
-        Some(&CloseReason::AuthenticationFailed)
+        Some(&CloseReason::ResponderNotVerified)
     );
     // charon did send a certificate; it was ours to refuse.
     assert!(

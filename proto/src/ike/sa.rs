@@ -105,8 +105,13 @@ pub enum CloseReason {
     Timeout,
     /// The half-open SA was not authenticated in time.
     HalfOpenExpired,
-    /// Our peer's AUTH did not verify, or the peer rejected ours.
+    /// Our peer's AUTH did not verify (responder side), or the peer rejected ours.
     AuthenticationFailed,
+    /// Initiator: we could not authenticate the responder (its AUTH did not verify, it is
+    /// not the identity we expect, or it ignored our mandatory PPK) and told it with
+    /// AUTHENTICATION_FAILED (RFC 7296 2.21.2). A matter of our configuration or the
+    /// peer's credential, not of the peer refusing us.
+    ResponderNotVerified,
     /// No acceptable proposal (RFC 7296 2.7).
     NoProposalChosen,
     /// The peer answered with this error notify.
@@ -3146,7 +3151,7 @@ impl IkeSa {
             now,
             rng,
         );
-        self.close(CloseReason::AuthenticationFailed);
+        self.close(CloseReason::ResponderNotVerified);
     }
 
     fn send_response(
