@@ -12,17 +12,18 @@ use std::time::{Duration, Instant};
 use common::{member, psk_ike, tek_ctr, unix_now};
 use gikev2_esp::{Direction, Engine};
 use gikev2_member::agent::{Agent, AgentConfig, AgentError, MembershipId, RekeyEndpoint};
+use gikev2_member::config::MembershipConfig;
 use gikev2_member::{AgentEvent, DataPlane, NoDataPlane};
 use gikev2_proto::crypto::sign::{SignatureScheme, SigningKey};
-use gikev2_proto::crypto::{EncrAlg, KeyWrapAlg, SeededRandom, SystemRandom};
+use gikev2_proto::crypto::{EncrAlg, KeyWrapAlg, SecretBytes, SeededRandom, SystemRandom};
 use gikev2_proto::group::state::TekProtocol;
 use gikev2_proto::group::{
     BuildContext, GroupAuth, GroupPolicy, GroupState, MemberGrant, RekeyContent, RekeySaState,
     RekeySender, RekeySuite, TekState, build_inband_rekey, build_registration,
 };
-use gikev2_proto::ike::{Decision, Event, IkeConfig, IkeSa};
+use gikev2_proto::ike::{Decision, Event, IkeConfig, IkeSa, LocalAuth};
 use gikev2_proto::registry::{NotifyType, ProtocolId, SnId};
-use gikev2_proto::wire::{DeletePayload, TrafficSelector};
+use gikev2_proto::wire::{DeletePayload, IdPayload, TrafficSelector};
 
 const GM: &str = "192.0.2.10:500";
 const GCKS: &str = "192.0.2.1:500";
@@ -109,6 +110,17 @@ impl Net {
         inband: bool,
         nat: Option<SocketAddr>,
     ) -> Self {
+        let cfg = member("gm.test", GCKS.parse().unwrap(), sender);
+        Self::joining(cfg, state, inband, nat)
+    }
+
+    /// A member joining with `cfg` (GCKS at [`GCKS`]).
+    fn joining(
+        cfg: MembershipConfig,
+        state: GroupState,
+        inband: bool,
+        nat: Option<SocketAddr>,
+    ) -> Self {
         let engine = Arc::new(Engine::default());
         let config = AgentConfig {
             reregister_jitter: JITTER,
@@ -117,15 +129,7 @@ impl Net {
         let mut agent = Agent::new(engine.clone(), Arc::new(NoDataPlane), config);
         let mut rng = SeededRandom::from_u64(7);
         let now = Instant::now();
-        let gcks: SocketAddr = GCKS.parse().unwrap();
-        let id = agent
-            .join(
-                member("gm.test", gcks, sender),
-                GM.parse().unwrap(),
-                now,
-                &mut rng,
-            )
-            .unwrap();
+        let id = agent.join(cfg, GM.parse().unwrap(), now, &mut rng).unwrap();
         let mut n = Self {
             agent,
             engine,
@@ -790,4 +794,44 @@ fn exclusion_by_gsa_inband_rekey_reregisters() {
     n.advance(JITTER);
     assert_eq!(n.registrations, 2);
     assert_eq!(n.state_name(), "up");
+}
+
+/// When we cannot authenticate the GCKS (here: not the identity we expect) the GCKS has
+/// admitted us already (a Sender-ID for a sender), and only a configuration change helps:
+/// the agent retries after its longest delay, not its shortest (RFC 7296 2.21.2; the
+/// GCKS is told AUTHENTICATION_FAILED). The GCKS refusing us keeps the usual backoff.
+#[test]
+fn a_gcks_we_cannot_authenticate_gets_the_longest_retry_delay() {
+    let first_delay = |n: &Net| {
+        n.events
+            .iter()
+            .find_map(|e| match e {
+                AgentEvent::Reregistering { in_ms, .. } => Some(*in_ms),
+                _ => None,
+            })
+            .expect("a retry is scheduled")
+    };
+    let max = AgentConfig::default().retry_max.as_millis() as u64;
+    let mut cfg = member("gm.test", GCKS.parse().unwrap(), Some(1));
+    cfg.ike.remote_id = Some(IdPayload::fqdn("another-gcks.test").unwrap());
+    let n = Net::joining(cfg, state(3600, 3600), false, None);
+    assert_eq!(
+        n.registrations, 1,
+        "the GCKS admitted us before we checked it"
+    );
+    assert!(
+        n.events
+            .iter()
+            .any(|e| matches!(e, AgentEvent::Error { message, .. }
+            if message.contains("we could not authenticate the GCKS"))),
+        "{:?}",
+        n.events
+    );
+    assert!(first_delay(&n) >= max, "{} ms", first_delay(&n));
+    // A GCKS refusing our PSK: the first retry comes soon.
+    let mut cfg = member("gm.test", GCKS.parse().unwrap(), Some(1));
+    cfg.ike.local_auth = LocalAuth::Psk(SecretBytes::from_slice(b"not the psk"));
+    let n = Net::joining(cfg, state(3600, 3600), false, None);
+    assert_eq!(n.registrations, 0);
+    assert!(first_delay(&n) < max, "{} ms", first_delay(&n));
 }
