@@ -176,6 +176,27 @@ async fn held_teks(h: &AgentHandle) -> Vec<String> {
     teks
 }
 
+/// An agent's event subscription.
+type Events = tokio::sync::mpsc::Receiver<AgentEvent>;
+
+/// a.example (sender) and b.example (receiver) joined and up, without a Rekey SA (Table
+/// 3): each agent, its events, and the Sender-IDs it got.
+async fn join_a_and_b(w: &World) -> Vec<(AgentHandle, Events, Vec<u32>)> {
+    let mut members = Vec::new();
+    for (id, sender) in [("a.example", true), ("b.example", false)] {
+        let h = agent();
+        let events = h.subscribe().await.unwrap();
+        let g = h
+            .join(member(id, w.gcks, sender), Some(WAIT))
+            .await
+            .unwrap();
+        assert_eq!(g.state, "up", "{g:?}");
+        assert!(g.rekey_sas.is_empty(), "no Rekey SA in-band (Table 3)");
+        members.push((h, events, g.sender_ids.clone()));
+    }
+    members
+}
+
 fn hex(spi: u32) -> String {
     format!("{spi:#010x}")
 }
@@ -192,18 +213,7 @@ async fn a_tek_renewal_reaches_the_members_of_an_inband_group_over_their_ike_sas
     let t0 = unix_now();
     // A first look before anyone registered: the group has no TEK yet.
     assert!(w.scheduler.tick(t0).await.is_empty());
-    let mut members = Vec::new();
-    for (id, sender) in [("a.example", true), ("b.example", false)] {
-        let h = agent();
-        let events = h.subscribe().await.unwrap();
-        let g = h
-            .join(member(id, w.gcks, sender), Some(WAIT))
-            .await
-            .unwrap();
-        assert_eq!(g.state, "up", "{g:?}");
-        assert!(g.rekey_sas.is_empty(), "no Rekey SA in-band (Table 3)");
-        members.push((h, events, g.sender_ids.clone()));
-    }
+    let mut members = join_a_and_b(&w).await;
     assert_eq!(members[0].2.len(), 1, "the sender's Sender-ID");
     let first = w.store.group_state(w.group).await.unwrap().unwrap();
     let old = first.teks[0].spi;
@@ -288,19 +298,9 @@ async fn a_member_no_longer_authorized_is_excluded_instead_of_rekeyed() {
     let mut w = world().await;
     let t0 = unix_now();
     assert!(w.scheduler.tick(t0).await.is_empty());
-    let mut members = Vec::new();
-    for (id, sender) in [("a.example", true), ("b.example", false)] {
-        let h = agent();
-        let events = h.subscribe().await.unwrap();
-        let g = h
-            .join(member(id, w.gcks, sender), Some(WAIT))
-            .await
-            .unwrap();
-        assert_eq!(g.state, "up", "{g:?}");
-        members.push((h, events));
-    }
+    let mut members = join_a_and_b(&w).await;
     let old = w.store.group_state(w.group).await.unwrap().unwrap().teks[0].spi;
-    for (_, events) in &mut members {
+    for (_, events, _) in &mut members {
         while events.try_recv().is_ok() {}
     }
     let b = w
@@ -317,7 +317,7 @@ async fn a_member_no_longer_authorized_is_excluded_instead_of_rekeyed() {
     let new = w.store.group_state(w.group).await.unwrap().unwrap().teks[0].spi;
     assert_ne!(new, old);
     // a.example: the new TEK.
-    let (ha, ea) = &mut members[0];
+    let (ha, ea, _) = &mut members[0];
     let installed = next_event(ea, |e| match e {
         AgentEvent::Rekeyed { installed, .. } => Some(installed),
         _ => None,
@@ -326,7 +326,7 @@ async fn a_member_no_longer_authorized_is_excluded_instead_of_rekeyed() {
     assert!(installed.contains(&hex(new)), "{installed:?}");
     assert!(active_teks(ha).await.contains(&hex(new)));
     // b.example: excluded, then refused when it registers again; never the new TEK.
-    let (hb, eb) = &mut members[1];
+    let (hb, eb, _) = &mut members[1];
     next_event(eb, |e| match e {
         AgentEvent::Excluded { .. } => Some(()),
         AgentEvent::Rekeyed { installed, .. } if !installed.is_empty() => {

@@ -318,6 +318,18 @@ fn assert_both_closed_authentication_failed(p: &Pair, what: &str) {
     );
 }
 
+/// The notifies of a message: type and data, in order.
+fn notifies_of(payloads: &[gikev2_proto::wire::payload::Payload]) -> Vec<(NotifyType, Vec<u8>)> {
+    use gikev2_proto::wire::payload::Payload;
+    payloads
+        .iter()
+        .filter_map(|x| match x {
+            Payload::Notify(n) => Some((n.ty, n.data.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
 /// The payload types of a message in order, notifies as `N(TYPE)`.
 fn payload_order(payloads: &[gikev2_proto::wire::payload::Payload]) -> Vec<String> {
     use gikev2_proto::wire::payload::Payload;
@@ -982,7 +994,6 @@ fn gcks_answer(
     request: &[u8],
 ) -> Option<Answer> {
     use gikev2_proto::ike::protect::{self, Reassembly};
-    use gikev2_proto::wire::payload::Payload;
     let g = p.gcks.as_mut().unwrap();
     g.handle(request, p.now, &mut p.rng);
     let reply = g.poll_transmit()?;
@@ -991,15 +1002,7 @@ fn gcks_answer(
         .unwrap();
     assert!(opened.header.flags.is_response());
     assert_eq!(opened.header.message_id, 2);
-    let notifies = opened
-        .payloads
-        .iter()
-        .filter_map(|x| match x {
-            Payload::Notify(n) => Some((n.ty, n.data.clone())),
-            _ => None,
-        })
-        .collect();
-    Some((opened.header.exchange, notifies))
+    Some((opened.header.exchange, notifies_of(&opened.payloads)))
 }
 
 /// RFC 9838 4.2 (IDg is the RFC 7296 3.5 Identification payload, type 50) with
@@ -1077,16 +1080,8 @@ fn unknown_critical_payload_in_ike_sa_init_gets_unsupported_critical_payload() {
     assert_eq!(answer.header.exchange, ExchangeType::IkeSaInit);
     assert!(answer.header.flags.is_response());
     assert_eq!((answer.header.spi_i, answer.header.spi_r), (spi_i, [0; 8]));
-    let notifies: Vec<_> = answer
-        .payloads
-        .iter()
-        .filter_map(|x| match x {
-            Payload::Notify(n) => Some((n.ty, n.data.clone())),
-            _ => None,
-        })
-        .collect();
     assert_eq!(
-        notifies,
+        notifies_of(&answer.payloads),
         vec![(NotifyType::UnsupportedCriticalPayload, vec![200])]
     );
     // The same request without the critical bit is accepted (2.5: skipped).
