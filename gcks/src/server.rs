@@ -546,7 +546,8 @@ impl<R: Registrar> Server<R> {
                 }
                 Some(p) = self.inband_rx.recv() => {
                     let now = Instant::now();
-                    push_inband(&mut endpoint, &mut tracker, &p, now, &mut rng);
+                    let idle = self.config.ike_idle_close;
+                    push_inband(&mut endpoint, &mut tracker, &p, idle, now, &mut rng);
                 }
                 _ = sleep => {
                     let now = Instant::now();
@@ -724,11 +725,14 @@ impl<R: Registrar> Server<R> {
 /// Sends `push` to every member of its group rekeyed in-band over an IKE SA of
 /// `endpoint`: GSA and KD built for that member as a registration would be, wrapped with
 /// its IKE SA's default KWK (RFC 9838 2.4.2.1, 3.1.1). An IKE SA busy with another
-/// exchange queues it (RFC 7296 2.3, window of one).
+/// exchange queues it (RFC 7296 2.3, window of one). A member no longer authorized gets
+/// the Delete of the whole Group SA instead; its IKE SA is then no longer kept for the
+/// group, so the idle close (`idle`) applies to it again.
 fn push_inband(
     endpoint: &mut Endpoint,
     tracker: &mut SaTracker,
     push: &InbandPush,
+    idle: Option<Duration>,
     now: Instant,
     rng: &mut SystemRandom,
 ) {
@@ -780,7 +784,10 @@ fn push_inband(
         }
     }
     for h in withdrawn {
+        // Not kept for this group any more: the idle close applies again (unless another
+        // group keeps the IKE SA).
         tracker.left(h, &push.group);
+        tracker.touched(h, now, idle);
     }
     info!(group = ?push.group, members = sent, failed, "GSA_INBAND_REKEY sent");
 }
