@@ -522,7 +522,8 @@ impl Registrar for StoreRegistrar {
             (Some(_), true) => "AUTH did not verify (wrong PSK or key)",
         };
         let peer = f.claimed.as_ref().map(identity);
-        warn!(peer = ?peer, remote = %f.remote, "authentication failed: {why}");
+        let shown = peer.as_ref().map(ToString::to_string).unwrap_or_default();
+        warn!(peer = %shown, remote = %f.remote, "authentication failed: {why}");
         self.audit(AuditEvent {
             at: (self.clock)(),
             peer,

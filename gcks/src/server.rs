@@ -737,7 +737,7 @@ fn push_inband(
     rng: &mut SystemRandom,
 ) {
     let Some(members) = tracker.inband.get(&push.group) else {
-        debug!(group = ?push.group, "no member rekeyed in-band here");
+        debug!(group = %push.group, "no member rekeyed in-band here");
         return;
     };
     let ctx = BuildContext { now: push.now };
@@ -754,8 +754,8 @@ fn push_inband(
                 sa.inband_delete(vec![DeletePayload::whole_group()], now, rng)
             });
             info!(
-                group = %crate::registrar::identity(&push.group),
-                member = %crate::registrar::identity(&peer),
+                group = %push.group,
+                member = %peer,
                 "member no longer authorized: excluded by GSA_INBAND_REKEY (Delete of the \
                  whole Group SA) instead of new keys"
             );
@@ -778,7 +778,7 @@ fn push_inband(
             }
             Some(Err(e)) => {
                 failed += 1;
-                warn!(group = ?push.group, handle = h.0, error = %e, "GSA_INBAND_REKEY not built");
+                warn!(group = %push.group, handle = h.0, error = %e, "GSA_INBAND_REKEY not built");
             }
             None => {}
         }
@@ -789,7 +789,7 @@ fn push_inband(
         tracker.left(h, &push.group);
         tracker.touched(h, now, idle);
     }
-    info!(group = ?push.group, members = sent, failed, "GSA_INBAND_REKEY sent");
+    info!(group = %push.group, members = sent, failed, "GSA_INBAND_REKEY sent");
 }
 
 /// A token bucket per source address for new IKE_SA_INIT requests.

@@ -487,7 +487,7 @@ impl Membership {
                 }
             }
             IkeEvent::Established { peer_id } => {
-                debug!(group = %self.cfg.group, ?peer_id, "IKE SA established");
+                debug!(group = %self.cfg.group, peer = %peer_id, "IKE SA established");
             }
             other => debug!(group = %self.cfg.group, event = ?other, "ignored IKE event"),
         }

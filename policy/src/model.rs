@@ -241,44 +241,15 @@ impl Identity {
     }
 }
 
+/// As the identity payload prints it (`gikev2_proto::wire::IdPayload`'s `Display`):
+/// `ID_FQDN:gm1.example`, `ID_KEY_ID:"video"`, hex for opaque data.
 impl fmt::Display for Identity {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let printable = |b: &[u8]| b.iter().all(|c| c.is_ascii_graphic() || *c == b' ');
-        match self.id_type {
-            IdType::Fqdn | IdType::Rfc822Addr if printable(&self.value) => {
-                write!(
-                    f,
-                    "{}:{}",
-                    self.id_type,
-                    String::from_utf8_lossy(&self.value)
-                )
-            }
-            // An opaque octet string (RFC 7296 3.5), but G-IKEv2 group IDs are usually
-            // text (`gm join --group video`): quoted, so that it cannot pass for hex.
-            IdType::KeyId if !self.value.is_empty() && printable(&self.value) => {
-                write!(
-                    f,
-                    "{}:{:?}",
-                    self.id_type,
-                    String::from_utf8_lossy(&self.value)
-                )
-            }
-            IdType::Ipv4Addr if self.value.len() == 4 => {
-                let a: [u8; 4] = self.value[..].try_into().map_err(|_| fmt::Error)?;
-                write!(f, "{}:{}", self.id_type, Ipv4Addr::from(a))
-            }
-            IdType::Ipv6Addr if self.value.len() == 16 => {
-                let a: [u8; 16] = self.value[..].try_into().map_err(|_| fmt::Error)?;
-                write!(f, "{}:{}", self.id_type, Ipv6Addr::from(a))
-            }
-            _ => {
-                write!(f, "{}:", self.id_type)?;
-                for b in &self.value {
-                    write!(f, "{b:02x}")?;
-                }
-                Ok(())
-            }
-        }
+        let id = gikev2_proto::wire::id::IdPayload {
+            ty: self.id_type,
+            data: self.value.clone(),
+        };
+        fmt::Display::fmt(&id, f)
     }
 }
 
@@ -824,22 +795,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn identities_print_as_text_where_they_are_text() {
+    fn identities_print_as_their_id_payload() {
+        // The format itself is the identity payload's (gikev2_proto::wire::id).
         assert_eq!(
             Identity::fqdn("gm1.example").to_string(),
             "ID_FQDN:gm1.example"
         );
         assert_eq!(
-            Identity::new(IdType::KeyId, b"video".to_vec()).to_string(),
-            "ID_KEY_ID:\"video\""
-        );
-        assert_eq!(
             Identity::new(IdType::KeyId, vec![0, 0xff]).to_string(),
             "ID_KEY_ID:00ff"
-        );
-        assert_eq!(
-            Identity::new(IdType::Ipv4Addr, vec![192, 0, 2, 1]).to_string(),
-            "ID_IPV4_ADDR:192.0.2.1"
         );
     }
 }

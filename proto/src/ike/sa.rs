@@ -1426,7 +1426,7 @@ impl IkeSa {
                     // RFC 7296 2.21.2: the initiator could not authenticate us and tells
                     // us so in an INFORMATIONAL exchange; it has dropped the IKE SA.
                     warn!(
-                        peer = ?self.peer_id,
+                        peer = %self.peer_id.as_ref().map(ToString::to_string).unwrap_or_default(),
                         "the peer refused our authentication (AUTHENTICATION_FAILED): it \
                          cannot verify our credential or identity"
                     );
@@ -2202,7 +2202,7 @@ impl IkeSa {
         self.state = State::Established;
         self.half_open_deadline = None;
         self.schedule_lifetime(now, rng);
-        info!(peer = ?idr, "IKE SA established");
+        info!(peer = %idr, "IKE SA established");
         self.events.push_back(Event::Established { peer_id: idr });
         if let Goal::GsaAuth(req) = self.goal.clone() {
             self.on_registration_result(req.group, p);
@@ -2290,7 +2290,7 @@ impl IkeSa {
                 Vec::new(),
             )));
         }
-        info!(peer = ?idi, exchange = %exchange, "initiator authenticated");
+        info!(peer = %idi, exchange = %exchange, "initiator authenticated");
         self.events.push_back(Event::Established {
             peer_id: idi.clone(),
         });
@@ -2987,7 +2987,7 @@ impl IkeSa {
         match (gsa, kd) {
             (Some(gsa), Some(kd)) => {
                 let transport_mode = p.notify(NotifyType::UseTransportMode).is_some();
-                info!(group = ?group, "registered");
+                info!(group = %group, "registered");
                 self.events.push_back(Event::Registered {
                     group,
                     gsa,
@@ -3002,7 +3002,7 @@ impl IkeSa {
                     .find(|n| n.is_error())
                     .map(|n| n.ty)
                     .unwrap_or(NotifyType::InvalidSyntax);
-                info!(group = ?group, notify = %notify, "registration refused");
+                info!(group = %group, notify = %notify, "registration refused");
                 self.events
                     .push_back(Event::RegistrationRefused { group, notify });
             }

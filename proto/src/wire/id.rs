@@ -103,6 +103,40 @@ fn check_text(s: &str, ascii: bool, what: &'static str) -> Result<(), DecodeErro
     Ok(())
 }
 
+/// For logs and messages: the type, then text identities as text (`ID_FQDN:gm1.example`),
+/// printable key IDs quoted (`ID_KEY_ID:"video"`: G-IKEv2 group IDs are usually text, and
+/// quoted they cannot pass for hex), addresses as addresses, anything else as hex.
+impl core::fmt::Display for IdPayload {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        let printable = |b: &[u8]| b.iter().all(|c| c.is_ascii_graphic() || *c == b' ');
+        match self.ty {
+            IdType::Fqdn | IdType::Rfc822Addr if printable(&self.data) => {
+                write!(f, "{}:{}", self.ty, String::from_utf8_lossy(&self.data))
+            }
+            // An opaque octet string (RFC 7296 3.5), but G-IKEv2 group IDs are usually
+            // text (`gm join --group video`): quoted, so that it cannot pass for hex.
+            IdType::KeyId if !self.data.is_empty() && printable(&self.data) => {
+                write!(f, "{}:{:?}", self.ty, String::from_utf8_lossy(&self.data))
+            }
+            IdType::Ipv4Addr if self.data.len() == 4 => {
+                let a: [u8; 4] = self.data[..].try_into().map_err(|_| core::fmt::Error)?;
+                write!(f, "{}:{}", self.ty, Ipv4Addr::from(a))
+            }
+            IdType::Ipv6Addr if self.data.len() == 16 => {
+                let a: [u8; 16] = self.data[..].try_into().map_err(|_| core::fmt::Error)?;
+                write!(f, "{}:{}", self.ty, Ipv6Addr::from(a))
+            }
+            _ => {
+                write!(f, "{}:", self.ty)?;
+                for b in &self.data {
+                    write!(f, "{b:02x}")?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
 impl<'a> Codec<'a> for IdPayload {
     fn encode(&self, out: &mut Vec<u8>) {
         self.ty.encode(out);
@@ -135,6 +169,27 @@ impl<'a> Codec<'a> for IdPayload {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn identities_print_as_text_where_they_are_text() {
+        assert_eq!(
+            IdPayload::fqdn("gm1.example").unwrap().to_string(),
+            "ID_FQDN:gm1.example"
+        );
+        assert_eq!(
+            IdPayload::key_id(b"video".to_vec()).to_string(),
+            "ID_KEY_ID:\"video\""
+        );
+        assert_eq!(
+            IdPayload::key_id(vec![0, 0xff]).to_string(),
+            "ID_KEY_ID:00ff"
+        );
+        let v4 = IdPayload {
+            ty: IdType::Ipv4Addr,
+            data: vec![192, 0, 2, 1],
+        };
+        assert_eq!(v4.to_string(), "ID_IPV4_ADDR:192.0.2.1");
+    }
 
     #[test]
     fn typed_constructors_round_trip() {
