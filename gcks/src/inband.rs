@@ -43,7 +43,10 @@ use tracing::{Instrument, info, warn};
 
 use crate::group_view::GroupViews;
 use crate::server::{InbandPush, InbandPusher};
-use crate::state::{StateFailure, Ticks, ensure_current_with, plan_with, push_margin, to_proto};
+use crate::state::{
+    StateFailure, TickGroups, Ticks, ensure_current_with, plan_with, push_margin, tick_groups,
+    to_proto,
+};
 
 /// One push the sender handed to the server.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -120,22 +123,13 @@ impl InbandScheduler {
             Ok(g) => g,
             Err(e) => return vec![Err(e.into())],
         };
-        let mut out = Vec::new();
-        let mut seen = Vec::new();
-        for (id, g) in groups {
-            let g = match g {
-                Ok(g) => g,
-                Err(e) => {
-                    // An unreadable row: reported; the other groups go on.
-                    seen.push(id);
-                    out.push(Err(e.into()));
-                    continue;
-                }
-            };
-            if g.spec.rekey.mode != RekeyMode::Inband {
-                continue;
-            }
-            seen.push(g.id);
+        let TickGroups {
+            groups,
+            seen,
+            unreadable,
+        } = tick_groups(groups, RekeyMode::Inband);
+        let mut out: Vec<_> = unreadable.into_iter().map(|e| Err(e.into())).collect();
+        for g in groups {
             let span = tracing::info_span!("inband", group = %g.spec.name);
             match self.group_tick(&g.spec.idg, now).instrument(span).await {
                 Ok(Some(sent)) => out.push(Ok(sent)),

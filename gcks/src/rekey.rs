@@ -85,8 +85,8 @@ use tracing::{Instrument, debug, info, warn};
 use crate::group_view::GroupViews;
 use crate::rekey_source::{MulticastOptions, RekeySources};
 use crate::state::{
-    StateFailure, Ticks, ensure_current_with, group_auth, plan_new_kek, plan_with, push_margin,
-    to_proto,
+    StateFailure, TickGroups, Ticks, ensure_current_with, group_auth, plan_new_kek, plan_with,
+    push_margin, tick_groups, to_proto,
 };
 
 /// How the scheduler runs and sends.
@@ -555,23 +555,13 @@ impl RekeyScheduler {
             Ok(g) => g,
             Err(e) => return vec![Err(e.into())],
         };
-        let mut out = Vec::new();
-        let mut seen = Vec::new();
-        for (id, g) in groups {
-            let g = match g {
-                Ok(g) => g,
-                Err(e) => {
-                    // An unreadable row (an SQL edit): reported every tick; the other
-                    // groups go on, and this one keeps what it announced and its lease.
-                    seen.push(id);
-                    out.push(Err(e.into()));
-                    continue;
-                }
-            };
-            if g.spec.rekey.mode != RekeyMode::Multicast {
-                continue;
-            }
-            seen.push(g.id);
+        let TickGroups {
+            groups,
+            seen,
+            unreadable,
+        } = tick_groups(groups, RekeyMode::Multicast);
+        let mut out: Vec<_> = unreadable.into_iter().map(|e| Err(e.into())).collect();
+        for g in groups {
             // A span per group (STYLE); attached to the future, not entered across awaits.
             let span = tracing::info_span!("rekey", group = %g.spec.name);
             match self.group_tick(&g.spec.idg, now).instrument(span).await {

@@ -23,8 +23,8 @@
 //! the TEK replaced first ([`replace_teks`]; docs/interop.md #65).
 
 use gikev2_policy::{
-    GroupConfig, GroupState as StoredState, NewGroupState, RekeyMode, RekeySaRecord, SnPolicy,
-    Store, StoreError, TekPolicy, TekSaRecord,
+    Group, GroupConfig, GroupId, GroupState as StoredState, NewGroupState, RekeyMode,
+    RekeySaRecord, SnPolicy, Store, StoreError, TekPolicy, TekSaRecord,
 };
 use gikev2_proto::crypto::{Random, SystemRandom};
 use gikev2_proto::group::{GroupAuth, GroupState, RekeySaState, RekeySuite, TekProtocol, TekState};
@@ -511,6 +511,41 @@ pub fn to_proto(
             .map_err(|e| format!("groups.rekey_kwa_id: {e}"))?;
     }
     Ok(state)
+}
+
+/// What a rekey sender looks at in one tick, from `Store::group_rows`.
+pub struct TickGroups {
+    /// The readable groups rekeyed in the sender's mode.
+    pub groups: Vec<Group>,
+    /// Those groups and every unreadable row: an unreadable row (an SQL edit) keeps what
+    /// the sender last announced for it, and its lease.
+    pub seen: Vec<GroupId>,
+    /// Why each unreadable row could not be read: reported every tick while the other
+    /// groups go on.
+    pub unreadable: Vec<StoreError>,
+}
+
+/// Sorts `rows` for the sender of groups rekeyed in `mode` ([`TickGroups`]).
+pub fn tick_groups(rows: Vec<(GroupId, Result<Group, StoreError>)>, mode: RekeyMode) -> TickGroups {
+    let mut t = TickGroups {
+        groups: Vec::new(),
+        seen: Vec::new(),
+        unreadable: Vec::new(),
+    };
+    for (id, g) in rows {
+        match g {
+            Err(e) => {
+                t.seen.push(id);
+                t.unreadable.push(e);
+            }
+            Ok(g) if g.spec.rekey.mode == mode => {
+                t.seen.push(g.id);
+                t.groups.push(g);
+            }
+            Ok(_) => {}
+        }
+    }
+    t
 }
 
 /// The clock of the rekey senders: the Unix time every `period` (a late tick is
